@@ -1,0 +1,3 @@
+from tokenctl.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""The ``tokenctl`` command: serve, keys, report, migrate, fake-provider."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from tokenctl.cli.render import render_table
+from tokenctl.config import Config, ConfigError, find_config_path, load_config
+from tokenctl.identity.keys import KeyInfo, KeyNotFound, create_key, list_keys, revoke_key
+from tokenctl.ledger.db import connect
+from tokenctl.ledger.migrations import applied, migrate
+from tokenctl.ledger.report import GROUPINGS, spend_report, total
+from tokenctl.metering.pricing import PriceFileError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except (ConfigError, PriceFileError, ValueError, KeyNotFound) as exc:
+        print(f"tokenctl: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokenctl", description="Spend control plane for AI coding tools.")
+    p.add_argument("--config", help="YAML config file (default: $TOKENCTL_CONFIG, else ./tokenctl.yaml if present)")
+    sub = p.add_subparsers(title="commands")
+
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--ledger", help="SQLite ledger file (overrides the config)")
+    s.add_argument("--log-level", default="INFO")
+    s.set_defaults(run=_serve)
+
+    k = sub.add_parser("keys", help="create, list and revoke virtual keys").add_subparsers(title="keys commands")
+    kc = k.add_parser("create", help="create a key; the secret is printed once")
+    kc.add_argument("--user")
+    kc.add_argument("--team")
+    kc.add_argument("--project")
+    kc.add_argument("--name")
+    kc.add_argument("--models", default="", help="comma-separated allowlist of models or globs (default: any)")
+    kc.add_argument("--ledger")
+    kc.set_defaults(run=_keys_create)
+    kl = k.add_parser("list", help="list keys (never their secrets)")
+    kl.add_argument("--all", action="store_true", help="include revoked keys")
+    kl.add_argument("--format", choices=("table", "json"), default="table")
+    kl.add_argument("--ledger")
+    kl.set_defaults(run=_keys_list)
+    kr = k.add_parser("revoke", help="revoke a key by id")
+    kr.add_argument("key_id")
+    kr.add_argument("--ledger")
+    kr.set_defaults(run=_keys_revoke)
+
+    r = sub.add_parser("report", help="spend by team, user, project, model, tool, session or day")
+    r.add_argument("--by", choices=sorted(GROUPINGS), default="team")
+    r.add_argument("--since", help="7d, 24h, 2026-11-01 …")
+    r.add_argument("--until")
+    r.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    r.add_argument("--ledger")
+    r.set_defaults(run=_report)
+
+    m = sub.add_parser("migrate", help="bring the ledger schema up to date and list applied migrations")
+    m.add_argument("--ledger")
+    m.set_defaults(run=_migrate)
+
+    f = sub.add_parser("fake-provider", help="run the fake LLM provider (tests, demos, benchmarks)")
+    f.add_argument("--host", default="127.0.0.1")
+    f.add_argument("--port", type=int, default=9090)
+    f.set_defaults(run=_fake_provider)
+    return p
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load_config(find_config_path(args.config))
+    overrides = {}
+    if getattr(args, "ledger", None):
+        overrides["ledger_path"] = args.ledger
+    if getattr(args, "host", None):
+        overrides["host"] = args.host
+    if getattr(args, "port", None):
+        overrides["port"] = args.port
+    if overrides:
+        from dataclasses import replace
+
+        config = replace(config, **overrides)
+    return config
+
+
+# -- serve ------------------------------------------------------------------------------------------
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = _config(args)
+    _install_uvloop()
+    asyncio.run(_run_server(config))
+    return 0
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _run_server(config: Config) -> None:
+    from aiohttp import web
+
+    from tokenctl.app import create_app
+
+    runner = web.AppRunner(create_app(config), handle_signals=False, access_log=None,
+                           shutdown_timeout=config.shutdown_grace_seconds)
+    await runner.setup()
+    await web.TCPSite(runner, config.host, config.port, backlog=2048, reuse_address=True).start()
+    log = logging.getLogger("tokenctl")
+    log.info("tokenctl listening on http://%s:%d (config %s, ledger %s)", config.host, config.port, config.source, config.ledger_path)
+    for provider in config.providers:
+        log.info("provider %s (%s) → %s, models %s", provider.name, provider.kind, provider.base_url, ", ".join(provider.models))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: finishing in-flight requests (up to %gs) and flushing the ledger", config.shutdown_grace_seconds)
+    await runner.cleanup()
+    log.info("stopped; ledger flushed")
+
+
+# -- keys -------------------------------------------------------------------------------------------
+
+def _keys_create(args: argparse.Namespace) -> int:
+    db = connect(_config(args).ledger_path)
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    info, secret = create_key(db, user=args.user, team=args.team, project=args.project, name=args.name, models=models)
+    print(secret)
+    print(f"created {info.key_id} (user={info.user} team={info.team} project={info.project}); "
+          "the key above is shown only now: store it safely", file=sys.stderr)
+    return 0
+
+
+def _key_dict(k: KeyInfo) -> dict[str, object]:
+    return {"key_id": k.key_id, "prefix": k.prefix, "name": k.name, "user": k.user, "team": k.team,
+            "project": k.project, "models": list(k.models), "created_at": k.created_at, "revoked_at": k.revoked_at}
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    keys = list_keys(connect(_config(args).ledger_path), include_revoked=args.all)
+    if args.format == "json":
+        print(orjson.dumps([_key_dict(k) for k in keys], option=orjson.OPT_INDENT_2).decode())
+        return 0
+    header = ["key_id", "prefix", "user", "team", "project", "models", "status"]
+    rows = [[k.key_id, k.prefix + "…", k.user or "", k.team or "", k.project or "", ",".join(k.models) or "any",
+             "revoked" if k.revoked_at else "active"] for k in keys]
+    print(render_table(header, rows))
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    info = revoke_key(connect(_config(args).ledger_path), args.key_id)
+    print(f"revoked {info.key_id}; a running gateway refuses it within its key refresh interval")
+    return 0
+
+
+# -- report -----------------------------------------------------------------------------------------
+
+def _report(args: argparse.Namespace) -> int:
+    rows = spend_report(connect(_config(args).ledger_path), args.by, args.since, args.until)
+    if args.format == "json":
+        print(orjson.dumps([r.as_dict() for r in rows], option=orjson.OPT_INDENT_2).decode())
+    elif args.format == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        fields = list(rows[0].as_dict()) if rows else ["group"]
+        writer.writerow([args.by if f == "group" else f for f in fields])
+        for row in rows:
+            writer.writerow(row.as_dict().values())
+        sys.stdout.write(buf.getvalue())
+    else:
+        header = [args.by, "requests", "input", "cache read", "cache write", "output", "reasoning", "cost (USD)"]
+        body = [_table_row(r) for r in rows]
+        print(render_table(header, body, footer=_table_row(total(rows)) if rows else None))
+        unpriced = sum(r.unpriced_requests for r in rows)
+        if unpriced:
+            print(f"note: {unpriced} request(s) had no price (cost counted as 0); add them to the price override file")
+    return 0
+
+
+def _table_row(r) -> list[str]:  # type: ignore[no-untyped-def]
+    return [r.group if r.group is not None else "(none)", f"{r.requests:,}", f"{r.input_tokens:,}",
+            f"{r.cache_read_tokens:,}", f"{r.cache_write_tokens:,}", f"{r.output_tokens:,}",
+            f"{r.reasoning_tokens:,}", f"${r.cost_usd:,.4f}"]
+
+
+# -- other ------------------------------------------------------------------------------------------
+
+def _migrate(args: argparse.Namespace) -> int:
+    db = connect(_config(args).ledger_path, migrate_schema=False)
+    newly = migrate(db)
+    for name in applied(db):
+        print(f"{name}{'  (applied now)' if name in newly else ''}")
+    return 0
+
+
+def _fake_provider(args: argparse.Namespace) -> int:
+    from tokenctl.testing.fake_provider import serve
+
+    _install_uvloop()
+    print(f"fake provider on http://{args.host}:{args.port} (Anthropic base URL; OpenAI base URL …/v1)", file=sys.stderr)
+    try:
+        asyncio.run(serve(args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,42 @@
+"""Who is calling: the client key from the headers, checked against the in-memory key cache.
+
+When both ``x-api-key`` and ``Authorization: Bearer`` are sent (Claude Code does when
+``ANTHROPIC_API_KEY`` and ``ANTHROPIC_AUTH_TOKEN`` are both set), the one that is a
+tokenctl key (``tkc_…``) wins; if both are, ``x-api-key`` wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tokenctl.errors import AuthError
+from tokenctl.identity.keys import KeyCache, hash_key, looks_like_virtual_key
+from tokenctl.types import Principal
+
+
+def client_key(headers: Any) -> str | None:
+    api_key = headers.get("x-api-key") or None
+    auth = headers.get("authorization") or ""
+    bearer = None
+    if auth[:7].lower() == "bearer ":
+        bearer = auth[7:].strip() or None
+    if api_key and bearer and looks_like_virtual_key(bearer) and not looks_like_virtual_key(api_key):
+        return bearer
+    return api_key or bearer
+
+
+async def authenticate(keys: KeyCache, secret: str | None) -> Principal:
+    if not secret:
+        raise AuthError("missing API key: send your tokenctl key in the x-api-key or Authorization: Bearer header")
+    key_hash = hash_key(secret)
+    principal = keys.lookup(key_hash)
+    if principal is not None:
+        return principal
+    if not keys.is_revoked(key_hash) and not keys.recently_missed(key_hash):
+        principal = await asyncio.get_running_loop().run_in_executor(None, keys.load_one, key_hash)
+        if principal is not None:
+            return principal
+    if keys.is_revoked(key_hash):
+        raise AuthError("this tokenctl API key has been revoked; ask your administrator for a new one")
+    raise AuthError("invalid API key: this is not a tokenctl key known to this gateway")

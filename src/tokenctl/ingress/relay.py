@@ -1,0 +1,205 @@
+"""Sending a prepared request upstream and relaying the answer: JSON, SSE stream, or upstream error.
+
+SSE events are written to the client as soon as each one is complete, with the upstream's
+framing. A stream that fails after it started ends with the dialect's in-stream error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from tokenctl.errors import GatewayError, UpstreamError, UpstreamTimeout
+from tokenctl.providers.upstream import DROP_RESPONSE_HEADERS, UpstreamRequest
+
+if TYPE_CHECKING:
+    from tokenctl.pipeline import Call
+
+
+class UpstreamAuthFailed(UpstreamError):
+    """The provider refused the gateway's provider key: a gateway configuration problem."""
+
+    retryable = False
+
+
+async def forward(call: Call, up: UpstreamRequest) -> web.StreamResponse:
+    provider = call.entry.route.provider  # type: ignore[union-attr]
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=provider.connect_timeout_seconds, sock_read=provider.timeout_seconds
+    )
+    try:
+        resp = await call.gw.http.post(up.url, data=up.body, headers=up.headers, timeout=timeout, allow_redirects=False)
+    except asyncio.TimeoutError as exc:
+        raise UpstreamTimeout(f"provider {provider.name!r} did not answer within {provider.timeout_seconds:g}s") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(f"provider {provider.name!r} is unreachable ({type(exc).__name__})") from exc
+    try:
+        call.entry.upstream_request_id = resp.headers.get("request-id") or resp.headers.get("x-request-id")
+        if resp.status >= 400:
+            return await _relay_upstream_error(call, resp)
+        if resp.content_type == "text/event-stream" and call.dialect.new_meter is not None:
+            return await _relay_stream(call, resp, up.injected_stream_usage)
+        return await _relay_json(call, resp)
+    finally:
+        resp.close()
+
+
+def response_headers(resp: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
+    headers = {k: v for k, v in resp.headers.items() if k.lower() not in DROP_RESPONSE_HEADERS}
+    upstream_id = resp.headers.get("request-id") or resp.headers.get("x-request-id")
+    if upstream_id:
+        headers["x-upstream-request-id"] = upstream_id
+    headers["request-id"] = request_id
+    headers["x-request-id"] = request_id
+    return headers
+
+
+async def _read_all(call: Call, resp: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await resp.read()
+    except asyncio.TimeoutError as exc:
+        raise UpstreamTimeout(f"provider {resp.url.host} stopped answering mid-response") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(f"provider connection failed mid-response ({type(exc).__name__})") from exc
+
+
+def _load_object(data: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+async def _relay_json(call: Call, resp: aiohttp.ClientResponse) -> web.Response:
+    data = await _read_all(call, resp)
+    entry = call.entry
+    entry.status = resp.status
+    parsed = _load_object(data)
+    if parsed is not None and call.dialect.extract_usage is not None:
+        usage = parsed.get("usage")
+        entry.raw_usage = usage if isinstance(usage, dict) else None
+        model = parsed.get("model")
+        entry.response_model = model if isinstance(model, str) else None
+    return web.Response(body=data, status=resp.status, headers=response_headers(resp, call.request_id))
+
+
+async def _relay_upstream_error(call: Call, resp: aiohttp.ClientResponse) -> web.Response:
+    data = await _read_all(call, resp)
+    entry = call.entry
+    entry.outcome = "upstream_error"
+    entry.error = data[:500].decode("utf-8", "replace")
+    if resp.status in (401, 403):
+        name = entry.route.provider.name if entry.route else "?"
+        raise UpstreamAuthFailed(
+            f"provider {name!r} refused the gateway's provider key ({resp.status}); "
+            f"the gateway administrator must fix the provider key"
+        )
+    entry.status = resp.status
+    headers = response_headers(resp, call.request_id)
+    parsed = _load_object(data)
+    if parsed is not None and _in_dialect(parsed, call.dialect.family):
+        return web.Response(body=data, status=resp.status, headers=headers)
+    message = _error_message(parsed) or entry.error or f"upstream returned HTTP {resp.status}"
+    kind = "invalid_request_error" if resp.status < 500 else "api_error"
+    headers["content-type"] = "application/json"
+    body = call.dialect.error_body(kind, f"upstream error {resp.status}: {message}", call.request_id)
+    return web.Response(body=body, status=resp.status, headers=headers)
+
+
+def _in_dialect(parsed: dict[str, Any], family: str) -> bool:
+    error = parsed.get("error")
+    if family == "anthropic":
+        return parsed.get("type") == "error" and isinstance(error, dict)
+    return isinstance(error, dict) and "message" in error
+
+
+def _error_message(parsed: dict[str, Any] | None) -> str | None:
+    if parsed is None:
+        return None
+    error = parsed.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"]
+    message = parsed.get("message") or parsed.get("detail")
+    return str(message) if message else None
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _relay_stream(call: Call, resp: aiohttp.ClientResponse, injected_usage: bool) -> web.StreamResponse:
+    assert call.dialect.new_meter is not None
+    meter = call.meter = call.dialect.new_meter(injected_usage)
+    entry = call.entry
+    headers = response_headers(resp, call.request_id)
+    headers["cache-control"] = "no-cache"
+    out = web.StreamResponse(status=resp.status, headers=headers)
+    await out.prepare(call.request)
+    entry.status = resp.status
+    try:
+        failure = await _pump(call, resp, out)
+        if failure is None and not meter.terminal:
+            failure = "upstream closed the stream before it was complete"
+        if failure is not None:
+            entry.outcome, entry.partial, entry.error = "stream_failed", True, failure
+            await _write(out, call.dialect.stream_error_event(failure, meter, call.request_id))
+        elif meter.upstream_error is not None:
+            entry.outcome, entry.error = "upstream_error", meter.upstream_error
+        await out.write_eof()
+    except _ClientGone:
+        entry.outcome, entry.partial = "client_disconnected", True
+        entry.error = "client disconnected mid-stream"
+    finally:
+        entry.raw_usage = meter.raw_usage
+        entry.response_model = meter.response_model
+    return out
+
+
+async def _pump(call: Call, resp: aiohttp.ClientResponse, out: web.StreamResponse) -> str | None:
+    """Relay complete events until the upstream ends. Returns why the upstream failed, or None."""
+    meter = call.meter
+    assert meter is not None
+    pending = b""
+    chunks = resp.content.iter_any()
+    while True:
+        try:
+            chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            return "upstream stopped sending (read timeout)"
+        except aiohttp.ClientError as exc:
+            return f"upstream connection failed mid-stream ({type(exc).__name__})"
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        if pending:
+            chunk = pending + chunk
+        cut = chunk.rfind(b"\n\n")
+        if cut < 0:
+            pending = chunk
+            continue
+        pending = chunk[cut + 2:]
+        if call.entry.ttft_ms is None:
+            call.entry.ttft_ms = (time.perf_counter() - call.started) * 1000
+        await _write(out, meter.feed(chunk[: cut + 2]))
+    if pending.strip():
+        await _write(out, meter.feed(pending + b"\n\n"))
+    return None
+
+
+async def _write(out: web.StreamResponse, data: bytes) -> None:
+    if not data:
+        return
+    try:
+        await out.write(data)
+    except (ConnectionError, RuntimeError) as exc:  # aiohttp: closing transport / closed response
+        raise _ClientGone() from exc
+
+
+__all__ = ["forward", "GatewayError", "response_headers"]

@@ -1,0 +1,79 @@
+"""One ledger row per request, and its conversion to the ``requests`` table's columns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from tokenctl.types import Attribution, Cost, Principal, Route, Usage
+
+_NANO = Decimal("1e9")
+
+
+@dataclass(slots=True)
+class LedgerEntry:
+    """Everything known about one request when it ends. Built on the request path, written by the writer thread."""
+
+    request_id: str
+    started_at: float  # unix seconds
+    api: str
+    stream: bool = False
+    duration_ms: float = 0.0
+    ttft_ms: float | None = None
+    status: int = 0
+    outcome: str = "ok"
+    partial: bool = False
+    error: str | None = None
+    principal: Principal | None = None
+    attribution: Attribution | None = None
+    route: Route | None = None
+    requested_model: str | None = None
+    response_model: str | None = None
+    upstream_request_id: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost: Cost | None = None
+    price_version: str | None = None
+    anthropic_beta: str | None = None
+    raw_usage: Any = None
+
+
+COLUMNS = (
+    "request_id", "ts", "duration_ms", "ttft_ms", "api", "stream", "status", "outcome", "partial", "error",
+    "key_id", "user", "team", "project", "tool", "tool_version", "session_id", "device_id", "tags",
+    "provider", "requested_model", "model", "response_model", "upstream_request_id",
+    "input_tokens", "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "output_tokens",
+    "reasoning_tokens", "cost_usd", "cost_nanousd", "list_cost_usd", "cost_source", "cost_is_estimate", "priced",
+    "price_version", "anthropic_beta", "raw_usage",
+)
+
+INSERT_SQL = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
+def iso_utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def to_row(e: LedgerEntry) -> tuple[Any, ...]:
+    """The column values, in ``COLUMNS`` order; only primitives (so rows can be spilled as JSON)."""
+    p, a, r, u, c = e.principal, e.attribution, e.route, e.usage, e.cost
+    cost = c.total if c else Decimal(0)
+    return (
+        e.request_id, iso_utc(e.started_at), round(e.duration_ms, 3),
+        None if e.ttft_ms is None else round(e.ttft_ms, 3),
+        e.api, int(e.stream), e.status, e.outcome, int(e.partial), e.error,
+        p.key_id if p else None, p.user if p else None, p.team if p else None, p.project if p else None,
+        a.tool if a else None, a.tool_version if a else None, a.session_id if a else None,
+        a.device_id if a else None, orjson.dumps(a.tags).decode() if a and a.tags else None,
+        r.provider.name if r else None, e.requested_model, r.upstream_model if r else None,
+        e.response_model, e.upstream_request_id,
+        u.input_tokens, u.cache_read_tokens, u.cache_write_5m_tokens, u.cache_write_1h_tokens,
+        u.output_tokens, u.reasoning_tokens,
+        str(cost), int((cost * _NANO).to_integral_value()), str(c.list_total if c else Decimal(0)),
+        c.source if c else None, int(bool(c and c.is_estimate)), int(c.priced if c else True),
+        e.price_version, e.anthropic_beta,
+        None if e.raw_usage is None else orjson.dumps(e.raw_usage).decode(),
+    )

@@ -1,0 +1,155 @@
+"""The request path, in order: ingress → identity → policy → routing → provider → metering → ledger.
+
+``handle`` is the whole story of one proxied request; every stage it calls lives in
+its own package. Whatever happens, exactly one ledger entry is recorded per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+
+from tokenctl.config import Config
+from tokenctl.errors import GatewayError, UnsupportedRoute
+from tokenctl.identity.attribution import attribute
+from tokenctl.identity.authenticate import authenticate, client_key
+from tokenctl.identity.keys import KeyCache
+from tokenctl.ingress.dialect import Dialect
+from tokenctl.ingress.relay import forward
+from tokenctl.ingress.request import parse_body, read_body
+from tokenctl.ledger.record import LedgerEntry
+from tokenctl.ledger.writer import LedgerWriter
+from tokenctl.metering.meter import settle
+from tokenctl.metering.pricing import PriceBook
+from tokenctl.policy.access import authorize
+from tokenctl.providers.upstream import Upstream
+from tokenctl.routing.catalog import Catalog
+
+if TYPE_CHECKING:
+    from tokenctl.metering.stream import StreamMeter
+
+log = logging.getLogger("tokenctl")
+
+
+@dataclass
+class Gateway:
+    """Everything a request needs, built once by ``app.create_app``."""
+
+    config: Config
+    keys: KeyCache
+    catalog: Catalog
+    upstreams: dict[str, Upstream]
+    prices: PriceBook
+    ledger: LedgerWriter
+    http: aiohttp.ClientSession
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def new_request_id() -> str:
+    return "req_tk_" + os.urandom(12).hex()
+
+
+class Call:
+    """One request in flight: its id, timers and the ledger entry being filled in."""
+
+    __slots__ = ("gw", "request", "dialect", "request_id", "started", "entry", "meter", "body_size")
+
+    def __init__(self, gw: Gateway, request: web.Request, dialect: Dialect) -> None:
+        self.gw = gw
+        self.request = request
+        self.dialect = dialect
+        self.request_id = new_request_id()
+        self.started = time.perf_counter()
+        self.entry = LedgerEntry(request_id=self.request_id, started_at=time.time(), api=dialect.api)
+        self.meter: StreamMeter | None = None
+        self.body_size = 0
+
+
+async def handle(gw: Gateway, request: web.Request, dialect: Dialect) -> web.StreamResponse:
+    call = Call(gw, request, dialect)
+    try:
+        return await _proxy(call)
+    except asyncio.CancelledError:  # shutdown past its grace period: still recorded, marked partial
+        call.entry.outcome, call.entry.partial = "cancelled", True
+        raise
+    except GatewayError as exc:
+        return reject(call, exc)
+    except Exception:  # the one outermost handler: log, answer in dialect, never crash
+        log.exception("unexpected error in request %s", call.request_id)
+        return reject(call, GatewayError("tokenctl hit an internal error; the request id identifies it in the logs"))
+    finally:
+        _finish(call)
+
+
+async def _proxy(call: Call) -> web.StreamResponse:
+    gw, request, entry, api = call.gw, call.request, call.entry, call.dialect.api
+    entry.principal = await authenticate(gw.keys, client_key(request.headers))
+    raw = await read_body(request, gw.config.max_body_bytes)
+    call.body_size = len(raw)
+    body = parse_body(raw, api)
+    entry.requested_model = body["model"]
+    entry.stream = body.get("stream") is True
+    entry.attribution = attribute(request.headers, body, gw.config.tags_header)
+    entry.anthropic_beta = request.headers.get("anthropic-beta")
+    try:
+        entry.route = gw.catalog.resolve(body["model"], api)
+    except UnsupportedRoute:
+        if api == "anthropic.count_tokens":
+            return _estimate_tokens(call, raw)
+        raise
+    authorize(entry.principal, entry.route)
+    upstream = gw.upstreams[entry.route.provider.name].prepare(api, request.headers, raw, body, entry.route)
+    return await forward(call, upstream)
+
+
+def _estimate_tokens(call: Call, raw: bytes) -> web.Response:
+    """count_tokens for a model whose provider cannot count: a local estimate (about 4 bytes per token)."""
+    call.entry.status = 200
+    body = b'{"input_tokens":%d}' % max(1, len(raw) // 4)
+    return web.Response(body=body, content_type="application/json", headers=_id_headers(call))
+
+
+def _id_headers(call: Call) -> dict[str, str]:
+    return {"request-id": call.request_id, "x-request-id": call.request_id}
+
+
+def reject(call: Call, exc: GatewayError) -> web.Response:
+    entry = call.entry
+    entry.status = exc.status
+    entry.error = exc.message
+    if entry.outcome == "ok":
+        entry.outcome = "upstream_error" if exc.status >= 500 else "rejected"
+    headers = _id_headers(call)
+    if not exc.retryable or exc.status < 500:
+        headers["x-should-retry"] = "false"
+    return web.Response(
+        body=call.dialect.render_error(exc, call.request_id),
+        status=exc.status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _finish(call: Call) -> None:
+    """Meter and record the request. Runs for every outcome, including client disconnects."""
+    entry = call.entry
+    entry.duration_ms = (time.perf_counter() - call.started) * 1000
+    meter = call.meter
+    estimated_output = None
+    if entry.partial and meter is not None and not meter.output_known:
+        estimated_output = meter.estimated_output_tokens()
+    try:
+        settle(entry, call.dialect.extract_usage, call.gw.prices, call.body_size // 4, estimated_output)
+    except Exception:  # metering must never lose the row
+        log.exception("metering failed for request %s; recorded without cost", call.request_id)
+        entry.error = (entry.error or "") + " [metering failed]"
+    call.gw.ledger.record(entry)
