@@ -41,6 +41,9 @@ def _id_headers() -> dict[str, str]:
 async def dispatch(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     path, method = request.path, request.method
+    if request.headers.get("upgrade", "").lower() == "websocket":
+        return _error(d.OPENAI_RESPONSES, 426, "invalid_request_error",
+                      "WebSocket transport is not supported; use HTTPS with server-sent events")
     for route_method, ending, dialect in PROXY_ROUTES:
         if path.endswith(ending):
             if method != route_method:
@@ -51,8 +54,6 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if path in _HEALTH_PATHS and method in ("HEAD", "GET"):
         return web.Response(status=200, headers=_id_headers(), text="" if method == "HEAD" else "ok")
     family = d.ANTHROPIC_MESSAGES if "anthropic-version" in request.headers else d.OPENAI_CHAT
-    if method == "GET" and path.endswith("/responses") and request.headers.get("upgrade", "").lower() == "websocket":
-        return _error(family, 426, "invalid_request_error", "WebSocket transport is not supported; use HTTPS (SSE)")
     return _error(family, 404, "not_found_error", f"no such endpoint: {method} {path}")
 
 

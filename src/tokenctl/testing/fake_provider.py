@@ -143,13 +143,16 @@ class FakeProvider:
     async def _stream(self, request: web.Request, script: Script, events: list[bytes], api: str) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"content-type": "text/event-stream", "request-id": f"fake_req_{next(_ids)}"})
         await resp.prepare(request)
-        for i, event in enumerate(events):
-            if script.fault in ("cut", "eof", "error-event") and i == script.fault_after:
-                return await self._stream_fault(request, resp, script.fault, api)
-            await resp.write(event)
-            if script.stall_ms:
-                await asyncio.sleep(script.stall_ms / 1000)
-        await resp.write_eof()
+        try:
+            for i, event in enumerate(events):
+                if script.fault in ("cut", "eof", "error-event") and i == script.fault_after:
+                    return await self._stream_fault(request, resp, script.fault, api)
+                await resp.write(event)
+                if script.stall_ms:
+                    await asyncio.sleep(script.stall_ms / 1000)
+            await resp.write_eof()
+        except ConnectionError:  # the client (the gateway) went away: normal in disconnect tests
+            pass
         return resp
 
     async def _stream_fault(self, request: web.Request, resp: web.StreamResponse, fault: str, api: str) -> web.StreamResponse:

@@ -1,0 +1,162 @@
+"""Shared fixtures: a fake provider and a live gateway, each a real HTTP server on loopback.
+
+Both run in background threads with their own event loops, so tests can use the official
+synchronous SDK clients exactly as users do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tokenctl.app import create_app
+from tokenctl.config import Config, parse_config
+from tokenctl.identity.keys import create_key
+from tokenctl.ledger.db import connect
+from tokenctl.pipeline import GATEWAY, Gateway
+from tokenctl.testing.fake_provider import FakeProvider
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """An aiohttp application served on 127.0.0.1 from a thread with its own event loop."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        self._ready.wait(15)
+        if self._error:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5)
+        try:
+            self.loop.run_until_complete(self.runner.setup())
+            self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
+        except BaseException as exc:  # surfaced to the test
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture(scope="session")
+def fake() -> Iterator[FakeProvider]:
+    provider = FakeProvider()
+    server = ServerThread(provider.app()).start()
+    provider.url = server.url  # type: ignore[attr-defined]
+    yield provider
+    server.stop()
+
+
+def gateway_config(fake_url: str, tmp: Path, **extra: Any) -> Config:
+    prices = tmp / "prices.yaml"
+    prices.write_text(
+        "models:\n"
+        "  - {match: 'llama-3.1-8b', provider: local, input_per_mtok: 0.10, output_per_mtok: 0.20}\n"
+    )
+    raw: dict[str, Any] = {
+        "ledger": {"path": str(tmp / "ledger.db")},
+        "pricing": {"overrides": str(prices)},
+        "identity": {"key_refresh_seconds": 0.2},
+        "providers": [
+            {"name": "anthropic", "kind": "anthropic", "base_url": fake_url, "api_key_env": "FAKE_ANTHROPIC_KEY",
+             "models": ["claude-*"], "timeout_seconds": 3},
+            {"name": "openai", "kind": "openai", "base_url": fake_url + "/v1", "api_key_env": "FAKE_OPENAI_KEY",
+             "models": ["gpt-*", "o3*", "o4-mini"], "timeout_seconds": 3},
+            {"name": "local", "kind": "openai-compatible", "base_url": fake_url + "/v1", "models": ["llama-3.1-8b"]},
+        ],
+        "aliases": {"team-default": "claude-sonnet-4-5", "cheap": "local/llama-3.1-8b"},
+    }
+    raw.update(extra)
+    return parse_config(raw, source="test")
+
+
+@dataclass
+class LiveGateway:
+    url: str
+    key: str
+    config: Config
+    server: ServerThread
+    fake: FakeProvider
+    db_path: str
+    keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def gw(self) -> Gateway:
+        return self.server.app[GATEWAY]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every ledger row, after the writer has flushed what was recorded."""
+        assert self.gw.ledger.flush(10)
+        db = sqlite3.connect(self.db_path)
+        db.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in db.execute("SELECT * FROM requests ORDER BY ts, rowid")]
+        finally:
+            db.close()
+
+    def wait_rows(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The ledger rows once at least ``count`` exist (a request is recorded when its handler ends)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.rows()
+            if len(rows) >= count or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.02)
+
+    def row(self, request_id: str) -> dict[str, Any]:
+        matches = [r for r in self.rows() if r["request_id"] == request_id]
+        assert len(matches) == 1, f"expected one ledger row for {request_id}, found {len(matches)}"
+        return matches[0]
+
+    def last_upstream(self) -> Any:
+        return self.fake.received[-1]
+
+
+@pytest.fixture
+def gateway(fake: FakeProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveGateway]:
+    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "sk-ant-provider-secret")
+    monkeypatch.setenv("FAKE_OPENAI_KEY", "sk-openai-provider-secret")
+    config = gateway_config(fake.url, tmp_path)  # type: ignore[attr-defined]
+    db = connect(config.ledger_path)
+    _, key = create_key(db, user="alice", team="payments", project="checkout")
+    _, limited = create_key(db, user="bob", team="web", project="site", models=("claude-haiku-*",))
+    db.close()
+    server = ServerThread(create_app(config)).start()
+    fake.received.clear()
+    live = LiveGateway(server.url, key, config, server, fake, config.ledger_path, {"limited": limited})
+    yield live
+    server.stop()
