@@ -1,0 +1,106 @@
+"""Ledger: named migrations, idempotent batched writes, nothing lost when the database fails."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from tokenctl.ledger.db import connect
+from tokenctl.ledger.migrations import MIGRATIONS, applied, migrate
+from tokenctl.ledger.record import LedgerEntry
+from tokenctl.ledger.writer import LedgerWriter
+from tokenctl.types import Usage
+
+
+def entry(request_id: str, output: int = 10) -> LedgerEntry:
+    return LedgerEntry(request_id=request_id, started_at=time.time(), api="openai.chat", status=200,
+                       usage=Usage(input_tokens=100, output_tokens=output))
+
+
+def count(path: str) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_fresh_database_gets_every_migration_once(tmp_path) -> None:
+    db = connect(str(tmp_path / "l.db"))
+    assert applied(db) == [m.__name__ for m in MIGRATIONS]
+    assert migrate(db) == []  # idempotent
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"keys", "requests", "_migrations"} <= tables
+
+
+def test_upgrade_from_the_first_migration_keeps_existing_rows(tmp_path) -> None:
+    db = connect(str(tmp_path / "l.db"), migrate_schema=False)
+    migrate(db, MIGRATIONS[:1])
+    db.execute("INSERT INTO keys (key_id, key_hash, prefix, models, created_at, updated_at) VALUES ('k1', 'h', 'p', '', 1, 1)")
+    newly = migrate(db)
+    assert newly == [m.__name__ for m in MIGRATIONS[1:]]
+    assert db.execute("SELECT key_id FROM keys").fetchall() == [("k1",)]
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "requests_team" in indexes
+
+
+def test_failed_migration_is_rolled_back_and_not_marked(tmp_path) -> None:
+    db = connect(str(tmp_path / "l.db"))
+
+    def m999_broken(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE half_done (x)")
+        raise sqlite3.OperationalError("boom")
+
+    with pytest.raises(sqlite3.OperationalError):
+        migrate(db, [*MIGRATIONS, m999_broken])
+    assert "m999_broken" not in applied(db)
+    assert db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='half_done'").fetchone()[0] == 0
+
+
+def test_writes_are_idempotent_on_request_id(tmp_path) -> None:
+    path = str(tmp_path / "l.db")
+    writer = LedgerWriter(path)
+    writer.start()
+    for _ in range(3):
+        writer.record(entry("req_same"))
+    for i in range(500):
+        writer.record(entry(f"req_{i}"))
+    assert writer.flush(10)
+    writer.close()
+    assert count(path) == 501
+
+
+def test_close_writes_everything_recorded(tmp_path) -> None:
+    path = str(tmp_path / "l.db")
+    writer = LedgerWriter(path, interval_seconds=5.0)  # the thread would not wake on its own before close
+    writer.start()
+    for i in range(2000):
+        writer.record(entry(f"req_{i}"))
+    writer.close()
+    assert count(path) == 2000
+
+
+def test_database_outage_spills_to_disk_and_replays_on_next_start(tmp_path) -> None:
+    path = str(tmp_path / "l.db")
+    writer = LedgerWriter(path, queue_max=50, interval_seconds=0.01)
+    writer.start()
+    locker = sqlite3.connect(path, timeout=0)
+    locker.execute("BEGIN EXCLUSIVE")  # another process holds the database: every write fails
+    writer._db.execute("PRAGMA busy_timeout=0")
+    for i in range(200):
+        writer.record(entry(f"req_{i}"))
+    deadline = time.monotonic() + 10
+    while writer.spilled == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert writer.failures > 0 and writer.spilled > 0
+    assert writer.pending <= 50  # memory stays bounded while the database is down
+    locker.execute("ROLLBACK")
+    locker.close()
+    writer.close()
+    restarted = LedgerWriter(path)
+    restarted.start()
+    restarted.close()
+    assert count(path) == 200
+    assert not (tmp_path / "l.db.spill.jsonl").exists()
