@@ -28,7 +28,7 @@ import orjson
 import psutil
 
 ROOT = Path(__file__).resolve().parent
-FAKE_PORT, GW_PORT = 19190, 19180
+FAKE_PORT, GW_PORT, FLOOR_PORT = 19190, 19180, 19170
 
 
 def claude_code_body(size: int) -> bytes:
@@ -93,7 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    secs = 3 if args.quick else 6
+    secs = 3 if args.quick else 5
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
     work = Path(tempfile.mkdtemp(prefix="tokenctl-bench-"))
@@ -107,12 +107,26 @@ def main() -> None:
                          capture_output=True, text=True, check=True).stdout.strip()
     fake = start([sys.executable, "-m", "tokenctl", "fake-provider", "--port", str(FAKE_PORT)], 0, env)
     gw = start([sys.executable, "-m", "tokenctl", "--config", str(config), "serve", "--log-level", "WARNING"], 1, env)
+    floor_cmd = [sys.executable, str(ROOT / "baseline_proxy.py"), str(FLOOR_PORT), f"http://127.0.0.1:{FAKE_PORT}"]
+    floor = start(floor_cmd, 1, env)
+
+    def fresh_floor() -> psutil.Process:
+        """The floor proxy wedged after c=64 runs in one session (not investigated): start it anew each time."""
+        nonlocal floor
+        floor.kill()
+        floor.wait(10)
+        floor = start(floor_cmd, 1, env)
+        wait_up(f"http://127.0.0.1:{FLOOR_PORT}/")
+        return psutil.Process(floor.pid)
+
     results: dict[str, object] = {"python": sys.version.split()[0], "cores": os.cpu_count()}
     try:
         direct_url, gw_url = f"http://127.0.0.1:{FAKE_PORT}/v1/messages", f"http://127.0.0.1:{GW_PORT}/v1/messages"
+        floor_url = f"http://127.0.0.1:{FLOOR_PORT}/v1/messages"
         wait_up(direct_url.rsplit("/v1", 1)[0] + "/v1/models")
         wait_up(f"http://127.0.0.1:{GW_PORT}/")
-        gproc = psutil.Process(gw.pid)
+        wait_up(f"http://127.0.0.1:{FLOOR_PORT}/")
+        gproc, fproc = psutil.Process(gw.pid), psutil.Process(floor.pid)
         time.sleep(1)
         results["rss_idle_mib"] = round(gproc.memory_info().rss / 2**20, 1)
         bodies = {"small": SMALL_BODY, "claude_code_50kb": claude_code_body(50_000)}
@@ -129,10 +143,14 @@ def main() -> None:
             for conns in (1, 16, 64):
                 headers = {**base_headers, "x-fake-fault": "slow:25"}
                 d = wrk(direct_url, path, headers, conns, secs)
+                fresh_floor()
+                f = wrk(floor_url, path, headers, conns, secs)
                 g = wrk(gw_url, path, headers, conns, secs)
                 latency[f"{name}/c{conns}"] = {
-                    "direct": d, "tokenctl": g,
+                    "direct": d, "aiohttp_floor": f, "tokenctl": g,
                     "added_p50_ms": round(g["p50_ms"] - d["p50_ms"], 3), "added_p99_ms": round(g["p99_ms"] - d["p99_ms"], 3),
+                    "floor_added_p50_ms": round(f["p50_ms"] - d["p50_ms"], 3),
+                    "floor_added_p99_ms": round(f["p99_ms"] - d["p99_ms"], 3),
                 }
                 print(name, conns, latency[f"{name}/c{conns}"], flush=True)
         results["latency_25ms_upstream"] = latency
@@ -143,12 +161,18 @@ def main() -> None:
             path = work / f"{name}.json"
             for conns in (16, 64):
                 d = wrk(direct_url, path, base_headers, conns, secs)
+                fproc = fresh_floor()
+                before = cpu_seconds(fproc)
+                f = wrk(floor_url, path, base_headers, conns, secs)
+                floor_cpu = cpu_seconds(fproc) - before
                 before = cpu_seconds(gproc)
                 g = wrk(gw_url, path, base_headers, conns, secs)
                 cpu = cpu_seconds(gproc) - before
                 throughput[f"{name}/c{conns}"] = {
-                    "direct": d, "tokenctl": g, "cpu_us_per_request": round(cpu / g["requests"] * 1e6, 1),
-                    "rps_per_core": g["rps"], "added_p50_ms": round(g["p50_ms"] - d["p50_ms"], 3),
+                    "direct": d, "aiohttp_floor": f, "tokenctl": g,
+                    "cpu_us_per_request": round(cpu / g["requests"] * 1e6, 1),
+                    "floor_cpu_us_per_request": round(floor_cpu / f["requests"] * 1e6, 1) if f["requests"] else None,
+                    "rps_per_core": g["rps"], "floor_rps_per_core": f["rps"],
                 }
                 print(name, "throughput", conns, throughput[f"{name}/c{conns}"], flush=True)
         results["throughput_zero_latency_upstream"] = throughput
@@ -183,7 +207,9 @@ def main() -> None:
         gw.send_signal(signal.SIGTERM)
         gw.wait(30)
         fake.terminate()
+        floor.kill()
         fake.wait(10)
+        floor.wait(10)
     import sqlite3
 
     rows = sqlite3.connect(work / "ledger.db").execute("SELECT COUNT(*) FROM requests").fetchone()[0]

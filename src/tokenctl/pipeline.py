@@ -7,6 +7,7 @@ its own package. Whatever happens, exactly one ledger entry is recorded per requ
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -54,8 +55,12 @@ class Gateway:
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
+_ID_PREFIX = "req_tk_" + os.urandom(6).hex()  # random per process, so ids stay unique across restarts
+_id_counter = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return "req_tk_" + os.urandom(12).hex()
+    return f"{_ID_PREFIX}{next(_id_counter):012x}"
 
 
 class Call:

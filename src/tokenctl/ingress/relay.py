@@ -29,11 +29,8 @@ class UpstreamAuthFailed(UpstreamError):
 
 async def forward(call: Call, up: UpstreamRequest) -> web.StreamResponse:
     provider = call.entry.route.provider  # type: ignore[union-attr]
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=provider.connect_timeout_seconds, sock_read=provider.timeout_seconds
-    )
     try:
-        resp = await call.gw.http.post(up.url, data=up.body, headers=up.headers, timeout=timeout, allow_redirects=False)
+        resp = await call.gw.http.post(up.url, data=up.body, headers=up.headers, timeout=up.timeout, allow_redirects=False)
     except asyncio.TimeoutError as exc:
         raise UpstreamTimeout(f"provider {provider.name!r} did not answer within {provider.timeout_seconds:g}s") from exc
     except aiohttp.ClientError as exc:

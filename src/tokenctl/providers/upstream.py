@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import orjson
 
 from tokenctl.config import ProviderConfig
@@ -52,6 +53,7 @@ class UpstreamRequest:
     headers: dict[str, str]
     body: bytes
     injected_stream_usage: bool
+    timeout: aiohttp.ClientTimeout
 
 
 class Upstream:
@@ -62,6 +64,9 @@ class Upstream:
         self._drop = _DROP_REQUEST_HEADERS | drop_headers
         self._key = config.api_key()
         self._static_headers = dict(config.headers)
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=config.connect_timeout_seconds, sock_read=config.timeout_seconds
+        )
 
     def prepare(self, api: str, client_headers: Any, raw_body: bytes, body: dict[str, Any], route: Route) -> UpstreamRequest:
         url = self.config.base_url + ENDPOINTS[(self.config.kind, api)]
@@ -80,7 +85,7 @@ class Upstream:
         if changed:
             raw_body = orjson.dumps(body)
             headers["content-type"] = "application/json"
-        return UpstreamRequest(url, headers, raw_body, injected)
+        return UpstreamRequest(url, headers, raw_body, injected, self.timeout)
 
     def _authorize(self, headers: dict[str, str]) -> None:
         if self.config.api_key_env is None:
