@@ -10,8 +10,12 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 import orjson
+from aiohttp import web
+
+from tokenctl.app import create_app
 
 from tokenctl.cli.render import render_table
 from tokenctl.config import Config, ConfigError, find_config_path, load_config
@@ -95,8 +99,6 @@ def _config(args: argparse.Namespace) -> Config:
     if getattr(args, "port", None):
         overrides["port"] = args.port
     if overrides:
-        from dataclasses import replace
-
         config = replace(config, **overrides)
     return config
 
@@ -120,10 +122,6 @@ def _install_uvloop() -> None:
 
 
 async def _run_server(config: Config) -> None:
-    from aiohttp import web
-
-    from tokenctl.app import create_app
-
     runner = web.AppRunner(create_app(config), handle_signals=False, access_log=None,
                            shutdown_timeout=config.shutdown_grace_seconds)
     await runner.setup()

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from tokenctl.errors import AuthError, GatewayError, NotFound
+from tokenctl.errors import AuthError
 from tokenctl.identity.authenticate import authenticate, client_key
 from tokenctl.ingress import dialect as d
 from tokenctl.pipeline import GATEWAY, Gateway, handle, new_request_id
@@ -94,5 +94,3 @@ async def body_limit_errors(request: web.Request, handler: Callable[[web.Request
         dialect = d.ANTHROPIC_MESSAGES if "/messages" in request.path else d.OPENAI_CHAT
         return _error(dialect, exc.status, "invalid_request_error", exc.reason)
 
-
-__all__ = ["dispatch", "list_models", "GatewayError", "NotFound", "PROXY_ROUTES"]

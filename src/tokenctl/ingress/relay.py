@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from tokenctl.errors import GatewayError, UpstreamError, UpstreamTimeout
+from tokenctl.errors import UpstreamError, UpstreamTimeout
 from tokenctl.providers.upstream import DROP_RESPONSE_HEADERS, UpstreamRequest
 
 if TYPE_CHECKING:
@@ -198,5 +198,3 @@ async def _write(out: web.StreamResponse, data: bytes) -> None:
     except (ConnectionError, RuntimeError) as exc:  # aiohttp: closing transport / closed response
         raise _ClientGone() from exc
 
-
-__all__ = ["forward", "GatewayError", "response_headers"]
