@@ -5,18 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
 
 from tokenctl.config import Config
 from tokenctl.identity.keys import KeyCache
+from tokenctl.ingress.admin import admin_dispatch
 from tokenctl.ingress.http import body_limit_errors, dispatch
 from tokenctl.ledger.db import connect
 from tokenctl.ledger.writer import LedgerWriter
 from tokenctl.metering.pricing import PriceBook
 from tokenctl.pipeline import GATEWAY, Gateway
+from tokenctl.policy.approval import ApprovalDesk
+from tokenctl.policy.enforce import Enforcer
+from tokenctl.policy.manage import combined_rules, last_change
+from tokenctl.policy.notify import Notifier
+from tokenctl.policy.seed import ledger_seeds
+from tokenctl.policy.store import MemoryStore, SpendStore
 from tokenctl.providers.upstream import Upstream
 from tokenctl.routing.catalog import Catalog
 
@@ -25,18 +33,25 @@ log = logging.getLogger("tokenctl")
 CONFIG = web.AppKey("config", Config)
 
 
-def create_app(config: Config) -> web.Application:
-    """An aiohttp application serving the gateway; its parts start and stop with the app."""
+def create_app(config: Config, *, store: SpendStore | None = None,
+               clock: Callable[[], float] = time.time) -> web.Application:
+    """An aiohttp application serving the gateway; its parts start and stop with the app.
+
+    ``store`` holds budget counters and reservations (in memory by default); ``clock`` is injectable
+    so tests can move budget windows.
+    """
     # Checked now, so a bad price file stops start-up with a clear message instead of failing later.
     prices = PriceBook.from_file(config.price_overrides_path)
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[body_limit_errors])
     app[CONFIG] = config
+    app.router.add_route("*", "/admin/{tail:.*}", admin_dispatch)
     app.router.add_route("*", "/{tail:.*}", dispatch)
-    app.cleanup_ctx.append(lambda a: _gateway_lifecycle(a, prices))
+    app.cleanup_ctx.append(lambda a: _gateway_lifecycle(a, prices, store or MemoryStore(), clock))
     return app
 
 
-async def _gateway_lifecycle(app: web.Application, prices: PriceBook) -> AsyncIterator[None]:
+async def _gateway_lifecycle(app: web.Application, prices: PriceBook, store: SpendStore,
+                             clock: Callable[[], float]) -> AsyncIterator[None]:
     config = app[CONFIG]
     ledger = LedgerWriter(config.ledger_path, queue_max=config.ledger_queue_max, batch_max=config.ledger_batch_max)
     ledger.start()
@@ -50,25 +65,57 @@ async def _gateway_lifecycle(app: web.Application, prices: PriceBook) -> AsyncIt
             log.warning("provider %r: %s is not set; its requests will fail until it is", p.name, p.api_key_env)
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
     http = aiohttp.ClientSession(connector=connector, auto_decompress=True)
-    gateway = Gateway(config, keys, Catalog(config), upstreams, prices, ledger, http)
+    catalog = Catalog(config)
+    rules_db = connect(config.ledger_path)
+    desk = ApprovalDesk(config.ledger_path)
+    notifier = Notifier(http, config.enforcement.webhook_timeout_seconds)
+    enforcer = Enforcer(config, combined_rules(config, rules_db), catalog, prices, store, desk, notifier,
+                        ledger.record, clock)
+    await _seed_budgets(enforcer, rules_db)
+    gateway = Gateway(config, keys, catalog, upstreams, prices, ledger, http, enforcer)
     app[GATEWAY] = gateway
-    refresher = asyncio.create_task(_refresh_keys(keys, config.key_refresh_seconds))
+    refresher = asyncio.create_task(_refresh(gateway, rules_db, config.key_refresh_seconds))
     try:
         yield
     finally:
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresher
+        await notifier.drain()
         await http.close()
         ledger.close(timeout=config.shutdown_grace_seconds)
         keys_db.close()
+        rules_db.close()
+        desk.close()
 
 
-async def _refresh_keys(keys: KeyCache, interval: float) -> None:
+async def _seed_budgets(enforcer: Enforcer, db: object) -> None:
+    """Budget counters for the current windows, from the ledger (set-if-absent in the store)."""
     loop = asyncio.get_running_loop()
+    settled, drops = await loop.run_in_executor(
+        None, ledger_seeds, db, enforcer.budgets.rules, enforcer.tz, enforcer.clock()
+    )
+    await enforcer.store.seed(settled, drops)
+
+
+async def _refresh(gw: Gateway, rules_db: object, interval: float) -> None:
+    """Pick up keys and live rules changed by the CLI or the admin API."""
+    loop = asyncio.get_running_loop()
+    seen = await loop.run_in_executor(None, last_change, rules_db)
     while True:
         await asyncio.sleep(interval)
         try:
-            await loop.run_in_executor(None, keys.refresh)
+            await loop.run_in_executor(None, gw.keys.refresh)
+            changed = await loop.run_in_executor(None, last_change, rules_db)
+            if changed != seen:
+                seen = changed
+                await reload_rules(gw, rules_db)
         except Exception:  # a locked or missing database must not stop refreshing
-            log.exception("refreshing keys failed; keeping the keys already loaded")
+            log.exception("refreshing keys or rules failed; keeping what is loaded")
+
+
+async def reload_rules(gw: Gateway, rules_db: object) -> None:
+    loop = asyncio.get_running_loop()
+    rules = await loop.run_in_executor(None, combined_rules, gw.config, rules_db)
+    gw.enforcer.set_rules(rules)
+    await _seed_budgets(gw.enforcer, rules_db)

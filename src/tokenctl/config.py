@@ -12,17 +12,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from decimal import Decimal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 import yaml
+
+from tokenctl.policy.rules import (
+    ApprovalRule,
+    BudgetRule,
+    ModelPolicy,
+    check_budget_links,
+    parse_approval,
+    parse_budget,
+    parse_policy,
+    parse_rule_list,
+)
+from tokenctl.validate import ConfigError, integer, money, number, reject_unknown, resolve_path, section
+
+__all__ = ["Config", "ConfigError", "ProviderConfig", "load_config", "parse_config"]
 
 ProviderKind = Literal["anthropic", "openai", "openai-compatible"]
 PROVIDER_KINDS: tuple[str, ...] = ("anthropic", "openai", "openai-compatible")
 
 # genai-prices provider ids used for list prices when the config does not say.
 _DEFAULT_PRICING_PROVIDER = {"anthropic": "anthropic", "openai": "openai", "openai-compatible": None}
-
-
-class ConfigError(ValueError):
-    """The configuration file is invalid; the message names the field."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +56,19 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EnforcementConfig:
+    """How budgets are enforced and where notifications go."""
+
+    timezone: str = "UTC"
+    reservation_ceiling_usd: Decimal = Decimal(5)  # the most one request reserves, whatever its max_tokens
+    default_max_output_tokens: int = 16_384  # assumed when an OpenAI request sets no output limit
+    reservation_ttl_seconds: float = 900.0  # a reservation not settled by then (crash) expires
+    webhook_url: str | None = None  # Slack-compatible: POST {"text": ...}
+    approvals_webhook_url: str | None = None  # defaults to webhook_url
+    webhook_timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -57,6 +83,10 @@ class Config:
     shutdown_grace_seconds: float = 30.0
     providers: tuple[ProviderConfig, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)
+    enforcement: EnforcementConfig = field(default_factory=lambda: EnforcementConfig())
+    budgets: tuple[BudgetRule, ...] = ()
+    policies: tuple[ModelPolicy, ...] = ()
+    approvals: tuple[ApprovalRule, ...] = ()
     source: str = "<defaults>"
 
 
@@ -108,15 +138,16 @@ def load_config(path: str | Path | None = None) -> Config:
 
 def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path | None = None) -> Config:
     """Validate a config mapping (as read from YAML)."""
-    _reject_unknown(raw, {"server", "ledger", "pricing", "providers", "aliases", "identity"}, "top level")
-    server = _section(raw, "server")
-    _reject_unknown(server, {"host", "port", "max_body_bytes", "shutdown_grace_seconds", "admin_key_env", "tags_header"}, "server")
-    ledger = _section(raw, "ledger")
-    _reject_unknown(ledger, {"path", "queue_max", "batch_max"}, "ledger")
-    pricing = _section(raw, "pricing")
-    _reject_unknown(pricing, {"overrides"}, "pricing")
-    identity = _section(raw, "identity")
-    _reject_unknown(identity, {"key_refresh_seconds"}, "identity")
+    reject_unknown(raw, {"server", "ledger", "pricing", "providers", "aliases", "identity", "enforcement",
+                         "budgets", "policies", "approvals"}, "top level")
+    server = section(raw, "server")
+    reject_unknown(server, {"host", "port", "max_body_bytes", "shutdown_grace_seconds", "admin_key_env", "tags_header"}, "server")
+    ledger = section(raw, "ledger")
+    reject_unknown(ledger, {"path", "queue_max", "batch_max"}, "ledger")
+    pricing = section(raw, "pricing")
+    reject_unknown(pricing, {"overrides"}, "pricing")
+    identity = section(raw, "identity")
+    reject_unknown(identity, {"key_refresh_seconds"}, "identity")
 
     providers_raw = raw.get("providers", DEFAULT_PROVIDERS)
     if not isinstance(providers_raw, list) or not providers_raw:
@@ -132,26 +163,59 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
 
     overrides = pricing.get("overrides")
     if overrides is not None:
-        overrides = str(_resolve(base_dir, str(overrides)))
+        overrides = str(resolve_path(base_dir, str(overrides)))
     ledger_path = ledger.get("path", "tokenctl.db")
     if ledger_path != ":memory:":
-        ledger_path = str(_resolve(base_dir, str(ledger_path)))
+        ledger_path = str(resolve_path(base_dir, str(ledger_path)))
 
+    budgets = parse_rule_list(raw.get("budgets"), "budgets", parse_budget)
+    check_budget_links(budgets)
     return Config(
         host=str(server.get("host", "127.0.0.1")),
-        port=_int(server, "port", 8080, "server"),
-        max_body_bytes=_int(server, "max_body_bytes", 32 * 1024 * 1024, "server"),
-        shutdown_grace_seconds=_num(server, "shutdown_grace_seconds", 30.0, "server"),
+        port=integer(server, "port", 8080, "server"),
+        max_body_bytes=integer(server, "max_body_bytes", 32 * 1024 * 1024, "server"),
+        shutdown_grace_seconds=number(server, "shutdown_grace_seconds", 30.0, "server"),
         admin_key_env=str(server.get("admin_key_env", "TOKENCTL_ADMIN_KEY")),
         tags_header=str(server.get("tags_header", "x-tokenctl-tags")).lower(),
         ledger_path=ledger_path,
-        ledger_queue_max=_int(ledger, "queue_max", 100_000, "ledger"),
-        ledger_batch_max=_int(ledger, "batch_max", 2_000, "ledger"),
+        ledger_queue_max=integer(ledger, "queue_max", 100_000, "ledger"),
+        ledger_batch_max=integer(ledger, "batch_max", 2_000, "ledger"),
         price_overrides_path=overrides,
-        key_refresh_seconds=_num(identity, "key_refresh_seconds", 2.0, "identity"),
+        key_refresh_seconds=number(identity, "key_refresh_seconds", 2.0, "identity"),
         providers=providers,
         aliases=dict(aliases),
+        enforcement=_parse_enforcement(section(raw, "enforcement")),
+        budgets=budgets,
+        policies=parse_rule_list(raw.get("policies"), "policies", parse_policy),
+        approvals=parse_rule_list(raw.get("approvals"), "approvals", parse_approval),
         source=source,
+    )
+
+
+def _parse_enforcement(raw: dict[str, Any]) -> EnforcementConfig:
+    where = "enforcement"
+    reject_unknown(raw, {"timezone", "reservation_ceiling_usd", "default_max_output_tokens", "reservation_ttl_seconds",
+                         "webhook_url", "approvals_webhook_url", "webhook_timeout_seconds"}, where)
+    tz = str(raw.get("timezone", "UTC"))
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"{where}.timezone: unknown time zone {tz!r} (use an IANA name such as Europe/Berlin)") from exc
+    urls = {}
+    for key in ("webhook_url", "approvals_webhook_url"):
+        url = raw.get(key)
+        if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+            raise ConfigError(f"{where}.{key}: must be an http(s) URL")
+        urls[key] = url
+    ceiling = money(raw, "reservation_ceiling_usd", where)
+    return EnforcementConfig(
+        timezone=tz,
+        reservation_ceiling_usd=Decimal(5) if ceiling is None else ceiling,
+        default_max_output_tokens=integer(raw, "default_max_output_tokens", 16_384, where),
+        reservation_ttl_seconds=number(raw, "reservation_ttl_seconds", 900.0, where),
+        webhook_url=urls["webhook_url"],
+        approvals_webhook_url=urls["approvals_webhook_url"] or urls["webhook_url"],
+        webhook_timeout_seconds=number(raw, "webhook_timeout_seconds", 5.0, where),
     )
 
 
@@ -159,7 +223,7 @@ def _parse_provider(raw: Any, index: int) -> ProviderConfig:
     where = f"providers[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping")
-    _reject_unknown(
+    reject_unknown(
         raw,
         {"name", "kind", "base_url", "api_key_env", "models", "pricing_provider", "timeout_seconds",
          "connect_timeout_seconds", "inject_stream_usage", "headers"},
@@ -187,40 +251,10 @@ def _parse_provider(raw: Any, index: int) -> ProviderConfig:
         api_key_env=raw.get("api_key_env"),
         models=tuple(models),
         pricing_provider=raw.get("pricing_provider", _DEFAULT_PRICING_PROVIDER[kind]),
-        timeout_seconds=_num(raw, "timeout_seconds", 600.0, where),
-        connect_timeout_seconds=_num(raw, "connect_timeout_seconds", 10.0, where),
+        timeout_seconds=number(raw, "timeout_seconds", 600.0, where),
+        connect_timeout_seconds=number(raw, "connect_timeout_seconds", 10.0, where),
         inject_stream_usage=bool(raw.get("inject_stream_usage", True)),
         headers=tuple((str(k), str(v)) for k, v in headers.items()),
     )
 
 
-def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
-    value = raw.get(name, {}) or {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{name}: must be a mapping")
-    return value
-
-
-def _reject_unknown(raw: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-
-
-def _int(raw: dict[str, Any], key: str, default: int, where: str) -> int:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{where}.{key}: must be a non-negative integer")
-    return value
-
-
-def _num(raw: dict[str, Any], key: str, default: float, where: str) -> float:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"{where}.{key}: must be a non-negative number")
-    return float(value)
-
-
-def _resolve(base_dir: Path | None, path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() or base_dir is None else base_dir / p

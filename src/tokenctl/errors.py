@@ -8,6 +8,10 @@ Anthropic or OpenAI error body. Nothing else decides status codes.
     ├── BadRequest            400  malformed JSON, wrong types, missing fields
     ├── AuthError             401  missing, unknown or revoked virtual key
     ├── PermissionDenied      403  key may not use this model
+    │   └── PolicyDenied      403  a model policy forbids this request (model, size)
+    ├── BudgetExceeded        402  a hard budget cannot take this request's worst-case cost
+    ├── ApprovalRequired      402  the request is held until an approver lets it through
+    ├── RateLimited           429  requests/tokens per minute; Retry-After says when to retry
     ├── NotFound              404  unknown model or endpoint
     ├── PayloadTooLarge       413  body above the configured limit
     ├── UnsupportedRoute      400  model served by a provider of another API dialect
@@ -21,17 +25,24 @@ Code's beta-stripping retry ladder) and never 500 (Codex retries 30 times).
 
 from __future__ import annotations
 
+import math
+
 
 class GatewayError(Exception):
     """Base class: an error tokenctl itself answers with."""
 
     status: int = 500
     kind: str = "api_error"
+    code: str | None = None  # OpenAI ``error.code``; None = derived from ``kind``
     retryable: bool = True  # False adds ``x-should-retry: false`` so SDKs and Claude Code stop retrying
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (Retry-After, approval id…)."""
+        return {}
 
 
 class BadRequest(GatewayError):
@@ -51,6 +62,7 @@ class AuthError(GatewayError):
 
     status = 401
     kind = "authentication_error"
+    retryable = False
 
 
 class PermissionDenied(GatewayError):
@@ -58,6 +70,7 @@ class PermissionDenied(GatewayError):
 
     status = 403
     kind = "permission_error"
+    retryable = False
 
 
 class NotFound(GatewayError):
@@ -65,6 +78,7 @@ class NotFound(GatewayError):
 
     status = 404
     kind = "not_found_error"
+    retryable = False
 
 
 class PayloadTooLarge(GatewayError):
@@ -72,6 +86,7 @@ class PayloadTooLarge(GatewayError):
 
     status = 413
     kind = "request_too_large"
+    retryable = False
 
 
 class UpstreamError(GatewayError):
@@ -86,3 +101,58 @@ class UpstreamTimeout(UpstreamError):
 
     status = 504
     kind = "timeout_error"
+
+
+class PolicyDenied(PermissionDenied):
+    """A model policy forbids the request: a denied model, or a request above a size limit."""
+
+
+class BudgetExceeded(GatewayError):
+    """A blocking budget cannot take the request's worst-case cost. 402: shown once by Claude Code, not retried."""
+
+    status = 402
+    kind = "billing_error"
+    code = "budget_exceeded"
+    retryable = False
+
+    def __init__(self, message: str, *, budget: str, limit: object, spent: object, reserved: object, needed: object,
+                 resets_at: float | None) -> None:
+        super().__init__(message)
+        self.budget = budget
+        self.limit, self.spent, self.reserved, self.needed = limit, spent, reserved, needed
+        self.resets_at = resets_at
+
+    def headers(self) -> dict[str, str]:
+        return {"x-tokenctl-budget": self.budget}
+
+
+class ApprovalRequired(GatewayError):
+    """The request's estimated cost or size is above an approval threshold; it is held under ``approval_id``."""
+
+    status = 402
+    kind = "billing_error"
+    code = "approval_required"
+    retryable = False
+
+    def __init__(self, message: str, approval_id: str) -> None:
+        super().__init__(message)
+        self.approval_id = approval_id
+
+    def headers(self) -> dict[str, str]:
+        return {"x-tokenctl-approval-id": self.approval_id}
+
+
+class RateLimited(GatewayError):
+    """A requests- or tokens-per-minute limit; ``Retry-After`` is when the request would be admitted."""
+
+    status = 429
+    kind = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(max(1, math.ceil(self.retry_after)))}

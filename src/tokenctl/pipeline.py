@@ -30,6 +30,7 @@ from tokenctl.ledger.writer import LedgerWriter
 from tokenctl.metering.meter import settle
 from tokenctl.metering.pricing import PriceBook
 from tokenctl.policy.access import authorize
+from tokenctl.policy.enforce import Admission, Enforcer
 from tokenctl.providers.upstream import Upstream
 from tokenctl.routing.catalog import Catalog
 
@@ -50,6 +51,7 @@ class Gateway:
     prices: PriceBook
     ledger: LedgerWriter
     http: aiohttp.ClientSession
+    enforcer: Enforcer
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -66,7 +68,7 @@ def new_request_id() -> str:
 class Call:
     """One request in flight: its id, timers and the ledger entry being filled in."""
 
-    __slots__ = ("gw", "request", "dialect", "request_id", "started", "entry", "meter", "body_size")
+    __slots__ = ("gw", "request", "dialect", "request_id", "started", "entry", "meter", "body_size", "admission")
 
     def __init__(self, gw: Gateway, request: web.Request, dialect: Dialect) -> None:
         self.gw = gw
@@ -77,6 +79,7 @@ class Call:
         self.entry = LedgerEntry(request_id=self.request_id, started_at=time.time(), api=dialect.api)
         self.meter: StreamMeter | None = None
         self.body_size = 0
+        self.admission: Admission | None = None
 
 
 async def handle(gw: Gateway, request: web.Request, dialect: Dialect) -> web.StreamResponse:
@@ -92,7 +95,7 @@ async def handle(gw: Gateway, request: web.Request, dialect: Dialect) -> web.Str
         log.exception("unexpected error in request %s", call.request_id)
         return reject(call, GatewayError("tokenctl hit an internal error; the request id identifies it in the logs"))
     finally:
-        _finish(call)
+        await _finish(call)
 
 
 async def _proxy(call: Call) -> web.StreamResponse:
@@ -112,7 +115,10 @@ async def _proxy(call: Call) -> web.StreamResponse:
             return _estimate_tokens(call, raw)
         raise
     authorize(entry.principal, entry.route)
-    upstream = gw.upstreams[entry.route.provider.name].prepare(api, request.headers, raw, body, entry.route)
+    call.admission = admission = await gw.enforcer.admit(entry, body, raw, api)
+    upstream = gw.upstreams[entry.route.provider.name].prepare(
+        api, request.headers, raw, body, entry.route, body_changed=admission.body_changed
+    )
     return await forward(call, upstream)
 
 
@@ -134,7 +140,8 @@ def reject(call: Call, exc: GatewayError) -> web.Response:
     if entry.outcome == "ok":
         entry.outcome = "upstream_error" if exc.status >= 500 else "rejected"
     headers = _id_headers(call)
-    if not exc.retryable or exc.status < 500:
+    headers.update(exc.headers())
+    if not exc.retryable:
         headers["x-should-retry"] = "false"
     return web.Response(
         body=call.dialect.render_error(exc, call.request_id),
@@ -144,8 +151,8 @@ def reject(call: Call, exc: GatewayError) -> web.Response:
     )
 
 
-def _finish(call: Call) -> None:
-    """Meter and record the request. Runs for every outcome, including client disconnects."""
+async def _finish(call: Call) -> None:
+    """Meter, settle budgets and record the request. Runs for every outcome, including client disconnects."""
     entry = call.entry
     entry.duration_ms = (time.perf_counter() - call.started) * 1000
     meter = call.meter
@@ -157,4 +164,9 @@ def _finish(call: Call) -> None:
     except Exception:  # metering must never lose the row
         log.exception("metering failed for request %s; recorded without cost", call.request_id)
         entry.error = (entry.error or "") + " [metering failed]"
+    if call.admission is not None:
+        try:
+            await call.gw.enforcer.settle(call.admission, entry)
+        except Exception:  # settling must never lose the row either
+            log.exception("settling budgets failed for request %s", call.request_id)
     call.gw.ledger.record(entry)

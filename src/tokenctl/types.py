@@ -20,6 +20,7 @@ class Principal:
     team: str | None
     project: str | None
     models: tuple[str, ...] = ()  # allowlist of model names or globs; empty = any configured model
+    opt_in: bool = False  # may use models that policies would rewrite to a cheaper default
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,10 +36,12 @@ class KeyInfo:
     models: tuple[str, ...]
     created_at: float
     revoked_at: float | None
+    opt_in: bool = False
 
     @property
     def principal(self) -> Principal:
-        return Principal(key_id=self.key_id, user=self.user, team=self.team, project=self.project, models=self.models)
+        return Principal(key_id=self.key_id, user=self.user, team=self.team, project=self.project, models=self.models,
+                         opt_in=self.opt_in)
 
 
 def hash_key(secret: str) -> str:
@@ -50,12 +52,13 @@ def looks_like_virtual_key(value: str) -> bool:
     return value.startswith(KEY_PREFIX)
 
 
-_SELECT = "SELECT key_id, prefix, name, user, team, project, models, created_at, revoked_at FROM keys"
+_SELECT = "SELECT key_id, prefix, name, user, team, project, models, created_at, revoked_at, opt_in FROM keys"
 
 
 def _info(row: tuple) -> KeyInfo:
-    key_id, prefix, name, user, team, project, models, created_at, revoked_at = row
-    return KeyInfo(key_id, prefix, name, user, team, project, tuple(m for m in models.split(",") if m), created_at, revoked_at)
+    key_id, prefix, name, user, team, project, models, created_at, revoked_at, opt_in = row
+    models_t = tuple(m for m in models.split(",") if m)
+    return KeyInfo(key_id, prefix, name, user, team, project, models_t, created_at, revoked_at, bool(opt_in))
 
 
 def create_key(
@@ -66,6 +69,7 @@ def create_key(
     project: str | None = None,
     name: str | None = None,
     models: tuple[str, ...] = (),
+    opt_in: bool = False,
 ) -> tuple[KeyInfo, str]:
     """Create a key. Returns its record and the secret, which is not stored and cannot be shown again."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -73,9 +77,9 @@ def create_key(
     now = time.time()
     with transaction(db):
         db.execute(
-            "INSERT INTO keys (key_id, key_hash, prefix, name, user, team, project, models, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key_id, hash_key(secret), secret[:10], name, user, team, project, ",".join(models), now, now),
+            "INSERT INTO keys (key_id, key_hash, prefix, name, user, team, project, models, opt_in, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key_id, hash_key(secret), secret[:10], name, user, team, project, ",".join(models), int(opt_in), now, now),
         )
     return get_key(db, key_id), secret
 
@@ -131,19 +135,19 @@ class KeyCache:
         """Load keys changed since the last refresh (all keys the first time). Runs in a worker thread."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT key_hash, key_id, user, team, project, models, revoked_at, updated_at FROM keys"
+                "SELECT key_hash, key_id, user, team, project, models, opt_in, revoked_at, updated_at FROM keys"
                 " WHERE updated_at >= ?",
                 (self._seen_until,),
             ).fetchall()
-        for key_hash, key_id, user, team, project, models, revoked_at, updated_at in rows:
-            self._apply(key_hash, key_id, user, team, project, models, revoked_at)
+        for key_hash, key_id, user, team, project, models, opt_in, revoked_at, updated_at in rows:
+            self._apply(key_hash, key_id, user, team, project, models, opt_in, revoked_at)
             self._seen_until = max(self._seen_until, updated_at)
 
     def load_one(self, key_hash: str) -> Principal | None:
         """Look one unknown key up in the database (a key created after the last refresh). Worker thread."""
         with self._lock:
             row = self._db.execute(
-                "SELECT key_hash, key_id, user, team, project, models, revoked_at FROM keys WHERE key_hash = ?",
+                "SELECT key_hash, key_id, user, team, project, models, opt_in, revoked_at FROM keys WHERE key_hash = ?",
                 (key_hash,),
             ).fetchone()
         if row is None:
@@ -154,11 +158,12 @@ class KeyCache:
         self._apply(*row)
         return self._active.get(key_hash)
 
-    def _apply(self, key_hash: str, key_id: str, user, team, project, models: str, revoked_at) -> None:
+    def _apply(self, key_hash: str, key_id: str, user, team, project, models: str, opt_in, revoked_at) -> None:
         if revoked_at is not None:
             self._active.pop(key_hash, None)
             self._revoked.add(key_hash)
             return
         models_t = tuple(m for m in models.split(",") if m)
-        self._active[key_hash] = Principal(key_id=key_id, user=user, team=team, project=project, models=models_t)
+        self._active[key_hash] = Principal(key_id=key_id, user=user, team=team, project=project, models=models_t,
+                                           opt_in=bool(opt_in))
         self._misses.pop(key_hash, None)

@@ -29,18 +29,21 @@ _OPENAI_KINDS = {
     "request_too_large": ("invalid_request_error", "request_too_large"),
     "timeout_error": ("server_error", "upstream_timeout"),
     "api_error": ("server_error", "upstream_error"),
+    "billing_error": ("budget_exceeded", "budget_exceeded"),
+    "rate_limit_error": ("rate_limit_error", "rate_limit_exceeded"),
 }
 
 
-def anthropic_error_body(kind: str, message: str, request_id: str | None = None) -> bytes:
+def anthropic_error_body(kind: str, message: str, request_id: str | None = None, code: str | None = None) -> bytes:
     body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
     if request_id:
         body["request_id"] = request_id
     return orjson.dumps(body)
 
 
-def openai_error_body(kind: str, message: str, request_id: str | None = None) -> bytes:
-    err_type, code = _OPENAI_KINDS.get(kind, ("server_error", kind))
+def openai_error_body(kind: str, message: str, request_id: str | None = None, code: str | None = None) -> bytes:
+    err_type, default_code = _OPENAI_KINDS.get(kind, ("server_error", kind))
+    code = code or default_code
     return orjson.dumps({"error": {"message": message, "type": err_type, "code": code, "param": None}})
 
 
@@ -48,12 +51,12 @@ def openai_error_body(kind: str, message: str, request_id: str | None = None) ->
 class Dialect:
     api: str
     family: str  # "anthropic" | "openai"
-    error_body: Callable[[str, str, str | None], bytes]
+    error_body: Callable[..., bytes]
     extract_usage: Callable[[dict[str, Any]], Usage] | None
     new_meter: Callable[[bool], StreamMeter] | None
 
     def render_error(self, exc: GatewayError, request_id: str) -> bytes:
-        return self.error_body(exc.kind, exc.message, request_id)
+        return self.error_body(exc.kind, exc.message, request_id, exc.code)
 
     def stream_error_event(self, message: str, meter: StreamMeter | None, request_id: str) -> bytes:
         """The in-stream error event that ends a failed stream."""

@@ -89,6 +89,69 @@ def m003_index_requests(db: sqlite3.Connection) -> None:
         db.execute(f"CREATE INDEX requests_{column} ON requests ({column}, ts)")
 
 
+def m004_enforcement(db: sqlite3.Connection) -> None:
+    """Budgets, policies and approvals: ledger columns, the audit log, live rules, approvals, key opt-in."""
+    for column, kind in (("reserved_usd", "TEXT"), ("funding", "TEXT"), ("policy", "TEXT"), ("approval_id", "TEXT")):
+        db.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
+    db.execute("CREATE INDEX requests_funding ON requests (funding, ts)")
+    db.execute("ALTER TABLE keys ADD COLUMN opt_in INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        """
+        CREATE TABLE audit_log (
+            id          INTEGER PRIMARY KEY,
+            ts          TEXT NOT NULL,      -- UTC ISO-8601
+            actor       TEXT NOT NULL,      -- key id for request decisions; 'admin', 'cli' or a name for changes
+            action      TEXT NOT NULL,      -- block | downgrade | rewrite | clamp | rate_limit | deny | approval.* | budget.* | policy.* | notify
+            rule        TEXT,               -- the budget or policy that decided
+            subject     TEXT,               -- who or what it was about (team payments, user alice, apr_…)
+            request_id  TEXT,
+            detail      TEXT                -- one line of text
+        )
+        """
+    )
+    db.execute("CREATE INDEX audit_log_ts ON audit_log (ts)")
+    db.execute(
+        """
+        CREATE TABLE rules (
+            kind        TEXT NOT NULL,      -- budget | policy | approval
+            name        TEXT NOT NULL,
+            definition  TEXT NOT NULL,      -- JSON, the same fields as in the YAML file
+            updated_at  REAL NOT NULL,
+            deleted     INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (kind, name)
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE approvals (
+            approval_id      TEXT PRIMARY KEY,
+            created_at       REAL NOT NULL,
+            status           TEXT NOT NULL,  -- pending | approved | denied | used | expired
+            rule             TEXT NOT NULL,
+            fingerprint      TEXT NOT NULL,  -- sha256 of key id and body: the same request retried
+            key_id           TEXT,
+            user             TEXT,
+            team             TEXT,
+            project          TEXT,
+            model            TEXT,
+            estimated_usd    TEXT NOT NULL,
+            input_tokens     INTEGER NOT NULL,
+            reason           TEXT NOT NULL,
+            decided_by       TEXT,
+            decided_at       REAL,
+            note             TEXT,
+            grant_scope      TEXT,           -- request | user
+            grant_until      REAL,           -- user grants: valid until
+            grant_usd        TEXT,           -- user grants: amount they cover
+            grant_used_usd   TEXT NOT NULL DEFAULT '0'
+        )
+        """
+    )
+    db.execute("CREATE INDEX approvals_fingerprint ON approvals (fingerprint)")
+    db.execute("CREATE INDEX approvals_status ON approvals (status, created_at)")
+
+
 @contextmanager
 def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE … COMMIT on an autocommit connection, rolled back on error."""
@@ -101,7 +164,7 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     db.execute("COMMIT")
 
 
-MIGRATIONS: list[Migration] = [m001_create_keys, m002_create_requests, m003_index_requests]
+MIGRATIONS: list[Migration] = [m001_create_keys, m002_create_requests, m003_index_requests, m004_enforcement]
 
 
 def applied(db: sqlite3.Connection) -> list[str]:

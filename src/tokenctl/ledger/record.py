@@ -39,6 +39,10 @@ class LedgerEntry:
     price_version: str | None = None
     anthropic_beta: str | None = None
     raw_usage: Any = None
+    reserved_usd: Decimal | None = None  # what budgets reserved for the request before sending it
+    funding: str | None = None  # the pool drawn on, when the user's own allowance was used up
+    policy: list[str] | None = None  # policy decisions: downgrades, rewrites, clamps, approvals
+    approval_id: str | None = None
 
 
 COLUMNS = (
@@ -47,7 +51,7 @@ COLUMNS = (
     "provider", "requested_model", "model", "response_model", "upstream_request_id",
     "input_tokens", "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "output_tokens",
     "reasoning_tokens", "cost_usd", "cost_nanousd", "list_cost_usd", "cost_source", "cost_is_estimate", "priced",
-    "price_version", "anthropic_beta", "raw_usage",
+    "price_version", "anthropic_beta", "raw_usage", "reserved_usd", "funding", "policy", "approval_id",
 )
 
 INSERT_SQL = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -76,4 +80,6 @@ def to_row(e: LedgerEntry) -> tuple[Any, ...]:
         c.source if c else None, int(bool(c and c.is_estimate)), int(c.priced if c else True),
         e.price_version, e.anthropic_beta,
         None if e.raw_usage is None else orjson.dumps(e.raw_usage).decode(),
+        None if e.reserved_usd is None else str(e.reserved_usd), e.funding,
+        "; ".join(e.policy) if e.policy else None, e.approval_id,
     )

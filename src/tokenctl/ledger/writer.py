@@ -23,8 +23,18 @@ from typing import Any
 
 import orjson
 
+from tokenctl.ledger.audit import AUDIT_INSERT_SQL, AuditEvent
 from tokenctl.ledger.db import connect, transaction
 from tokenctl.ledger.record import INSERT_SQL, LedgerEntry, to_row
+
+Item = LedgerEntry | AuditEvent
+Row = tuple[Any, ...]
+_AUDIT_TAG = "audit"
+
+
+def _row(item: Item) -> Row:
+    """Requests rows as they are; audit rows tagged, so both can share one queue and one spill file."""
+    return (_AUDIT_TAG, *item.to_row()) if isinstance(item, AuditEvent) else to_row(item)
 
 log = logging.getLogger("tokenctl.ledger")
 
@@ -40,7 +50,7 @@ class LedgerWriter:
     ) -> None:
         self.path = path
         self.spill_path = Path(f"{path}.spill.jsonl") if path != ":memory:" else None
-        self._queue: deque[LedgerEntry] = deque()
+        self._queue: deque[Item] = deque()
         self._queue_max = queue_max
         self._batch_max = batch_max
         self._interval = interval_seconds
@@ -55,8 +65,8 @@ class LedgerWriter:
 
     # -- request path -------------------------------------------------------------------------------
 
-    def record(self, entry: LedgerEntry) -> None:
-        """Queue an entry for writing. Never blocks."""
+    def record(self, entry: Item) -> None:
+        """Queue a ledger entry or an audit event for writing. Never blocks."""
         self._recorded += 1
         self._queue.append(entry)
 
@@ -112,27 +122,32 @@ class LedgerWriter:
     def _drain(self) -> None:
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(self._batch_max, len(self._queue)))]
-            rows = [to_row(e) for e in batch]
+            rows = [_row(e) for e in batch]
             if not self._write(rows):
                 self._hold_back(batch, rows)
                 return
             self._advance(len(batch))
 
-    def _write(self, rows: list[tuple[Any, ...]]) -> bool:
+    def _write(self, rows: list[Row]) -> bool:
+        requests = [r for r in rows if r[0] != _AUDIT_TAG]
+        audit = [r[1:] for r in rows if r[0] == _AUDIT_TAG]
         try:
             with transaction(self._db):
-                self._db.executemany(INSERT_SQL, rows)
+                if requests:
+                    self._db.executemany(INSERT_SQL, requests)
+                if audit:
+                    self._db.executemany(AUDIT_INSERT_SQL, audit)
         except sqlite3.Error as exc:
             self.failures += 1
             log.error("ledger write failed (%s); %d entries kept for retry", exc, len(rows))
             return False
         return True
 
-    def _hold_back(self, batch: list[LedgerEntry], rows: list[tuple[Any, ...]]) -> None:
+    def _hold_back(self, batch: list[Item], rows: list[Row]) -> None:
         """A failed batch goes back to the front of the queue, or to the spill file when the queue is full."""
         if len(self._queue) + len(batch) > self._queue_max:
             rest = [self._queue.popleft() for _ in range(len(self._queue))]
-            self._spill_rows(rows + [to_row(e) for e in rest])
+            self._spill_rows(rows + [_row(e) for e in rest])
             self._advance(len(batch) + len(rest))
         else:
             self._queue.extendleft(reversed(batch))
@@ -146,10 +161,10 @@ class LedgerWriter:
 
     # -- spill file ---------------------------------------------------------------------------------
 
-    def _spill(self, entries: list[LedgerEntry]) -> None:
-        self._spill_rows([to_row(e) for e in entries])
+    def _spill(self, entries: list[Item]) -> None:
+        self._spill_rows([_row(e) for e in entries])
 
-    def _spill_rows(self, rows: list[tuple[Any, ...]]) -> None:
+    def _spill_rows(self, rows: list[Row]) -> None:
         if self.spill_path is None:
             log.error("ledger is in memory and failing: %d entries lost", len(rows))
             return

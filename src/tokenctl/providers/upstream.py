@@ -68,13 +68,14 @@ class Upstream:
             total=None, sock_connect=config.connect_timeout_seconds, sock_read=config.timeout_seconds
         )
 
-    def prepare(self, api: str, client_headers: Any, raw_body: bytes, body: dict[str, Any], route: Route) -> UpstreamRequest:
+    def prepare(self, api: str, client_headers: Any, raw_body: bytes, body: dict[str, Any], route: Route, *,
+                body_changed: bool = False) -> UpstreamRequest:
         url = self.config.base_url + ENDPOINTS[(self.config.kind, api)]
         headers = {k: v for k, v in client_headers.items() if k.lower() not in self._drop}
         headers.update(self._static_headers)
         headers["accept-encoding"] = "identity"
         self._authorize(headers)
-        changed = False
+        changed = body_changed
         if route.model_rewritten:
             body["model"] = route.upstream_model
             changed = True

@@ -1,0 +1,202 @@
+"""The admin HTTP API under ``/admin/``, guarded by the admin key (``$TOKENCTL_ADMIN_KEY`` by default).
+
+    GET    /admin/budgets                     budgets (config and live)
+    GET    /admin/budgets/status              spent / reserved / limit / resets-at per budget member
+    PUT    /admin/budgets/{name}              create or replace a live budget (JSON, the YAML fields)
+    DELETE /admin/budgets/{name}
+    GET|PUT|DELETE /admin/policies[/{name}]   model policies, the same way
+    GET|PUT|DELETE /admin/approval-rules[/{name}]
+    GET    /admin/approvals?status=pending    held requests
+    POST   /admin/approvals/{id}/approve      {"by", "note", "for_user_hours", "for_user_usd"}
+    POST   /admin/approvals/{id}/deny         {"by", "note"}
+    GET    /admin/audit?limit=100&action=block
+
+Errors are ``{"error": {"message", "type"}}`` with 400/401/403/404/409.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tokenctl.ledger import approvals as approval_store
+from tokenctl.ledger.audit import AuditEvent, read_audit, write_audit
+from tokenctl.ledger.db import connect
+from tokenctl.pipeline import GATEWAY, Gateway
+from tokenctl.policy.manage import RuleError, delete_rule, put_rule
+from tokenctl.policy.status import budget_status
+from tokenctl.validate import ConfigError, money
+
+_KINDS = {"budgets": "budget", "policies": "policy", "approval-rules": "approval"}
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data, default=str), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+            404: "not_found_error", 409: "conflict"}.get(status, "api_error")
+    return _json({"error": {"message": message, "type": kind}}, status)
+
+
+def check_admin(gw: Gateway, headers: Any) -> None:
+    expected = os.environ.get(gw.config.admin_key_env)
+    if not expected:
+        raise AdminError(403, f"the admin API is off: set {gw.config.admin_key_env} in the gateway's environment")
+    auth = headers.get("authorization", "")
+    given = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise AdminError(401, "admin key required: send it as Authorization: Bearer <admin key>")
+
+
+async def admin_dispatch(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    try:
+        check_admin(gw, request.headers)
+        parts = [p for p in request.path.split("/")[2:] if p]
+        return await _route(gw, request, parts)
+    except AdminError as exc:
+        return _error(exc.status, exc.message)
+    except (ConfigError, RuleError) as exc:
+        return _error(400, str(exc))
+    except approval_store.ApprovalNotFound as exc:
+        return _error(404, str(exc))
+    except approval_store.ApprovalStateError as exc:
+        return _error(409, str(exc))
+
+
+async def _route(gw: Gateway, request: web.Request, parts: list[str]) -> web.StreamResponse:
+    method = request.method
+    if parts == ["budgets", "status"] and method == "GET":
+        return _json(await _status(gw))
+    if parts and parts[0] in _KINDS:
+        return await _rules(gw, request, _KINDS[parts[0]], parts[1:])
+    if parts and parts[0] == "approvals":
+        return await _approvals(gw, request, parts[1:])
+    if parts == ["audit"] and method == "GET":
+        q = request.query
+        limit = _int_param(q.get("limit", "100"), "limit")
+        rows = await _in_db(gw, lambda db: read_audit(db, limit=limit, action=q.get("action"), since=q.get("since")))
+        return _json({"data": rows})
+    raise AdminError(404, f"no admin endpoint {method} {request.path}")
+
+
+async def _status(gw: Gateway) -> dict[str, Any]:
+    db = connect(gw.config.ledger_path)
+    try:
+        return {"data": await budget_status(gw.enforcer, db)}
+    finally:
+        db.close()
+
+
+async def _rules(gw: Gateway, request: web.Request, kind: str, rest: list[str]) -> web.Response:
+    method = request.method
+    if not rest and method == "GET":
+        section = {"budget": "budgets", "policy": "policies", "approval": "approvals"}[kind]
+        rules = getattr(gw.enforcer.rules, section)
+        return _json({"data": [r.to_dict() for r in rules]})
+    if len(rest) != 1:
+        raise AdminError(404, f"no admin endpoint {method} {request.path}")
+    name = rest[0]
+    actor = request.headers.get("x-tokenctl-actor", "admin-api")
+    if method == "PUT":
+        definition = await _body(request)
+        definition["name"] = name
+        rule = await _in_db(gw, lambda db: put_rule(db, gw.config, kind, definition, actor))
+        await _reload(gw)
+        return _json({"data": rule.to_dict()})
+    if method == "DELETE":
+        await _in_db(gw, lambda db: delete_rule(db, gw.config, kind, name, actor))
+        await _reload(gw)
+        return _json({"deleted": name})
+    raise AdminError(404, f"no admin endpoint {method} {request.path}")
+
+
+async def _approvals(gw: Gateway, request: web.Request, rest: list[str]) -> web.Response:
+    if not rest and request.method == "GET":
+        status = request.query.get("status")
+        return _json({"data": await _in_db(gw, lambda db: approval_store.list_approvals(db, status))})
+    if len(rest) == 2 and rest[1] in ("approve", "deny") and request.method == "POST":
+        body = await _body(request, allow_empty=True)
+        approval_id, approve = rest[0], rest[1] == "approve"
+        result = await _in_db(gw, lambda db: decide_approval(db, approval_id, approve, body))
+        return _json({"data": result})
+    raise AdminError(404, f"no admin endpoint {request.method} {request.path}")
+
+
+def decide_approval(db: Any, approval_id: str, approve: bool, body: dict[str, Any]) -> dict[str, Any]:
+    """Approve or deny, with the audit entry; shared by the admin API and the CLI."""
+    by = str(body.get("by") or "admin")
+    hours = body.get("for_user_hours")
+    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0):
+        raise ConfigError("for_user_hours: must be a positive number")
+    amount: Decimal | None = money(body, "for_user_usd", "approval")
+    seconds = None if hours is None else float(hours) * 3600
+    if approve and amount is not None and seconds is None:
+        seconds = 86_400.0
+    result = approval_store.decide(db, approval_id, approve=approve, by=by, note=body.get("note"),
+                                   for_user_seconds=seconds, for_user_usd=amount)
+    grant = ""
+    if result["grant_scope"] == "user":
+        grant = f" for user {result['user'] or result['key_id']} until {result['grant_until']:.0f}"
+        if result["grant_usd"]:
+            grant += f" up to ${result['grant_usd']}"
+    write_audit(db, AuditEvent(by, "approval.approve" if approve else "approval.deny", result["rule"], approval_id,
+                               None, (body.get("note") or "") + grant))
+    return result
+
+
+async def _reload(gw: Gateway) -> None:
+    from tokenctl.app import reload_rules  # the assembled app owns reloading
+
+    db = connect(gw.config.ledger_path)
+    try:
+        await reload_rules(gw, db)
+    finally:
+        db.close()
+
+
+async def _in_db(gw: Gateway, work: Callable[[Any], Any]) -> Any:
+    def run() -> Any:
+        db = connect(gw.config.ledger_path)
+        try:
+            return work(db)
+        finally:
+            db.close()
+
+    return await asyncio.get_running_loop().run_in_executor(None, run)
+
+
+async def _body(request: web.Request, allow_empty: bool = False) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw and allow_empty:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise AdminError(400, f"body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise AdminError(400, "body must be a JSON object")
+    return body
+
+
+def _int_param(value: str, name: str) -> int:
+    try:
+        return max(1, min(10_000, int(value)))
+    except ValueError as exc:
+        raise AdminError(400, f"{name}: must be an integer") from exc
+

@@ -1,0 +1,295 @@
+"""The policy stage of the request path: ``admit`` before a request is sent, ``settle`` when it ends.
+
+``admit`` applies, in order: model policies (allow/deny, default-model rewrite, size limits,
+clamps), rate limits, budget downgrades, the approval gate, and finally the budget reservation.
+It may change the route and the body, and it raises the ``GatewayError`` that stops a request.
+``settle`` charges the actual cost, releases the rest of the reservation and sends threshold
+notifications. A request no rule covers costs two dictionary scans and no store call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from tokenctl.config import Config
+from tokenctl.errors import ApprovalRequired, BudgetExceeded, GatewayError, PolicyDenied, RateLimited
+from tokenctl.ledger.approvals import HeldRequest
+from tokenctl.ledger.audit import AuditEvent
+from tokenctl.ledger.record import LedgerEntry
+from tokenctl.metering.pricing import PriceBook
+from tokenctl.policy import estimate, models
+from tokenctl.policy.approval import ApprovalDesk, fingerprint, triggered_rule
+from tokenctl.policy.budget import BudgetAdmission, Budgets, Charge, covers, to_nanos, to_usd
+from tokenctl.policy.rules import ApprovalRule, BudgetRule, ModelPolicy
+from tokenctl.policy.notify import Notifier
+from tokenctl.policy.store import SpendStore
+from tokenctl.policy.turns import at_turn_boundary
+from tokenctl.routing.catalog import Catalog
+from tokenctl.types import Route
+
+log = logging.getLogger("tokenctl.policy")
+
+Recorder = Callable[[AuditEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    budgets: tuple[BudgetRule, ...] = ()
+    policies: tuple[ModelPolicy, ...] = ()
+    approvals: tuple[ApprovalRule, ...] = ()
+
+
+@dataclass(slots=True)
+class Admission:
+    """What ``admit`` decided for one request; ``settle`` needs it back."""
+
+    budget: BudgetAdmission | None = None
+    body_changed: bool = False
+    token_buckets: list[tuple[str, int]] = field(default_factory=list)
+
+
+class Enforcer:
+    MAX_SESSIONS = 100_000
+
+    def __init__(self, config: Config, rules: RuleSet, catalog: Catalog, prices: PriceBook, store: SpendStore,
+                 desk: ApprovalDesk, notifier: Notifier, audit: Recorder,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = config.enforcement
+        self.catalog = catalog
+        self.prices = prices
+        self.store = store
+        self.desk = desk
+        self.notifier = notifier
+        self.audit = audit
+        self.clock = clock
+        self.tz = ZoneInfo(self.settings.timezone)
+        self.budgets = Budgets(rules.budgets, self.tz, store, self.settings.reservation_ttl_seconds)
+        self.rules = rules
+        self._session_models: OrderedDict[str, str] = OrderedDict()  # session -> model it was downgraded to
+
+    def set_rules(self, rules: RuleSet) -> None:
+        self.rules = rules
+        self.budgets.set_rules(rules.budgets)
+
+    # -- admission --------------------------------------------------------------------------------
+
+    async def admit(self, entry: LedgerEntry, body: dict[str, Any], raw: bytes, api: str) -> Admission:
+        admission = Admission()
+        if not (self.rules.policies or self.rules.budgets or self.rules.approvals):
+            return admission
+        try:
+            await self._admit(entry, body, raw, api, admission)
+        except GatewayError as exc:
+            self._audit_stop(entry, exc)
+            raise
+        return admission
+
+    async def _admit(self, entry: LedgerEntry, body: dict[str, Any], raw: bytes, api: str,
+                     admission: Admission) -> None:
+        assert entry.principal is not None and entry.route is not None
+        principal, now, body_size = entry.principal, self.clock(), len(raw)
+        session = entry.attribution.session_id if entry.attribution else None
+        in_tokens = estimate.input_tokens(body_size)
+        policies = models.applicable(self.rules.policies, principal, session)
+        if policies:
+            models.check_model(policies, entry.route.requested_model, entry.route.upstream_model)
+            self._rewrite(entry, policies, api)
+            models.check_size(policies, body_size, in_tokens)
+            changes = models.clamp(policies, body, api, entry.route.provider.kind)
+            if changes:
+                admission.body_changed = True
+                self._decide(entry, "clamp", ", ".join(changes), rule=_rule_names(changes))
+            await self._rate_limit(entry, policies, in_tokens, now, admission)
+        charges = self.budgets.charges_for(principal, session, now) if self.rules.budgets else []
+        if any(c.rule.action == "downgrade" for c in charges):
+            await self._maybe_downgrade(entry, body, api, charges, session, now)
+        if not (charges or self.rules.approvals):
+            return
+        out_tokens = estimate.output_limit(body, api, self.settings.default_max_output_tokens)
+        worst = estimate.worst_case_cost(self.prices, entry.route, in_tokens, out_tokens)
+        if self.rules.approvals:
+            await self._approval_gate(entry, worst, in_tokens, raw)
+        reserved = min(worst, self.settings.reservation_ceiling_usd)
+        if charges:
+            budget = await self.budgets.admit(entry.request_id, principal, session, to_nanos(reserved), now)
+            admission.budget = budget
+            entry.reserved_usd = reserved
+            if budget is not None and budget.pool:
+                entry.funding = budget.pool
+                self._decide(entry, "pool", f"drew on pool {budget.pool}", rule=budget.pool, quiet=True)
+
+    def _rewrite(self, entry: LedgerEntry, policies: Sequence[ModelPolicy], api: str) -> None:
+        assert entry.route is not None and entry.principal is not None
+        found = models.rewrite_target(policies, entry.route.requested_model, entry.principal)
+        if found is None:
+            return
+        policy, target = found
+        route = self._route_to(entry.route, target, api)
+        if route is None:
+            return
+        entry.route = route
+        self._decide(entry, "rewrite", f"{entry.requested_model}->{route.upstream_model}", rule=policy.name)
+
+    def _route_to(self, current: Route, target: str, api: str) -> Route | None:
+        try:
+            resolved = self.catalog.resolve(target, api)
+        except GatewayError as exc:
+            log.warning("policy target %r cannot serve %s: %s", target, api, exc.message)
+            return None
+        return Route(resolved.provider, current.requested_model, resolved.upstream_model)
+
+    async def _rate_limit(self, entry: LedgerEntry, policies: Sequence[ModelPolicy], in_tokens: int, now: float,
+                          admission: Admission) -> None:
+        assert entry.principal is not None
+        session = entry.attribution.session_id if entry.attribution else None
+        for p in policies:
+            member = covers(p, entry.principal, session)
+            if p.tokens_per_minute is not None:
+                bucket = f"tpm:{p.name}:{member}"
+                wait = await self.store.take_rate(bucket, p.tokens_per_minute, in_tokens, now)
+                if wait > 0:
+                    raise RateLimited(f"tokenctl policy {p.name!r}: {p.scope} {member} is over "
+                                      f"{p.tokens_per_minute:,} tokens per minute; retry in {wait:.1f} s", wait)
+                admission.token_buckets.append((bucket, p.tokens_per_minute))
+            if p.requests_per_minute is not None:
+                wait = await self.store.take_rate(f"rpm:{p.name}:{member}", p.requests_per_minute, 1, now)
+                if wait > 0:
+                    raise RateLimited(f"tokenctl policy {p.name!r}: {p.scope} {member} is over "
+                                      f"{p.requests_per_minute:,} requests per minute; retry in {wait:.1f} s", wait)
+
+    async def _maybe_downgrade(self, entry: LedgerEntry, body: dict[str, Any], api: str, charges: list[Charge],
+                               session: str | None, now: float) -> None:
+        assert entry.route is not None
+        sticky = self._session_models.get(session) if session else None
+        if sticky is not None:
+            route = self._route_to(entry.route, sticky, api)
+            if route is not None and route.upstream_model != entry.route.upstream_model:
+                entry.route = route
+                self._decide(entry, "downgrade", f"session stays on {sticky}", quiet=True)
+            return
+        wanted = None
+        for charge in charges:
+            if charge.rule.action == "downgrade" and await self.budgets.spent_share(charge, now) >= charge.rule.downgrade_at:
+                wanted = charge
+                break
+        if wanted is None:
+            return
+        target = wanted.rule.downgrade_to
+        assert target is not None
+        if session and not at_turn_boundary(body, api):
+            self._decide(entry, "downgrade_deferred", f"to {target} at the session's next turn", rule=wanted.rule.name,
+                         quiet=True)
+            return
+        route = self._route_to(entry.route, target, api)
+        if route is None or route.upstream_model == entry.route.upstream_model:
+            return
+        entry.route = route
+        if session:
+            self._remember_session(session, target)
+        share = int(wanted.rule.downgrade_at * 100)
+        self._decide(entry, "downgrade", f"{entry.requested_model}->{route.upstream_model}: budget "
+                     f"{wanted.rule.name} ({wanted.rule.scope} {wanted.member}) at {share}% or more", rule=wanted.rule.name)
+
+    def _remember_session(self, session: str, model: str) -> None:
+        self._session_models[session] = model
+        self._session_models.move_to_end(session)
+        while len(self._session_models) > self.MAX_SESSIONS:
+            self._session_models.popitem(last=False)
+
+    async def _approval_gate(self, entry: LedgerEntry, worst: Decimal, in_tokens: int, raw: bytes) -> None:
+        assert entry.principal is not None and entry.route is not None
+        p = entry.principal
+        session = entry.attribution.session_id if entry.attribution else None
+        found = triggered_rule(self.rules.approvals, p, session, worst, in_tokens)
+        if found is None:
+            return
+        rule, reason = found
+        held = HeldRequest(rule.name, fingerprint(p.key_id, raw), p.key_id, p.user, p.team,
+                           p.project, entry.route.upstream_model, worst, in_tokens, reason)
+        try:
+            approval_id, _ = await self.desk.check(held)
+        except ApprovalRequired as exc:
+            entry.approval_id = exc.approval_id
+            if getattr(exc, "new", False):
+                self.notifier.send(self.settings.approvals_webhook_url,
+                                   f"tokenctl approval needed: {exc.approval_id} — {p.user or p.key_id} "
+                                   f"({p.team or 'no team'}) wants {held.model}; {reason}. "
+                                   f"`tokenctl approvals approve {exc.approval_id}` or deny.")
+                self.audit(AuditEvent(p.key_id, "approval.requested", rule.name, exc.approval_id, entry.request_id,
+                                      reason, self.clock()))
+            raise
+        entry.approval_id = approval_id
+        self._decide(entry, "approval.used", f"let through by {approval_id}", rule=rule.name)
+
+    # -- decisions and audit ----------------------------------------------------------------------
+
+    def _decide(self, entry: LedgerEntry, action: str, detail: str, *, rule: str | None = None,
+                quiet: bool = False) -> None:
+        """Note a decision on the ledger row; unless ``quiet``, also in the audit log."""
+        if entry.policy is None:
+            entry.policy = []
+        entry.policy.append(f"{action}: {detail}")
+        if not quiet:
+            p = entry.principal
+            self.audit(AuditEvent(p.key_id if p else "-", action, rule, _subject(entry), entry.request_id, detail,
+                                  self.clock()))
+
+    def _audit_stop(self, entry: LedgerEntry, exc: GatewayError) -> None:
+        if isinstance(exc, ApprovalRequired):
+            return  # audited where it was created
+        action = {BudgetExceeded: "block", RateLimited: "rate_limit", PolicyDenied: "deny"}.get(type(exc))
+        if action is None:
+            return
+        rule = getattr(exc, "budget", None)
+        p = entry.principal
+        self.audit(AuditEvent(p.key_id if p else "-", action, rule, _subject(entry), entry.request_id, exc.message,
+                              self.clock()))
+        if isinstance(exc, BudgetExceeded):
+            self._notify_block(exc)
+
+    def _notify_block(self, exc: BudgetExceeded) -> None:
+        """The 100 % notification fires on the first block of a window even if settled spend stays just below."""
+        self.notifier.send(self.settings.webhook_url, f"tokenctl: budget {exc.budget} is blocking requests. {exc.message}")
+
+    # -- settlement -------------------------------------------------------------------------------
+
+    async def settle(self, admission: Admission, entry: LedgerEntry) -> None:
+        actual = to_nanos(entry.cost.total) if entry.cost is not None else 0
+        now = self.clock()
+        if admission.budget is not None:
+            await self.budgets.settle(admission.budget, actual)
+            for charge, pct, settled in await self.budgets.crossed_thresholds(admission.budget, now):
+                self._threshold_reached(charge, pct, settled, entry)
+        output = entry.usage.output_tokens
+        for bucket, per_minute in admission.token_buckets:
+            if output:
+                await self.store.take_rate(bucket, per_minute, output, now, force=True)
+
+    def _threshold_reached(self, charge: Charge, pct: int, settled: int, entry: LedgerEntry) -> None:
+        rule = charge.rule
+        resets = "never" if charge.window.resets_at is None else time.strftime(
+            "%Y-%m-%d %H:%M %Z", time.localtime(charge.window.resets_at))
+        text = (f"tokenctl: budget {rule.name} ({rule.scope} {charge.member}, {rule.period.label}) reached {pct}%: "
+                f"${to_usd(settled)} of ${rule.limit}; resets {resets}")
+        self.notifier.send(self.settings.webhook_url, text)
+        self.audit(AuditEvent("tokenctl", "notify", rule.name, f"{rule.scope} {charge.member}", entry.request_id, text,
+                              self.clock()))
+
+
+def _subject(entry: LedgerEntry) -> str:
+    p = entry.principal
+    if p is None:
+        return "-"
+    return " ".join(f"{k}={v}" for k, v in (("user", p.user), ("team", p.team), ("project", p.project)) if v) or p.key_id
+
+
+def _rule_names(changes: list[str]) -> str:
+    names = sorted({c.rsplit("(", 1)[-1].rstrip(")") for c in changes})
+    return ",".join(names)

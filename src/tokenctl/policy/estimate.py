@@ -1,0 +1,44 @@
+"""A request's worst-case cost, known before it is sent: what budgets reserve and approvals compare.
+
+Input tokens are estimated from the body size (one token per 3 bytes: JSON, code and tool schemas
+tokenize denser than prose's ~4), priced at the higher of the input and cache-write prices.
+Output is the request's own limit (``max_tokens``, ``max_completion_tokens``, ``max_output_tokens``,
+else ``default_max_output_tokens``) at the output price. The total is capped by
+``reservation_ceiling_usd``: a request that ends up costing more than its reservation settles its
+actual cost, so a hard cap can be passed by at most (actual − reserved) of the last admitted request.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from tokenctl.metering.pricing import PriceBook
+from tokenctl.types import Route, Usage
+
+BYTES_PER_TOKEN = 3
+_OUTPUT_FIELDS = {
+    "anthropic.messages": ("max_tokens",),
+    "openai.chat": ("max_completion_tokens", "max_tokens"),
+    "openai.responses": ("max_output_tokens",),
+}
+
+
+def input_tokens(body_size: int) -> int:
+    return body_size // BYTES_PER_TOKEN + 1
+
+
+def output_limit(body: dict[str, Any], api: str, default: int) -> int:
+    for name in _OUTPUT_FIELDS.get(api, ()):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return 0 if api == "anthropic.count_tokens" else default
+
+
+def worst_case_cost(prices: PriceBook, route: Route, in_tokens: int, out_tokens: int) -> Decimal:
+    """USD; 0 for an unpriced model (its spend is recorded as unpriced, never silently blocked)."""
+    as_input = prices.cost(route.provider, route.upstream_model, Usage(input_tokens=in_tokens, output_tokens=out_tokens))
+    as_cache_write = prices.cost(route.provider, route.upstream_model,
+                                 Usage(cache_write_5m_tokens=in_tokens, output_tokens=out_tokens))
+    return max(as_input.total, as_cache_write.total)

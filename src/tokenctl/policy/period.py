@@ -1,0 +1,61 @@
+"""Budget windows, derived from a timestamp alone (no reset job that could be skipped).
+
+Calendar periods start at local midnight in the configured time zone: ``daily`` each day,
+``weekly`` on Mondays, ``monthly`` on the 1st. A rolling window covers the last N seconds and
+is kept as ``ROLLING_BUCKETS`` buckets, so spend leaves it in steps of window/``ROLLING_BUCKETS``.
+``lifetime`` never resets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from tokenctl.policy.rules import Period
+
+ROLLING_BUCKETS = 24
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The counters that make up a budget's current window: ``buckets[0]`` takes new spend."""
+
+    buckets: tuple[int, ...]  # bucket start times (unix seconds); one for calendar periods
+    start: float
+    resets_at: float | None  # when the current window ends (rolling: when the oldest bucket drops out)
+
+
+def current_window(period: Period, now: float, tz: ZoneInfo) -> Window:
+    if period.kind == "lifetime":
+        return Window((0,), 0.0, None)
+    if period.kind == "rolling":
+        size = max(1, period.seconds // ROLLING_BUCKETS)
+        newest = int(now // size) * size
+        buckets = tuple(newest - i * size for i in range(ROLLING_BUCKETS))
+        return Window(buckets, float(buckets[-1]), float(buckets[-1] + period.seconds))
+    start, end = _calendar_bounds(period.kind, now, tz)
+    return Window((int(start),), start, end)
+
+
+def rolling_bucket_seconds(period: Period) -> int:
+    return max(1, period.seconds // ROLLING_BUCKETS)
+
+
+def _calendar_bounds(kind: str, now: float, tz: ZoneInfo) -> tuple[float, float]:
+    local = datetime.fromtimestamp(now, tz)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if kind == "daily":
+        start, end = midnight, _local_midnight(midnight.date() + timedelta(days=1), tz)
+    elif kind == "weekly":
+        monday = midnight.date() - timedelta(days=midnight.weekday())
+        start, end = _local_midnight(monday, tz), _local_midnight(monday + timedelta(days=7), tz)
+    else:  # monthly
+        first = midnight.date().replace(day=1)
+        following = (first + timedelta(days=32)).replace(day=1)
+        start, end = _local_midnight(first, tz), _local_midnight(following, tz)
+    return start.timestamp(), end.timestamp()
+
+
+def _local_midnight(day: object, tz: ZoneInfo) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=tz)  # type: ignore[attr-defined]

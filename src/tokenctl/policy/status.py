@@ -1,0 +1,67 @@
+"""``budgets status``: spent, reserved, limit and reset time of every budget's current window.
+
+Members come from the ledger (who spent in the window) plus each budget's fixed ``match``;
+spent and reserved come from the store, so spend not yet flushed to the ledger is included.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from typing import Any
+
+from tokenctl.ledger.spend import spend_by_member
+from tokenctl.policy.budget import Charge, to_nanos, to_usd
+from tokenctl.policy.enforce import Enforcer
+from tokenctl.policy.period import current_window
+from tokenctl.policy.rules import BudgetRule
+
+
+def budget_members(db: sqlite3.Connection, rule: BudgetRule, tz: Any, now: float) -> list[tuple[str, str | None]]:
+    """(member, slice user or None) pairs to report for a budget."""
+    if rule.match is not None:
+        members = [(rule.match, None)]
+    elif rule.scope == "org":
+        members = [("org", None)]
+    else:
+        start = current_window(rule.period, now, tz).start
+        kwargs = {"funding": rule.name} if rule.pool else {"not_funding": rule.overflow_to}
+        members = sorted({(m, None) for m, _, _ in spend_by_member(db, rule.scope, start, **kwargs)})
+    if rule.pool and rule.member_cap is not None:
+        start = current_window(rule.period, now, tz).start
+        slices = spend_by_member(db, rule.scope, start, funding=rule.name, slice_by_user=True)
+        members += sorted({(m, u) for m, u, _ in slices if u and (rule.match is None or m == rule.match)})
+    return members
+
+
+async def budget_status(enforcer: Enforcer, db: sqlite3.Connection) -> list[dict[str, Any]]:
+    now = enforcer.clock()
+    rows = []
+    for rule in enforcer.budgets.rules:
+        for member, user in budget_members(db, rule, enforcer.tz, now):
+            charge = enforcer.budgets.charge(rule, member, now, slice_member=user)
+            rows.append(await _status_row(enforcer, charge, now))
+    return rows
+
+
+async def _status_row(enforcer: Enforcer, charge: Charge, now: float) -> dict[str, Any]:
+    rule = charge.rule
+    totals = await enforcer.store.totals(charge.claim.counters, now)
+    spent = sum(s for s, _ in totals)
+    reserved = sum(r for _, r in totals)
+    limit = rule.member_cap if charge.slice_of else rule.limit
+    assert limit is not None
+    resets = charge.window.resets_at
+    return {
+        "budget": rule.name,
+        "scope": rule.scope,
+        "member": charge.member if not charge.slice_of else f"{charge.member} (share of pool)",
+        "period": rule.period.label,
+        "action": "pool slice" if charge.slice_of else ("pool" if rule.pool else rule.action),
+        "limit_usd": str(limit),
+        "spent_usd": str(to_usd(spent)),
+        "reserved_usd": str(to_usd(reserved)),
+        "remaining_usd": str(max(to_usd(to_nanos(limit) - spent - reserved), to_usd(0))),
+        "used_percent": round(100 * (spent + reserved) / to_nanos(limit), 1) if limit else 100.0,
+        "resets_at": None if resets is None else datetime.fromtimestamp(resets, enforcer.tz).isoformat(),
+    }

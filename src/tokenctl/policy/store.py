@@ -1,0 +1,182 @@
+"""Where budget counters, reservations and rate-limit buckets live: one small interface.
+
+Amounts are integer nano-USD, so every store (this in-memory one, a PostgreSQL or Redis one
+for several replicas) adds exactly. The enforcement logic (``policy.budget``) only talks to
+``SpendStore``; a shared store slots in by implementing these methods atomically:
+
+- ``reserve``: for every claim, check ``settled + reserved + amount <= limit`` over the claim's
+  counters; if all hold, add ``amount`` to the reserved part of each claim's first counter, all at
+  once, else change nothing and say which claim refused.
+- ``settle``: drop the reservation (if it has not expired) and add the actual amount to the
+  settled part of each claim's first counter. Settling an expired reservation still counts the spend.
+- reservations expire at ``expires_at``, so a crashed request cannot hold budget forever.
+- ``seed`` sets a counter's settled amount only if the store does not have that counter yet
+  (idempotent, so N replicas seeding at once cannot multiply spend).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One budget's share in a reservation: the counters summed for its window, and its limit."""
+
+    counters: tuple[str, ...]  # the first one takes new spend; the rest are earlier buckets of a rolling window
+    limit: int | None  # nano-USD; None = counted, never refused
+    drop_after: float | None = None  # the counter may be forgotten after this time (its window is over)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    claim: int  # index of the claim that would go over its limit
+    settled: int
+    reserved: int
+
+
+class SpendStore(Protocol):
+    async def reserve(self, reservation_id: str, claims: Sequence[Claim], amount: int, expires_at: float,
+                      now: float) -> Refusal | None: ...
+
+    async def settle(self, reservation_id: str, claims: Sequence[Claim], amount: int) -> None: ...
+
+    async def totals(self, counters: Sequence[str], now: float) -> list[tuple[int, int]]: ...
+
+    async def seed(self, settled: Mapping[str, int], drop_after: Mapping[str, float | None]) -> None: ...
+
+    async def first_crossing(self, marker: str) -> bool: ...
+
+    async def take_rate(self, bucket: str, per_minute: int, amount: int, now: float, *, force: bool = False) -> float: ...
+
+    async def open_reservations(self, now: float) -> int: ...
+
+
+class _Counter:
+    __slots__ = ("settled", "reserved", "drop_after")
+
+    def __init__(self, settled: int = 0, drop_after: float | None = None) -> None:
+        self.settled = settled
+        self.reserved = 0
+        self.drop_after = drop_after
+
+
+class MemoryStore:
+    """The single-process store: plain dicts, atomic because the event loop runs one coroutine at a time."""
+
+    PRUNE_EVERY_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self._counters: dict[str, _Counter] = {}
+        self._reservations: dict[str, tuple[tuple[str, ...], int]] = {}  # id -> (first counters, amount)
+        self._expiry: list[tuple[float, str]] = []
+        self._markers: set[str] = set()
+        self._rates: dict[str, tuple[float, float]] = {}  # bucket -> (tokens, last refill time)
+        self._next_prune = 0.0
+
+    async def reserve(self, reservation_id: str, claims: Sequence[Claim], amount: int, expires_at: float,
+                      now: float) -> Refusal | None:
+        self._expire(now)
+        for index, claim in enumerate(claims):
+            if claim.limit is None:
+                continue
+            settled, reserved = self._sum(claim.counters)
+            if settled + reserved + amount > claim.limit:
+                return Refusal(index, settled, reserved)
+        heads = tuple(claim.counters[0] for claim in claims)
+        for claim in claims:
+            self._counter(claim.counters[0], claim.drop_after).reserved += amount
+        self._reservations[reservation_id] = (heads, amount)
+        heapq.heappush(self._expiry, (expires_at, reservation_id))
+        return None
+
+    async def settle(self, reservation_id: str, claims: Sequence[Claim], amount: int) -> None:
+        self._release(reservation_id)
+        for claim in claims:
+            self._counter(claim.counters[0], claim.drop_after).settled += amount
+
+    async def totals(self, counters: Sequence[str], now: float) -> list[tuple[int, int]]:
+        self._expire(now)
+        out = []
+        for name in counters:
+            c = self._counters.get(name)
+            out.append((c.settled, c.reserved) if c else (0, 0))
+        return out
+
+    async def seed(self, settled: Mapping[str, int], drop_after: Mapping[str, float | None]) -> None:
+        for name, amount in settled.items():
+            if name not in self._counters:
+                self._counters[name] = _Counter(amount, drop_after.get(name))
+
+    async def first_crossing(self, marker: str) -> bool:
+        if marker in self._markers:
+            return False
+        self._markers.add(marker)
+        return True
+
+    async def take_rate(self, bucket: str, per_minute: int, amount: int, now: float, *, force: bool = False) -> float:
+        """Token bucket holding at most ``per_minute``, refilled continuously. Returns seconds to wait (0 = taken)."""
+        rate = per_minute / 60.0
+        tokens, last = self._rates.get(bucket, (float(per_minute), now))
+        tokens = min(float(per_minute), tokens + (now - last) * rate)
+        needed = min(amount, per_minute)  # one request larger than the limit passes when the bucket is full
+        if force or tokens >= needed:
+            self._rates[bucket] = (tokens - amount, now)
+            return 0.0
+        self._rates[bucket] = (tokens, now)
+        return (needed - tokens) / rate
+
+    async def open_reservations(self, now: float) -> int:
+        self._expire(now)
+        return len(self._reservations)
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _sum(self, counters: tuple[str, ...]) -> tuple[int, int]:
+        settled = reserved = 0
+        for name in counters:
+            c = self._counters.get(name)
+            if c is not None:
+                settled += c.settled
+                reserved += c.reserved
+        return settled, reserved
+
+    def _counter(self, name: str, drop_after: float | None) -> _Counter:
+        c = self._counters.get(name)
+        if c is None:
+            c = self._counters[name] = _Counter(0, drop_after)
+        return c
+
+    def _release(self, reservation_id: str) -> None:
+        held = self._reservations.pop(reservation_id, None)
+        if held is None:
+            return
+        heads, amount = held
+        for name in heads:
+            c = self._counters.get(name)
+            if c is not None:
+                c.reserved -= amount
+
+    def _expire(self, now: float) -> None:
+        while self._expiry and self._expiry[0][0] <= now:
+            _, reservation_id = heapq.heappop(self._expiry)
+            self._release(reservation_id)
+        if now >= self._next_prune:
+            self._next_prune = now + self.PRUNE_EVERY_SECONDS
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        over = [n for n, c in self._counters.items() if c.drop_after is not None and c.drop_after < now and not c.reserved]
+        for name in over:
+            del self._counters[name]
+        if len(self._markers) > 100_000:
+            self._markers.clear()  # worst case: a threshold notification repeats once
+        stale = [b for b, (_, last) in self._rates.items() if now - last > 120]
+        for bucket in stale:
+            del self._rates[bucket]
+        if len(self._expiry) > 4 * max(16, len(self._reservations)):  # settled ids still in the heap
+            self._expiry = [(t, r) for t, r in self._expiry if r in self._reservations]
+            heapq.heapify(self._expiry)
