@@ -146,17 +146,52 @@ class LiveGateway:
         return self.fake.received[-1]
 
 
-@pytest.fixture
-def gateway(fake: FakeProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveGateway]:
-    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "sk-ant-provider-secret")
-    monkeypatch.setenv("FAKE_OPENAI_KEY", "sk-openai-provider-secret")
-    config = gateway_config(fake.url, tmp_path)  # type: ignore[attr-defined]
+ADMIN_KEY = "tk-admin-test-secret"
+
+
+def start_gateway(fake: FakeProvider, tmp: Path, extra: dict[str, Any] | None = None,
+                  keys: dict[str, dict[str, Any]] | None = None, **app_args: Any) -> LiveGateway:
+    """A gateway on a fresh ledger with the standard keys plus ``keys`` (name -> create_key arguments)."""
+    config = gateway_config(fake.url, tmp, **(extra or {}))  # type: ignore[attr-defined]
     db = connect(config.ledger_path)
     _, key = create_key(db, user="alice", team="payments", project="checkout")
     _, limited = create_key(db, user="bob", team="web", project="site", models=("claude-haiku-*",))
+    made = {"limited": limited}
+    for name, kwargs in (keys or {}).items():
+        made[name] = create_key(db, **kwargs)[1]
     db.close()
-    server = ServerThread(create_app(config)).start()
+    server = ServerThread(create_app(config, **app_args)).start()
     fake.received.clear()
-    live = LiveGateway(server.url, key, config, server, fake, config.ledger_path, {"limited": limited})
+    return LiveGateway(server.url, key, config, server, fake, config.ledger_path, made)
+
+
+@pytest.fixture
+def provider_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "sk-ant-provider-secret")
+    monkeypatch.setenv("FAKE_OPENAI_KEY", "sk-openai-provider-secret")
+    monkeypatch.setenv("TOKENCTL_ADMIN_KEY", ADMIN_KEY)
+
+
+@pytest.fixture
+def gateway(fake: FakeProvider, tmp_path: Path, provider_env: None) -> Iterator[LiveGateway]:
+    live = start_gateway(fake, tmp_path)
     yield live
-    server.stop()
+    live.server.stop()
+
+
+@pytest.fixture
+def make_gateway(fake: FakeProvider, tmp_path: Path, provider_env: None) -> Iterator[Any]:
+    """A factory: ``make_gateway(extra_config, keys=…)`` starts a gateway, stopped after the test."""
+    started: list[LiveGateway] = []
+
+    def make(extra: dict[str, Any] | None = None, keys: dict[str, dict[str, Any]] | None = None,
+             **app_args: Any) -> LiveGateway:
+        sub = tmp_path / f"gw{len(started)}"
+        sub.mkdir()
+        live = start_gateway(fake, sub, extra, keys, **app_args)
+        started.append(live)
+        return live
+
+    yield make
+    for live in started:
+        live.server.stop()

@@ -113,7 +113,8 @@ class Enforcer:
         if not (charges or self.rules.approvals):
             return
         out_tokens = estimate.output_limit(body, api, self.settings.default_max_output_tokens)
-        worst = estimate.worst_case_cost(self.prices, entry.route, in_tokens, out_tokens)
+        worst = Decimal(0) if api == "anthropic.count_tokens" else estimate.worst_case_cost(
+            self.prices, entry.route, in_tokens, out_tokens)  # counting tokens is not billed
         if self.rules.approvals:
             await self._approval_gate(entry, worst, in_tokens, raw)
         reserved = min(worst, self.settings.reservation_ceiling_usd)

@@ -18,6 +18,7 @@ API key). Requests are scripted with headers, which tokenctl forwards like any u
     between events).
 
 Every request received is kept in ``FakeProvider.received`` (method, path, headers, raw body).
+It also takes Slack-style webhooks: ``POST /hooks/<name>`` with ``{"text": …}`` is kept in ``hooks``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Script:
 class FakeProvider:
     keep_requests: bool = True
     received: list[Received] = field(default_factory=list)
+    hooks: list[tuple[str, str]] = field(default_factory=list)  # (hook name, text)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -68,6 +70,7 @@ class FakeProvider:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/responses", self.responses)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/hooks/{name}", self.webhook)
         return app
 
     # -- endpoints ----------------------------------------------------------------------------------
@@ -80,6 +83,11 @@ class FakeProvider:
         if body.get("stream"):
             return await self._stream(request, script, _anthropic_events(model, script), "anthropic")
         return await self._json(request, script, _anthropic_message(model, script))
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.hooks.append((request.match_info["name"], str(body.get("text", ""))))
+        return web.Response(text="ok")
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         raw = await request.read()

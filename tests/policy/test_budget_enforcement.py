@@ -1,0 +1,154 @@
+"""Hard caps hold under concurrency, through a live gateway and a fake provider."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from decimal import Decimal
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+
+from tests.conftest import LiveGateway
+
+_BLOCK = re.compile(r"spent \$(\d+(?:\.\d+)?) \+ \$(\d+(?:\.\d+)?) reserved for requests in flight of \$(\d+(?:\.\d+)?); "
+                    r"this request needs up to \$(\d+(?:\.\d+)?)")
+
+
+def _messages_body(max_tokens: int = 2000, text: str = "hello") -> dict[str, Any]:
+    return {"model": "claude-haiku-4-5", "max_tokens": max_tokens, "messages": [{"role": "user", "content": text}]}
+
+
+def _headers(key: str, usage: str = "input=60,output=1000", fault: str | None = None) -> dict[str, str]:
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "x-fake-usage": usage}
+    if fault:
+        headers["x-fake-fault"] = fault
+    return headers
+
+
+def _settled(live: LiveGateway) -> Decimal:
+    return sum((Decimal(r["cost_usd"]) for r in live.rows()), Decimal(0))
+
+
+def test_200_concurrent_requests_from_many_keys_never_pass_a_1_dollar_cap(make_gateway: Any) -> None:
+    keys = {f"k{i}": {"user": f"user{i}", "team": "payments"} for i in range(20)}
+    live = make_gateway({"budgets": [{"name": "team-cap", "scope": "team", "match": "payments", "limit_usd": 1}]},
+                        keys=keys)
+
+    async def one(client: httpx.AsyncClient, i: int) -> httpx.Response:
+        return await client.post(f"{live.url}/v1/messages", json=_messages_body(),
+                                 headers=_headers(live.keys[f"k{i % 20}"], fault="slow:150"))
+
+    async def burst() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=250, max_keepalive_connections=250)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(200)))
+
+    responses = asyncio.run(burst())
+    ok = [r for r in responses if r.status_code == 200]
+    blocked = [r for r in responses if r.status_code == 402]
+    assert len(ok) + len(blocked) == 200
+    assert ok and blocked  # the cap was contended: some fit, some did not
+    for r in blocked:  # nobody was turned away while the cap still had room for them
+        spent, reserved, limit, needed = (Decimal(x) for x in _BLOCK.search(r.json()["error"]["message"]).groups())
+        assert spent + reserved + needed > limit
+        assert r.headers["x-should-retry"] == "false"
+    rows = live.wait_rows(200)
+    assert len(rows) == 200
+    assert _settled(live) <= Decimal(1)
+
+    # Keep going one at a time: requests are admitted until the next would not fit, never past the cap.
+    with httpx.Client(timeout=30) as client:
+        for i in range(400):
+            r = client.post(f"{live.url}/v1/messages", json=_messages_body(), headers=_headers(live.keys["k0"]))
+            if r.status_code == 402:
+                spent, reserved, limit, needed = (Decimal(x) for x in _BLOCK.search(r.json()["error"]["message"]).groups())
+                assert reserved == 0 and spent + needed > limit
+                break
+            assert r.status_code == 200
+        else:
+            pytest.fail("the cap never blocked")
+    assert Decimal(1) - _settled(live) < Decimal("0.0102")  # stopped within one reservation of the cap
+    assert _settled(live) <= Decimal(1)
+
+
+def test_50_concurrent_requests_against_a_budget_that_fits_5_admit_exactly_5(make_gateway: Any) -> None:
+    # haiku 4.5: $1/M input, $5/M output; max_tokens 2000 -> $0.01 output plus a small input share.
+    live = make_gateway({"budgets": [{"name": "tiny", "scope": "user", "match": "alice", "limit_usd": "0.0525"}]})
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=60)) as client:
+            return await asyncio.gather(*(
+                client.post(f"{live.url}/v1/messages", json=_messages_body(),
+                            headers=_headers(live.key, fault="slow:200")) for _ in range(50)))
+
+    statuses = sorted(r.status_code for r in asyncio.run(burst()))
+    assert statuses == [200] * 5 + [402] * 45
+    live.wait_rows(50)
+    assert _settled(live) <= Decimal("0.0525")
+
+
+def test_failed_and_cut_requests_release_their_reservations(make_gateway: Any) -> None:
+    live = make_gateway({"budgets": [{"name": "cap", "scope": "org", "limit_usd": 1}]})
+    with httpx.Client(timeout=30) as client:
+        for fault in ("status:500", "status:429", "cut:0", "slow:5000"):
+            client.post(f"{live.url}/v1/messages", json=_messages_body(), headers=_headers(live.key, fault=fault))
+        with client.stream("POST", f"{live.url}/v1/messages", json={**_messages_body(), "stream": True},
+                           headers=_headers(live.key, fault="stall:200")) as r:
+            next(r.iter_bytes())  # the client walks away mid-stream
+    live.wait_rows(5)
+
+    async def open_reservations() -> int:
+        return await live.gw.enforcer.store.open_reservations(live.gw.enforcer.clock())
+
+    deadline = asyncio.run(asyncio.sleep(0.3))
+    assert deadline is None
+    assert asyncio.run_coroutine_threadsafe(open_reservations(), live.server.loop).result(5) == 0
+
+
+def test_a_principal_without_budgets_is_never_blocked(make_gateway: Any) -> None:
+    live = make_gateway({"budgets": [{"name": "web-only", "scope": "team", "match": "web", "limit_usd": "0.000001"}]})
+    with httpx.Client(timeout=30) as client:
+        for _ in range(5):
+            r = client.post(f"{live.url}/v1/messages", json=_messages_body(), headers=_headers(live.key))
+            assert r.status_code == 200
+        r = client.post(f"{live.url}/v1/messages", json=_messages_body(), headers=_headers(live.keys["limited"]))
+        assert r.status_code == 402
+        assert "web-only" in r.json()["error"]["message"]
+
+
+def test_count_tokens_goes_through_the_budget_path_but_costs_nothing(make_gateway: Any) -> None:
+    live = make_gateway({"budgets": [{"name": "cap", "scope": "org", "limit_usd": "0.015"}]})
+    with httpx.Client(timeout=30) as client:
+        body = {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}]}
+        for _ in range(3):
+            r = client.post(f"{live.url}/v1/messages/count_tokens", json=body, headers=_headers(live.key))
+            assert r.status_code == 200
+    rows = live.wait_rows(3)
+    assert all(r["cost_nanousd"] == 0 and r["reserved_usd"] == "0" for r in rows)
+
+
+def test_spend_survives_a_restart_and_the_counter_equals_the_ledger(make_gateway: Any, fake: Any, tmp_path: Any) -> None:
+    from tests.conftest import ServerThread
+    from tokenctl.app import create_app
+
+    # Each request reserves ~$0.0101 and settles ~$0.0051: two fit in $0.02, a third only if spend were lost.
+    budgets = {"budgets": [{"name": "cap", "scope": "user", "match": "alice", "limit_usd": "0.02"}]}
+    live = make_gateway(budgets)
+    with httpx.Client(timeout=30) as client:
+        for _ in range(2):
+            assert client.post(f"{live.url}/v1/messages", json=_messages_body(),
+                               headers=_headers(live.key)).status_code == 200
+    spent = _settled(live)
+    live.server.stop()
+    for _ in range(2):  # restarting twice (reseeding twice) must not double the counter
+        server = ServerThread(create_app(live.config)).start()
+        try:
+            r = httpx.post(f"{server.url}/v1/messages", json=_messages_body(), headers=_headers(live.key), timeout=30)
+            assert r.status_code == 402
+            got_spent = Decimal(_BLOCK.search(r.json()["error"]["message"]).group(1))
+            assert got_spent == spent.quantize(Decimal("0.000001"))
+        finally:
+            server.stop()
+    live.server = ServerThread(create_app(live.config)).start()
