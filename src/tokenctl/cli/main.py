@@ -1,4 +1,4 @@
-"""The ``tokenctl`` command: serve, keys, report, migrate, fake-provider."""
+"""The ``tokenctl`` command: serve, keys, report, budgets, policies, approvals, audit, migrate, fake-provider."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from aiohttp import web
 
 from tokenctl.app import create_app
 
+from tokenctl.cli.governance import GovernanceError, add_governance_commands
 from tokenctl.cli.render import render_table
 from tokenctl.config import Config, ConfigError, find_config_path, load_config
 from tokenctl.identity.keys import KeyInfo, KeyNotFound, create_key, list_keys, revoke_key
@@ -34,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.run(args) or 0
-    except (ConfigError, PriceFileError, ValueError, KeyNotFound) as exc:
+    except (ConfigError, PriceFileError, ValueError, KeyNotFound, LookupError, GovernanceError) as exc:
         print(f"tokenctl: error: {exc}", file=sys.stderr)
         return 2
 
@@ -58,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     kc.add_argument("--project")
     kc.add_argument("--name")
     kc.add_argument("--models", default="", help="comma-separated allowlist of models or globs (default: any)")
+    kc.add_argument("--opt-in", action="store_true",
+                    help="may use models that policies would otherwise rewrite to a cheaper default")
     kc.add_argument("--ledger")
     kc.set_defaults(run=_keys_create)
     kl = k.add_parser("list", help="list keys (never their secrets)")
@@ -81,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("migrate", help="bring the ledger schema up to date and list applied migrations")
     m.add_argument("--ledger")
     m.set_defaults(run=_migrate)
+
+    add_governance_commands(sub, _config)
 
     f = sub.add_parser("fake-provider", help="run the fake LLM provider (tests, demos, benchmarks)")
     f.add_argument("--host", default="127.0.0.1")
@@ -145,7 +150,8 @@ async def _run_server(config: Config) -> None:
 def _keys_create(args: argparse.Namespace) -> int:
     db = connect(_config(args).ledger_path)
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
-    info, secret = create_key(db, user=args.user, team=args.team, project=args.project, name=args.name, models=models)
+    info, secret = create_key(db, user=args.user, team=args.team, project=args.project, name=args.name, models=models,
+                              opt_in=args.opt_in)
     print(secret)
     print(f"created {info.key_id} (user={info.user} team={info.team} project={info.project}); "
           "the key above is shown only now: store it safely", file=sys.stderr)

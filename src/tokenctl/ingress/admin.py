@@ -98,7 +98,7 @@ async def _route(gw: Gateway, request: web.Request, parts: list[str]) -> web.Str
 async def _status(gw: Gateway) -> dict[str, Any]:
     db = connect(gw.config.ledger_path)
     try:
-        return {"data": await budget_status(gw.enforcer, db)}
+        return {"data": await budget_status(gw.enforcer.budgets, db, gw.enforcer.clock())}
     finally:
         db.close()
 

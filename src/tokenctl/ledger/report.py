@@ -18,6 +18,7 @@ GROUPINGS = {
     "day": "substr(ts, 1, 10)",
     "key": "key_id",
     "provider": "provider",
+    "funding": "COALESCE(funding, 'own budget')",  # pool draws: which pool paid
 }
 
 _RELATIVE = re.compile(r"^(\d+)([mhdw])$")

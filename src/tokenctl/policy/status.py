@@ -11,10 +11,10 @@ from datetime import datetime
 from typing import Any
 
 from tokenctl.ledger.spend import spend_by_member
-from tokenctl.policy.budget import Charge, to_nanos, to_usd
-from tokenctl.policy.enforce import Enforcer
+from tokenctl.policy.budget import Budgets, Charge, to_nanos, to_usd
 from tokenctl.policy.period import current_window
 from tokenctl.policy.rules import BudgetRule
+from tokenctl.policy.seed import ledger_seeds
 
 
 def budget_members(db: sqlite3.Connection, rule: BudgetRule, tz: Any, now: float) -> list[tuple[str, str | None]]:
@@ -34,19 +34,26 @@ def budget_members(db: sqlite3.Connection, rule: BudgetRule, tz: Any, now: float
     return members
 
 
-async def budget_status(enforcer: Enforcer, db: sqlite3.Connection) -> list[dict[str, Any]]:
-    now = enforcer.clock()
+async def budget_status(budgets: Budgets, db: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
     rows = []
-    for rule in enforcer.budgets.rules:
-        for member, user in budget_members(db, rule, enforcer.tz, now):
-            charge = enforcer.budgets.charge(rule, member, now, slice_member=user)
-            rows.append(await _status_row(enforcer, charge, now))
+    for rule in budgets.rules:
+        members = budget_members(db, rule, budgets.tz, now) or [("*", None)]  # "*": every member, none spent yet
+        for member, user in members:
+            charge = budgets.charge(rule, member, now, slice_member=user)
+            rows.append(await _status_row(budgets, charge, now))
     return rows
 
 
-async def _status_row(enforcer: Enforcer, charge: Charge, now: float) -> dict[str, Any]:
+async def offline_status(budgets: Budgets, db: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
+    """Status from the ledger alone (no running gateway to ask): reservations in flight are unknown."""
+    settled, drops = ledger_seeds(db, budgets.rules, budgets.tz, now)
+    await budgets.store.seed(settled, drops)
+    return await budget_status(budgets, db, now)
+
+
+async def _status_row(budgets: Budgets, charge: Charge, now: float) -> dict[str, Any]:
     rule = charge.rule
-    totals = await enforcer.store.totals(charge.claim.counters, now)
+    totals = await budgets.store.totals(charge.claim.counters, now)
     spent = sum(s for s, _ in totals)
     reserved = sum(r for _, r in totals)
     limit = rule.member_cap if charge.slice_of else rule.limit
@@ -63,5 +70,5 @@ async def _status_row(enforcer: Enforcer, charge: Charge, now: float) -> dict[st
         "reserved_usd": str(to_usd(reserved)),
         "remaining_usd": str(max(to_usd(to_nanos(limit) - spent - reserved), to_usd(0))),
         "used_percent": round(100 * (spent + reserved) / to_nanos(limit), 1) if limit else 100.0,
-        "resets_at": None if resets is None else datetime.fromtimestamp(resets, enforcer.tz).isoformat(),
+        "resets_at": None if resets is None else datetime.fromtimestamp(resets, budgets.tz).isoformat(),
     }
