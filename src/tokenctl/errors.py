@@ -12,6 +12,7 @@ Anthropic or OpenAI error body. Nothing else decides status codes.
     ├── BudgetExceeded        402  a hard budget cannot take this request's worst-case cost
     ├── ApprovalRequired      402  the request is held until an approver lets it through
     ├── RateLimited           429  requests/tokens per minute; Retry-After says when to retry
+    ├── BudgetStoreUnavailable 503 budgets cannot be checked: fail closed, never unmetered
     ├── NotFound              404  unknown model or endpoint
     ├── PayloadTooLarge       413  body above the configured limit
     ├── UnsupportedRoute      400  model served by a provider of another API dialect
@@ -156,3 +157,12 @@ class RateLimited(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"retry-after": str(max(1, math.ceil(self.retry_after)))}
+
+
+class BudgetStoreUnavailable(GatewayError):
+    """The budget store failed; requests under budgets are refused rather than let through unchecked."""
+
+    status = 503
+    kind = "api_error"
+    code = "budget_store_unavailable"
+    retryable = True

@@ -10,6 +10,8 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
+from tokenctl.policy.store import MemoryStore
+
 from tests.conftest import LiveGateway
 
 _BLOCK = re.compile(r"spent \$(\d+(?:\.\d+)?) \+ \$(\d+(?:\.\d+)?) reserved for requests in flight of \$(\d+(?:\.\d+)?); "
@@ -152,3 +154,37 @@ def test_spend_survives_a_restart_and_the_counter_equals_the_ledger(make_gateway
         finally:
             server.stop()
     live.server = ServerThread(create_app(live.config)).start()
+
+
+def test_every_upstream_route_goes_through_budgets(make_gateway: Any) -> None:
+    from tokenctl.ingress.http import PROXY_ROUTES
+
+    live = make_gateway({"budgets": [{"name": "spent", "scope": "org", "limit_usd": "0.000000001"}]})
+    bodies = {
+        "anthropic.messages": _messages_body(),
+        "anthropic.count_tokens": {**_messages_body(), "max_tokens": None},
+        "openai.chat": {"model": "gpt-5", "max_completion_tokens": 100, "messages": [{"role": "user", "content": "q"}]},
+        "openai.responses": {"model": "gpt-5", "input": "q", "max_output_tokens": 100},
+    }
+    with httpx.Client(timeout=30) as client:
+        for _, ending, dialect in PROXY_ROUTES:
+            body = {k: v for k, v in bodies[dialect.api].items() if v is not None}
+            r = client.post(f"{live.url}{ending}", json=body, headers={"authorization": f"Bearer {live.key}"})
+            if dialect.api == "anthropic.count_tokens":
+                assert r.status_code == 200  # costs nothing, so a spent budget does not stop it
+            else:
+                assert r.status_code == 402, (ending, r.text)
+    assert all(rec.path.endswith("count_tokens") for rec in live.fake.received)
+
+
+class FailingStore(MemoryStore):
+    async def reserve(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("store down")
+
+
+def test_a_failing_budget_store_fails_closed_and_the_request_is_still_recorded(make_gateway: Any) -> None:
+    live = make_gateway({"budgets": [{"name": "cap", "scope": "org", "limit_usd": 100}]}, store=FailingStore())
+    r = httpx.post(f"{live.url}/v1/messages", json=_messages_body(), headers=_headers(live.key), timeout=30)
+    assert r.status_code == 503 and "budget store unavailable" in r.json()["error"]["message"]
+    assert len(live.fake.received) == 0
+    assert live.wait_rows(1)[0]["status"] == 503

@@ -19,7 +19,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from tokenctl.config import Config
-from tokenctl.errors import ApprovalRequired, BudgetExceeded, GatewayError, PolicyDenied, RateLimited
+from tokenctl.errors import (
+    ApprovalRequired,
+    BudgetExceeded,
+    BudgetStoreUnavailable,
+    GatewayError,
+    PolicyDenied,
+    RateLimited,
+)
 from tokenctl.ledger.approvals import HeldRequest
 from tokenctl.ledger.audit import AuditEvent
 from tokenctl.ledger.record import LedgerEntry
@@ -89,6 +96,11 @@ class Enforcer:
         except GatewayError as exc:
             self._audit_stop(entry, exc)
             raise
+        except Exception as exc:  # the store failed: fail closed, never let spend through unchecked
+            log.exception("budget store failed for request %s", entry.request_id)
+            raise BudgetStoreUnavailable(
+                "tokenctl cannot check budgets right now (budget store unavailable); the request was not sent"
+            ) from exc
         return admission
 
     async def _admit(self, entry: LedgerEntry, body: dict[str, Any], raw: bytes, api: str,
