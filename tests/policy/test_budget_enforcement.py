@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx2 as httpx
+import orjson
 import pytest
 
 from tokenctl.policy.store import MemoryStore
@@ -188,3 +189,28 @@ def test_a_failing_budget_store_fails_closed_and_the_request_is_still_recorded(m
     assert r.status_code == 503 and "budget store unavailable" in r.json()["error"]["message"]
     assert len(live.fake.received) == 0
     assert live.wait_rows(1)[0]["status"] == 503
+
+
+def test_pool_draws_are_recorded_and_reported_by_funding(make_gateway: Any, capsys: Any) -> None:
+    from tokenctl.cli.main import main as cli
+
+    live = make_gateway({"budgets": [
+        {"name": "allowance", "scope": "user", "limit_usd": "0.015", "overflow_to": "team-pool"},
+        {"name": "team-pool", "scope": "team", "limit_usd": 1, "pool": True, "member_cap_usd": "0.02"},
+    ]})
+    statuses = []
+    with httpx.Client(timeout=30) as client:
+        for _ in range(6):  # each reserves ~$0.0101 and settles ~$0.0051
+            r = client.post(f"{live.url}/v1/messages", json=_messages_body(), headers=_headers(live.key))
+            statuses.append(r.status_code)
+    rows = live.wait_rows(6)
+    funding = [r["funding"] for r in rows if r["status"] == 200]
+    assert funding[0] is None and "team-pool" in funding  # own allowance first, then the pool
+    assert statuses[-1] == 402 and "share of pool 'team-pool'" in live.rows()[-1]["error"]
+    pool_spend = sum(Decimal(r["cost_usd"]) for r in rows if r["funding"] == "team-pool")
+    assert pool_spend <= Decimal("0.02")
+    capsys.readouterr()
+    assert cli(["report", "--by", "funding", "--format", "json", "--ledger", live.db_path]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    groups = {g["group"]: g for g in report["rows"]} if isinstance(report, dict) else {g["group"]: g for g in report}
+    assert "team-pool" in groups and "own budget" in groups
