@@ -78,7 +78,7 @@ def test_count_tokens_is_forwarded_and_not_billed(gateway) -> None:
     result = client(gateway).messages.count_tokens(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hello there"}])
     assert result.input_tokens > 0
     assert gateway.last_upstream().path == "/v1/messages/count_tokens"
-    (row,) = gateway.rows()
+    (row,) = gateway.wait_rows(1)
     assert row["api"] == "anthropic.count_tokens" and row["cost_nanousd"] == 0 and row["input_tokens"] == 0
 
 
@@ -119,7 +119,7 @@ def test_alias_and_path_prefix_and_bearer_auth(gateway) -> None:
     assert message.model == "claude-sonnet-4-5"
     upstream = gateway.last_upstream()
     assert orjson.loads(upstream.body)["model"] == "claude-sonnet-4-5"
-    (row,) = gateway.rows()
+    (row,) = gateway.wait_rows(1)
     assert (row["requested_model"], row["model"], row["provider"]) == ("team-default", "claude-sonnet-4-5", "anthropic")
 
 
@@ -127,7 +127,7 @@ def test_tags_header_is_recorded_and_not_forwarded(gateway) -> None:
     client(gateway, **{"x-tokenctl-tags": "ticket=PAY-12, env=ci"}).messages.create(
         model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
     )
-    (row,) = gateway.rows()
+    (row,) = gateway.wait_rows(1)
     assert orjson.loads(row["tags"]) == {"ticket": "PAY-12", "env": "ci"}
     assert "x-tokenctl-tags" not in {k.lower() for k in gateway.last_upstream().headers}
 

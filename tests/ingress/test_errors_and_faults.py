@@ -135,7 +135,7 @@ def test_upstream_errors_pass_through_with_retry_after(gateway, status: int) -> 
     assert response.json()["type"] == "error"
     if status in (429, 529):
         assert response.headers["retry-after"] == "1"
-    (row,) = gateway.rows()
+    (row,) = gateway.wait_rows(1)
     assert (row["status"], row["outcome"]) == (status, "upstream_error")
 
 

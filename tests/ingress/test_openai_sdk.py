@@ -40,7 +40,7 @@ def test_chat_stream_gets_usage_without_showing_the_injected_chunk(gateway) -> N
     assert all(c.usage is None for c in chunks)  # the client did not ask for usage, so it sees none
     assert all(c.choices for c in chunks)
     assert orjson.loads(gateway.last_upstream().body)["stream_options"] == {"include_usage": True}
-    (row,) = gateway.rows()
+    (row,) = gateway.wait_rows(1)
     assert Decimal(row["cost_usd"]) == GPT4O_COST and row["stream"] == 1 and row["partial"] == 0
 
 
@@ -50,7 +50,7 @@ def test_chat_stream_with_include_usage_keeps_the_usage_chunk(gateway) -> None:
         stream_options={"include_usage": True},
     ))
     assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 1000
-    (row,) = gateway.rows()
+    (row,) = gateway.wait_rows(1)
     assert Decimal(row["cost_usd"]) == GPT4O_COST
 
 
@@ -101,7 +101,7 @@ def test_openai_compatible_provider_priced_from_override_file(gateway) -> None:
     client(gateway, **{"x-fake-usage": "input=1000000,output=1000000"}).chat.completions.create(
         model="cheap", messages=[{"role": "user", "content": "hi"}]
     )
-    (row,) = gateway.rows()
+    (row,) = gateway.wait_rows(1)
     assert (row["provider"], row["model"], row["requested_model"]) == ("local", "llama-3.1-8b", "cheap")
     assert Decimal(row["cost_usd"]) == Decimal("0.30")  # 0.10 + 0.20 per million
     assert row["cost_source"] == "override"
