@@ -220,3 +220,26 @@ def test_config_budgets_are_read_only_from_the_cli(make_gateway: Any, capsys: An
     path.write_text(f"ledger: {{path: '{live.db_path}'}}\nbudgets:\n  - {{name: org, scope: org, limit_usd: 100}}\n")
     assert cli(["--config", str(path), "budgets", "delete", "org"]) == 2
     assert "defined in" in capsys.readouterr().err
+
+
+def test_editing_a_budget_keeps_its_spend_and_never_blocks_under_the_new_limit(make_gateway: Any) -> None:
+    live = make_gateway()
+    put = lambda **f: httpx.put(f"{live.url}/admin/budgets/alice", headers=ADMIN,  # noqa: E731
+                                json={"scope": "user", "match": "alice", **f})
+    assert put(limit_usd="0.02").status_code == 200
+    client = anthropic.Anthropic(base_url=live.url, api_key=live.key, max_retries=0)
+    ask = {"model": "claude-haiku-4-5", "max_tokens": 2000, "messages": [{"role": "user", "content": "q"}],
+           "extra_headers": {"x-fake-usage": "input=60,output=1500"}}
+    client.messages.create(**ask)
+    client.messages.create(**ask)
+    spent = httpx.get(f"{live.url}/admin/budgets/status", headers=ADMIN).json()["data"][0]["spent_usd"]
+    with pytest.raises(anthropic.APIStatusError):
+        client.messages.create(**ask)
+    assert put(limit_usd="1").status_code == 200  # a higher limit: same spend, admitted again
+    status = httpx.get(f"{live.url}/admin/budgets/status", headers=ADMIN).json()["data"][0]
+    assert status["spent_usd"] == spent and status["limit_usd"] == "1"
+    assert client.messages.create(**ask).content
+    live.wait_rows(4)
+    assert put(limit_usd="1", period="daily").status_code == 200  # a new period: spend of today from the ledger
+    status = httpx.get(f"{live.url}/admin/budgets/status", headers=ADMIN).json()["data"][0]
+    assert status["period"] == "daily" and float(status["spent_usd"]) > float(spent)
