@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import re
 from decimal import Decimal
 from typing import Any
@@ -105,8 +106,7 @@ def test_failed_and_cut_requests_release_their_reservations(make_gateway: Any) -
     async def open_reservations() -> int:
         return await live.gw.enforcer.store.open_reservations(live.gw.enforcer.clock())
 
-    deadline = asyncio.run(asyncio.sleep(0.3))
-    assert deadline is None
+    time.sleep(0.3)
     assert asyncio.run_coroutine_threadsafe(open_reservations(), live.server.loop).result(5) == 0
 
 
@@ -212,5 +212,5 @@ def test_pool_draws_are_recorded_and_reported_by_funding(make_gateway: Any, caps
     capsys.readouterr()
     assert cli(["report", "--by", "funding", "--format", "json", "--ledger", live.db_path]) == 0
     report = orjson.loads(capsys.readouterr().out)
-    groups = {g["group"]: g for g in report["rows"]} if isinstance(report, dict) else {g["group"]: g for g in report}
+    groups = {g["group"]: g for g in report}
     assert "team-pool" in groups and "own budget" in groups

@@ -165,28 +165,27 @@ def _policy_definition(args: argparse.Namespace) -> dict[str, Any]:
     return d
 
 
-def _set_rule(args: argparse.Namespace, load: ConfigLoader, kind: str, definition: dict[str, Any]) -> int:
+def _change_rules(args: argparse.Namespace, load: ConfigLoader, change: Callable[..., Any]) -> Config:
+    """Run ``change(db, config, actor)`` on the ledger database; refusals become CLI errors."""
     config = load(args)
     db = connect(config.ledger_path)
     try:
-        rule = put_rule(db, config, kind, definition, f"cli:{os.environ.get('USER', 'unknown')}")
+        change(db, config, f"cli:{os.environ.get('USER', 'unknown')}")
     except RuleError as exc:
         raise GovernanceError(str(exc)) from exc
     finally:
         db.close()
-    print(f"{kind} {rule.name} saved; a running gateway applies it within {config.key_refresh_seconds:g} s")
+    return config
+
+
+def _set_rule(args: argparse.Namespace, load: ConfigLoader, kind: str, definition: dict[str, Any]) -> int:
+    config = _change_rules(args, load, lambda db, config, actor: put_rule(db, config, kind, definition, actor))
+    print(f"{kind} {args.name} saved; a running gateway applies it within {config.key_refresh_seconds:g} s")
     return 0
 
 
 def _delete_rule(args: argparse.Namespace, load: ConfigLoader, kind: str) -> int:
-    config = load(args)
-    db = connect(config.ledger_path)
-    try:
-        delete_rule(db, config, kind, args.name, f"cli:{os.environ.get('USER', 'unknown')}")
-    except RuleError as exc:
-        raise GovernanceError(str(exc)) from exc
-    finally:
-        db.close()
+    _change_rules(args, load, lambda db, config, actor: delete_rule(db, config, kind, args.name, actor))
     print(f"{kind} {args.name} deleted")
     return 0
 

@@ -7,15 +7,12 @@ a changed period starts from exactly what the ledger says was spent in the curre
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+
+from tokenctl.ledger.record import iso_utc
 
 # The ledger column holding each scope's member.
 SCOPE_COLUMNS = {"org": "'org'", "team": "team", "user": "user", "project": "project", "key": "key_id",
                  "session": "session_id"}
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def spend_by_member(
@@ -35,7 +32,7 @@ def spend_by_member(
               if bucket_seconds else "0")
     sql = (f"SELECT {member} AS m, {user} AS u, {bucket} AS b, SUM(cost_nanousd) FROM requests"
            f" WHERE ts >= ? AND {member} IS NOT NULL")
-    params: list[object] = [iso(since)]
+    params: list[object] = [iso_utc(since)]
     if funding is not None:
         sql += " AND funding = ?"
         params.append(funding)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -219,6 +220,4 @@ class Budgets:
 
 
 def _iso(ts: float, tz: ZoneInfo) -> str:
-    from datetime import datetime
-
     return datetime.fromtimestamp(ts, tz).isoformat(timespec="minutes")

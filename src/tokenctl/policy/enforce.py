@@ -274,6 +274,8 @@ class Enforcer:
     # -- settlement -------------------------------------------------------------------------------
 
     async def settle(self, admission: Admission, entry: LedgerEntry) -> None:
+        if admission.budget is None and not admission.token_buckets:
+            return  # nothing was reserved or taken for this request
         actual = to_nanos(entry.cost.total) if entry.cost is not None else 0
         now = self.clock()
         if admission.budget is not None:
