@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from zoneinfo import ZoneInfo
 
 import aiohttp
 from aiohttp import web
@@ -53,7 +54,8 @@ def create_app(config: Config, *, store: SpendStore | None = None,
 async def _gateway_lifecycle(app: web.Application, prices: PriceBook, store: SpendStore,
                              clock: Callable[[], float]) -> AsyncIterator[None]:
     config = app[CONFIG]
-    ledger = LedgerWriter(config.ledger_path, queue_max=config.ledger_queue_max, batch_max=config.ledger_batch_max)
+    ledger = LedgerWriter(config.ledger_path, queue_max=config.ledger_queue_max, batch_max=config.ledger_batch_max,
+                          tz=ZoneInfo(config.enforcement.timezone))
     ledger.start()
     keys_db = connect(config.ledger_path)
     keys = KeyCache(keys_db, config.key_refresh_seconds)

@@ -29,7 +29,7 @@ from tokenctl.ledger.record import LedgerEntry
 from tokenctl.ledger.writer import LedgerWriter
 from tokenctl.metering.meter import settle
 from tokenctl.metering.pricing import PriceBook
-from tokenctl.policy.access import authorize
+from tokenctl.policy.access import authorize, check_caller
 from tokenctl.policy.enforce import Admission, Enforcer
 from tokenctl.providers.upstream import Upstream
 from tokenctl.routing.catalog import Catalog
@@ -101,6 +101,7 @@ async def handle(gw: Gateway, request: web.Request, dialect: Dialect) -> web.Str
 async def _proxy(call: Call) -> web.StreamResponse:
     gw, request, entry, api = call.gw, call.request, call.entry, call.dialect.api
     entry.principal = await authenticate(gw.keys, client_key(request.headers))
+    check_caller(entry.principal)
     raw = await read_body(request, gw.config.max_body_bytes)
     call.body_size = len(raw)
     body = parse_body(raw, api)

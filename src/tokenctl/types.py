@@ -21,6 +21,7 @@ class Principal:
     project: str | None
     models: tuple[str, ...] = ()  # allowlist of model names or globs; empty = any configured model
     opt_in: bool = False  # may use models that policies would rewrite to a cheaper default
+    role: str = "client"  # "viewer" keys sign in to the dashboard and cannot call models
 
 
 @dataclass(frozen=True, slots=True)

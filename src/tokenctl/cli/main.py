@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     kc.add_argument("--models", default="", help="comma-separated allowlist of models or globs (default: any)")
     kc.add_argument("--opt-in", action="store_true",
                     help="may use models that policies would otherwise rewrite to a cheaper default")
+    kc.add_argument("--viewer", action="store_true",
+                    help="a dashboard viewer key: signs in to /ui to see its --team's spend; cannot call models")
     kc.add_argument("--ledger")
     kc.set_defaults(run=_keys_create)
     kl = k.add_parser("list", help="list keys (never their secrets)")
@@ -151,16 +153,16 @@ def _keys_create(args: argparse.Namespace) -> int:
     db = connect(_config(args).ledger_path)
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     info, secret = create_key(db, user=args.user, team=args.team, project=args.project, name=args.name, models=models,
-                              opt_in=args.opt_in)
+                              opt_in=args.opt_in, role="viewer" if args.viewer else "client")
     print(secret)
-    print(f"created {info.key_id} (user={info.user} team={info.team} project={info.project}); "
+    print(f"created {info.role} key {info.key_id} (user={info.user} team={info.team} project={info.project}); "
           "the key above is shown only now: store it safely", file=sys.stderr)
     return 0
 
 
 def _key_dict(k: KeyInfo) -> dict[str, object]:
     return {"key_id": k.key_id, "prefix": k.prefix, "name": k.name, "user": k.user, "team": k.team,
-            "project": k.project, "models": list(k.models), "created_at": k.created_at, "revoked_at": k.revoked_at}
+            "project": k.project, "models": list(k.models), "role": k.role, "created_at": k.created_at, "revoked_at": k.revoked_at}
 
 
 def _keys_list(args: argparse.Namespace) -> int:
@@ -168,8 +170,8 @@ def _keys_list(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(orjson.dumps([_key_dict(k) for k in keys], option=orjson.OPT_INDENT_2).decode())
         return 0
-    header = ["key_id", "prefix", "user", "team", "project", "models", "status"]
-    rows = [[k.key_id, k.prefix + "…", k.user or "", k.team or "", k.project or "", ",".join(k.models) or "any",
+    header = ["key_id", "prefix", "role", "user", "team", "project", "models", "status"]
+    rows = [[k.key_id, k.prefix + "…", k.role, k.user or "", k.team or "", k.project or "", ",".join(k.models) or "any",
              "revoked" if k.revoked_at else "active"] for k in keys]
     print(render_table(header, rows))
     return 0

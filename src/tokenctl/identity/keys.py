@@ -37,11 +37,12 @@ class KeyInfo:
     created_at: float
     revoked_at: float | None
     opt_in: bool = False
+    role: str = "client"
 
     @property
     def principal(self) -> Principal:
         return Principal(key_id=self.key_id, user=self.user, team=self.team, project=self.project, models=self.models,
-                         opt_in=self.opt_in)
+                         opt_in=self.opt_in, role=self.role)
 
 
 def hash_key(secret: str) -> str:
@@ -52,13 +53,14 @@ def looks_like_virtual_key(value: str) -> bool:
     return value.startswith(KEY_PREFIX)
 
 
-_SELECT = "SELECT key_id, prefix, name, user, team, project, models, created_at, revoked_at, opt_in FROM keys"
+ROLES = ("client", "viewer")  # viewer: signs in to the dashboard to see its team; cannot call models
+_SELECT = "SELECT key_id, prefix, name, user, team, project, models, created_at, revoked_at, opt_in, role FROM keys"
 
 
 def _info(row: tuple) -> KeyInfo:
-    key_id, prefix, name, user, team, project, models, created_at, revoked_at, opt_in = row
+    key_id, prefix, name, user, team, project, models, created_at, revoked_at, opt_in, role = row
     models_t = tuple(m for m in models.split(",") if m)
-    return KeyInfo(key_id, prefix, name, user, team, project, models_t, created_at, revoked_at, bool(opt_in))
+    return KeyInfo(key_id, prefix, name, user, team, project, models_t, created_at, revoked_at, bool(opt_in), role)
 
 
 def create_key(
@@ -70,16 +72,22 @@ def create_key(
     name: str | None = None,
     models: tuple[str, ...] = (),
     opt_in: bool = False,
+    role: str = "client",
 ) -> tuple[KeyInfo, str]:
     """Create a key. Returns its record and the secret, which is not stored and cannot be shown again."""
+    if role not in ROLES:
+        raise ValueError(f"key role must be one of {', '.join(ROLES)}, not {role!r}")
+    if role == "viewer" and not team:
+        raise ValueError("a viewer key needs a team: it shows that team's spend (the admin key sees everything)")
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = "key_" + secrets.token_hex(6)
     now = time.time()
     with transaction(db):
         db.execute(
-            "INSERT INTO keys (key_id, key_hash, prefix, name, user, team, project, models, opt_in, created_at,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key_id, hash_key(secret), secret[:10], name, user, team, project, ",".join(models), int(opt_in), now, now),
+            "INSERT INTO keys (key_id, key_hash, prefix, name, user, team, project, models, opt_in, role, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key_id, hash_key(secret), secret[:10], name, user, team, project, ",".join(models), int(opt_in), role,
+             now, now),
         )
     return get_key(db, key_id), secret
 
@@ -116,6 +124,7 @@ class KeyCache:
         self._lock = threading.Lock()
         self._refresh_seconds = refresh_seconds
         self._active: dict[str, Principal] = {}
+        self._by_id: dict[str, Principal] = {}
         self._revoked: set[str] = set()
         self._misses: dict[str, float] = {}
         self._seen_until = 0.0
@@ -123,6 +132,10 @@ class KeyCache:
     def lookup(self, key_hash: str) -> Principal | None:
         """The principal for an active key, or None. Never touches the database."""
         return self._active.get(key_hash)
+
+    def active_by_id(self, key_id: str) -> Principal | None:
+        """The principal of an active key, by key id (dashboard sessions name the key they signed in with)."""
+        return self._by_id.get(key_id)
 
     def is_revoked(self, key_hash: str) -> bool:
         return key_hash in self._revoked
@@ -135,19 +148,20 @@ class KeyCache:
         """Load keys changed since the last refresh (all keys the first time). Runs in a worker thread."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT key_hash, key_id, user, team, project, models, opt_in, revoked_at, updated_at FROM keys"
+                "SELECT key_hash, key_id, user, team, project, models, opt_in, role, revoked_at, updated_at FROM keys"
                 " WHERE updated_at >= ?",
                 (self._seen_until,),
             ).fetchall()
-        for key_hash, key_id, user, team, project, models, opt_in, revoked_at, updated_at in rows:
-            self._apply(key_hash, key_id, user, team, project, models, opt_in, revoked_at)
+        for *fields, updated_at in rows:
+            self._apply(*fields)
             self._seen_until = max(self._seen_until, updated_at)
 
     def load_one(self, key_hash: str) -> Principal | None:
         """Look one unknown key up in the database (a key created after the last refresh). Worker thread."""
         with self._lock:
             row = self._db.execute(
-                "SELECT key_hash, key_id, user, team, project, models, opt_in, revoked_at FROM keys WHERE key_hash = ?",
+                "SELECT key_hash, key_id, user, team, project, models, opt_in, role, revoked_at FROM keys"
+                " WHERE key_hash = ?",
                 (key_hash,),
             ).fetchone()
         if row is None:
@@ -158,12 +172,16 @@ class KeyCache:
         self._apply(*row)
         return self._active.get(key_hash)
 
-    def _apply(self, key_hash: str, key_id: str, user, team, project, models: str, opt_in, revoked_at) -> None:
+    def _apply(self, key_hash: str, key_id: str, user, team, project, models: str, opt_in, role,  # type: ignore[no-untyped-def]
+               revoked_at) -> None:
         if revoked_at is not None:
             self._active.pop(key_hash, None)
+            self._by_id.pop(key_id, None)
             self._revoked.add(key_hash)
             return
         models_t = tuple(m for m in models.split(",") if m)
-        self._active[key_hash] = Principal(key_id=key_id, user=user, team=team, project=project, models=models_t,
-                                           opt_in=bool(opt_in))
+        principal = Principal(key_id=key_id, user=user, team=team, project=project, models=models_t,
+                              opt_in=bool(opt_in), role=role)
+        self._active[key_hash] = principal
+        self._by_id[key_id] = principal
         self._misses.pop(key_hash, None)

@@ -152,6 +152,127 @@ def m004_enforcement(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX approvals_status ON approvals (status, created_at)")
 
 
+# Dimensions the daily rollup keeps; missing values are stored as '' so the primary key can match them.
+ROLLUP_DIMENSIONS = ("day", "team", "user", "project", "model", "tool", "key_id", "provider")
+ROLLUP_MEASURES = (
+    "requests", "errors", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
+    "reasoning_tokens", "cost_nanousd", "uncached_nanousd", "policy_saved_nanousd", "routing_saved_nanousd",
+    "unpriced", "blocked", "duration_ms",
+)
+SESSION_MEASURES = (
+    "requests", "errors", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
+    "cost_nanousd", "duration_ms",
+)
+
+
+def _measure_values(row: str) -> dict[str, str]:
+    """SQL for each rollup measure of one requests row (``row`` is NEW in the trigger, a table alias otherwise)."""
+    return {
+        "requests": "1",
+        "errors": f"CASE WHEN {row}.status >= 400 OR {row}.outcome NOT IN ('ok') THEN 1 ELSE 0 END",
+        "input_tokens": f"{row}.input_tokens",
+        "cache_read_tokens": f"{row}.cache_read_tokens",
+        "cache_write_tokens": f"{row}.cache_write_5m_tokens + {row}.cache_write_1h_tokens",
+        "output_tokens": f"{row}.output_tokens",
+        "reasoning_tokens": f"{row}.reasoning_tokens",
+        "cost_nanousd": f"{row}.cost_nanousd",
+        "uncached_nanousd": f"COALESCE({row}.uncached_nanousd, {row}.cost_nanousd)",
+        "policy_saved_nanousd": f"CASE WHEN {row}.saving_source = 'policy'"
+                                f" THEN {row}.counterfactual_nanousd - {row}.cost_nanousd ELSE 0 END",
+        "routing_saved_nanousd": f"CASE WHEN {row}.saving_source = 'routing'"
+                                 f" THEN {row}.counterfactual_nanousd - {row}.cost_nanousd ELSE 0 END",
+        "unpriced": f"1 - {row}.priced",
+        "blocked": f"CASE WHEN {row}.status IN (402, 403, 429) AND {row}.outcome = 'rejected' THEN 1 ELSE 0 END",
+        "duration_ms": f"{row}.duration_ms",
+    }
+
+
+def _dimension_values(row: str) -> dict[str, str]:
+    return {d: f"COALESCE({row}.{d}, '')" for d in ROLLUP_DIMENSIONS}
+
+
+def _daily_trigger_sql() -> str:
+    """Add one new requests row (NEW) to its rollup_daily cell."""
+    values = [*_dimension_values("NEW").values(), *_measure_values("NEW").values()]
+    updates = ", ".join(f"{m} = {m} + excluded.{m}" for m in ROLLUP_MEASURES)
+    return (f"INSERT INTO rollup_daily ({', '.join((*ROLLUP_DIMENSIONS, *ROLLUP_MEASURES))})"
+            f" VALUES ({', '.join(values)}) ON CONFLICT ({', '.join(ROLLUP_DIMENSIONS)}) DO UPDATE SET {updates}")
+
+
+def rebuild_daily(db: sqlite3.Connection, where: str = "", params: tuple[object, ...] = ()) -> None:
+    """Fill rollup_daily from the requests rows matching ``where`` (into cells those rows alone make up)."""
+    dims = list(_dimension_values("r").values())
+    sums = [f"SUM({v})" for v in _measure_values("r").values()]
+    db.execute(
+        f"INSERT INTO rollup_daily ({', '.join((*ROLLUP_DIMENSIONS, *ROLLUP_MEASURES))})"
+        f" SELECT {', '.join(dims + sums)} FROM requests r WHERE r.day IS NOT NULL {where}"
+        f" GROUP BY {', '.join(dims)}",
+        params,
+    )
+
+
+def m005_rollups(db: sqlite3.Connection) -> None:
+    """Dashboard rollups kept up to date by triggers as rows arrive, plus the columns savings are computed from.
+
+    ``day`` is the request's local date in the reporting timezone (set by the writer).
+    ``uncached_nanousd`` is what the same usage would have cost without prompt caching;
+    ``counterfactual_nanousd`` what the model the client asked for would have cost for the same usage,
+    when a policy or the router served another (``saving_source`` says which).
+    """
+    for column, kind in (("day", "TEXT"), ("uncached_nanousd", "INTEGER"), ("counterfactual_nanousd", "INTEGER"),
+                         ("saving_source", "TEXT")):
+        db.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
+    db.execute("ALTER TABLE keys ADD COLUMN role TEXT NOT NULL DEFAULT 'client'")  # client | viewer
+    db.execute("UPDATE requests SET day = substr(ts, 1, 10)")  # rows from before: their UTC date
+    dims = ", ".join(f"{d} TEXT NOT NULL" for d in ROLLUP_DIMENSIONS)
+    measures = ", ".join(f"{m} {'REAL' if m == 'duration_ms' else 'INTEGER'} NOT NULL DEFAULT 0"
+                         for m in ROLLUP_MEASURES)
+    db.execute(f"CREATE TABLE rollup_daily ({dims}, {measures}, PRIMARY KEY ({', '.join(ROLLUP_DIMENSIONS)}))"
+               " WITHOUT ROWID")
+    session_measures = ", ".join(f"{m} {'REAL' if m == 'duration_ms' else 'INTEGER'} NOT NULL DEFAULT 0"
+                                 for m in SESSION_MEASURES)
+    db.execute(
+        f"""CREATE TABLE rollup_sessions (
+            session_id TEXT PRIMARY KEY, team TEXT, user TEXT, project TEXT, tool TEXT, model TEXT,
+            first_ts TEXT NOT NULL, last_ts TEXT NOT NULL, first_day TEXT, last_day TEXT, {session_measures})"""
+    )
+    db.execute("CREATE INDEX rollup_sessions_last_day ON rollup_sessions (last_day, cost_nanousd)")
+    db.execute("CREATE INDEX rollup_sessions_team ON rollup_sessions (team, last_day)")
+    db.execute(f"CREATE TRIGGER requests_rollup AFTER INSERT ON requests WHEN NEW.day IS NOT NULL BEGIN"
+               f" {_daily_trigger_sql()}; {_session_trigger_sql()}; END")
+    rebuild_daily(db)
+    rebuild_sessions(db)
+
+
+def _session_trigger_sql() -> str:
+    """Add one new requests row (NEW) to its session's rollup_sessions row."""
+    row = "NEW"
+    m = _measure_values(row)
+    cols = ["session_id", "team", "user", "project", "tool", "model", "first_ts", "last_ts", "first_day", "last_day",
+            *SESSION_MEASURES]
+    values = [f"{row}.session_id", f"{row}.team", f"{row}.user", f"{row}.project", f"{row}.tool", f"{row}.model",
+              f"{row}.ts", f"{row}.ts", f"{row}.day", f"{row}.day", *(m[k] for k in SESSION_MEASURES)]
+    sums = ", ".join(f"{k} = {k} + excluded.{k}" for k in SESSION_MEASURES)
+    return (f"INSERT INTO rollup_sessions ({', '.join(cols)}) SELECT {', '.join(values)}"
+            f" WHERE {row}.session_id IS NOT NULL"
+            f" ON CONFLICT (session_id) DO UPDATE SET {sums},"
+            " first_ts = min(first_ts, excluded.first_ts), first_day = min(first_day, excluded.first_day),"
+            " last_ts = max(last_ts, excluded.last_ts), last_day = max(last_day, excluded.last_day),"
+            " model = CASE WHEN excluded.last_ts >= last_ts THEN excluded.model ELSE model END")
+
+
+def rebuild_sessions(db: sqlite3.Connection) -> None:
+    m = _measure_values("r")
+    sums = ", ".join(f"SUM({m[k]})" for k in SESSION_MEASURES)
+    db.execute(
+        f"INSERT INTO rollup_sessions (session_id, team, user, project, tool, model, first_ts, last_ts, first_day,"
+        f" last_day, {', '.join(SESSION_MEASURES)})"
+        f" SELECT session_id, max(team), max(user), max(project), max(tool), max(model), min(ts), max(ts),"
+        f" min(day), max(day), {sums} FROM requests r WHERE session_id IS NOT NULL AND day IS NOT NULL"
+        " GROUP BY session_id"
+    )
+
+
 @contextmanager
 def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE … COMMIT on an autocommit connection, rolled back on error."""
@@ -164,7 +285,8 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     db.execute("COMMIT")
 
 
-MIGRATIONS: list[Migration] = [m001_create_keys, m002_create_requests, m003_index_requests, m004_enforcement]
+MIGRATIONS: list[Migration] = [m001_create_keys, m002_create_requests, m003_index_requests, m004_enforcement,
+                               m005_rollups]
 
 
 def applied(db: sqlite3.Connection) -> list[str]:

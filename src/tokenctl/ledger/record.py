@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
@@ -43,6 +43,10 @@ class LedgerEntry:
     funding: str | None = None  # the pool drawn on, when the user's own allowance was used up
     policy: list[str] | None = None  # policy decisions: downgrades, rewrites, clamps, approvals
     approval_id: str | None = None
+    original_route: Route | None = None  # the route before a policy or the router changed the model
+    saving_source: str | None = None  # "policy" or "routing": who changed the model
+    uncached_cost: Decimal | None = None  # the same usage without prompt caching (only when caching was used)
+    counterfactual_cost: Decimal | None = None  # the same usage on the originally routed model
 
 
 COLUMNS = (
@@ -52,6 +56,7 @@ COLUMNS = (
     "input_tokens", "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "output_tokens",
     "reasoning_tokens", "cost_usd", "cost_nanousd", "list_cost_usd", "cost_source", "cost_is_estimate", "priced",
     "price_version", "anthropic_beta", "raw_usage", "reserved_usd", "funding", "policy", "approval_id",
+    "day", "uncached_nanousd", "counterfactual_nanousd", "saving_source",
 )
 
 INSERT_SQL = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -61,7 +66,16 @@ def iso_utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def to_row(e: LedgerEntry) -> tuple[Any, ...]:
+def local_day(ts: float, tz: tzinfo) -> str:
+    """The date a request counts on in reports: its start in the reporting timezone."""
+    return datetime.fromtimestamp(ts, tz).date().isoformat()
+
+
+def nanos(amount: Decimal | None) -> int | None:
+    return None if amount is None else int((amount * _NANO).to_integral_value())
+
+
+def to_row(e: LedgerEntry, tz: tzinfo = UTC) -> tuple[Any, ...]:
     """The column values, in ``COLUMNS`` order; only primitives (so rows can be spilled as JSON)."""
     p, a, r, u, c = e.principal, e.attribution, e.route, e.usage, e.cost
     cost = c.total if c else Decimal(0)
@@ -76,10 +90,11 @@ def to_row(e: LedgerEntry) -> tuple[Any, ...]:
         e.response_model, e.upstream_request_id,
         u.input_tokens, u.cache_read_tokens, u.cache_write_5m_tokens, u.cache_write_1h_tokens,
         u.output_tokens, u.reasoning_tokens,
-        str(cost), int((cost * _NANO).to_integral_value()), str(c.list_total if c else Decimal(0)),
+        str(cost), nanos(cost), str(c.list_total if c else Decimal(0)),
         c.source if c else None, int(bool(c and c.is_estimate)), int(c.priced if c else True),
         e.price_version, e.anthropic_beta,
         None if e.raw_usage is None else orjson.dumps(e.raw_usage).decode(),
         None if e.reserved_usd is None else str(e.reserved_usd), e.funding,
         "; ".join(e.policy) if e.policy else None, e.approval_id,
+        local_day(e.started_at, tz), nanos(e.uncached_cost), nanos(e.counterfactual_cost), e.saving_source,
     )

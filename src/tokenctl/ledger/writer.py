@@ -19,22 +19,30 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from datetime import UTC, tzinfo
 from typing import Any
 
 import orjson
 
 from tokenctl.ledger.audit import AUDIT_INSERT_SQL, AuditEvent
 from tokenctl.ledger.db import connect, transaction
-from tokenctl.ledger.record import INSERT_SQL, LedgerEntry, to_row
+from tokenctl.ledger.record import COLUMNS, INSERT_SQL, LedgerEntry, to_row
 
 Item = LedgerEntry | AuditEvent
 Row = tuple[Any, ...]
 _AUDIT_TAG = "audit"
 
 
-def _row(item: Item) -> Row:
+def _row(item: Item, tz: tzinfo) -> Row:
     """Requests rows as they are; audit rows tagged, so both can share one queue and one spill file."""
-    return (_AUDIT_TAG, *item.to_row()) if isinstance(item, AuditEvent) else to_row(item)
+    return (_AUDIT_TAG, *item.to_row()) if isinstance(item, AuditEvent) else to_row(item, tz)
+
+
+def _current_width(row: Row) -> Row:
+    """A requests row spilled by an older version has fewer columns: the newer ones are left empty."""
+    if row and row[0] != _AUDIT_TAG and len(row) < len(COLUMNS):
+        return (*row, *([None] * (len(COLUMNS) - len(row))))
+    return row
 
 log = logging.getLogger("tokenctl.ledger")
 
@@ -47,8 +55,11 @@ class LedgerWriter:
         queue_max: int = 100_000,
         batch_max: int = 2_000,
         interval_seconds: float = 0.02,
+        tz: tzinfo = UTC,
     ) -> None:
+        """``tz`` is the reporting timezone: each row's ``day`` (what the dashboard's daily rollups use)."""
         self.path = path
+        self.tz = tz
         self.spill_path = Path(f"{path}.spill.jsonl") if path != ":memory:" else None
         self._queue: deque[Item] = deque()
         self._queue_max = queue_max
@@ -122,7 +133,7 @@ class LedgerWriter:
     def _drain(self) -> None:
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(self._batch_max, len(self._queue)))]
-            rows = [_row(e) for e in batch]
+            rows = [_row(e, self.tz) for e in batch]
             if not self._write(rows):
                 self._hold_back(batch, rows)
                 return
@@ -147,7 +158,7 @@ class LedgerWriter:
         """A failed batch goes back to the front of the queue, or to the spill file when the queue is full."""
         if len(self._queue) + len(batch) > self._queue_max:
             rest = [self._queue.popleft() for _ in range(len(self._queue))]
-            self._spill_rows(rows + [_row(e) for e in rest])
+            self._spill_rows(rows + [_row(e, self.tz) for e in rest])
             self._advance(len(batch) + len(rest))
         else:
             self._queue.extendleft(reversed(batch))
@@ -162,7 +173,7 @@ class LedgerWriter:
     # -- spill file ---------------------------------------------------------------------------------
 
     def _spill(self, entries: list[Item]) -> None:
-        self._spill_rows([_row(e) for e in entries])
+        self._spill_rows([_row(e, self.tz) for e in entries])
 
     def _spill_rows(self, rows: list[Row]) -> None:
         if self.spill_path is None:
@@ -182,7 +193,7 @@ class LedgerWriter:
         rows = []
         for line in self.spill_path.read_bytes().splitlines():
             try:
-                rows.append(tuple(orjson.loads(line)))
+                rows.append(_current_width(tuple(orjson.loads(line))))
             except orjson.JSONDecodeError:
                 log.error("skipping a corrupt line in %s", self.spill_path)
         if rows and not self._write(rows):

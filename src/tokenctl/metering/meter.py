@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from tokenctl.ledger.record import LedgerEntry
@@ -40,6 +41,21 @@ def settle(
         return
     cost = _price(prices, entry, usage)
     entry.cost = Cost(cost.total, cost.list_total, cost.priced, cost.source, cost.is_estimate or estimated)
+    if cost.priced:
+        _price_alternatives(prices, entry, usage)
+
+
+def _price_alternatives(prices: PriceBook, entry: LedgerEntry, usage: Usage) -> None:
+    """What caching saved, and what the model the client asked for would have cost: the dashboard's savings."""
+    if usage.cache_read_tokens or usage.cache_write_tokens:
+        uncached = replace(usage, input_tokens=usage.input_total, cache_read_tokens=0, cache_write_5m_tokens=0,
+                           cache_write_1h_tokens=0)
+        entry.uncached_cost = _price(prices, entry, uncached).total
+    original = entry.original_route
+    if original is not None and entry.route is not None and original.upstream_model != entry.route.upstream_model:
+        alternative = prices.cost(original.provider, original.upstream_model, usage)
+        if alternative.priced:
+            entry.counterfactual_cost = alternative.total
 
 
 def _price(prices: PriceBook, entry: LedgerEntry, usage: Usage) -> Cost:

@@ -1,8 +1,4 @@
-"""Model access: a key with a model allowlist may only use the models (names or globs) on it.
-
-Budgets, rate limits and model policies will live in this package too; for now it
-holds the one decision the gateway makes about a known key.
-"""
+"""Model access: dashboard viewer keys call no models; a key with an allowlist only the models on it."""
 
 from __future__ import annotations
 
@@ -14,6 +10,13 @@ from tokenctl.types import Principal, Route
 
 def may_use(principal: Principal, model: str) -> bool:
     return not principal.models or any(fnmatch.fnmatchcase(model, pattern) for pattern in principal.models)
+
+
+def check_caller(principal: Principal) -> None:
+    """Viewer keys are for the dashboard only."""
+    if principal.role != "client":
+        raise PermissionDenied(f"key {principal.key_id} is a dashboard viewer key and cannot call models; "
+                               "use a client key (tokenctl keys create)")
 
 
 def authorize(principal: Principal, route: Route) -> None:

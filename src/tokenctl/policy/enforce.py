@@ -147,7 +147,7 @@ class Enforcer:
         route = self._route_to(entry.route, target, api)
         if route is None:
             return
-        entry.route = route
+        _reroute(entry, route)
         self._decide(entry, "rewrite", f"{entry.requested_model}->{route.upstream_model}", rule=policy.name)
 
     def _route_to(self, current: Route, target: str, api: str) -> Route | None:
@@ -184,7 +184,7 @@ class Enforcer:
         if sticky is not None:
             route = self._route_to(entry.route, sticky, api)
             if route is not None and route.upstream_model != entry.route.upstream_model:
-                entry.route = route
+                _reroute(entry, route)
                 self._decide(entry, "downgrade", f"session stays on {sticky}", quiet=True)
             return
         wanted = None
@@ -203,7 +203,7 @@ class Enforcer:
         route = self._route_to(entry.route, target, api)
         if route is None or route.upstream_model == entry.route.upstream_model:
             return
-        entry.route = route
+        _reroute(entry, route)
         if session:
             self._remember_session(session, target)
         share = int(wanted.rule.downgrade_at * 100)
@@ -308,3 +308,11 @@ def _subject(entry: LedgerEntry) -> str:
 def _rule_names(changes: list[str]) -> str:
     names = sorted({c.rsplit("(", 1)[-1].rstrip(")") for c in changes})
     return ",".join(names)
+
+
+def _reroute(entry: LedgerEntry, route: Route) -> None:
+    """Serve the request from another model; the ledger keeps the first route to price what it would have cost."""
+    if entry.original_route is None:
+        entry.original_route = entry.route
+    entry.saving_source = "policy"
+    entry.route = route
