@@ -13,6 +13,8 @@ import aiohttp
 from aiohttp import web
 
 from tokenctl.config import Config
+from tokenctl.dashboard.views import DASHBOARD, Dashboard
+from tokenctl.dashboard.views import routes as dashboard_routes
 from tokenctl.identity.keys import KeyCache
 from tokenctl.ingress.admin import admin_dispatch
 from tokenctl.ingress.http import body_limit_errors, dispatch
@@ -46,6 +48,7 @@ def create_app(config: Config, *, store: SpendStore | None = None,
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[body_limit_errors])
     app[CONFIG] = config
     app.router.add_route("*", "/admin/{tail:.*}", admin_dispatch)
+    app.router.add_routes(dashboard_routes())
     app.router.add_route("*", "/{tail:.*}", dispatch)
     app.cleanup_ctx.append(lambda a: _gateway_lifecycle(a, prices, store or MemoryStore(), clock))
     return app
@@ -76,6 +79,7 @@ async def _gateway_lifecycle(app: web.Application, prices: PriceBook, store: Spe
     await _seed_budgets(enforcer, rules_db)
     gateway = Gateway(config, keys, catalog, upstreams, prices, ledger, http, enforcer)
     app[GATEWAY] = gateway
+    app[DASHBOARD] = dashboard = Dashboard(gateway)
     refresher = asyncio.create_task(_refresh(gateway, rules_db, config.key_refresh_seconds))
     try:
         yield
@@ -89,6 +93,7 @@ async def _gateway_lifecycle(app: web.Application, prices: PriceBook, store: Spe
         keys_db.close()
         rules_db.close()
         desk.close()
+        dashboard.reader.close()
 
 
 async def _seed_budgets(enforcer: Enforcer, db: object) -> None:

@@ -40,7 +40,7 @@ async def budget_status(budgets: Budgets, db: sqlite3.Connection, now: float) ->
         members = budget_members(db, rule, budgets.tz, now) or [("*", None)]  # "*": every member, none spent yet
         for member, user in members:
             charge = budgets.charge(rule, member, now, slice_member=user)
-            rows.append(await _status_row(budgets, charge, now))
+            rows.append(await status_row(budgets, charge, now))
     return rows
 
 
@@ -51,7 +51,7 @@ async def offline_status(budgets: Budgets, db: sqlite3.Connection, now: float) -
     return await budget_status(budgets, db, now)
 
 
-async def _status_row(budgets: Budgets, charge: Charge, now: float) -> dict[str, Any]:
+async def status_row(budgets: Budgets, charge: Charge, now: float) -> dict[str, Any]:
     rule = charge.rule
     totals = await budgets.store.totals(charge.claim.counters, now)
     spent = sum(s for s, _ in totals)

@@ -1,0 +1,114 @@
+"""The dashboard's budget board: every budget member's status, daily burn-down and projected exhaustion date.
+
+Members come from the daily rollup (who spent since the window began) plus each budget's fixed
+``match``; spent and reserved come from the live budget store, as ``tokenctl budgets status`` shows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from decimal import Decimal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tokenctl.dashboard.forecast import exhaustion
+from tokenctl.dashboard.queries import View, usd
+from tokenctl.policy.budget import Budgets
+from tokenctl.policy.period import current_window
+from tokenctl.policy.rules import BudgetRule
+from tokenctl.policy.status import status_row
+
+# Rollup column holding each budget scope's member (sessions are not in the daily rollup).
+_SCOPE_COLUMNS = {"team": "team", "user": "user", "project": "project", "key": "key_id"}
+MAX_ROWS = 200
+BURN_DOWN_ROWS = 30
+
+
+RunInDb = Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
+
+
+async def budget_board(budgets: Budgets, run: RunInDb, view: View, now: float) -> list[dict[str, Any]]:
+    """Status rows, fullest first; the fullest ``BURN_DOWN_ROWS`` carry a burn-down and an exhaustion date.
+
+    ``run`` executes a function with a ledger connection in a worker thread; the store is read here.
+    """
+    members = await run(lambda db: [(rule, m, u) for rule in budgets.rules
+                                    for m, u in _members(db, rule, budgets, view, now)])
+    rows: list[dict[str, Any]] = []
+    for rule, member, user in members:
+        row = await status_row(budgets, budgets.charge(rule, member, now, slice_member=user), now)
+        rows.append({**row, "_key": (rule, member, user)})
+    rows.sort(key=lambda r: -r["used_percent"])
+    rows = rows[:MAX_ROWS]
+
+    def project(db: sqlite3.Connection) -> None:
+        for row in rows[:BURN_DOWN_ROWS]:
+            rule, member, user = row["_key"]
+            if user is None and not rule.pool:
+                _add_projection(db, budgets, row, rule, member, now)
+
+    await run(project)
+    for row in rows:
+        del row["_key"]
+    return rows
+
+
+def _members(db: sqlite3.Connection, rule: BudgetRule, budgets: Budgets, view: View,
+             now: float) -> list[tuple[str, str | None]]:
+    if rule.scope == "org":
+        return [] if view.team is not None else [("org", None)]
+    column = _SCOPE_COLUMNS.get(rule.scope)
+    if column is None:  # session budgets: too many members to list; shown when pinned to one session
+        return [(rule.match, None)] if rule.match and view.team is None else []
+    start_day = _window_start(rule, budgets, now).date().isoformat()
+    if rule.match is not None:
+        visible = view.team is None or _in_team(db, column, rule.match, view.team)
+        members = [(rule.match, None)] if visible else []
+    else:
+        sql = f"SELECT DISTINCT {column} FROM rollup_daily WHERE day >= ? AND {column} != ''"
+        params: list[Any] = [start_day]
+        if view.team is not None:
+            sql += " AND team = ?"
+            params.append(view.team)
+        members = [(m, None) for (m,) in db.execute(sql, params)]
+    if rule.pool and rule.member_cap is not None and rule.scope == "team":
+        for team, _ in list(members):
+            users = db.execute("SELECT DISTINCT user FROM rollup_daily WHERE day >= ? AND team = ? AND user != ''",
+                               (start_day, team)).fetchall()
+            members += [(team, u) for (u,) in users]
+    return members
+
+
+def _in_team(db: sqlite3.Connection, column: str, member: str, team: str) -> bool:
+    if column == "team":
+        return member == team
+    found = db.execute(f"SELECT 1 FROM rollup_daily WHERE {column} = ? AND team = ? LIMIT 1", (member, team))
+    return found.fetchone() is not None
+
+
+def _window_start(rule: BudgetRule, budgets: Budgets, now: float) -> datetime:
+    return datetime.fromtimestamp(current_window(rule.period, now, budgets.tz).start, budgets.tz)
+
+
+def _add_projection(db: sqlite3.Connection, budgets: Budgets, row: dict[str, Any], rule: BudgetRule, member: str,
+                    now: float) -> None:
+    """Cumulative spend per day since the window began, and when the limit is reached at this pace."""
+    start = _window_start(rule, budgets, now)
+    local_now = datetime.fromtimestamp(now, budgets.tz)
+    if rule.period.kind != "lifetime":
+        sql = "SELECT day, SUM(cost_nanousd) FROM rollup_daily WHERE day >= ?"
+        params: list[Any] = [start.date().isoformat()]
+        if rule.scope != "org":
+            sql += f" AND {_SCOPE_COLUMNS[rule.scope]} = ?"
+            params.append(member)
+        running, points = 0, []
+        for day, nanos in db.execute(sql + " GROUP BY day ORDER BY day", params):
+            running += nanos or 0
+            points.append({"day": day, "cumulative_usd": usd(running)})
+        row["burn_down"] = points
+    resets = datetime.fromisoformat(row["resets_at"]) if row["resets_at"] else None
+    spent = Decimal(row["spent_usd"]) + Decimal(row["reserved_usd"])
+    when = exhaustion(Decimal(row["limit_usd"]), spent, start, local_now, resets) if rule.period.kind != "lifetime" \
+        else None
+    row["projected_exhaustion"] = None if when is None else when.isoformat(timespec="minutes")

@@ -1,0 +1,268 @@
+"""Read-only spend queries for the dashboard and ``tokenctl report``: rollups first, detail rows only for drill-down.
+
+Every query takes a ``View``: what the caller may see (the admin sees all teams, a viewer one) and
+which drill-down filters apply. Amounts leave here as exact decimal strings of USD.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+# Breakdown dimensions: the rollup column for each.
+DIMENSIONS = {"team": "team", "user": "user", "project": "project", "model": "model", "tool": "tool",
+              "key": "key_id", "provider": "provider", "day": "day"}
+FILTERS = ("team", "user", "project", "model", "tool", "key", "provider")
+NONE = ""  # the rollups store a missing team/user/… as ''; shown as "(none)"
+
+_NANO = Decimal(10**9)
+
+
+def usd(nanos: int | None) -> str:
+    """Nano-USD (the ledger's integer sums) as an exact decimal string of dollars."""
+    return str((Decimal(nanos or 0) / _NANO).normalize() if nanos else Decimal(0))
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """What a query may return: ``team`` set for a team viewer; ``filters`` narrow it (drill-down)."""
+
+    team: str | None = None
+    filters: dict[str, str] = field(default_factory=dict)
+    start: date | None = None  # first day, inclusive
+    end: date | None = None  # last day, inclusive
+
+    def narrowed(self) -> dict[str, str]:
+        filters = {k: v for k, v in self.filters.items() if k in FILTERS}
+        if self.team is not None:
+            filters["team"] = self.team  # a viewer's own team, whatever was asked
+        return filters
+
+    def rollup_where(self) -> tuple[str, list[Any]]:
+        """WHERE clause over rollup_daily (dimensions stored with '' for none)."""
+        clauses, params = ["1 = 1"], []
+        if self.start:
+            clauses.append("day >= ?")
+            params.append(self.start.isoformat())
+        if self.end:
+            clauses.append("day <= ?")
+            params.append(self.end.isoformat())
+        for name, value in self.narrowed().items():
+            clauses.append(f"{DIMENSIONS[name]} = ?")
+            params.append(value)
+        return " AND ".join(clauses), params
+
+    def requests_where(self) -> tuple[str, list[Any]]:
+        """WHERE clause over requests (missing dimensions are NULL there)."""
+        clauses, params = ["1 = 1"], []
+        if self.start:  # ts (indexed, UTC) brackets the range; day (local) makes it exact
+            clauses += ["ts >= ?", "day >= ?"]
+            params += [(self.start - timedelta(days=1)).isoformat(), self.start.isoformat()]
+        if self.end:
+            clauses += ["ts < ?", "day <= ?"]
+            params += [(self.end + timedelta(days=2)).isoformat(), self.end.isoformat()]
+        for name, value in self.narrowed().items():
+            column = DIMENSIONS[name]
+            if value == NONE:
+                clauses.append(f"{column} IS NULL")
+            else:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        return " AND ".join(clauses), params
+
+
+_SUMS = """SUM(requests), SUM(errors), SUM(input_tokens), SUM(cache_read_tokens), SUM(cache_write_tokens),
+           SUM(output_tokens), SUM(reasoning_tokens), SUM(cost_nanousd), SUM(uncached_nanousd),
+           SUM(policy_saved_nanousd), SUM(routing_saved_nanousd), SUM(unpriced), SUM(blocked), SUM(duration_ms)"""
+
+
+def _measures(values: tuple[Any, ...]) -> dict[str, Any]:
+    (requests, errors, inp, read, write, out, reasoning, cost, uncached, policy, routing, unpriced, blocked,
+     duration) = (v or 0 for v in values)
+    prompt = inp + read + write
+    return {
+        "requests": requests, "errors": errors, "blocked": blocked, "unpriced_requests": unpriced,
+        "input_tokens": inp, "cache_read_tokens": read, "cache_write_tokens": write,
+        "output_tokens": out, "reasoning_tokens": reasoning,
+        "cache_read_share": round(read / prompt, 4) if prompt else 0.0,
+        "cost_usd": usd(cost), "cost_nanousd": cost,
+        "cache_saved_usd": usd(uncached - cost), "policy_saved_usd": usd(policy), "routing_saved_usd": usd(routing),
+        "avg_latency_ms": round(duration / requests, 1) if requests else 0.0,
+    }
+
+
+def totals(db: sqlite3.Connection, view: View) -> dict[str, Any]:
+    where, params = view.rollup_where()
+    return _measures(db.execute(f"SELECT {_SUMS} FROM rollup_daily WHERE {where}", params).fetchone())
+
+
+def breakdown(db: sqlite3.Connection, view: View, by: str, limit: int = 500) -> list[dict[str, Any]]:
+    """Spend grouped by one dimension, highest cost first."""
+    if by not in DIMENSIONS:
+        raise ValueError(f"by: one of {', '.join(DIMENSIONS)}")
+    column = DIMENSIONS[by]
+    where, params = view.rollup_where()
+    order = "grp" if by == "day" else "SUM(cost_nanousd) DESC, grp"
+    sql = f"SELECT {column} AS grp, {_SUMS} FROM rollup_daily WHERE {where} GROUP BY grp ORDER BY {order} LIMIT ?"
+    return [{"group": row[0], **_measures(row[1:])} for row in db.execute(sql, [*params, limit])]
+
+
+def daily(db: sqlite3.Connection, view: View) -> dict[str, dict[str, Any]]:
+    """{day: measures} for every day with traffic in the view."""
+    return {row["group"]: row for row in breakdown(db, view, "day", limit=10_000)}
+
+
+def concentration(db: sqlite3.Connection, view: View, top: int = 10) -> dict[str, Any]:
+    """How concentrated spend is across users: the top 20 %'s share, the Lorenz curve and a leaderboard."""
+    where, params = view.rollup_where()
+    rows = db.execute(
+        f"SELECT user, MAX(team), SUM(requests), SUM(cost_nanousd) FROM rollup_daily WHERE {where}"
+        " GROUP BY user ORDER BY SUM(cost_nanousd) DESC, user", params
+    ).fetchall()
+    total = sum(r[3] or 0 for r in rows)
+    top_count = max(1, -(-len(rows) // 5)) if rows else 0  # ceil(20 %)
+    top_spend = sum(r[3] or 0 for r in rows[:top_count])
+    curve, running = [], 0
+    for i, row in enumerate(rows, 1):
+        running += row[3] or 0
+        curve.append({"users_share": round(i / len(rows), 4), "spend_share": round(running / total, 4) if total else 0})
+    return {
+        "users": len(rows),
+        "top_users": top_count,
+        "top_share": round(top_spend / total, 4) if total else 0.0,
+        "total_usd": usd(total),
+        "top_usd": usd(top_spend),
+        "curve": curve if len(curve) <= 200 else curve[:: max(1, len(curve) // 200)] + curve[-1:],
+        "leaderboard": [
+            {"rank": i, "user": r[0], "team": r[1], "requests": r[2], "cost_usd": usd(r[3]),
+             "share": round((r[3] or 0) / total, 4) if total else 0.0}
+            for i, r in enumerate(rows[:top], 1)
+        ],
+    }
+
+
+def savings(db: sqlite3.Connection, view: View) -> dict[str, Any]:
+    """What caching, policies and routing saved against the counterfactual, with the split by team and model."""
+    whole = totals(db, view)
+    saved = sum(Decimal(whole[k]) for k in ("cache_saved_usd", "policy_saved_usd", "routing_saved_usd"))
+    return {
+        "cost_usd": whole["cost_usd"],
+        "counterfactual_usd": str(Decimal(whole["cost_usd"]) + saved),
+        "saved_usd": str(saved),
+        "cache_saved_usd": whole["cache_saved_usd"],
+        "policy_saved_usd": whole["policy_saved_usd"],
+        "routing_saved_usd": whole["routing_saved_usd"],
+        "blocked_requests": whole["blocked"],
+        "cache_read_share": whole["cache_read_share"],
+        "by_team": [_saving_row(r) for r in breakdown(db, view, "team", limit=50)],
+        "by_model": [_saving_row(r) for r in breakdown(db, view, "model", limit=50)],
+    }
+
+
+def _saving_row(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("group", "cost_usd", "cache_saved_usd", "policy_saved_usd", "routing_saved_usd", "blocked",
+            "cache_read_share")
+    return {k: row[k] for k in keys}
+
+
+_SESSION_COLUMNS = ("session_id", "team", "user", "project", "tool", "model", "first_ts", "last_ts", "requests",
+                    "errors", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
+                    "cost_nanousd", "duration_ms")
+
+
+def sessions(db: sqlite3.Connection, view: View, limit: int = 100) -> list[dict[str, Any]]:
+    """The most expensive sessions active in the view's days."""
+    clauses, params = ["1 = 1"], []
+    if view.start:
+        clauses.append("last_day >= ?")
+        params.append(view.start.isoformat())
+    if view.end:
+        clauses.append("first_day <= ?")
+        params.append(view.end.isoformat())
+    for name, value in view.narrowed().items():
+        if name in ("team", "user", "project", "tool", "model"):
+            clauses.append(f"COALESCE({name}, '') = ?")
+            params.append(value)
+    sql = (f"SELECT {', '.join(_SESSION_COLUMNS)} FROM rollup_sessions WHERE {' AND '.join(clauses)}"
+           " ORDER BY cost_nanousd DESC LIMIT ?")
+    return [_session_dict(dict(zip(_SESSION_COLUMNS, row))) for row in db.execute(sql, [*params, limit])]
+
+
+def _session_dict(row: dict[str, Any]) -> dict[str, Any]:
+    prompt = row["input_tokens"] + row["cache_read_tokens"] + row["cache_write_tokens"]
+    row["cache_read_share"] = round(row["cache_read_tokens"] / prompt, 4) if prompt else 0.0
+    row["cost_usd"] = usd(row.pop("cost_nanousd"))
+    return row
+
+
+REQUEST_COLUMNS = (
+    "request_id", "ts", "day", "duration_ms", "ttft_ms", "api", "stream", "status", "outcome", "partial", "error",
+    "key_id", "user", "team", "project", "tool", "session_id", "provider", "requested_model", "model",
+    "input_tokens", "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "output_tokens",
+    "reasoning_tokens", "cost_usd", "cost_is_estimate", "priced", "reserved_usd", "funding", "policy", "approval_id",
+    "uncached_nanousd", "counterfactual_nanousd", "saving_source", "cost_nanousd",
+)  # never prompt or response text: the ledger does not hold it
+
+
+def requests(db: sqlite3.Connection, view: View, limit: int = 100) -> list[dict[str, Any]]:
+    """The latest requests in the view, newest first."""
+    where, params = view.requests_where()
+    sql = f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests WHERE {where} ORDER BY ts DESC LIMIT ?"
+    return [_request_dict(row) for row in db.execute(sql, [*params, limit])]
+
+
+def request_detail(db: sqlite3.Connection, view: View, request_id: str) -> dict[str, Any] | None:
+    row = db.execute(f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests WHERE request_id = ?",
+                     (request_id,)).fetchone()
+    if row is None:
+        return None
+    found = _request_dict(row)
+    return found if view.team is None or found["team"] == view.team else None
+
+
+def _request_dict(row: tuple[Any, ...]) -> dict[str, Any]:
+    r = dict(zip(REQUEST_COLUMNS, row))
+    prompt = r["input_tokens"] + r["cache_read_tokens"] + r["cache_write_5m_tokens"] + r["cache_write_1h_tokens"]
+    r["prompt_tokens"] = prompt
+    r["cache_read_share"] = round(r["cache_read_tokens"] / prompt, 4) if prompt else 0.0
+    cost = r.pop("cost_nanousd")
+    uncached, counterfactual = r.pop("uncached_nanousd"), r.pop("counterfactual_nanousd")
+    r["cache_saved_usd"] = usd(uncached - cost) if uncached is not None else "0"
+    r["model_saved_usd"] = usd(counterfactual - cost) if counterfactual is not None else "0"
+    return r
+
+
+def session_detail(db: sqlite3.Connection, view: View, session_id: str) -> dict[str, Any] | None:
+    """Every request of a session in order, and why it cost what it did: context growth, caching, retries."""
+    rows = db.execute(
+        f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests WHERE session_id = ? ORDER BY ts LIMIT 5000",
+        (session_id,),
+    ).fetchall()
+    turns = [_request_dict(r) for r in rows]
+    if not turns or (view.team is not None and any(t["team"] != view.team for t in turns)):
+        return None
+    prompt = sum(t["prompt_tokens"] for t in turns)
+    read = sum(t["cache_read_tokens"] for t in turns)
+    failed = [t for t in turns if t["status"] >= 400 or t["outcome"] != "ok"]
+    ok = [t for t in turns if t not in failed]
+    return {
+        "session_id": session_id,
+        "team": turns[0]["team"], "user": turns[0]["user"], "tool": turns[0]["tool"],
+        "requests": len(turns),
+        "cost_usd": str(sum((Decimal(t["cost_usd"]) for t in turns), Decimal(0))),
+        "cache_read_share": round(read / prompt, 4) if prompt else 0.0,
+        "retries": len(failed),
+        "failed_cost_usd": str(sum((Decimal(t["cost_usd"]) for t in failed), Decimal(0))),
+        "first_context_tokens": ok[0]["prompt_tokens"] if ok else 0,
+        "last_context_tokens": ok[-1]["prompt_tokens"] if ok else 0,
+        "max_context_tokens": max((t["prompt_tokens"] for t in turns), default=0),
+        "models": sorted({t["model"] for t in turns if t["model"]}),
+        "turns": turns,
+    }
+
+
+def has_rollups(db: sqlite3.Connection) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE name = 'rollup_daily'").fetchone() is not None

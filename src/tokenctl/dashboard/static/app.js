@@ -1,0 +1,538 @@
+// tokenctl dashboard: a small single-page app over /ui/api. No dependencies; every value from the
+// server is inserted as text (never as HTML). State lives in the URL hash: #/page?start=…&end=…&team=…
+"use strict";
+
+const FILTERS = ["team", "user", "project", "model", "tool", "key", "provider"];
+const DRILL_NEXT = { team: "user", user: "model", project: "user", model: "user", tool: "user", key: "model",
+                     provider: "model" };
+let me = null;
+
+// ---------------------------------------------------------------------------------------------- DOM
+
+function h(tag, attrs, ...children) {
+  const el = document.createElementNS(
+    ["svg", "rect", "line", "polyline", "path", "text", "g", "title", "circle"].includes(tag)
+      ? "http://www.w3.org/2000/svg" : "http://www.w3.org/1999/xhtml", tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function clear(el) { while (el.firstChild) el.removeChild(el.firstChild); return el; }
+
+// ------------------------------------------------------------------------------------------ formats
+
+function usd(value) {
+  const n = Number(value || 0);
+  const digits = n !== 0 && Math.abs(n) < 1 ? 4 : 2;
+  return new Intl.NumberFormat("en-US", { style: "currency", currency: "USD", minimumFractionDigits: digits,
+                                          maximumFractionDigits: digits }).format(n);
+}
+function money(value, cls) { return h("span", { class: "usd " + (cls || ""), "data-usd": value }, usd(value)); }
+function int(n) { return new Intl.NumberFormat("en-US").format(Number(n || 0)); }
+function pct(share) { return (Number(share || 0) * 100).toFixed(1) + "%"; }
+function none(v) { return v === "" || v === null || v === undefined ? "(none)" : v; }
+function time(ts) { return ts ? ts.replace("T", " ").replace("Z", " UTC") : ""; }
+
+// ---------------------------------------------------------------------------------------------- URL
+
+function route() {
+  const [path, query] = location.hash.replace(/^#\/?/, "").split("?");
+  const parts = (path || "overview").split("/");
+  return { page: parts[0] || "overview", arg: parts.slice(1).join("/"), params: new URLSearchParams(query || "") };
+}
+
+function link(page, params, extra) {
+  const p = new URLSearchParams(params);
+  for (const [k, v] of Object.entries(extra || {})) {
+    if (v === null) p.delete(k); else p.set(k, v);
+  }
+  const q = p.toString();
+  return "#/" + page + (q ? "?" + q : "");
+}
+
+function scopeParams(params) {
+  const p = new URLSearchParams();
+  for (const k of ["start", "end", ...FILTERS]) if (params.has(k)) p.set(k, params.get(k));
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------- API
+
+async function api(path, params, options) {
+  const url = "/ui/api/" + path + (params && params.toString() ? "?" + params.toString() : "");
+  const res = await fetch(url, { credentials: "same-origin", ...(options || {}) });
+  if (res.status === 401) { location.href = "/ui/login"; throw new Error("signed out"); }
+  const body = await res.json();
+  if (!res.ok) throw new Error(body.error ? body.error.message : res.statusText);
+  return body;
+}
+
+async function post(path, body) {
+  return api(path, null, { method: "POST", headers: { "Content-Type": "application/json",
+                                                       "X-CSRF-Token": me.csrf || "" },
+                           body: JSON.stringify(body || {}) });
+}
+
+// -------------------------------------------------------------------------------------------- charts
+
+function barChart(points, { height = 160, label = (p) => p.label, value = (p) => p.value, format = usd,
+                            onclick = null } = {}) {
+  const width = Math.max(320, points.length * 22);
+  const max = Math.max(...points.map(value), 0) || 1;
+  const bw = width / Math.max(points.length, 1);
+  const svg = h("svg", { viewBox: `0 0 ${width} ${height + 20}`, class: "chart", role: "img" });
+  points.forEach((p, i) => {
+    const v = value(p);
+    const bh = (v / max) * height;
+    const bar = h("rect", { x: i * bw + 2, y: height - bh, width: Math.max(bw - 4, 1), height: Math.max(bh, 0),
+                            class: "bar" + (onclick ? " clickable" : "") },
+                  h("title", {}, `${label(p)}: ${format(v)}`));
+    if (onclick) bar.addEventListener("click", () => onclick(p));
+    svg.append(bar);
+    if (points.length <= 31 && i % Math.ceil(points.length / 10) === 0) {
+      svg.append(h("text", { x: i * bw + bw / 2, y: height + 14, class: "axis", "text-anchor": "middle" },
+                   String(label(p)).slice(5)));
+    }
+  });
+  return svg;
+}
+
+function lineChart(series, { height = 160, width = 480, maxY = null, guide = null } = {}) {
+  // series: [{points: [[x 0..1, y]], cls}]
+  const top = maxY || Math.max(1e-9, ...series.flatMap((s) => s.points.map((p) => p[1])), guide || 0);
+  const svg = h("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img" });
+  if (guide !== null) {
+    const y = height - (guide / top) * height;
+    svg.append(h("line", { x1: 0, x2: width, y1: y, y2: y, class: "guide" }));
+  }
+  for (const s of series) {
+    const pts = s.points.map(([x, y]) => `${(x * width).toFixed(1)},${(height - (y / top) * height).toFixed(1)}`);
+    svg.append(h("polyline", { points: pts.join(" "), class: "line " + (s.cls || "") }));
+  }
+  return svg;
+}
+
+function shareBar(share, cls) {
+  return h("span", { class: "sharebar " + (cls || "") },
+           h("span", { style: null, class: "fill", "data-share": share }), pct(share));
+}
+
+function fillShareBars(root) {
+  // CSP forbids inline style attributes set from HTML, but CSSOM changes are allowed.
+  for (const el of root.querySelectorAll(".sharebar .fill")) {
+    el.style.width = Math.min(100, Number(el.dataset.share) * 100) + "%";
+  }
+}
+
+// ----------------------------------------------------------------------------------------- widgets
+
+function card(title, value, note, attrs) {
+  return h("div", { class: "card", ...(attrs || {}) }, h("div", { class: "card-title" }, title),
+           h("div", { class: "card-value" }, value), note ? h("div", { class: "card-note muted" }, note) : null);
+}
+
+function table(columns, rows, { onclick = null, empty = "Nothing here for this period.", id = null } = {}) {
+  if (!rows.length) return h("p", { class: "empty muted" }, empty);
+  return h("table", { class: "grid", id },
+    h("thead", {}, h("tr", {}, columns.map((c) => h("th", { class: c.num ? "num" : "" }, c.title)))),
+    h("tbody", {}, rows.map((r) => {
+      const tr = h("tr", { class: onclick ? "clickable" : "" },
+                   columns.map((c) => h("td", { class: c.num ? "num" : "", "data-col": c.key || null },
+                                        c.render ? c.render(r) : r[c.key])));
+      if (onclick) tr.addEventListener("click", () => onclick(r));
+      return tr;
+    })));
+}
+
+function section(title, ...children) { return h("section", { class: "panel" }, h("h2", {}, title), ...children); }
+
+function errorBox(err) { return h("p", { class: "error", role: "alert" }, "Could not load: " + err.message); }
+
+// ------------------------------------------------------------------------------------------- pages
+
+async function pageOverview(params) {
+  const [o, b] = await Promise.all([api("overview", scopeParams(params)), api("budgets")]);
+  const trend = o.trend.map((p) => ({ label: p.day, value: Number(p.cost_usd), day: p.day }));
+  return [
+    h("div", { class: "cards" },
+      card("Today", money(o.today_usd), `${int(o.today_requests)} requests`, { id: "kpi-today" }),
+      card("This month", money(o.month_usd), `${int(o.month_requests)} requests in ${o.month}`, { id: "kpi-month" }),
+      card("Month-end forecast", money(o.forecast_usd), `${usd(o.daily_rate_usd)}/day: ${o.rate_basis}`,
+           { id: "kpi-forecast" }),
+      card("Last month", money(o.last_month_usd), null, { id: "kpi-last-month" }),
+      card("Cache read share", pct(o.cache_read_share), "of prompt tokens this month", { id: "kpi-cache" }),
+      card("Saved this month", money(o.month_saved_usd), "caching, policies and routing", { id: "kpi-saved" })),
+    section("Spend per day, last 30 days",
+      barChart(trend, { onclick: (p) => { location.hash = link("breakdown", new URLSearchParams(),
+                                                               { by: "team", start: p.day, end: p.day }); } })),
+    h("div", { class: "two" },
+      section("Top teams this month", topTable(o.top_teams, "team")),
+      section("Top models this month", topTable(o.top_models, "model"))),
+    section("Budgets closest to their limit", budgetTable(b.rows.slice(0, 5)),
+            h("p", {}, h("a", { href: "#/budgets" }, "All budgets →"))),
+  ];
+}
+
+function topTable(rows, dim) {
+  return table([
+    { title: dim, render: (r) => none(r.group) },
+    { title: "requests", num: true, render: (r) => int(r.requests) },
+    { title: "cost", num: true, key: "cost", render: (r) => money(r.cost_usd) },
+  ], rows, { onclick: (r) => { location.hash = link("breakdown", new URLSearchParams(),
+                                                    { by: DRILL_NEXT[dim], [dim]: r.group }); } });
+}
+
+const BY = ["team", "user", "project", "model", "tool", "key", "provider", "day"];
+
+async function pageBreakdown(params) {
+  const by = params.get("by") || "team";
+  const q = scopeParams(params); q.set("by", by);
+  const data = await api("breakdown", q);
+  const tabs = h("div", { class: "tabs" }, BY.map((d) => h("a", { href: link("breakdown", params, { by: d }),
+                                                                   class: d === by ? "active" : "" }, d)));
+  const total = Number(data.total.cost_usd) || 1;
+  const rows = data.rows;
+  const drill = (r) => {
+    if (by === "day") location.hash = link("breakdown", params, { by: "team", start: r.group, end: r.group });
+    else if (by === "user") location.hash = link("sessions", params, { user: r.group, by: null });
+    else location.hash = link("breakdown", params, { [by]: r.group, by: DRILL_NEXT[by] });
+  };
+  return [
+    tabs,
+    h("div", { class: "cards" },
+      card("Spend", money(data.total.cost_usd), `${int(data.total.requests)} requests`, { id: "breakdown-total" }),
+      card("Cache read share", pct(data.total.cache_read_share)),
+      card("Errors", int(data.total.errors), `${int(data.total.blocked)} blocked by tokenctl`),
+      card("Drill down", h("span", { class: "links" },
+        h("a", { href: link("sessions", params, { by: null }) }, "sessions"), " · ",
+        h("a", { href: link("requests", params, { by: null }) }, "requests")))),
+    section(`Spend by ${by}`, table([
+      { title: by, key: "group", render: (r) => none(r.group) },
+      { title: "share", render: (r) => shareBar(Number(r.cost_usd) / total) },
+      { title: "cost", key: "cost", num: true, render: (r) => money(r.cost_usd) },
+      { title: "requests", num: true, render: (r) => int(r.requests) },
+      { title: "errors", num: true, render: (r) => int(r.errors) },
+      { title: "input", num: true, render: (r) => int(r.input_tokens) },
+      { title: "cache read", num: true, render: (r) => int(r.cache_read_tokens) },
+      { title: "cache write", num: true, render: (r) => int(r.cache_write_tokens) },
+      { title: "output", num: true, render: (r) => int(r.output_tokens) },
+      { title: "cache share", num: true, render: (r) => pct(r.cache_read_share) },
+      { title: "saved", num: true, render: (r) => money(String(Number(r.cache_saved_usd) + Number(r.policy_saved_usd)
+                                                                + Number(r.routing_saved_usd))) },
+      { title: "avg latency", num: true, render: (r) => `${int(Math.round(r.avg_latency_ms))} ms` },
+    ], rows, { onclick: drill, id: "breakdown-table" })),
+  ];
+}
+
+async function pageConcentration(params) {
+  const c = await api("concentration", scopeParams(params));
+  const curve = [[0, 0], ...c.curve.map((p) => [p.users_share, p.spend_share])];
+  return [
+    h("div", { class: "cards" },
+      card("Top 20% of users", h("span", { id: "top-share" }, pct(c.top_share)),
+           `${int(c.top_users)} of ${int(c.users)} users spent ${usd(c.top_usd)} of ${usd(c.total_usd)}`),
+      card("Users with spend", int(c.users))),
+    section("Share of spend by share of users (the 80/20 curve)",
+      lineChart([{ points: curve, cls: "lorenz" }, { points: [[0, 0], [1, 1]], cls: "even" }],
+                { maxY: 1, width: 360, height: 240 }),
+      h("p", { class: "muted small" }, "Users sorted by spend, highest first. The diagonal is an even spread.")),
+    section("Leaderboard", table([
+      { title: "#", render: (r) => r.rank },
+      { title: "user", render: (r) => none(r.user) },
+      { title: "team", render: (r) => none(r.team) },
+      { title: "requests", num: true, render: (r) => int(r.requests) },
+      { title: "cost", num: true, key: "cost", render: (r) => money(r.cost_usd) },
+      { title: "share", render: (r) => shareBar(r.share) },
+    ], c.leaderboard, { id: "leaderboard",
+                        onclick: (r) => { location.hash = link("sessions", params, { user: r.user }); } })),
+  ];
+}
+
+async function pageSavings(params) {
+  const s = await api("savings", scopeParams(params));
+  const cols = (dim) => [
+    { title: dim, render: (r) => none(r.group) },
+    { title: "spent", num: true, render: (r) => money(r.cost_usd) },
+    { title: "caching saved", num: true, render: (r) => money(r.cache_saved_usd) },
+    { title: "policies saved", num: true, render: (r) => money(r.policy_saved_usd) },
+    { title: "routing saved", num: true, render: (r) => money(r.routing_saved_usd) },
+    { title: "blocked", num: true, render: (r) => int(r.blocked) },
+  ];
+  return [
+    h("div", { class: "cards" },
+      card("Spent", money(s.cost_usd), `would have been ${usd(s.counterfactual_usd)}`, { id: "sav-spent" }),
+      card("Saved in all", money(s.saved_usd), null, { id: "sav-total" }),
+      card("Prompt caching", money(s.cache_saved_usd), `${pct(s.cache_read_share)} of prompt tokens read from cache`,
+           { id: "sav-cache" }),
+      card("Model policies", money(s.policy_saved_usd), "downgrades and default-model rewrites", { id: "sav-policy" }),
+      card("Routing", money(s.routing_saved_usd), "easy work sent to cheaper models", { id: "sav-routing" }),
+      card("Blocked", int(s.blocked_requests), "requests stopped by budgets, policies or rate limits")),
+    h("p", { class: "muted small" }, "Savings compare each request's cost with the same usage without prompt caching " +
+      "and on the model the client asked for. A negative caching figure means cache writes cost more than reads saved."),
+    h("div", { class: "two" }, section("By team", table(cols("team"), s.by_team)),
+                               section("By model", table(cols("model"), s.by_model))),
+  ];
+}
+
+async function pageSessions(params, arg) {
+  if (arg) return sessionDetail(decodeURIComponent(arg), params);
+  const data = await api("sessions", scopeParams(params));
+  return [section("Most expensive sessions", table([
+    { title: "session", render: (r) => h("code", {}, r.session_id) },
+    { title: "user", render: (r) => none(r.user) },
+    { title: "team", render: (r) => none(r.team) },
+    { title: "tool", render: (r) => none(r.tool) },
+    { title: "model", render: (r) => none(r.model) },
+    { title: "requests", num: true, render: (r) => int(r.requests) },
+    { title: "errors", num: true, render: (r) => int(r.errors) },
+    { title: "cache share", num: true, render: (r) => pct(r.cache_read_share) },
+    { title: "cost", num: true, key: "cost", render: (r) => money(r.cost_usd) },
+    { title: "last active", render: (r) => time(r.last_ts) },
+  ], data.rows, { id: "sessions-table",
+                  onclick: (r) => { location.hash = link("sessions/" + encodeURIComponent(r.session_id), params); } }))];
+}
+
+async function sessionDetail(id, params) {
+  const s = await api("sessions/" + encodeURIComponent(id), scopeParams(params));
+  const n = Math.max(s.turns.length - 1, 1);
+  const ctx = s.turns.map((t, i) => [i / n, t.prompt_tokens]);
+  const cached = s.turns.map((t, i) => [i / n, t.cache_read_tokens]);
+  return [
+    h("p", {}, h("a", { href: link("sessions", params) }, "← sessions")),
+    h("h2", {}, "Session ", h("code", {}, s.session_id)),
+    h("div", { class: "cards" },
+      card("Cost", money(s.cost_usd), `${int(s.requests)} requests by ${none(s.user)} (${none(s.team)})`,
+           { id: "session-cost" }),
+      card("Cache hit ratio", pct(s.cache_read_share), "prompt tokens read from cache"),
+      card("Context growth", `${int(s.first_context_tokens)} → ${int(s.last_context_tokens)}`,
+           `largest ${int(s.max_context_tokens)} tokens`),
+      card("Retries and failures", int(s.retries), `${usd(s.failed_cost_usd)} spent on failed attempts`),
+      card("Models", h("span", { class: "small-value" }, s.models.join(", ") || "(none)"))),
+    section("Context per turn (prompt tokens; the lower line is what came from cache)",
+      lineChart([{ points: ctx, cls: "context" }, { points: cached, cls: "cached" }], { width: 720 })),
+    section("Turns", requestTable(s.turns, params)),
+  ];
+}
+
+function requestTable(rows, params) {
+  return table([
+    { title: "time", render: (r) => time(r.ts) },
+    { title: "user", render: (r) => none(r.user) },
+    { title: "model", render: (r) => none(r.model) + (r.requested_model && r.requested_model !== r.model
+                                                       ? ` (asked ${r.requested_model})` : "") },
+    { title: "status", render: (r) => h("span", { class: r.status >= 400 ? "bad" : "" }, `${r.status} ${r.outcome}`) },
+    { title: "prompt", num: true, render: (r) => int(r.prompt_tokens) },
+    { title: "cache read", num: true, render: (r) => pct(r.cache_read_share) },
+    { title: "output", num: true, render: (r) => int(r.output_tokens) },
+    { title: "cost", num: true, key: "cost", render: (r) => money(r.cost_usd) },
+    { title: "latency", num: true, render: (r) => `${int(Math.round(r.duration_ms))} ms` },
+    { title: "policy", render: (r) => r.policy || "" },
+  ], rows, { id: "requests-table",
+             onclick: (r) => { location.hash = link("requests/" + encodeURIComponent(r.request_id), params); } });
+}
+
+async function pageRequests(params, arg) {
+  if (arg) return requestDetail(decodeURIComponent(arg), params);
+  const data = await api("requests", scopeParams(params));
+  return [section("Latest requests", requestTable(data.rows, params))];
+}
+
+const DETAIL_FIELDS = [
+  ["request_id", "Request id"], ["ts", "Started"], ["status", "HTTP status"], ["outcome", "Outcome"],
+  ["error", "Error"], ["api", "API"], ["stream", "Streamed"], ["key_id", "Key"], ["user", "User"], ["team", "Team"],
+  ["project", "Project"], ["tool", "Tool"], ["session_id", "Session"], ["provider", "Provider"],
+  ["requested_model", "Model asked for"], ["model", "Model served"], ["input_tokens", "Uncached input tokens"],
+  ["cache_read_tokens", "Cache read tokens"], ["cache_write_5m_tokens", "Cache write tokens (5 min)"],
+  ["cache_write_1h_tokens", "Cache write tokens (1 h)"], ["output_tokens", "Output tokens"],
+  ["reasoning_tokens", "of which reasoning"], ["cost_usd", "Cost"], ["cache_saved_usd", "Saved by caching"],
+  ["model_saved_usd", "Saved by serving another model"], ["reserved_usd", "Reserved by budgets"],
+  ["funding", "Paid from pool"], ["policy", "Policy decisions"], ["approval_id", "Approval"],
+  ["duration_ms", "Duration (ms)"], ["ttft_ms", "Time to first token (ms)"], ["cost_is_estimate", "Cost estimated"],
+];
+
+async function requestDetail(id, params) {
+  const r = await api("requests/" + encodeURIComponent(id), scopeParams(params));
+  const money_fields = ["cost_usd", "cache_saved_usd", "model_saved_usd", "reserved_usd"];
+  return [
+    h("p", {}, h("a", { href: r.session_id ? link("sessions/" + encodeURIComponent(r.session_id), params)
+                                           : link("requests", params) }, "← back")),
+    section("Request", h("dl", { class: "detail", id: "request-detail" }, DETAIL_FIELDS.flatMap(([k, label]) => [
+      h("dt", {}, label),
+      h("dd", { "data-field": k }, money_fields.includes(k) && r[k] !== null ? money(r[k])
+                                    : r[k] === null || r[k] === "" ? "—" : String(r[k])),
+    ]))),
+    h("p", { class: "muted small" }, "Prompt and response text are not recorded by tokenctl."),
+  ];
+}
+
+function budgetTable(rows) {
+  return table([
+    { title: "budget", render: (r) => r.budget },
+    { title: "scope", render: (r) => `${r.scope} ${r.member}` },
+    { title: "period", render: (r) => r.period },
+    { title: "action", render: (r) => r.action },
+    { title: "used", render: (r) => shareBar(r.used_percent / 100, r.used_percent >= 100 ? "over"
+                                                                  : r.used_percent >= 80 ? "warn" : "") },
+    { title: "spent", num: true, render: (r) => money(r.spent_usd) },
+    { title: "reserved", num: true, render: (r) => money(r.reserved_usd) },
+    { title: "limit", num: true, render: (r) => money(r.limit_usd) },
+    { title: "burn-down", render: (r) => burnDown(r) },
+    { title: "runs out", render: (r) => r.projected_exhaustion ? r.projected_exhaustion.replace("T", " ")
+                                                               : (r.burn_down ? "not before reset" : "") },
+    { title: "resets", render: (r) => r.resets_at ? r.resets_at.replace("T", " ").slice(0, 16) : "never" },
+  ], rows, { empty: "No budgets are configured. Add them in the config file or with tokenctl budgets set.",
+             id: "budgets-table" });
+}
+
+function burnDown(r) {
+  if (!r.burn_down || !r.burn_down.length) return "";
+  const n = Math.max(r.burn_down.length - 1, 1);
+  const pts = r.burn_down.map((p, i) => [i / n, Number(p.cumulative_usd)]);
+  return lineChart([{ points: pts, cls: "burn" }], { width: 120, height: 28, guide: Number(r.limit_usd) });
+}
+
+async function pageBudgets() {
+  const b = await api("budgets");
+  return [section("Budgets", budgetTable(b.rows),
+    h("p", { class: "muted small" }, "Spent and reserved are live from the gateway. \"Runs out\" extends the " +
+      "average spend per day since the period began; the burn-down line climbs towards the limit line."))];
+}
+
+async function pageApprovals(params) {
+  const status = params.get("status") || "pending";
+  const data = await api("approvals", new URLSearchParams(status === "all" ? {} : { status }));
+  const tabs = h("div", { class: "tabs" }, ["pending", "approved", "denied", "used", "all"].map((s) =>
+    h("a", { href: link("approvals", new URLSearchParams(), { status: s }), class: s === status ? "active" : "" }, s)));
+  const decide = async (row, verdict, button) => {
+    button.disabled = true;
+    try {
+      await post(`approvals/${encodeURIComponent(row.approval_id)}/${verdict}`, { note: "from the dashboard" });
+      render();
+    } catch (err) {
+      button.disabled = false;
+      button.parentElement.append(h("span", { class: "error" }, " " + err.message));
+    }
+  };
+  return [tabs, section("Requests held for approval", table([
+    { title: "id", render: (r) => h("code", {}, r.approval_id) },
+    { title: "asked", render: (r) => new Date(r.created_at * 1000).toISOString().slice(0, 16).replace("T", " ") },
+    { title: "who", render: (r) => `${none(r.user)} (${none(r.team)})` },
+    { title: "model", render: (r) => r.model },
+    { title: "estimate", num: true, render: (r) => money(r.estimated_usd) },
+    { title: "input tokens", num: true, render: (r) => int(r.input_tokens) },
+    { title: "rule", render: (r) => r.rule },
+    { title: "reason", render: (r) => r.reason },
+    { title: "status", render: (r) => h("span", { class: "status-" + r.status }, r.status) },
+    { title: "", render: (r) => r.status === "pending" && data.can_decide
+      ? h("span", { class: "actions" },
+          h("button", { type: "button", class: "approve", onclick: (e) => decide(r, "approve", e.target) }, "Approve"),
+          h("button", { type: "button", class: "deny", onclick: (e) => decide(r, "deny", e.target) }, "Deny"))
+      : (r.decided_by ? `by ${r.decided_by}` : "") },
+  ], data.rows, { id: "approvals-table", empty: "No requests are waiting." }))];
+}
+
+async function pageAudit() {
+  const data = await api("audit", new URLSearchParams({ limit: "300" }));
+  return [section("Audit log", table([
+    { title: "time", render: (r) => time(r.ts) },
+    { title: "actor", render: (r) => r.actor },
+    { title: "action", render: (r) => r.action },
+    { title: "rule", render: (r) => r.rule || "" },
+    { title: "subject", render: (r) => r.subject || "" },
+    { title: "request", render: (r) => r.request_id ? h("a", { href: link("requests/" + r.request_id, new URLSearchParams()) },
+                                                         r.request_id) : "" },
+    { title: "detail", render: (r) => r.detail || "" },
+  ], data.rows, { id: "audit-table", empty: "Nothing recorded yet." }))];
+}
+
+const PAGES = { overview: pageOverview, breakdown: pageBreakdown, concentration: pageConcentration,
+                savings: pageSavings, sessions: pageSessions, requests: pageRequests, budgets: pageBudgets,
+                approvals: pageApprovals, audit: pageAudit };
+
+// ------------------------------------------------------------------------------------------ shell
+
+function renderControls(params) {
+  document.getElementById("start").value = params.get("start") || monthStart();
+  document.getElementById("end").value = params.get("end") || me.today;
+  const chips = clear(document.getElementById("filters"));
+  for (const f of FILTERS) {
+    if (!params.has(f)) continue;
+    const locked = f === "team" && me.role !== "admin";
+    chips.append(h("span", { class: "chip" }, `${f}: ${none(params.get(f))}`,
+      locked ? null : h("a", { href: link(route().page, params, { [f]: null }), title: "remove filter" }, " ×")));
+  }
+}
+
+function monthStart() { return me.today.slice(0, 8) + "01"; }
+
+function shiftDays(iso, days) {
+  const d = new Date(iso + "T12:00:00Z"); d.setUTCDate(d.getUTCDate() + days); return d.toISOString().slice(0, 10);
+}
+
+function preset(name) {
+  const t = me.today;
+  if (name === "today") return [t, t];
+  if (name === "7d") return [shiftDays(t, -6), t];
+  if (name === "90d") return [shiftDays(t, -89), t];
+  if (name === "last-month") {
+    const end = shiftDays(monthStart(), -1);
+    return [end.slice(0, 8) + "01", end];
+  }
+  return [monthStart(), t];
+}
+
+function setRange(start, end) {
+  const { page, arg, params } = route();
+  location.hash = link(page + (arg ? "/" + arg : ""), params, { start, end });
+}
+
+let renderToken = 0;
+async function render() {
+  const { page, arg, params } = route();
+  const token = ++renderToken;
+  for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.page === page);
+  renderControls(params);
+  const main = document.getElementById("main");
+  main.setAttribute("aria-busy", "true");
+  let content;
+  try {
+    content = await (PAGES[page] || pageOverview)(params, arg);
+  } catch (err) {
+    content = [errorBox(err)];
+  }
+  if (token !== renderToken) return;
+  clear(main).append(...content);
+  fillShareBars(main);
+  main.setAttribute("aria-busy", "false");
+  main.dataset.page = page;
+}
+
+async function start() {
+  me = await api("me");
+  document.getElementById("who").textContent = me.role === "admin" ? "admin" : `team ${me.team}`;
+  document.getElementById("tz").textContent = me.timezone;
+  document.body.classList.toggle("is-admin", me.role === "admin");
+  document.getElementById("logout").addEventListener("click", async () => {
+    await fetch("/ui/logout", { method: "POST", headers: { "X-CSRF-Token": me.csrf || "" } });
+    location.href = "/ui/login";
+  });
+  for (const b of document.querySelectorAll("[data-preset]")) {
+    b.addEventListener("click", () => setRange(...preset(b.dataset.preset)));
+  }
+  for (const id of ["start", "end"]) {
+    document.getElementById(id).addEventListener("change", () =>
+      setRange(document.getElementById("start").value, document.getElementById("end").value));
+  }
+  window.addEventListener("hashchange", render);
+  await render();
+}
+
+start();

@@ -1,0 +1,76 @@
+"""A live gateway over a seeded ledger, with a fixed clock, budgets, viewer keys and a held approval."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ADMIN_KEY, LiveGateway, start_gateway
+from tokenctl.ledger.writer import LedgerWriter
+from tokenctl.testing.fake_provider import FakeProvider
+from tokenctl.testing.synthetic import synthetic_entries
+
+NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC).timestamp()
+SEEDED_REQUESTS = 3000
+BUDGETS = {
+    "budgets": [
+        {"name": "team-monthly", "scope": "team", "limit_usd": 150, "period": "monthly"},
+        {"name": "org-monthly", "scope": "org", "limit_usd": 2000, "period": "monthly"},
+    ],
+}
+
+
+@dataclass
+class Seeded:
+    live: LiveGateway
+    viewer_payments: str
+    viewer_search: str
+
+    @property
+    def url(self) -> str:
+        return self.live.url
+
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        db = sqlite3.connect(self.live.db_path)
+        try:
+            return db.execute(query, params).fetchall()
+        finally:
+            db.close()
+
+
+def seed_ledger(path: str, n: int = SEEDED_REQUESTS) -> None:
+    writer = LedgerWriter(path)
+    writer.start()
+    for entry in synthetic_entries(n, start=NOW - 50 * 86400, days=50 - 0.01):
+        writer.record(entry)
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def seeded(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
+    env = {"FAKE_ANTHROPIC_KEY": "sk-ant-provider-secret", "FAKE_OPENAI_KEY": "sk-openai-provider-secret",
+           "TOKENCTL_ADMIN_KEY": ADMIN_KEY}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    tmp: Path = tmp_path_factory.mktemp("dashboard")
+    seed_ledger(str(tmp / "ledger.db"))
+    live = start_gateway(fake, tmp, BUDGETS, keys={
+        "viewer_payments": {"team": "payments", "role": "viewer", "name": "payments viewer"},
+        "viewer_search": {"team": "search", "role": "viewer"},
+    }, clock=lambda: NOW)
+    try:
+        yield Seeded(live, live.keys["viewer_payments"], live.keys["viewer_search"])
+    finally:
+        live.server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -1,0 +1,208 @@
+"""The dashboard in a real browser (Debian's Chromium driven by Playwright) against a live gateway.
+
+Checks: every page loads without console errors; the numbers shown equal sums computed straight
+from the ledger's ``requests`` table (not from the rollups the page reads); approving from the page
+works; a team viewer sees only its team. Screenshots go to ``test-artifacts/screenshots``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ADMIN_KEY
+from tests.dashboard.conftest import Seeded
+from tokenctl.ledger import approvals
+from tokenctl.ledger.approvals import HeldRequest
+from tokenctl.ledger.db import connect
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+PAGES = ["overview", "breakdown", "concentration", "savings", "sessions", "requests", "budgets", "approvals", "audit"]
+
+sync_api = pytest.importorskip("playwright.sync_api")
+if not os.path.exists(CHROMIUM):
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium for the browser tests")
+    pytest.skip("Debian chromium is not installed", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
+        yield b
+        b.close()
+
+
+class Page:
+    """A signed-in browser tab that fails the test on any console error or failed page script."""
+
+    def __init__(self, browser: Any, base: str, key: str) -> None:
+        self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.base = base
+        self.page.goto(base + "/ui/")
+        assert self.page.url.endswith("/ui/login")
+        self.page.fill("#key", key)
+        self.page.click("button[type=submit]")
+        self.page.wait_for_url(base + "/ui/")
+
+    def open(self, fragment: str) -> Any:
+        self.page.goto(f"{self.base}/ui/#/{fragment}")
+        page_name = fragment.split("?")[0].split("/")[0]
+        self.page.wait_for_selector(f"main[data-page='{page_name}'][aria-busy='false']")
+        if self.page.locator("main .error").count():
+            raise AssertionError(self.page.locator("main .error").first.inner_text())
+        return self.page
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+    def close(self) -> None:
+        self.context.close()
+        assert not self.errors, f"console errors: {self.errors}"
+
+
+def cents(nanos: int) -> str:
+    """How the page shows an amount: dollars with two decimals (four below one dollar)."""
+    amount = Decimal(nanos) / Decimal(10**9)
+    digits = Decimal("0.01") if amount == 0 or abs(amount) >= 1 else Decimal("0.0001")
+    return f"${amount.quantize(digits, rounding=ROUND_HALF_UP):,}"
+
+
+def exact(nanos: int) -> Decimal:
+    return Decimal(nanos) / Decimal(10**9)
+
+
+def test_every_page_loads_without_console_errors(seeded: Seeded, browser: Any) -> None:
+    tab = Page(browser, seeded.url, ADMIN_KEY)
+    for name in PAGES:
+        tab.open(name)
+        tab.shot(f"admin-{name}")
+    session = seeded.sql("SELECT session_id FROM requests WHERE session_id IS NOT NULL"
+                         " GROUP BY session_id ORDER BY SUM(cost_nanousd) DESC LIMIT 1")[0][0]
+    tab.open(f"sessions/{session}")
+    tab.shot("admin-session-detail")
+    request_id = seeded.sql("SELECT request_id FROM requests WHERE session_id = ? ORDER BY ts DESC", session)[0][0]
+    tab.open(f"requests/{request_id}")
+    tab.shot("admin-request-detail")
+    tab.close()
+
+
+def test_overview_numbers_equal_the_ledger_sums(seeded: Seeded, browser: Any) -> None:
+    today = seeded.sql("SELECT COALESCE(SUM(cost_nanousd), 0) FROM requests WHERE ts >= '2026-11-20'")[0][0]
+    month = seeded.sql("SELECT COALESCE(SUM(cost_nanousd), 0) FROM requests WHERE ts >= '2026-11-01'")[0][0]
+    last_month = seeded.sql("SELECT SUM(cost_nanousd) FROM requests WHERE ts >= '2026-10-01' AND ts < '2026-11-01'")
+    assert today > 0 and month > today
+    tab = Page(browser, seeded.url, ADMIN_KEY)
+    page = tab.open("overview")
+    for card, nanos in (("#kpi-today", today), ("#kpi-month", month), ("#kpi-last-month", last_month[0][0])):
+        shown = page.locator(f"{card} .usd")
+        assert Decimal(shown.get_attribute("data-usd")) == exact(nanos)
+        assert shown.inner_text() == cents(nanos)
+    tab.close()
+
+
+def test_breakdown_table_equals_the_ledger_grouped_by_team(seeded: Seeded, browser: Any) -> None:
+    expected = dict(seeded.sql("SELECT team, SUM(cost_nanousd) FROM requests WHERE ts >= '2026-10-01'"
+                               " AND ts < '2026-11-01' GROUP BY team"))
+    tab = Page(browser, seeded.url, ADMIN_KEY)
+    page = tab.open("breakdown?by=team&start=2026-10-01&end=2026-10-31")
+    rows = page.locator("#breakdown-table tbody tr")
+    shown = {rows.nth(i).locator("td").first.inner_text(): rows.nth(i).locator("td[data-col=cost] .usd")
+             for i in range(rows.count())}
+    assert set(shown) == set(expected)
+    for team, cell in shown.items():
+        assert Decimal(cell.get_attribute("data-usd")) == exact(expected[team]), team
+        assert cell.inner_text() == cents(expected[team])
+    total = page.locator("#breakdown-total .usd")
+    assert Decimal(total.get_attribute("data-usd")) == exact(sum(expected.values()))
+    # drill down: a team row opens its users
+    rows.first.click()
+    page.wait_for_url("**by=user**")
+    page.wait_for_selector("main[aria-busy='false'] #breakdown-table")
+    first_team = max(expected, key=lambda t: expected[t])
+    users = dict(seeded.sql("SELECT user, SUM(cost_nanousd) FROM requests WHERE team = ? AND ts >= '2026-10-01'"
+                            " AND ts < '2026-11-01' GROUP BY user", first_team))
+    cells = page.locator("#breakdown-table tbody tr td[data-col=cost] .usd")
+    assert cells.count() == len(users)
+    assert sorted(Decimal(cells.nth(i).get_attribute("data-usd")) for i in range(cells.count())) == \
+        sorted(exact(v) for v in users.values())
+    tab.shot("admin-drilldown-users")
+    tab.close()
+
+
+def test_concentration_matches_the_ledger(seeded: Seeded, browser: Any) -> None:
+    spend = [v for (v,) in seeded.sql("SELECT SUM(cost_nanousd) FROM requests WHERE ts >= '2026-11-01'"
+                                      " GROUP BY user ORDER BY 1 DESC")]
+    top = -(-len(spend) // 5)
+    share = sum(spend[:top]) / sum(spend)
+    tab = Page(browser, seeded.url, ADMIN_KEY)
+    page = tab.open("concentration")
+    assert page.locator("#top-share").inner_text() == f"{share * 100:.1f}%"
+    first = page.locator("#leaderboard tbody tr").first.locator("td[data-col=cost] .usd")
+    assert Decimal(first.get_attribute("data-usd")) == exact(spend[0])
+    tab.close()
+
+
+def test_approve_from_the_page(seeded: Seeded, browser: Any) -> None:
+    db = connect(seeded.live.db_path)
+    held = approvals.create_pending(db, HeldRequest(
+        rule="big-requests", fingerprint="f" * 64, key_id="key_x", user="payments-dev1", team="payments",
+        project="payments-a", model="claude-opus-4-1", estimated_usd=Decimal("42.50"), input_tokens=900_000,
+        reason="estimated $42.50 is above $25"))
+    denied = approvals.create_pending(db, HeldRequest(
+        rule="big-requests", fingerprint="e" * 64, key_id="key_y", user="search-dev2", team="search",
+        project="search-a", model="claude-opus-4-1", estimated_usd=Decimal("30"), input_tokens=700_000,
+        reason="estimated $30.00 is above $25"))
+    tab = Page(browser, seeded.url, ADMIN_KEY)
+    page = tab.open("approvals")
+    tab.shot("admin-approvals-pending")
+    row = page.locator("#approvals-table tr", has_text=held["approval_id"])
+    row.locator("button.approve").click()
+    page.wait_for_selector(f"#approvals-table >> text={held['approval_id']}", state="detached")
+    page.locator("#approvals-table tr", has_text=denied["approval_id"]).locator("button.deny").click()
+    page.wait_for_selector(f"text={denied['approval_id']}", state="detached")
+    assert approvals.get_approval(db, held["approval_id"])["status"] == "approved"
+    assert approvals.get_approval(db, denied["approval_id"])["status"] == "denied"
+    assert approvals.get_approval(db, held["approval_id"])["decided_by"] == "admin (dashboard)"
+    page = tab.open("audit")
+    assert page.locator("#audit-table", has_text=held["approval_id"]).count() == 1
+    db.close()
+    tab.close()
+
+
+def test_team_viewer_sees_only_its_team(seeded: Seeded, browser: Any) -> None:
+    mine = seeded.sql("SELECT SUM(cost_nanousd) FROM requests WHERE team = 'payments' AND ts >= '2026-11-01'")[0][0]
+    tab = Page(browser, seeded.url, seeded.viewer_payments)
+    page = tab.open("breakdown?by=team&team=search")  # asking for another team is ignored
+    teams = page.locator("#breakdown-table tbody tr td:first-child")
+    assert [teams.nth(i).inner_text() for i in range(teams.count())] == ["payments"]
+    assert Decimal(page.locator("#breakdown-total .usd").get_attribute("data-usd")) == exact(mine)
+    page = tab.open("overview")
+    assert Decimal(page.locator("#kpi-month .usd").get_attribute("data-usd")) == exact(mine)
+    tab.shot("viewer-overview")
+    page = tab.open("sessions")
+    assert page.locator("#sessions-table tbody tr").count() > 0
+    assert page.locator("#sessions-table tbody tr", has_text="search-dev").count() == 0
+    assert not page.locator("nav a[data-page=audit]").is_visible()
+    other = seeded.sql("SELECT request_id FROM requests WHERE team = 'search' LIMIT 1")[0][0]
+    response = page.request.get(f"{seeded.url}/ui/api/requests/{other}")
+    assert response.status == 404
+    tab.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_screenshots() -> None:
+    shutil.rmtree(SHOTS, ignore_errors=True)
