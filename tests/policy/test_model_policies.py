@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from decimal import Decimal
 from typing import Any
 
 import anthropic
@@ -12,6 +14,7 @@ import orjson
 import pytest
 
 from tests.conftest import ADMIN_KEY, LiveGateway
+from tokenctl.types import Usage
 
 POLICIES = {
     "policies": [
@@ -137,3 +140,26 @@ def test_policy_decisions_are_in_the_audit_log(make_gateway: Any) -> None:
     actions = {(a["action"], a["rule"]) for a in audit}
     assert ("rewrite", "org-defaults") in actions and ("clamp", "org-defaults") in actions
     assert all(a["actor"].startswith("key_") and a["request_id"].startswith("req_tk_") for a in audit)
+
+
+def test_a_rewrite_records_what_the_requested_model_would_have_cost(make_gateway: Any) -> None:
+    """Savings accounting: the served model's cost, the requested model's cost for the same usage, caching's share."""
+    live = make_gateway(POLICIES)
+    client = anthropic.Anthropic(base_url=live.url, api_key=live.key, max_retries=0)
+    client.messages.create(model="claude-opus-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}],
+                           extra_headers={"x-fake-usage": "input=100000,cache_read=80000,output=2000"})
+    row = live.wait_rows(1)[0]
+    prices = live.gw.prices
+    usage = Usage(input_tokens=20_000, cache_read_tokens=80_000, output_tokens=2_000)
+    provider = live.gw.catalog.resolve("claude-opus-4-5", "anthropic.messages").provider
+    served = prices.cost(provider, "claude-sonnet-4-5", usage).total
+    asked = prices.cost(provider, "claude-opus-4-5", usage).total
+    uncached = prices.cost(provider, "claude-sonnet-4-5", Usage(input_tokens=100_000, output_tokens=2_000)).total
+    assert Decimal(row["cost_usd"]) == served
+    assert row["counterfactual_nanousd"] == int(asked * 10**9) and asked > served
+    assert row["uncached_nanousd"] == int(uncached * 10**9) and uncached > served
+    assert row["saving_source"] == "policy"
+    db = sqlite3.connect(live.db_path)
+    saved = db.execute("SELECT SUM(policy_saved_nanousd), SUM(uncached_nanousd - cost_nanousd) FROM rollup_daily")
+    assert saved.fetchone() == (int(asked * 10**9) - int(served * 10**9), int(uncached * 10**9) - int(served * 10**9))
+    db.close()

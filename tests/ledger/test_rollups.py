@@ -1,0 +1,86 @@
+"""The dashboard rollups: kept in step with the requests table by a trigger, built on upgrade, never double-counted."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from tokenctl.ledger.db import connect
+from tokenctl.ledger.migrations import MIGRATIONS, migrate
+from tokenctl.ledger.record import COLUMNS, INSERT_SQL, LedgerEntry, to_row
+from tokenctl.ledger.writer import LedgerWriter
+from tokenctl.testing.synthetic import synthetic_entries
+
+START = datetime(2026, 10, 1, tzinfo=UTC).timestamp()
+
+
+def sums(db: sqlite3.Connection) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    detail = db.execute("SELECT COUNT(*), SUM(cost_nanousd), SUM(output_tokens) FROM requests").fetchone()
+    rolled = db.execute("SELECT SUM(requests), SUM(cost_nanousd), SUM(output_tokens) FROM rollup_daily").fetchone()
+    return detail, rolled
+
+
+def test_replayed_entries_are_counted_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "ledger.db")
+    entries = list(synthetic_entries(500, start=START, days=5))
+    writer = LedgerWriter(path)
+    writer.start()
+    for e in entries + entries[:200]:  # a replay of the first 200 (a re-settled stream, a spill written back)
+        writer.record(e)
+    writer.close()
+    db = sqlite3.connect(path)
+    detail, rolled = sums(db)
+    assert detail == rolled and detail[0] == 500
+    sessions = db.execute("SELECT SUM(requests), SUM(cost_nanousd) FROM rollup_sessions").fetchone()
+    assert sessions == (500, detail[1])
+
+
+def test_upgrading_a_ledger_with_rows_builds_its_rollups(tmp_path: Path) -> None:
+    path = str(tmp_path / "old.db")
+    db = connect(path, migrate_schema=False)
+    migrate(db, MIGRATIONS[:4])  # the schema before rollups
+    old_columns = [c[1] for c in db.execute("PRAGMA table_info(requests)")]
+    for e in synthetic_entries(300, start=START, days=3):
+        values = dict(zip(COLUMNS, to_row(e)))
+        db.execute(f"INSERT INTO requests ({', '.join(old_columns)}) VALUES ({', '.join('?' * len(old_columns))})",
+                   [values[c] for c in old_columns])
+    migrate(db)
+    detail, rolled = sums(db)
+    assert detail == rolled and detail[0] == 300
+    by_day = db.execute("SELECT day, SUM(requests) FROM rollup_daily GROUP BY day ORDER BY day").fetchall()
+    assert [d for d, _ in by_day] == ["2026-10-01", "2026-10-02", "2026-10-03"]
+
+
+def test_days_follow_the_reporting_timezone(tmp_path: Path) -> None:
+    path = str(tmp_path / "tz.db")
+    late_evening_utc = datetime(2026, 11, 1, 23, 30, tzinfo=UTC).timestamp()  # 00:30 on Nov 2 in Berlin
+    writer = LedgerWriter(path, tz=ZoneInfo("Europe/Berlin"))
+    writer.start()
+    writer.record(LedgerEntry("req_tz", late_evening_utc, "anthropic.messages", status=200))
+    writer.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT day FROM requests").fetchone() == ("2026-11-02",)
+    assert db.execute("SELECT day, requests FROM rollup_daily").fetchone() == ("2026-11-02", 1)
+
+
+def test_rows_spilled_by_an_older_version_are_written_back(tmp_path: Path) -> None:
+    """A spill file from before the rollup columns existed still loads (the new columns stay empty)."""
+    path = str(tmp_path / "spill.db")
+    entry = next(synthetic_entries(1, start=START, days=1))
+    old_width = to_row(entry)[:-4]
+    Path(path + ".spill.jsonl").write_bytes(orjson.dumps(old_width) + b"\n")
+    writer = LedgerWriter(path)
+    writer.start()
+    writer.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT request_id, day FROM requests").fetchone() == (entry.request_id, None)
+    assert not Path(path + ".spill.jsonl").exists()
+
+
+def test_the_insert_statement_matches_the_row_width() -> None:
+    entry = next(synthetic_entries(1, start=START, days=1))
+    assert INSERT_SQL.count("?") == len(to_row(entry))
