@@ -19,6 +19,7 @@ from tokenctl.app import create_app
 
 from tokenctl.cli.governance import GovernanceError, add_governance_commands
 from tokenctl.cli.render import render_table
+from tokenctl.cli.reports import add_view_arguments, rebuild_rollups, run_view
 from tokenctl.config import Config, ConfigError, find_config_path, load_config
 from tokenctl.identity.keys import KeyInfo, KeyNotFound, create_key, list_keys, revoke_key
 from tokenctl.ledger.db import connect
@@ -75,13 +76,19 @@ def _parser() -> argparse.ArgumentParser:
     kr.add_argument("--ledger")
     kr.set_defaults(run=_keys_revoke)
 
-    r = sub.add_parser("report", help="spend by team, user, project, model, tool, session or day")
+    r = sub.add_parser("report", help="spend by team, user, …; or the dashboard's overview, concentration, savings, "
+                                      "sessions")
+    add_view_arguments(r)
     r.add_argument("--by", choices=sorted(GROUPINGS), default="team")
-    r.add_argument("--since", help="7d, 24h, 2026-11-01 …")
+    r.add_argument("--since", help="7d, 24h, 2026-11-01 … (breakdown)")
     r.add_argument("--until")
     r.add_argument("--format", choices=("table", "csv", "json"), default="table")
     r.add_argument("--ledger")
     r.set_defaults(run=_report)
+
+    rb = sub.add_parser("rebuild-rollups", help="recompute the dashboard rollups from the requests table")
+    rb.add_argument("--ledger")
+    rb.set_defaults(run=lambda a: rebuild_rollups(_config(a)))
 
     m = sub.add_parser("migrate", help="bring the ledger schema up to date and list applied migrations")
     m.add_argument("--ledger")
@@ -186,6 +193,8 @@ def _keys_revoke(args: argparse.Namespace) -> int:
 # -- report -----------------------------------------------------------------------------------------
 
 def _report(args: argparse.Namespace) -> int:
+    if args.view != "breakdown":
+        return run_view(args, _config(args))
     rows = spend_report(connect(_config(args).ledger_path), args.by, args.since, args.until)
     if args.format == "json":
         print(orjson.dumps([r.as_dict() for r in rows], option=orjson.OPT_INDENT_2).decode())

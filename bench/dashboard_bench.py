@@ -1,0 +1,168 @@
+"""The dashboard at scale: a synthetic ledger of N requests (10 million by default), then timed API calls.
+
+    python bench/dashboard_bench.py [--rows 10000000] [--keep FILE]
+
+Steps, each measured:
+1. generate N requests and insert them (rollup trigger off), then build the rollups in one pass, as an
+   upgrade does (``rebuild``);
+2. the trigger's cost on the write path: the same 100k rows inserted with and without it (a ratio);
+3. a live gateway on that ledger: wall time of each dashboard API call (median and worst of 15) as the
+   admin and as a team viewer, and, for comparison, the overview's month total computed from the
+   requests table instead of the rollup.
+Results go to bench/results/dashboard.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx2 as httpx  # noqa: E402
+
+from tests.conftest import ServerThread  # noqa: E402
+from tokenctl.app import create_app  # noqa: E402
+from tokenctl.cli.progress import Progress  # noqa: E402
+from tokenctl.config import parse_config  # noqa: E402
+from tokenctl.identity.keys import create_key  # noqa: E402
+from tokenctl.ledger.db import connect, transaction  # noqa: E402
+from tokenctl.ledger.migrations import rebuild_daily, rebuild_sessions  # noqa: E402
+from tokenctl.ledger.record import INSERT_SQL, to_row  # noqa: E402
+from tokenctl.testing.synthetic import synthetic_entries  # noqa: E402
+
+NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC).timestamp()
+DAYS = 120
+BATCH = 20_000
+ADMIN = "bench-admin-key"
+
+
+def trigger_sql(db: sqlite3.Connection) -> str:
+    return db.execute("SELECT sql FROM sqlite_master WHERE name = 'requests_rollup'").fetchone()[0]
+
+
+def fill(path: str, rows: int) -> dict[str, float]:
+    db = connect(path)
+    trigger = trigger_sql(db)
+    db.execute("DROP TRIGGER requests_rollup")
+    progress = Progress("insert requests", rows)
+    started = time.monotonic()
+    batch = []
+    for entry in synthetic_entries(rows, start=NOW - DAYS * 86400, days=DAYS - 0.01, teams=20, users_per_team=50):
+        batch.append(to_row(entry))
+        if len(batch) == BATCH:
+            with transaction(db):
+                db.executemany(INSERT_SQL, batch)
+            progress.advance(len(batch))
+            batch.clear()
+    if batch:
+        with transaction(db):
+            db.executemany(INSERT_SQL, batch)
+    progress.finish()
+    inserted = time.monotonic() - started
+    started = time.monotonic()
+    with transaction(db):
+        db.execute("DELETE FROM rollup_daily")
+        db.execute("DELETE FROM rollup_sessions")
+        rebuild_daily(db)
+        rebuild_sessions(db)
+        db.execute(trigger)
+    rebuilt = time.monotonic() - started
+    db.execute("ANALYZE")
+    counts = db.execute("SELECT (SELECT COUNT(*) FROM rollup_daily), (SELECT COUNT(*) FROM rollup_sessions)").fetchone()
+    db.close()
+    return {"insert_seconds": round(inserted, 1), "rollup_rebuild_seconds": round(rebuilt, 1),
+            "rollup_daily_rows": counts[0], "rollup_session_rows": counts[1],
+            "ledger_bytes": os.path.getsize(path)}
+
+
+def trigger_cost(folder: str, rows: int = 100_000) -> dict[str, float]:
+    data = [to_row(e) for e in synthetic_entries(rows, start=NOW - 30 * 86400, days=30, teams=20, users_per_team=50)]
+    seconds = {}
+    for with_trigger in (False, True, False, True):
+        path = os.path.join(folder, f"trigger-{with_trigger}-{len(seconds)}.db")
+        db = connect(path)
+        if not with_trigger:
+            db.execute("DROP TRIGGER requests_rollup")
+        started = time.monotonic()
+        for i in range(0, len(data), 2000):  # the ledger writer's batch size
+            with transaction(db):
+                db.executemany(INSERT_SQL, data[i:i + 2000])
+        seconds.setdefault(with_trigger, []).append(time.monotonic() - started)
+        db.close()
+    plain, rolled = min(seconds[False]), min(seconds[True])
+    return {"rows": rows, "rows_per_second_without_rollups": round(rows / plain),
+            "rows_per_second_with_rollups": round(rows / rolled), "trigger_slowdown": round(rolled / plain, 2)}
+
+
+def time_calls(path: str) -> dict[str, object]:
+    db = connect(path)
+    _, viewer = create_key(db, team="payments", role="viewer")
+    db.close()
+    os.environ["TOKENCTL_ADMIN_KEY"] = ADMIN
+    config = parse_config({
+        "ledger": {"path": path},
+        "providers": [{"name": "anthropic", "kind": "anthropic", "base_url": "http://127.0.0.1:9", "models": ["*"]}],
+        "budgets": [{"name": "team-monthly", "scope": "team", "limit_usd": 20000, "period": "monthly"},
+                    {"name": "user-weekly", "scope": "user", "limit_usd": 500, "period": "weekly"}],
+    }, source="bench")
+    started = time.monotonic()
+    server = ServerThread(create_app(config, clock=lambda: NOW)).start()
+    startup = time.monotonic() - started
+    calls = ["overview", "breakdown?by=team", "breakdown?by=user", "breakdown?by=model", "concentration", "savings",
+             "sessions", "requests", "budgets"]
+    out: dict[str, object] = {"gateway_startup_seconds": round(startup, 2)}
+    for who, key in (("admin", ADMIN), ("viewer", viewer)):
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
+            for call in calls:
+                times = []
+                for _ in range(15):
+                    t = time.perf_counter()
+                    response = client.get(f"/ui/api/{call}")
+                    times.append((time.perf_counter() - t) * 1000)
+                    assert response.status_code == 200, response.text
+                out[f"{who} {call}"] = {"median_ms": round(statistics.median(times), 1), "max_ms": round(max(times), 1)}
+    server.stop()
+    db = sqlite3.connect(path)
+    t = time.perf_counter()
+    db.execute("SELECT SUM(cost_nanousd), COUNT(*) FROM requests WHERE ts >= '2026-11-01'").fetchone()
+    out["month total from the requests table (ms)"] = round((time.perf_counter() - t) * 1000, 1)
+    t = time.perf_counter()
+    db.execute("SELECT SUM(cost_nanousd), SUM(requests) FROM rollup_daily WHERE day >= '2026-11-01'").fetchone()
+    out["month total from the rollup (ms)"] = round((time.perf_counter() - t) * 1000, 1)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--keep", help="ledger file to create (kept afterwards); default: a temporary file")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=ROOT / "bench") as folder:
+        path = args.keep or os.path.join(folder, "ledger.db")
+        if not args.keep or not os.path.exists(path):
+            fill_stats = fill(path, args.rows)
+        else:
+            fill_stats = {"reused": path}
+        result = {
+            "measured": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
+            "cpus": os.cpu_count(), "rows": args.rows, "days": DAYS, "fill": fill_stats,
+            "write_path": trigger_cost(folder), "api": time_calls(path),
+        }
+    out = ROOT / "bench" / "results" / "dashboard.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""``tokenctl report overview|concentration|savings|sessions``: the dashboard's views in the terminal.
+
+The same queries as ``/ui`` (dashboard/queries.py over the rollups), printed as a table, CSV or JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import sys
+from collections.abc import Callable
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from tokenctl.cli.progress import Progress
+from tokenctl.cli.render import render_table
+from tokenctl.config import Config
+from tokenctl.dashboard import queries
+from tokenctl.dashboard.budgets import budget_board
+from tokenctl.dashboard.overview import overview
+from tokenctl.ledger.db import connect, transaction
+from tokenctl.ledger.migrations import rebuild_daily, rebuild_sessions
+from tokenctl.policy.budget import Budgets
+from tokenctl.policy.manage import combined_rules
+from tokenctl.policy.seed import ledger_seeds
+from tokenctl.policy.store import MemoryStore
+
+VIEWS = ("breakdown", "overview", "concentration", "savings", "sessions")
+
+
+def add_view_arguments(r: argparse.ArgumentParser) -> None:
+    r.add_argument("view", nargs="?", choices=VIEWS, default="breakdown",
+                   help="breakdown (default, by --by), or the dashboard's overview, concentration, savings, sessions")
+    r.add_argument("--start", help="first day, YYYY-MM-DD (views; default: this month)")
+    r.add_argument("--end", help="last day, YYYY-MM-DD (views; default: today)")
+    for name in queries.FILTERS:
+        r.add_argument(f"--{name}", help=f"only this {name} (views)")
+
+
+def run_view(args: argparse.Namespace, config: Config) -> int:
+    tz = ZoneInfo(config.enforcement.timezone)
+    now = datetime.now(tz)
+    view = queries.View(filters={n: getattr(args, n) for n in queries.FILTERS if getattr(args, n) is not None},
+                        start=_day(args.start) or now.date().replace(day=1), end=_day(args.end) or now.date())
+    db = connect(config.ledger_path)
+    try:
+        data = _VIEWS[args.view](db, view, now, config)
+    finally:
+        db.close()
+    _print(data, args.format)
+    return 0
+
+
+def _day(value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"expected a date like 2026-11-01, got {value!r}") from exc
+
+
+def _overview(db: Any, view: queries.View, now: datetime, config: Config) -> dict[str, Any]:
+    data = overview(db, queries.View(filters=view.filters), now)
+    rules = combined_rules(config, db)
+    budgets = Budgets(rules.budgets, ZoneInfo(config.enforcement.timezone), MemoryStore(), 0)
+    stamp = now.timestamp()
+    settled, drops = ledger_seeds(db, budgets.rules, budgets.tz, stamp)
+
+    async def board() -> list[dict[str, Any]]:
+        await budgets.store.seed(settled, drops)
+        return await budget_board(budgets, _direct(db), queries.View(), stamp)
+
+    data["budgets"] = asyncio.run(board())
+    return data
+
+
+def _direct(db: Any) -> Callable[[Callable[[Any], Any]], Any]:
+    async def run(work: Callable[[Any], Any]) -> Any:
+        return work(db)
+
+    return run
+
+
+_VIEWS: dict[str, Callable[[Any, queries.View, datetime, Config], Any]] = {
+    "overview": _overview,
+    "concentration": lambda db, view, now, config: queries.concentration(db, view),
+    "savings": lambda db, view, now, config: queries.savings(db, view),
+    "sessions": lambda db, view, now, config: queries.sessions(db, view),
+}
+
+# -- output -----------------------------------------------------------------------------------------
+
+def _print(data: Any, fmt: str) -> None:
+    if fmt == "json":
+        print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        return
+    sections = _sections(data)
+    if fmt == "csv":
+        for title, rows in sections:
+            if rows:
+                buf = io.StringIO()
+                writer = csv.writer(buf)
+                writer.writerow(["section", *rows[0]])
+                for row in rows:
+                    writer.writerow([title, *(_cell(v) for v in row.values())])
+                sys.stdout.write(buf.getvalue())
+        return
+    for title, rows in sections:
+        print(f"\n{title}")
+        if rows:
+            columns = list(rows[0])
+            print(render_table(columns, [[_cell(r.get(c)) for c in columns] for r in rows]))
+        else:
+            print("(no rows)")
+
+
+def _sections(data: Any) -> list[tuple[str, list[dict[str, Any]]]]:
+    """A view's scalar fields as one key/value section, and each list of rows as its own section."""
+    if isinstance(data, list):
+        return [("rows", data)]
+    scalars = [{"metric": k, "value": v} for k, v in data.items() if not isinstance(v, (list, dict))]
+    lists = [(k, [_flat(r) for r in v]) for k, v in data.items() if isinstance(v, list) and k != "curve"]
+    return [("summary", scalars), *lists]
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if not isinstance(v, (list, dict)) and k != "cost_nanousd"}
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+# -- rebuilding rollups -----------------------------------------------------------------------------
+
+def rebuild_rollups(config: Config) -> int:
+    """Recompute the rollups from the requests table, a month at a time, with a progress bar."""
+    db = connect(config.ledger_path)
+    try:
+        months = [m for (m,) in db.execute("SELECT DISTINCT substr(day, 1, 7) FROM requests WHERE day IS NOT NULL"
+                                           " ORDER BY 1")]
+        progress = Progress("rebuild rollups", len(months) + 1)
+        with transaction(db):
+            db.execute("DELETE FROM rollup_daily")
+            db.execute("DELETE FROM rollup_sessions")
+            for month in months:
+                rebuild_daily(db, "AND r.day >= ? AND r.day < ?", (f"{month}-01", f"{month}-32"))
+                progress.advance()
+            rebuild_sessions(db)
+            progress.finish()
+        print(f"rebuilt rollups for {len(months)} month(s)", file=sys.stderr)
+    finally:
+        db.close()
+    return 0
