@@ -89,6 +89,8 @@ function barChart(points, { height = 160, label = (p) => p.label, value = (p) =>
   const max = Math.max(...points.map(value), 0) || 1;
   const bw = width / Math.max(points.length, 1);
   const svg = h("svg", { viewBox: `0 0 ${width} ${height + 20}`, class: "chart", role: "img" });
+  svg.append(h("line", { x1: 0, x2: width, y1: 0.5, y2: 0.5, class: "gridline" }),
+             h("text", { x: 2, y: 11, class: "axis" }, "max " + format(max)));
   points.forEach((p, i) => {
     const v = value(p);
     const bh = (v / max) * height;
