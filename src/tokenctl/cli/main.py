@@ -20,6 +20,7 @@ from tokenctl.app import create_app
 from tokenctl.cli.governance import GovernanceError, add_governance_commands
 from tokenctl.cli.render import render_table
 from tokenctl.cli.reports import add_view_arguments, rebuild_rollups, run_view
+from tokenctl.cli.router import add_router_commands
 from tokenctl.config import Config, ConfigError, find_config_path, load_config
 from tokenctl.identity.keys import KeyInfo, KeyNotFound, create_key, list_keys, revoke_key
 from tokenctl.ledger.db import connect
@@ -95,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     m.set_defaults(run=_migrate)
 
     add_governance_commands(sub, _config)
+    add_router_commands(sub)
 
     f = sub.add_parser("fake-provider", help="run the fake LLM provider (tests, demos, benchmarks)")
     f.add_argument("--host", default="127.0.0.1")
