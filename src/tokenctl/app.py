@@ -30,6 +30,8 @@ from tokenctl.policy.seed import ledger_seeds
 from tokenctl.policy.store import MemoryStore, SpendStore
 from tokenctl.providers.upstream import Upstream
 from tokenctl.routing.catalog import Catalog
+from tokenctl.routing.classifier import Classifier
+from tokenctl.routing.router import Router
 
 log = logging.getLogger("tokenctl")
 
@@ -77,7 +79,7 @@ async def _gateway_lifecycle(app: web.Application, prices: PriceBook, store: Spe
     enforcer = Enforcer(config, combined_rules(config, rules_db), catalog, prices, store, desk, notifier,
                         ledger.record, clock)
     await _seed_budgets(enforcer, rules_db)
-    gateway = Gateway(config, keys, catalog, upstreams, prices, ledger, http, enforcer)
+    gateway = Gateway(config, keys, catalog, upstreams, prices, ledger, http, enforcer, _router(config, catalog))
     app[GATEWAY] = gateway
     app[DASHBOARD] = dashboard = Dashboard(gateway)
     refresher = asyncio.create_task(_refresh(gateway, rules_db, config.key_refresh_seconds))
@@ -94,6 +96,12 @@ async def _gateway_lifecycle(app: web.Application, prices: PriceBook, store: Spe
         rules_db.close()
         desk.close()
         dashboard.reader.close()
+
+
+def _router(config: Config, catalog: Catalog) -> Router:
+    settings = config.routing
+    classifier = Classifier.load(settings.classifier.model_path) if settings.classifier else None
+    return Router(settings, catalog, classifier)
 
 
 async def _seed_budgets(enforcer: Enforcer, db: object) -> None:

@@ -27,6 +27,7 @@ from tokenctl.policy.rules import (
     parse_policy,
     parse_rule_list,
 )
+from tokenctl.routing.settings import RoutingConfig, parse_routing
 from tokenctl.validate import ConfigError, integer, money, number, reject_unknown, resolve_path, section
 
 __all__ = ["Config", "ConfigError", "ProviderConfig", "load_config", "parse_config"]
@@ -87,6 +88,7 @@ class Config:
     budgets: tuple[BudgetRule, ...] = ()
     policies: tuple[ModelPolicy, ...] = ()
     approvals: tuple[ApprovalRule, ...] = ()
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     source: str = "<defaults>"
 
 
@@ -139,7 +141,7 @@ def load_config(path: str | Path | None = None) -> Config:
 def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path | None = None) -> Config:
     """Validate a config mapping (as read from YAML)."""
     reject_unknown(raw, {"server", "ledger", "pricing", "providers", "aliases", "identity", "enforcement",
-                         "budgets", "policies", "approvals"}, "top level")
+                         "budgets", "policies", "approvals", "routing"}, "top level")
     server = section(raw, "server")
     reject_unknown(server, {"host", "port", "max_body_bytes", "shutdown_grace_seconds", "admin_key_env", "tags_header"}, "server")
     ledger = section(raw, "ledger")
@@ -188,6 +190,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
         budgets=budgets,
         policies=parse_rule_list(raw.get("policies"), "policies", parse_policy),
         approvals=parse_rule_list(raw.get("approvals"), "approvals", parse_approval),
+        routing=parse_routing(section(raw, "routing")),
         source=source,
     )
 

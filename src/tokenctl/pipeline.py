@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -23,7 +23,7 @@ from tokenctl.identity.attribution import attribute
 from tokenctl.identity.authenticate import authenticate, client_key
 from tokenctl.identity.keys import KeyCache
 from tokenctl.ingress.dialect import Dialect
-from tokenctl.ingress.relay import forward
+from tokenctl.ingress.relay import FallbackNeeded, forward
 from tokenctl.ingress.request import parse_body, read_body
 from tokenctl.ledger.record import LedgerEntry
 from tokenctl.ledger.writer import LedgerWriter
@@ -33,6 +33,8 @@ from tokenctl.policy.access import authorize, check_caller
 from tokenctl.policy.enforce import Admission, Enforcer
 from tokenctl.providers.upstream import Upstream
 from tokenctl.routing.catalog import Catalog
+from tokenctl.routing.router import ROUTE_HEADER, Facts, Router, last_user_text, request_kind
+from tokenctl.types import Route
 
 if TYPE_CHECKING:
     from tokenctl.metering.stream import StreamMeter
@@ -52,6 +54,7 @@ class Gateway:
     ledger: LedgerWriter
     http: aiohttp.ClientSession
     enforcer: Enforcer
+    router: Router
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -68,7 +71,8 @@ def new_request_id() -> str:
 class Call:
     """One request in flight: its id, timers and the ledger entry being filled in."""
 
-    __slots__ = ("gw", "request", "dialect", "request_id", "started", "entry", "meter", "body_size", "admission")
+    __slots__ = ("gw", "request", "dialect", "request_id", "started", "entry", "meter", "body_size", "admission",
+                 "fallbacks")
 
     def __init__(self, gw: Gateway, request: web.Request, dialect: Dialect) -> None:
         self.gw = gw
@@ -80,6 +84,7 @@ class Call:
         self.meter: StreamMeter | None = None
         self.body_size = 0
         self.admission: Admission | None = None
+        self.fallbacks: tuple[Route, ...] = ()  # deployments to try if the first fails before answering
 
 
 async def handle(gw: Gateway, request: web.Request, dialect: Dialect) -> web.StreamResponse:
@@ -116,11 +121,46 @@ async def _proxy(call: Call) -> web.StreamResponse:
             return _estimate_tokens(call, raw)
         raise
     authorize(entry.principal, entry.route)
+    _route(call, body)
     call.admission = admission = await gw.enforcer.admit(entry, body, raw, api)
-    upstream = gw.upstreams[entry.route.provider.name].prepare(
-        api, request.headers, raw, body, entry.route, body_changed=admission.body_changed
-    )
-    return await forward(call, upstream)
+    return await _send(call, raw, body, admission.body_changed)
+
+
+def _route(call: Call, body: dict[str, Any]) -> None:
+    """The routing stage: a tier's deployment instead of the model asked for, when routing applies."""
+    entry, router, api = call.entry, call.gw.router, call.dialect.api
+    assert entry.route is not None and entry.principal is not None
+    if not router.applies_to(entry.route.requested_model, entry.principal):
+        return
+    facts = Facts(entry.principal, entry.attribution, request_kind(body, api), call.body_size // 4,
+                  last_user_text(body, api), call.request.headers.get(ROUTE_HEADER))
+    decision = router.choose(entry.route, api, facts)
+    if decision is None:
+        return
+    first, *rest = decision.routes
+    if first.upstream_model != entry.route.upstream_model or first.provider is not entry.route.provider:
+        entry.original_route, entry.saving_source = entry.route, "routing"
+    entry.route = first
+    call.fallbacks = tuple(rest)
+    entry.policy = [*(entry.policy or []), f"route {decision.tier} -> {first.upstream_model}: {decision.reason}"]
+
+
+async def _send(call: Call, raw: bytes, body: dict[str, Any], body_changed: bool) -> web.StreamResponse:
+    """Forward to the route; on 429/5xx/529, a timeout or no connection before any byte, try the next deployment."""
+    entry = call.entry
+    pending = list(call.fallbacks)
+    while True:
+        assert entry.route is not None
+        upstream = call.gw.upstreams[entry.route.provider.name].prepare(
+            call.dialect.api, call.request.headers, raw, body, entry.route, body_changed=body_changed
+        )
+        try:
+            return await forward(call, upstream, retry_allowed=bool(pending))
+        except FallbackNeeded as exc:
+            failed, entry.route = entry.route, pending.pop(0)
+            entry.policy = [*(entry.policy or []), f"fallback: {failed.provider.name}/{failed.upstream_model} "
+                                                   f"{exc.reason}; trying {entry.route.upstream_model}"]
+            entry.outcome, entry.error = "ok", None
 
 
 def _estimate_tokens(call: Call, raw: bytes) -> web.Response:

@@ -27,16 +27,34 @@ class UpstreamAuthFailed(UpstreamError):
     retryable = False
 
 
-async def forward(call: Call, up: UpstreamRequest) -> web.StreamResponse:
+class FallbackNeeded(Exception):
+    """The deployment failed before sending anything to the client: another one may be tried."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+RETRY_ELSEWHERE = frozenset({429, 500, 502, 503, 504, 529})
+
+
+async def forward(call: Call, up: UpstreamRequest, retry_allowed: bool = False) -> web.StreamResponse:
+    """Send and relay. With ``retry_allowed``, failures before the first byte raise FallbackNeeded instead."""
     provider = call.entry.route.provider  # type: ignore[union-attr]
     try:
         resp = await call.gw.http.post(up.url, data=up.body, headers=up.headers, timeout=up.timeout, allow_redirects=False)
     except asyncio.TimeoutError as exc:
+        if retry_allowed:
+            raise FallbackNeeded("timed out before answering") from exc
         raise UpstreamTimeout(f"provider {provider.name!r} did not answer within {provider.timeout_seconds:g}s") from exc
     except aiohttp.ClientError as exc:
+        if retry_allowed:
+            raise FallbackNeeded(f"unreachable ({type(exc).__name__})") from exc
         raise UpstreamError(f"provider {provider.name!r} is unreachable ({type(exc).__name__})") from exc
     try:
         call.entry.upstream_request_id = resp.headers.get("request-id") or resp.headers.get("x-request-id")
+        if retry_allowed and resp.status in RETRY_ELSEWHERE:
+            raise FallbackNeeded(f"answered {resp.status}")
         if resp.status >= 400:
             return await _relay_upstream_error(call, resp)
         if resp.content_type == "text/event-stream" and call.dialect.new_meter is not None:

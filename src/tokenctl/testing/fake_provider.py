@@ -16,6 +16,8 @@ API key). Requests are scripted with headers, which tokenctl forwards like any u
     cleanly after n events without its final event), ``error-event:<n>`` (the API's in-stream error
     event after n events), ``text-error:<code>`` (a non-JSON error body), ``stall:<ms>`` (pause
     between events).
+``x-fake-fault-model: <model>``
+    Apply ``x-fake-fault`` only to requests for this model (fallback tests: one deployment fails).
 
 Every request received is kept in ``FakeProvider.received`` (method, path, headers, raw body).
 It also takes Slack-style webhooks: ``POST /hooks/<name>`` with ``{"text": …}`` is kept in ``hooks``.
@@ -127,7 +129,11 @@ class FakeProvider:
         raw = await request.read()
         self._keep(request, raw)
         body = orjson.loads(raw)
-        return body, _script(request, len(raw))
+        script = _script(request, len(raw))
+        only_for = request.headers.get("x-fake-fault-model")
+        if only_for is not None and body.get("model") != only_for:
+            script.fault = script.fault_arg = None  # the fault is scripted for another model
+        return body, script
 
     async def _early_fault(self, request: web.Request, script: Script, family: str) -> web.Response | None:
         if script.fault == "slow":

@@ -1,0 +1,138 @@
+"""The ``routing:`` section of the config: tiers, rules, the classifier, and who routing applies to.
+
+    routing:
+      routed_models: [auto, claude-sonnet-4-5]   # requests for these names (or globs) are routed
+      teams: [payments]                          # optional: only these teams are routed
+      tiers:
+        economy: {models: [claude-haiku-4-5, local/llama-3.1-8b], escalate_to: premium}
+        premium: {models: [claude-sonnet-4-5]}
+      rules:                                     # first match wins
+        - {tier: economy, kind: title}
+        - {tier: economy, max_input_tokens: 1500, tool: claude-code}
+      classifier: {cheap_tier: economy, premium_tier: premium, threshold: 0.19}   # optional
+      default_tier: premium
+      sticky_sessions: true
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenctl.validate import ConfigError, optional_integer, reject_unknown, section, string_list
+
+KINDS = ("title", "probe", "agent", "chat")
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    name: str
+    models: tuple[str, ...]  # deployments, tried in order when one fails before answering
+    escalate_to: str | None = None  # the tier tried after all of these failed
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    tier: str
+    tool: str | None = None
+    kind: str | None = None
+    team: str | None = None
+    project: str | None = None
+    min_input_tokens: int | None = None
+    max_input_tokens: int | None = None
+
+    def describe(self) -> str:
+        parts = [f"{k}{v}" for k, v in (("tool=", self.tool), ("kind=", self.kind), ("team=", self.team),
+                                         ("project=", self.project), ("input>=", self.min_input_tokens),
+                                         ("input<=", self.max_input_tokens)) if v is not None]
+        return "rule " + (" ".join(parts) or "(always)")
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifierSettings:
+    cheap_tier: str
+    premium_tier: str
+    threshold: float | None = None  # None: the packaged model's own threshold
+    model_path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    tiers: dict[str, Tier] = field(default_factory=dict)
+    routed_models: tuple[str, ...] = ()
+    teams: tuple[str, ...] = ()
+    rules: tuple[RouteRule, ...] = ()
+    classifier: ClassifierSettings | None = None
+    default_tier: str | None = None
+    sticky_sessions: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tiers and self.routed_models)
+
+
+def parse_routing(raw: dict[str, Any]) -> RoutingConfig:
+    where = "routing"
+    reject_unknown(raw, {"tiers", "routed_models", "teams", "rules", "classifier", "default_tier", "sticky_sessions"},
+                   where)
+    if not raw:
+        return RoutingConfig()
+    tiers = {name: _tier(name, spec) for name, spec in section(raw, "tiers").items()}
+    if not tiers:
+        raise ConfigError("routing.tiers: define at least one tier")
+    rules = tuple(_rule(r, i) for i, r in enumerate(raw.get("rules") or []))
+    classifier = _classifier(raw["classifier"]) if raw.get("classifier") else None
+    config = RoutingConfig(tiers, string_list(raw, "routed_models", where), string_list(raw, "teams", where), rules,
+                           classifier, raw.get("default_tier"), bool(raw.get("sticky_sessions", True)))
+    _check_tier_names(config)
+    return config
+
+
+def _tier(name: str, spec: Any) -> Tier:
+    where = f"routing.tiers.{name}"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: must be a mapping with models")
+    reject_unknown(spec, {"models", "escalate_to"}, where)
+    models = string_list(spec, "models", where)
+    if not models:
+        raise ConfigError(f"{where}.models: list at least one model")
+    return Tier(name, models, spec.get("escalate_to"))
+
+
+def _rule(raw: Any, index: int) -> RouteRule:
+    where = f"routing.rules[{index}]"
+    if not isinstance(raw, dict) or "tier" not in raw:
+        raise ConfigError(f"{where}: must be a mapping with a tier")
+    reject_unknown(raw, {"tier", "tool", "kind", "team", "project", "min_input_tokens", "max_input_tokens"}, where)
+    if raw.get("kind") is not None and raw["kind"] not in KINDS:
+        raise ConfigError(f"{where}.kind: one of {', '.join(KINDS)}")
+    return RouteRule(str(raw["tier"]), raw.get("tool"), raw.get("kind"), raw.get("team"), raw.get("project"),
+                     optional_integer(raw, "min_input_tokens", where), optional_integer(raw, "max_input_tokens", where))
+
+
+def _classifier(raw: Any) -> ClassifierSettings:
+    where = "routing.classifier"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping")
+    reject_unknown(raw, {"cheap_tier", "premium_tier", "threshold", "model"}, where)
+    for key in ("cheap_tier", "premium_tier"):
+        if not isinstance(raw.get(key), str):
+            raise ConfigError(f"{where}.{key}: name a tier")
+    threshold = raw.get("threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not 0 <= threshold <= 1):
+        raise ConfigError(f"{where}.threshold: a number from 0 to 1")
+    return ClassifierSettings(raw["cheap_tier"], raw["premium_tier"],
+                              None if threshold is None else float(threshold), raw.get("model"))
+
+
+def _check_tier_names(config: RoutingConfig) -> None:
+    named = [("default_tier", config.default_tier)]
+    named += [(f"tiers.{t.name}.escalate_to", t.escalate_to) for t in config.tiers.values()]
+    named += [(f"rules[{i}].tier", r.tier) for i, r in enumerate(config.rules)]
+    if config.classifier:
+        named += [("classifier.cheap_tier", config.classifier.cheap_tier),
+                  ("classifier.premium_tier", config.classifier.premium_tier)]
+    for where, name in named:
+        if name is not None and name not in config.tiers:
+            raise ConfigError(f"routing.{where}: no tier {name!r}; tiers: {', '.join(config.tiers)}")
