@@ -27,6 +27,7 @@ _WORD = re.compile(rb"[a-z]+|\d+")
 _DIGITS = tuple(bytes([c]) for c in b"0123456789")
 _MATHS = tuple(bytes([c]) for c in b"=+*/^<>%$\\")
 _NUMBER, _DIGIT = b"<num>", b"<digit>"
+_PUNCTUATION = frozenset(b"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 
 
 def features(text: str) -> list[int]:
@@ -50,6 +51,7 @@ def features(text: str) -> list[int]:
         ("lines", min(6, int(math.log2(text.count("\n") + 1)))),
     )
     found.update(crc(f"{name}:{value}".encode()) & mask for name, value in shape)
+    found.update(crc(b"p:" + bytes([c])) & mask for c in _PUNCTUATION.intersection(raw))
     found.add(crc(b"bias") & mask)
     return sorted(found)
 
