@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from tokenctl.config import Config
@@ -22,7 +23,7 @@ from tokenctl.errors import GatewayError, UnsupportedRoute
 from tokenctl.identity.attribution import attribute
 from tokenctl.identity.authenticate import authenticate, client_key
 from tokenctl.identity.keys import KeyCache
-from tokenctl.ingress.dialect import Dialect
+from tokenctl.ingress.dialect import DIALECTS, Dialect
 from tokenctl.ingress.relay import FallbackNeeded, forward
 from tokenctl.ingress.request import parse_body, read_body
 from tokenctl.ledger.record import LedgerEntry
@@ -31,8 +32,9 @@ from tokenctl.metering.meter import settle
 from tokenctl.metering.pricing import PriceBook
 from tokenctl.policy.access import authorize, check_caller
 from tokenctl.policy.enforce import Admission, Enforcer
-from tokenctl.providers.upstream import Upstream
+from tokenctl.providers.upstream import Upstream, UpstreamRequest
 from tokenctl.routing.catalog import Catalog
+from tokenctl.translate.anthropic_to_chat import StreamTranslator, translate_request
 from tokenctl.routing.router import ROUTE_HEADER, Facts, Router, last_user_text, request_kind
 from tokenctl.types import Route
 
@@ -72,7 +74,7 @@ class Call:
     """One request in flight: its id, timers and the ledger entry being filled in."""
 
     __slots__ = ("gw", "request", "dialect", "request_id", "started", "entry", "meter", "body_size", "admission",
-                 "fallbacks")
+                 "fallbacks", "upstream_dialect", "translator")
 
     def __init__(self, gw: Gateway, request: web.Request, dialect: Dialect) -> None:
         self.gw = gw
@@ -85,6 +87,8 @@ class Call:
         self.body_size = 0
         self.admission: Admission | None = None
         self.fallbacks: tuple[Route, ...] = ()  # deployments to try if the first fails before answering
+        self.upstream_dialect = dialect  # the API the provider answers in (another one when translating)
+        self.translator: StreamTranslator | None = None
 
 
 async def handle(gw: Gateway, request: web.Request, dialect: Dialect) -> web.StreamResponse:
@@ -151,9 +155,7 @@ async def _send(call: Call, raw: bytes, body: dict[str, Any], body_changed: bool
     pending = list(call.fallbacks)
     while True:
         assert entry.route is not None
-        upstream = call.gw.upstreams[entry.route.provider.name].prepare(
-            call.dialect.api, call.request.headers, raw, body, entry.route, body_changed=body_changed
-        )
+        upstream = _prepare(call, raw, body, body_changed)
         try:
             return await forward(call, upstream, retry_allowed=bool(pending))
         except FallbackNeeded as exc:
@@ -161,6 +163,24 @@ async def _send(call: Call, raw: bytes, body: dict[str, Any], body_changed: bool
             entry.policy = [*(entry.policy or []), f"fallback: {failed.provider.name}/{failed.upstream_model} "
                                                    f"{exc.reason}; trying {entry.route.upstream_model}"]
             entry.outcome, entry.error = "ok", None
+
+
+def _prepare(call: Call, raw: bytes, body: dict[str, Any], body_changed: bool) -> UpstreamRequest:
+    """The upstream request for the current route, translated when the provider speaks another API."""
+    route = call.entry.route
+    assert route is not None
+    upstream = call.gw.upstreams[route.provider.name]
+    if route.upstream_api is None:
+        call.upstream_dialect, call.translator = call.dialect, None
+        return upstream.prepare(call.dialect.api, call.request.headers, raw, body, route, body_changed=body_changed)
+    translated, dropped = translate_request(body, route.upstream_model)
+    call.upstream_dialect = DIALECTS[route.upstream_api]
+    call.translator = StreamTranslator(call.body_size // 4)
+    note = f"translated {call.dialect.api} -> {route.upstream_api}" + (f" (dropped {', '.join(dropped)})"
+                                                                       if dropped else "")
+    call.entry.policy = [*(call.entry.policy or []), note]
+    return upstream.prepare(route.upstream_api, call.request.headers, orjson.dumps(translated), translated,
+                            Route(route.provider, route.upstream_model, route.upstream_model), body_changed=True)
 
 
 def _estimate_tokens(call: Call, raw: bytes) -> web.Response:
@@ -201,7 +221,7 @@ async def _finish(call: Call) -> None:
     if entry.partial and meter is not None and not meter.output_known:
         estimated_output = meter.estimated_output_tokens()
     try:
-        settle(entry, call.dialect.extract_usage, call.gw.prices, call.body_size // 4, estimated_output)
+        settle(entry, call.upstream_dialect.extract_usage, call.gw.prices, call.body_size // 4, estimated_output)
     except Exception:  # metering must never lose the row
         log.exception("metering failed for request %s; recorded without cost", call.request_id)
         entry.error = (entry.error or "") + " [metering failed]"

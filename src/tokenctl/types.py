@@ -42,6 +42,7 @@ class Route:
     provider: ProviderConfig
     requested_model: str
     upstream_model: str
+    upstream_api: str | None = None  # set when the provider speaks another API: the request is translated
 
     @property
     def model_rewritten(self) -> bool:

@@ -115,10 +115,11 @@ def test_when_both_auth_headers_come_the_tokenctl_key_wins(gateway) -> None:
     assert both.status_code == 200  # both are tokenctl keys: x-api-key wins
 
 
-def test_unknown_model_is_404_and_other_dialect_is_400(gateway) -> None:
+def test_unknown_model_is_404_and_an_untranslatable_dialect_is_400(gateway) -> None:
     assert "not served" in assert_anthropic_error(post(gateway, "/v1/messages", json={**MESSAGES, "model": "mystery-9"}), 404, "not_found_error")
     assert_openai_error(post(gateway, "/v1/chat/completions", json={**CHAT, "model": "mystery-9"}), 404, "model_not_found")
-    message = assert_anthropic_error(post(gateway, "/v1/messages", json={**MESSAGES, "model": "gpt-4o"}), 400, "invalid_request_error")
+    message = assert_openai_error(post(gateway, "/v1/chat/completions", json={**CHAT, "model": "claude-sonnet-4-5"}),
+                                  400, "invalid_request")
     assert "does not speak" in message
 
 

@@ -98,10 +98,13 @@ def test_a_failing_deployment_falls_back_before_the_first_byte(make_gateway: Any
     faults = {"x-fake-fault": "status:529", "x-fake-fault-model": "claude-haiku-4-5"}
     reply = ask(claude(live, default_headers=faults), "quick one", stream=False)
     assert reply.content[0].type == "text"
-    assert [orjson.loads(r.body)["model"] for r in live.fake.received] == ["claude-haiku-4-5", "claude-sonnet-4-5"]
+    # economy's next deployment is an OpenAI model: reached by translating the Anthropic request
+    assert [orjson.loads(r.body)["model"] for r in live.fake.received] == ["claude-haiku-4-5", "gpt-5-mini"]
+    assert live.fake.received[-1].path == "/v1/chat/completions"
     row = live.wait_rows(1)[0]
-    assert row["status"] == 200 and row["model"] == "claude-sonnet-4-5"
-    assert "fallback: anthropic/claude-haiku-4-5 answered 529; trying claude-sonnet-4-5" in row["policy"]
+    assert row["status"] == 200 and row["model"] == "gpt-5-mini"
+    assert "fallback: anthropic/claude-haiku-4-5 answered 529; trying gpt-5-mini" in row["policy"]
+    assert "translated anthropic.messages -> openai.chat" in row["policy"]
 
 
 def test_streams_fall_back_too_and_the_last_failure_reaches_the_client(make_gateway: Any) -> None:
@@ -110,10 +113,13 @@ def test_streams_fall_back_too_and_the_last_failure_reaches_the_client(make_gate
     with claude(live, default_headers=faults).messages.stream(
             model="auto", max_tokens=50, messages=[{"role": "user", "content": "hi"}]) as stream:
         assert "".join(stream.text_stream)
-    assert sent_model(live) == "claude-sonnet-4-5"
-    long_prompt = "y" * 20_000  # premium by rule; premium has no escalation tier
+        final = stream.get_final_message()
+    assert sent_model(live) == "gpt-5-mini" and final.stop_reason == "end_turn" and final.usage.output_tokens > 0
+    tiers = {**ROUTING["routing"]["tiers"], "premium": {"models": ["claude-sonnet-4-5"]}}
+    single = make_gateway({**ROUTING, "routing": {**ROUTING["routing"], "tiers": tiers}})
+    long_prompt = "y" * 20_000  # premium by rule; its only deployment fails; no escalation tier
     with pytest.raises(anthropic.APIStatusError) as failed:
-        ask(claude(live, default_headers={**faults, "x-fake-fault-model": "claude-sonnet-4-5"}), long_prompt)
+        ask(claude(single, default_headers={**faults, "x-fake-fault-model": "claude-sonnet-4-5"}), long_prompt)
     assert failed.value.status_code == 529
 
 

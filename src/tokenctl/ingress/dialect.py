@@ -90,3 +90,5 @@ OPENAI_RESPONSES = Dialect(
 )
 OPENAI_MODELS = Dialect("openai.models", "openai", openai_error_body, None, None)
 ANTHROPIC_MODELS = Dialect("anthropic.models", "anthropic", anthropic_error_body, None, None)
+
+DIALECTS = {d.api: d for d in (ANTHROPIC_MESSAGES, ANTHROPIC_COUNT_TOKENS, OPENAI_CHAT, OPENAI_RESPONSES)}

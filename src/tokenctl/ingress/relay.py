@@ -16,6 +16,7 @@ from aiohttp import web
 
 from tokenctl.errors import UpstreamError, UpstreamTimeout
 from tokenctl.providers.upstream import DROP_RESPONSE_HEADERS, UpstreamRequest
+from tokenctl.translate.anthropic_to_chat import translate_response
 
 if TYPE_CHECKING:
     from tokenctl.pipeline import Call
@@ -57,7 +58,7 @@ async def forward(call: Call, up: UpstreamRequest, retry_allowed: bool = False) 
             raise FallbackNeeded(f"answered {resp.status}")
         if resp.status >= 400:
             return await _relay_upstream_error(call, resp)
-        if resp.content_type == "text/event-stream" and call.dialect.new_meter is not None:
+        if resp.content_type == "text/event-stream" and call.upstream_dialect.new_meter is not None:
             return await _relay_stream(call, resp, up.injected_stream_usage)
         return await _relay_json(call, resp)
     finally:
@@ -96,12 +97,19 @@ async def _relay_json(call: Call, resp: aiohttp.ClientResponse) -> web.Response:
     entry = call.entry
     entry.status = resp.status
     parsed = _load_object(data)
-    if parsed is not None and call.dialect.extract_usage is not None:
+    if parsed is not None and call.upstream_dialect.extract_usage is not None:
         usage = parsed.get("usage")
         entry.raw_usage = usage if isinstance(usage, dict) else None
         model = parsed.get("model")
         entry.response_model = model if isinstance(model, str) else None
-    return web.Response(body=data, status=resp.status, headers=response_headers(resp, call.request_id))
+    headers = response_headers(resp, call.request_id)
+    if call.translator is not None:
+        if parsed is None:
+            raise UpstreamError("the provider's answer was not JSON; it cannot be translated")
+        data = orjson.dumps(translate_response(parsed))
+        headers["content-type"] = "application/json"
+        headers.pop("content-length", None)
+    return web.Response(body=data, status=resp.status, headers=headers)
 
 
 async def _relay_upstream_error(call: Call, resp: aiohttp.ClientResponse) -> web.Response:
@@ -149,8 +157,8 @@ class _ClientGone(Exception):
 
 
 async def _relay_stream(call: Call, resp: aiohttp.ClientResponse, injected_usage: bool) -> web.StreamResponse:
-    assert call.dialect.new_meter is not None
-    meter = call.meter = call.dialect.new_meter(injected_usage)
+    assert call.upstream_dialect.new_meter is not None
+    meter = call.meter = call.upstream_dialect.new_meter(injected_usage)
     entry = call.entry
     headers = response_headers(resp, call.request_id)
     headers["cache-control"] = "no-cache"
@@ -166,6 +174,10 @@ async def _relay_stream(call: Call, resp: aiohttp.ClientResponse, injected_usage
             await _write(out, call.dialect.stream_error_event(failure, meter, call.request_id))
         elif meter.upstream_error is not None:
             entry.outcome, entry.error = "upstream_error", meter.upstream_error
+            if call.translator is not None:
+                await _write(out, call.dialect.stream_error_event(meter.upstream_error, meter, call.request_id))
+        elif call.translator is not None:
+            await _write(out, call.translator.finish(meter.raw_usage))
         await out.write_eof()
     except _ClientGone:
         entry.outcome, entry.partial = "client_disconnected", True
@@ -202,7 +214,8 @@ async def _pump(call: Call, resp: aiohttp.ClientResponse, out: web.StreamRespons
         pending = chunk[cut + 2:]
         if call.entry.ttft_ms is None:
             call.entry.ttft_ms = (time.perf_counter() - call.started) * 1000
-        await _write(out, meter.feed(chunk[: cut + 2]))
+        relayed = meter.feed(chunk[: cut + 2])
+        await _write(out, relayed if call.translator is None else call.translator.feed(relayed))
     if pending.strip():
         await _write(out, meter.feed(pending + b"\n\n"))
     return None

@@ -156,7 +156,7 @@ class Enforcer:
         except GatewayError as exc:
             log.warning("policy target %r cannot serve %s: %s", target, api, exc.message)
             return None
-        return Route(resolved.provider, current.requested_model, resolved.upstream_model)
+        return Route(resolved.provider, current.requested_model, resolved.upstream_model, resolved.upstream_api)
 
     async def _rate_limit(self, entry: LedgerEntry, policies: Sequence[ModelPolicy], in_tokens: int, now: float,
                           admission: Admission) -> None:

@@ -4,8 +4,9 @@ Resolution of the ``model`` a client sends:
 1. an alias from the config (``team-default: anthropic/claude-sonnet-4-5``) is replaced by its target;
 2. ``<provider>/<model>`` picks that provider explicitly;
 3. otherwise the first provider, in config order, whose ``models`` list matches (names or globs)
-   and that speaks the request's API dialect; a match only on another dialect is refused with a
-   clear 400 (cross-dialect serving comes with routing); no match at all is a 404.
+   and that speaks the request's API dialect; else the first one that can be reached by translation
+   (an Anthropic Messages request served by an OpenAI-compatible Chat model); a match only on an API
+   that cannot be translated to is refused with a clear 400; no match at all is a 404.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ import fnmatch
 from tokenctl.config import Config, ProviderConfig
 from tokenctl.errors import BadRequest, NotFound, UnsupportedRoute
 from tokenctl.types import Route
+
+# What a client API is translated to, per provider kind that does not speak it.
+TRANSLATIONS = {
+    ("anthropic.messages", "openai"): "openai.chat",
+    ("anthropic.messages", "openai-compatible"): "openai.chat",
+}
 
 # The API dialects each provider kind speaks.
 DIALECTS = {
@@ -52,18 +59,29 @@ class Catalog:
             provider = self.providers[provider_name]
             if not rest:
                 raise BadRequest(f"model {requested!r}: nothing after the provider name")
-            self._check_dialect(provider, requested, api)
-            return Route(provider=provider, requested_model=requested, upstream_model=rest)
+            return Route(provider, requested, rest, self._upstream_api(provider, requested, api))
         matches = [p for p in self._ordered if serves(p, target)]
         for provider in matches:
             if api in DIALECTS[provider.kind]:
                 return Route(provider=provider, requested_model=requested, upstream_model=target)
+        for provider in matches:
+            if (api, provider.kind) in TRANSLATIONS:
+                return Route(provider, requested, target, TRANSLATIONS[(api, provider.kind)])
         if matches:
             self._check_dialect(matches[0], requested, api)
         raise NotFound(
             f"model {requested!r} is not served by this gateway; "
             f"ask your administrator to add it to a provider's models list or an alias"
         )
+
+    @classmethod
+    def _upstream_api(cls, provider: ProviderConfig, requested: str, api: str) -> str | None:
+        if api in DIALECTS[provider.kind]:
+            return None
+        if (api, provider.kind) in TRANSLATIONS:
+            return TRANSLATIONS[(api, provider.kind)]
+        cls._check_dialect(provider, requested, api)
+        return None
 
     @staticmethod
     def _check_dialect(provider: ProviderConfig, requested: str, api: str) -> None:

@@ -113,7 +113,7 @@ class Router:
                     target = self.catalog.resolve(model, api)
                 except GatewayError:
                     continue  # this deployment does not speak the client's API (or is not configured)
-                routes.append(Route(target.provider, requested.requested_model, target.upstream_model))
+                routes.append(Route(target.provider, requested.requested_model, target.upstream_model, target.upstream_api))
             name = self.settings.tiers[name].escalate_to
         return tuple(routes)
 
