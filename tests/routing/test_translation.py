@@ -1,0 +1,143 @@
+"""Anthropic Messages ⇄ OpenAI Chat translation: requests, answers and streams, and what is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import httpx2 as httpx
+import orjson
+import pytest
+
+from tokenctl.translate.anthropic_to_chat import StreamTranslator, Untranslatable, translate_request, \
+    translate_response
+
+TOOL = {"name": "read_file", "description": "Read a file", "input_schema": {"type": "object",
+                                                                           "properties": {"path": {"type": "string"}}}}
+
+
+def test_a_tool_conversation_translates_to_chat_messages() -> None:
+    body = {
+        "model": "auto", "max_tokens": 300, "stop_sequences": ["END"], "temperature": 0.2, "top_k": 5,
+        "system": [{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}],
+        "tools": [TOOL], "tool_choice": {"type": "any"}, "stream": True,
+        "metadata": {"user_id": "user_abc"},
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Read a.txt"},
+                                         {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                                      "data": "iVBORw0KGgo="}}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Reading."},
+                                              {"type": "tool_use", "id": "toolu_1", "name": "read_file",
+                                               "input": {"path": "a.txt"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "hello"},
+                                         {"type": "text", "text": "Summarise it."}]},
+        ],
+    }
+    out, dropped = translate_request(body, "llama-3.1-8b")
+    assert dropped == ["top_k", "cache_control"]
+    assert out["model"] == "llama-3.1-8b" and out["max_tokens"] == 300 and out["stop"] == ["END"]
+    assert out["temperature"] == 0.2 and out["user"] == "user_abc" and out["tool_choice"] == "required"
+    assert out["stream_options"] == {"include_usage": True}
+    assert out["tools"] == [{"type": "function", "function": {"name": "read_file", "description": "Read a file",
+                                                              "parameters": TOOL["input_schema"]}}]
+    assert out["messages"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": [{"type": "text", "text": "Read a.txt"},
+                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]},
+        {"role": "assistant", "content": "Reading.", "tool_calls": [
+            {"id": "toolu_1", "type": "function", "function": {"name": "read_file", "arguments": '{"path":"a.txt"}'}}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "hello"},
+        {"role": "user", "content": "Summarise it."},
+    ]
+
+
+@pytest.mark.parametrize("message, why", [
+    ({"role": "assistant", "content": [{"type": "thinking", "thinking": "…", "signature": "sig"}]}, "'thinking'"),
+    ({"role": "user", "content": [{"type": "document", "source": {"type": "base64", "data": "JVBER"}}]}, "'document'"),
+    ({"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
+                                   "content": [{"type": "image", "source": {}}]}]}, "'image'"),
+])
+def test_untranslatable_content_is_refused(message: dict[str, Any], why: str) -> None:
+    with pytest.raises(Untranslatable, match=why):
+        translate_request({"model": "m", "max_tokens": 5, "messages": [message]}, "m")
+
+
+def test_server_tools_are_refused() -> None:
+    with pytest.raises(Untranslatable, match="web_search_20250305"):
+        translate_request({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+                           "tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "m")
+
+
+def test_a_chat_answer_becomes_an_anthropic_message() -> None:
+    answer = {"id": "c1", "model": "llama", "choices": [{"finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": "Let me look.",
+        "tool_calls": [{"id": "call_9", "type": "function",
+                        "function": {"name": "read_file", "arguments": '{"path": "b.txt"}'}}]}}],
+        "usage": {"prompt_tokens": 120, "completion_tokens": 30, "prompt_tokens_details": {"cached_tokens": 100}}}
+    message = translate_response(answer)
+    assert message["content"] == [{"type": "text", "text": "Let me look."},
+                                  {"type": "tool_use", "id": "call_9", "name": "read_file", "input": {"path": "b.txt"}}]
+    assert message["stop_reason"] == "tool_use"
+    assert message["usage"] == {"input_tokens": 20, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 100,
+                                "output_tokens": 30}
+    assert anthropic.types.Message.model_validate(message).content[1].input == {"path": "b.txt"}
+
+
+def sse(chunk: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def test_a_chat_stream_becomes_anthropic_events_in_order() -> None:
+    chunks = [
+        {"id": "c2", "model": "llama", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]},
+        {"id": "c2", "choices": [{"index": 0, "delta": {"content": " there"}}]},
+        {"id": "c2", "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "id": "call_1", "type": "function", "function": {"name": "read_file", "arguments": ""}}]}}]},
+        {"id": "c2", "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": '{"path":'}}]}}]},
+        {"id": "c2", "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": ' "c.txt"}'}}]}}]},
+        {"id": "c2", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+        {"id": "c2", "choices": [], "usage": {"prompt_tokens": 50, "completion_tokens": 12}},
+    ]
+    translator = StreamTranslator(estimated_input_tokens=48)
+    data = b"".join(translator.feed(sse(c)) for c in chunks) + translator.feed(b"data: [DONE]\n\n")
+    data += translator.finish({"prompt_tokens": 50, "completion_tokens": 12})
+    events = [orjson.loads(e.split(b"data: ", 1)[1]) for e in data.split(b"\n\n") if e]
+    assert [e["type"] for e in events] == [
+        "message_start", "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",
+        "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",
+        "message_delta", "message_stop"]
+    assert events[0]["message"]["usage"]["input_tokens"] == 48  # an estimate until the provider reports
+    assert events[5]["content_block"] == {"type": "tool_use", "id": "call_1", "name": "read_file", "input": {}}
+    assert events[9]["delta"]["stop_reason"] == "tool_use"
+    assert events[9]["usage"] == {"input_tokens": 50, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                                  "output_tokens": 12}
+
+
+def test_anthropic_sdk_streams_from_an_openai_compatible_model(gateway: Any) -> None:
+    """The standard gateway's local provider (OpenAI-compatible) serves an Anthropic SDK client, streaming."""
+    client = anthropic.Anthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0,
+                                 default_headers={"x-fake-usage": "input=900,output=40"})
+    with client.messages.stream(model="local/llama-3.1-8b", max_tokens=64, system="Be brief.",
+                                messages=[{"role": "user", "content": "Say hi"}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text.startswith("word0") and final.stop_reason == "end_turn"
+    assert final.usage.input_tokens == 900 and final.usage.output_tokens == 40
+    sent = orjson.loads(gateway.last_upstream().body)
+    assert gateway.last_upstream().path == "/v1/chat/completions"
+    assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
+    row = gateway.wait_rows(1)[0]
+    assert row["input_tokens"] == 900 and row["output_tokens"] == 40 and row["cost_usd"] != "0"
+    assert "translated anthropic.messages -> openai.chat" in row["policy"]
+
+
+def test_refusals_reach_the_client_as_a_400_in_its_dialect(gateway: Any) -> None:
+    response = httpx.post(f"{gateway.url}/v1/messages", headers={"x-api-key": gateway.key},
+                          json={"model": "local/llama-3.1-8b", "max_tokens": 10, "messages": [
+                              {"role": "user", "content": [{"type": "document", "source": {"type": "text"}}]}]})
+    assert response.status_code == 400
+    error = response.json()
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert "'document' block cannot be sent to this model" in error["error"]["message"]
