@@ -34,8 +34,8 @@ from tokenctl.policy.access import authorize, check_caller
 from tokenctl.policy.enforce import Admission, Enforcer
 from tokenctl.providers.upstream import Upstream, UpstreamRequest
 from tokenctl.routing.catalog import Catalog
-from tokenctl.translate.anthropic_to_chat import StreamTranslator, translate_request
 from tokenctl.routing.router import ROUTE_HEADER, Facts, Router, last_user_text, request_kind
+from tokenctl.translate import TRANSLATIONS, StreamTranslator, Translation
 from tokenctl.types import Route
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class Call:
     """One request in flight: its id, timers and the ledger entry being filled in."""
 
     __slots__ = ("gw", "request", "dialect", "request_id", "started", "entry", "meter", "body_size", "admission",
-                 "fallbacks", "upstream_dialect", "translator")
+                 "fallbacks", "upstream_dialect", "translation", "translator")
 
     def __init__(self, gw: Gateway, request: web.Request, dialect: Dialect) -> None:
         self.gw = gw
@@ -88,6 +88,7 @@ class Call:
         self.admission: Admission | None = None
         self.fallbacks: tuple[Route, ...] = ()  # deployments to try if the first fails before answering
         self.upstream_dialect = dialect  # the API the provider answers in (another one when translating)
+        self.translation: Translation | None = None
         self.translator: StreamTranslator | None = None
 
 
@@ -171,12 +172,13 @@ def _prepare(call: Call, raw: bytes, body: dict[str, Any], body_changed: bool) -
     assert route is not None
     upstream = call.gw.upstreams[route.provider.name]
     if route.upstream_api is None:
-        call.upstream_dialect, call.translator = call.dialect, None
+        call.upstream_dialect, call.translation, call.translator = call.dialect, None, None
         return upstream.prepare(call.dialect.api, call.request.headers, raw, body, route, body_changed=body_changed)
-    translated, dropped = translate_request(body, route.upstream_model)
+    call.translation = translation = TRANSLATIONS[(call.dialect.api, route.upstream_api)]
+    translated, dropped = translation.request(body, route.upstream_model)
     call.upstream_dialect = DIALECTS[route.upstream_api]
-    call.translator = StreamTranslator(call.body_size // 4)
-    note = f"translated {call.dialect.api} -> {route.upstream_api}" + (f" (dropped {', '.join(dropped)})"
+    call.translator = translation.stream(call.body_size // 4, body)
+    note = f"translated {call.dialect.api} -> {route.upstream_api}" + (f" ({'; '.join(dropped)})"
                                                                        if dropped else "")
     call.entry.policy = [*(call.entry.policy or []), note]
     return upstream.prepare(route.upstream_api, call.request.headers, orjson.dumps(translated), translated,

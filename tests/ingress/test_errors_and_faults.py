@@ -118,8 +118,8 @@ def test_when_both_auth_headers_come_the_tokenctl_key_wins(gateway) -> None:
 def test_unknown_model_is_404_and_an_untranslatable_dialect_is_400(gateway) -> None:
     assert "not served" in assert_anthropic_error(post(gateway, "/v1/messages", json={**MESSAGES, "model": "mystery-9"}), 404, "not_found_error")
     assert_openai_error(post(gateway, "/v1/chat/completions", json={**CHAT, "model": "mystery-9"}), 404, "model_not_found")
-    message = assert_openai_error(post(gateway, "/v1/chat/completions", json={**CHAT, "model": "claude-sonnet-4-5"}),
-                                  400, "invalid_request")
+    responses = {"model": "claude-sonnet-4-5", "input": "hi"}
+    message = assert_openai_error(post(gateway, "/v1/responses", json=responses), 400, "invalid_request")
     assert "does not speak" in message
 
 

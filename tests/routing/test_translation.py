@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import anthropic
+import openai
 import httpx2 as httpx
 import orjson
 import pytest
 
 from tokenctl.translate.anthropic_to_chat import StreamTranslator, Untranslatable, translate_request, \
     translate_response
+from tokenctl.translate.chat_to_anthropic import translate_request as chat_translate_request
 
 TOOL = {"name": "read_file", "description": "Read a file", "input_schema": {"type": "object",
                                                                            "properties": {"path": {"type": "string"}}}}
@@ -141,3 +143,64 @@ def test_refusals_reach_the_client_as_a_400_in_its_dialect(gateway: Any) -> None
     error = response.json()
     assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
     assert "'document' block cannot be sent to this model" in error["error"]["message"]
+
+
+# -- OpenAI Chat clients served by an Anthropic model ----------------------------------------------------
+
+def test_a_chat_request_translates_to_anthropic_messages() -> None:
+    body = {"model": "claude-sonnet-4-5", "stop": "END", "temperature": 1.4, "seed": 3, "user": "u1",
+            "tools": [{"type": "function", "function": {"name": "read_file", "parameters": TOOL["input_schema"]}}],
+            "tool_choice": "required",
+            "messages": [
+                {"role": "system", "content": "Be terse."}, {"role": "developer", "content": "Use tools."},
+                {"role": "user", "content": [{"type": "text", "text": "Look"},
+                                             {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAA"}}]},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "read_file", "arguments": '{"path":"a"}'}},
+                    {"id": "c2", "type": "function", "function": {"name": "read_file", "arguments": '{"path":"b"}'}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "A"},
+                {"role": "tool", "tool_call_id": "c2", "content": "B"},
+            ]}
+    out, notes = chat_translate_request(body, "claude-sonnet-4-5")
+    assert notes == ["seed", "max_tokens defaulted to 4096", "temperature 1.4 clamped to 1"]
+    assert out["system"] == "Be terse.\n\nUse tools." and out["max_tokens"] == 4096 and out["temperature"] == 1.0
+    assert out["stop_sequences"] == ["END"] and out["metadata"] == {"user_id": "u1"}
+    assert out["tool_choice"] == {"type": "any"} and out["tools"][0]["input_schema"] == TOOL["input_schema"]
+    assert out["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Look"}, {"type": "image", "source": {
+            "type": "base64", "media_type": "image/jpeg", "data": "AAA"}}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "c1", "name": "read_file", "input": {"path": "a"}},
+                                          {"type": "tool_use", "id": "c2", "name": "read_file", "input": {"path": "b"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1", "content": "A"},
+                                     {"type": "tool_result", "tool_use_id": "c2", "content": "B"}]},
+    ]
+
+
+@pytest.mark.parametrize("extra, why", [({"n": 2}, "one choice"), ({"logprobs": True}, "log-probabilities"),
+                                        ({"response_format": {"type": "json_schema"}}, "json_schema")])
+def test_chat_features_without_an_anthropic_equivalent_are_refused(extra: dict[str, Any], why: str) -> None:
+    with pytest.raises(Untranslatable, match=why):
+        chat_translate_request({"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}, "m")
+
+
+def test_openai_sdk_is_served_by_an_anthropic_model(gateway: Any) -> None:
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.key, max_retries=0,
+                           default_headers={"x-fake-usage": "input=1000,cache_read=600,output=30"})
+    answer = client.chat.completions.create(model="claude-sonnet-4-5", max_tokens=50,
+                                            messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content.startswith("word0") and answer.choices[0].finish_reason == "stop"
+    assert answer.usage.prompt_tokens == 1000 and answer.usage.prompt_tokens_details.cached_tokens == 600
+    assert answer.usage.total_tokens == 1030
+    assert gateway.last_upstream().path == "/v1/messages"
+    stream = client.chat.completions.create(model="claude-sonnet-4-5", max_tokens=50, stream=True,
+                                            stream_options={"include_usage": True},
+                                            messages=[{"role": "user", "content": "hi"}])
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("word0")
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.prompt_tokens == 1000 and chunks[-1].usage.completion_tokens == 30
+    rows = gateway.wait_rows(2)
+    for row in rows:
+        assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (400, 600, 30)
+        assert "translated openai.chat -> anthropic.messages" in row["policy"]
+    assert rows[0]["cost_usd"] == rows[1]["cost_usd"] != "0"

@@ -16,7 +16,6 @@ from aiohttp import web
 
 from tokenctl.errors import UpstreamError, UpstreamTimeout
 from tokenctl.providers.upstream import DROP_RESPONSE_HEADERS, UpstreamRequest
-from tokenctl.translate.anthropic_to_chat import translate_response
 
 if TYPE_CHECKING:
     from tokenctl.pipeline import Call
@@ -103,10 +102,10 @@ async def _relay_json(call: Call, resp: aiohttp.ClientResponse) -> web.Response:
         model = parsed.get("model")
         entry.response_model = model if isinstance(model, str) else None
     headers = response_headers(resp, call.request_id)
-    if call.translator is not None:
+    if call.translation is not None:
         if parsed is None:
             raise UpstreamError("the provider's answer was not JSON; it cannot be translated")
-        data = orjson.dumps(translate_response(parsed))
+        data = orjson.dumps(call.translation.response(parsed))
         headers["content-type"] = "application/json"
         headers.pop("content-length", None)
     return web.Response(body=data, status=resp.status, headers=headers)

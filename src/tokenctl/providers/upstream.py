@@ -74,6 +74,8 @@ class Upstream:
         headers = {k: v for k, v in client_headers.items() if k.lower() not in self._drop}
         headers.update(self._static_headers)
         headers["accept-encoding"] = "identity"
+        if self.config.kind == "anthropic" and not any(k.lower() == "anthropic-version" for k in headers):
+            headers["anthropic-version"] = "2023-06-01"  # a translated OpenAI request has none
         self._authorize(headers)
         changed = body_changed
         if route.model_rewritten:
