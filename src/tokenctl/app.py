@@ -79,7 +79,7 @@ async def _gateway_lifecycle(app: web.Application, prices: PriceBook, store: Spe
     enforcer = Enforcer(config, combined_rules(config, rules_db), catalog, prices, store, desk, notifier,
                         ledger.record, clock)
     await _seed_budgets(enforcer, rules_db)
-    gateway = Gateway(config, keys, catalog, upstreams, prices, ledger, http, enforcer, _router(config, catalog))
+    gateway = Gateway(config, keys, catalog, upstreams, prices, ledger, http, enforcer, _router(config, catalog, prices))
     app[GATEWAY] = gateway
     app[DASHBOARD] = dashboard = Dashboard(gateway)
     refresher = asyncio.create_task(_refresh(gateway, rules_db, config.key_refresh_seconds))
@@ -98,10 +98,10 @@ async def _gateway_lifecycle(app: web.Application, prices: PriceBook, store: Spe
         dashboard.reader.close()
 
 
-def _router(config: Config, catalog: Catalog) -> Router:
+def _router(config: Config, catalog: Catalog, prices: PriceBook) -> Router:
     settings = config.routing
     classifier = Classifier.load(settings.classifier.model_path) if settings.classifier else None
-    return Router(settings, catalog, classifier)
+    return Router(settings, catalog, classifier, prices)
 
 
 async def _seed_budgets(enforcer: Enforcer, db: object) -> None:

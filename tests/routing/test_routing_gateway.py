@@ -173,3 +173,20 @@ def test_models_and_teams_outside_routing_pass_through(make_gateway: Any) -> Non
 def test_bad_routing_config_is_explained(routing: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_config({"routing": routing})
+
+
+def test_a_session_moves_down_only_when_that_pays_for_its_lost_cache(make_gateway: Any) -> None:
+    """Local llama at $0.10/M uncached is cheaper than Sonnet's $0.30/M cache reads: the move pays at once."""
+    tiers = {"economy": {"models": ["local/llama-3.1-8b"]}, "premium": {"models": ["claude-sonnet-4-5"]}}
+    rules = [{"tier": "economy", "kind": "title"}, {"tier": "premium", "min_input_tokens": 4000}]
+    live = make_gateway({**ROUTING, "routing": {**ROUTING["routing"], "tiers": tiers, "rules": rules}})
+    client = claude(live, default_headers={"x-claude-code-session-id": "5b1c0c52-7f55-4a3e-9d1e-000000000002"})
+    context = "earlier turns\n" * 1500
+    ask(client, context + "Refactor the parser.")
+    assert sent_model(live) == "claude-sonnet-4-5"
+    ask(client, context + "Name this conversation.",
+        output_config={"format": {"type": "json_schema", "schema": {"type": "object",
+                                                                    "properties": {"title": {"type": "string"}}}}})
+    assert sent_model(live) == "llama-3.1-8b"
+    moved = live.wait_rows(2)[1]["policy"]
+    assert "session moved from premium" in moved and "rule kind=title" in moved

@@ -2,7 +2,9 @@
 
 Order of decisions for a request whose model is in ``routed_models`` (others pass through):
 1. the ``x-tokenctl-route`` header: ``off`` serves the model asked for, a tier name picks that tier;
-2. an agent session keeps the tier its first request got (switching would throw away its prompt cache);
+2. an agent session keeps the tier its first request got, unless steps 3–5 now pick a cheaper tier whose
+   price for the whole context uncached is below this tier's price for it from the cache (the switch
+   pays for the lost prompt cache on its first turn);
 3. the first matching rule (tool, request kind, team, project, input size);
 4. the classifier (cheap tier below the threshold, premium tier at or above it);
 5. the default tier.
@@ -22,7 +24,8 @@ from tokenctl.errors import GatewayError
 from tokenctl.routing.catalog import Catalog
 from tokenctl.routing.classifier import Classifier
 from tokenctl.routing.settings import RouteRule, RoutingConfig
-from tokenctl.types import Attribution, Principal, Route
+from tokenctl.metering.pricing import PriceBook
+from tokenctl.types import Attribution, Principal, Route, Usage
 
 log = logging.getLogger("tokenctl.routing")
 ROUTE_HEADER = "x-tokenctl-route"
@@ -49,10 +52,12 @@ class Decision:
 
 
 class Router:
-    def __init__(self, settings: RoutingConfig, catalog: Catalog, classifier: Classifier | None = None) -> None:
+    def __init__(self, settings: RoutingConfig, catalog: Catalog, classifier: Classifier | None = None,
+                 prices: PriceBook | None = None) -> None:
         self.settings = settings
         self.catalog = catalog
         self.classifier = classifier
+        self.prices = prices
         self._sessions: OrderedDict[str, str] = OrderedDict()
 
     def applies_to(self, requested_model: str, principal: Principal) -> bool:
@@ -63,7 +68,12 @@ class Router:
 
     def choose(self, requested: Route, api: str, facts: Facts) -> Decision | None:
         """None: serve the route asked for (routing off for this request, or no tier can serve it)."""
-        picked = self._pick_tier(facts)
+        picked = self._from_header(facts)
+        if picked is None and not (facts.header == "off"):
+            picked = self._pick_tier(facts)
+            pinned = self._pinned(facts)
+            if pinned is not None and picked is not None:
+                picked = self._stay_or_switch(pinned, picked, requested, api, facts.input_tokens)
         if picked is None:
             return None
         tier, reason = picked
@@ -77,17 +87,37 @@ class Router:
             self._remember(session, tier)
         return Decision(tier, reason, routes)
 
-    def _pick_tier(self, facts: Facts) -> tuple[str, str] | None:
-        tiers = self.settings.tiers
-        if facts.header:
-            if facts.header == "off":
-                return None
-            if facts.header in tiers:
-                return facts.header, f"header {ROUTE_HEADER}: {facts.header}"
+    def _from_header(self, facts: Facts) -> tuple[str, str] | None:
+        if facts.header and facts.header in self.settings.tiers:
+            return facts.header, f"header {ROUTE_HEADER}: {facts.header}"
+        return None
+
+    def _pinned(self, facts: Facts) -> str | None:
         session = facts.attribution.session_id if facts.attribution else None
-        if session and self.settings.sticky_sessions and session in self._sessions:
-            self._sessions.move_to_end(session)
-            return self._sessions[session], "the session stays on its tier (keeps its prompt cache)"
+        if not session or not self.settings.sticky_sessions or session not in self._sessions:
+            return None
+        self._sessions.move_to_end(session)
+        return self._sessions[session]
+
+    def _stay_or_switch(self, pinned: str, fresh: tuple[str, str], requested: Route, api: str,
+                        context_tokens: int) -> tuple[str, str]:
+        """Keep a session on its tier unless moving pays for the prompt cache it throws away."""
+        if fresh[0] == pinned:
+            return pinned, f"the session stays on its tier ({fresh[1]})"
+        here, there = self._routes(pinned, requested, api), self._routes(fresh[0], requested, api)
+        if not here or not there or self.prices is None:
+            return pinned, "the session stays on its tier (keeps its prompt cache)"
+        cached_here = self.prices.cost(here[0].provider, here[0].upstream_model,
+                                       Usage(cache_read_tokens=context_tokens)).total
+        uncached_there = self.prices.cost(there[0].provider, there[0].upstream_model,
+                                          Usage(input_tokens=context_tokens)).total
+        if uncached_there < cached_here:
+            return fresh[0], (f"session moved from {pinned}: ${uncached_there:.4f} for the context uncached there "
+                              f"< ${cached_here:.4f} cached here ({fresh[1]})")
+        return pinned, (f"the session stays on its tier: moving to {fresh[0]} would cost ${uncached_there:.4f} "
+                        f"uncached vs ${cached_here:.4f} cached here")
+
+    def _pick_tier(self, facts: Facts) -> tuple[str, str] | None:
         for rule in self.settings.rules:
             if _matches(rule, facts):
                 return rule.tier, rule.describe()
