@@ -101,3 +101,12 @@ def test_the_packaged_model_loads_and_scores() -> None:
     quantiles = model.meta["score_quantiles"]
     assert quantiles[14] <= model.threshold <= quantiles[15]  # the 70th percentile: 30 % go to premium
     assert all(0.0 < model.score(p) < 1.0 for p in ("hi", "x" * 100_000, "Prove that √2 is irrational."))
+
+
+def test_premium_share_picks_the_threshold_from_the_models_quantiles() -> None:
+    model = Classifier.load()
+    quantiles = model.meta["score_quantiles"]
+    assert model.threshold_for_share(0.5) == pytest.approx(quantiles[10])
+    assert model.threshold_for_share(0.25) == pytest.approx((quantiles[15]))
+    assert quantiles[5] < model.threshold_for_share(0.7) < quantiles[7]
+    assert model.threshold_for_share(0.0) == quantiles[20]

@@ -190,3 +190,9 @@ def test_a_session_moves_down_only_when_that_pays_for_its_lost_cache(make_gatewa
     assert sent_model(live) == "llama-3.1-8b"
     moved = live.wait_rows(2)[1]["policy"]
     assert "session moved from premium" in moved and "rule kind=title" in moved
+
+
+def test_opted_in_keys_are_not_routed(make_gateway: Any) -> None:
+    live = make_gateway(ROUTING, keys={"premium": {"user": "carol", "team": "payments", "opt_in": True}})
+    ask(anthropic.Anthropic(base_url=live.url, api_key=live.keys["premium"], max_retries=0), "hi")
+    assert sent_model(live) == "claude-sonnet-4-5"

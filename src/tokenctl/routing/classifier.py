@@ -71,6 +71,17 @@ class Classifier:
         z = sum(self.weights.get(i, 0.0) for i in features(text)) + self.weights.get(LENGTH, 0.0) * length_value(text)
         return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
 
+    def threshold_for_share(self, premium_share: float) -> float:
+        """The threshold that sent ``premium_share`` of the training prompts to premium (from stored quantiles)."""
+        quantiles = (self.meta or {}).get("score_quantiles") or []
+        if len(quantiles) != 21:
+            raise ValueError("this router model has no score quantiles; set a threshold instead of premium_share")
+        position = (1 - premium_share) * 20
+        low = int(position)
+        if low >= 20:
+            return float(quantiles[20])
+        return float(quantiles[low] + (quantiles[low + 1] - quantiles[low]) * (position - low))
+
     def needs_premium(self, text: str) -> bool:
         return self.score(text) >= self.threshold
 

@@ -58,11 +58,14 @@ class Router:
         self.catalog = catalog
         self.classifier = classifier
         self.prices = prices
+        self.threshold = _threshold(settings, classifier)
         self._sessions: OrderedDict[str, str] = OrderedDict()
 
     def applies_to(self, requested_model: str, principal: Principal) -> bool:
+        """Routing is on, the model is a routed one, the key's team is routed and the key did not opt in."""
         s = self.settings
-        if not s.enabled or not any(fnmatch.fnmatchcase(requested_model, p) for p in s.routed_models):
+        if not s.enabled or principal.opt_in or not any(fnmatch.fnmatchcase(requested_model, p)
+                                                          for p in s.routed_models):
             return False
         return not s.teams or principal.team in s.teams
 
@@ -122,8 +125,7 @@ class Router:
             if _matches(rule, facts):
                 return rule.tier, rule.describe()
         if self.classifier is not None and self.settings.classifier is not None:
-            c = self.settings.classifier
-            threshold = c.threshold if c.threshold is not None else self.classifier.threshold
+            c, threshold = self.settings.classifier, self.threshold
             score = self.classifier.score(facts.text)
             if score >= threshold:
                 return c.premium_tier, f"classifier {score:.3f} >= {threshold:.3f}"
@@ -152,6 +154,17 @@ class Router:
         self._sessions.move_to_end(session)
         if len(self._sessions) > _MAX_SESSIONS:
             self._sessions.popitem(last=False)
+
+
+def _threshold(settings: RoutingConfig, classifier: Classifier | None) -> float:
+    c = settings.classifier
+    if classifier is None or c is None:
+        return 0.5
+    if c.threshold is not None:
+        return c.threshold
+    if c.premium_share is not None:
+        return classifier.threshold_for_share(c.premium_share)
+    return classifier.threshold
 
 
 def _matches(rule: RouteRule, facts: Facts) -> bool:

@@ -52,7 +52,8 @@ class RouteRule:
 class ClassifierSettings:
     cheap_tier: str
     premium_tier: str
-    threshold: float | None = None  # None: the packaged model's own threshold
+    threshold: float | None = None  # None: from premium_share, else the model's own threshold
+    premium_share: float | None = None  # the share of its training prompts the threshold sends to premium
     model_path: str | None = None
 
 
@@ -114,16 +115,18 @@ def _classifier(raw: Any) -> ClassifierSettings:
     where = "routing.classifier"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping")
-    reject_unknown(raw, {"cheap_tier", "premium_tier", "threshold", "model"}, where)
+    reject_unknown(raw, {"cheap_tier", "premium_tier", "threshold", "premium_share", "model"}, where)
     for key in ("cheap_tier", "premium_tier"):
         if not isinstance(raw.get(key), str):
             raise ConfigError(f"{where}.{key}: name a tier")
-    threshold = raw.get("threshold")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not 0 <= threshold <= 1):
-        raise ConfigError(f"{where}.threshold: a number from 0 to 1")
-    return ClassifierSettings(raw["cheap_tier"], raw["premium_tier"],
-                              None if threshold is None else float(threshold), raw.get("model"))
+    threshold, share = raw.get("threshold"), raw.get("premium_share")
+    for key, value in (("threshold", threshold), ("premium_share", share)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+            raise ConfigError(f"{where}.{key}: a number from 0 to 1")
+    if threshold is not None and share is not None:
+        raise ConfigError(f"{where}: set threshold or premium_share, not both")
+    return ClassifierSettings(raw["cheap_tier"], raw["premium_tier"], None if threshold is None else float(threshold),
+                              None if share is None else float(share), raw.get("model"))
 
 
 def _check_tier_names(config: RoutingConfig) -> None:
