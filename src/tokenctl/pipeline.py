@@ -220,7 +220,8 @@ async def _finish(call: Call) -> None:
     entry.duration_ms = (time.perf_counter() - call.started) * 1000
     meter = call.meter
     estimated_output = None
-    if entry.partial and meter is not None and not meter.output_known:
+    if meter is not None and not meter.output_known and (entry.partial or entry.status < 400):
+        # cut short, or a server that never reports stream usage (llama.cpp): estimated and marked so
         estimated_output = meter.estimated_output_tokens()
     try:
         settle(entry, call.upstream_dialect.extract_usage, call.gw.prices, call.body_size // 4, estimated_output)

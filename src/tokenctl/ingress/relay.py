@@ -176,7 +176,8 @@ async def _relay_stream(call: Call, resp: aiohttp.ClientResponse, injected_usage
             if call.translator is not None:
                 await _write(out, call.dialect.stream_error_event(meter.upstream_error, meter, call.request_id))
         elif call.translator is not None:
-            await _write(out, call.translator.finish(meter.raw_usage))
+            estimate = (call.body_size // 4, meter.estimated_output_tokens())  # what the ledger records then
+            await _write(out, call.translator.finish(meter.raw_usage, estimate))
         await out.write_eof()
     except _ClientGone:
         entry.outcome, entry.partial = "client_disconnected", True

@@ -161,6 +161,10 @@ class ChatStreamMeter(StreamMeter):
             return data.replace(dropped + b"\n\n", b"", 1)
         return data
 
+    def estimated_output_tokens(self) -> int:
+        """Chat servers send about one token per chunk (chunk sizes vary too much between servers for bytes)."""
+        return self.deltas
+
     def _first_chunk(self, event: bytes) -> None:
         match = _MODEL.search(event)
         if match:

@@ -287,8 +287,13 @@ class StreamTranslator:
                                                             "partial_json": function["arguments"]}})
         return out
 
-    def finish(self, usage: dict[str, Any] | None) -> bytes:
-        """The closing events, with the real usage (from the upstream's final chunk)."""
+    def finish(self, usage: dict[str, Any] | None, estimate: tuple[int, int] = (0, 0)) -> bytes:
+        """The closing events, with the real usage (the upstream's final chunk), else ``estimate`` (in, out).
+
+        Some servers never report usage in streams (llama.cpp): the estimate is what the ledger records too.
+        """
+        if usage is None:
+            usage = {"prompt_tokens": estimate[0], "completion_tokens": estimate[1]}
         out = bytearray()
         if not self.started:
             out += self._chunk({"choices": []})

@@ -234,7 +234,9 @@ class StreamTranslator:
                 self.finish_reason = _FINISH.get(reason, "stop")
         return b""
 
-    def finish(self, usage: dict[str, Any] | None) -> bytes:
+    def finish(self, usage: dict[str, Any] | None, estimate: tuple[int, int] = (0, 0)) -> bytes:
+        if usage is None:
+            usage = {"input_tokens": estimate[0], "output_tokens": estimate[1]}
         out = self._chunk({}, self.finish_reason)
         if self.include_usage:
             chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
