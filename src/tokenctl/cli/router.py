@@ -94,8 +94,12 @@ def _report(data: ev.Outcomes, summaries: list[ev.Summary], args: argparse.Names
         "weak_quality": round(sum(data.weak) / n, 4), "strong_quality": round(sum(data.strong) / n, 4),
         "routers": [s.as_dict() for s in summaries],
     }
-    if args.strong_cost is not None and args.weak_cost is not None:
-        report["endpoints"] = ev.endpoints(data, args.strong_cost, args.weak_cost)
+    costs = args.strong_cost is not None and args.weak_cost is not None
+    report["endpoints"] = ev.endpoints(data, args.strong_cost if costs else 1.0, args.weak_cost if costs else 0.0)
+    if not costs:
+        for row in report["endpoints"]:
+            row.pop("cost_per_prompt")
+    if costs:
         for row in report["routers"]:
             for key in ("cpt50", "cpt80"):
                 share = row[key]
@@ -124,8 +128,12 @@ def _print(report: dict[str, Any], fmt: str) -> None:
             row += [f"{r['saving_at_cpt50']:.1%}", f"{r['saving_at_cpt80']:.1%}"]
         rows.append(row)
     print(render_table(header, rows))
-    print("always weak: 0% strong calls, PGR 0; always strong: 100% strong calls, PGR 1. Random: mean of 100 seeds, "
-          "range across seeds. Savings are against always-strong.")
+    for end in report["endpoints"]:
+        cost = f", cost per prompt {end['cost_per_prompt']:g}" if "cost_per_prompt" in end else ""
+        print(f"{end['router']}: quality {end['quality']:.3f}, {end['strong_calls']:.0%} strong calls, "
+              f"PGR {end['strong_calls']:.0f}{cost}")
+    print("Random: mean of 100 seeds, 95% range across seeds; others: 95% bootstrap intervals. "
+          "Savings are against always-strong.")
 
 
 def _plot(path: str, data: ev.Outcomes, scored: dict[str, list[float]], args: argparse.Namespace) -> None:
