@@ -42,13 +42,8 @@ async def budget_board(budgets: Budgets, run: RunInDb, view: View, now: float) -
     rows.sort(key=lambda r: -r["used_percent"])
     rows = rows[:MAX_ROWS]
 
-    def project(db: sqlite3.Connection) -> None:
-        for row in rows[:BURN_DOWN_ROWS]:
-            rule, member, user = row["_key"]
-            if user is None and not rule.pool:
-                _add_projection(db, budgets, row, rule, member, now)
-
-    await run(project)
+    projected = [r for r in rows[:BURN_DOWN_ROWS] if r["_key"][2] is None and not r["_key"][0].pool]
+    await run(lambda db: _add_projections(db, budgets, projected, now))
     for row in rows:
         del row["_key"]
     return rows
@@ -66,7 +61,8 @@ def _members(db: sqlite3.Connection, rule: BudgetRule, budgets: Budgets, view: V
         visible = view.team is None or _in_team(db, column, rule.match, view.team)
         members = [(rule.match, None)] if visible else []
     else:
-        sql = f"SELECT DISTINCT {column} FROM rollup_daily WHERE day >= ? AND {column} != ''"
+        table = "rollup_team_daily" if column == "team" else "rollup_daily"
+        sql = f"SELECT DISTINCT {column} FROM {table} WHERE day >= ? AND {column} != ''"
         params: list[Any] = [start_day]
         if view.team is not None:
             sql += " AND team = ?"
@@ -91,24 +87,47 @@ def _window_start(rule: BudgetRule, budgets: Budgets, now: float) -> datetime:
     return datetime.fromtimestamp(current_window(rule.period, now, budgets.tz).start, budgets.tz)
 
 
-def _add_projection(db: sqlite3.Connection, budgets: Budgets, row: dict[str, Any], rule: BudgetRule, member: str,
-                    now: float) -> None:
-    """Cumulative spend per day since the window began, and when the limit is reached at this pace."""
-    start = _window_start(rule, budgets, now)
-    local_now = datetime.fromtimestamp(now, budgets.tz)
-    if rule.period.kind != "lifetime":
-        sql = "SELECT day, SUM(cost_nanousd) FROM rollup_daily WHERE day >= ?"
-        params: list[Any] = [start.date().isoformat()]
-        if rule.scope != "org":
-            sql += f" AND {_SCOPE_COLUMNS[rule.scope]} = ?"
-            params.append(member)
-        running, points = 0, []
-        for day, nanos in db.execute(sql + " GROUP BY day ORDER BY day", params):
-            running += nanos or 0
-            points.append({"day": day, "cumulative_usd": usd(running)})
-        row["burn_down"] = points
+def _add_projections(db: sqlite3.Connection, budgets: Budgets, rows: list[dict[str, Any]], now: float) -> None:
+    """Burn-down (cumulative spend per day) and exhaustion date, one query per budget for all its members."""
+    by_rule: dict[BudgetRule, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_rule.setdefault(row["_key"][0], []).append(row)
+    for rule, members in by_rule.items():
+        curves = _daily_spend(db, budgets, rule, [r["_key"][1] for r in members], now)
+        for row in members:
+            _project(row, rule, curves.get(row["_key"][1], []), _window_start(rule, budgets, now),
+                     datetime.fromtimestamp(now, budgets.tz))
+
+
+def _daily_spend(db: sqlite3.Connection, budgets: Budgets, rule: BudgetRule, members: list[str],
+                 now: float) -> dict[str, list[tuple[str, int]]]:
+    if rule.period.kind == "lifetime":
+        return {}
+    start_day = _window_start(rule, budgets, now).date().isoformat()
+    column = "'org'" if rule.scope == "org" else _SCOPE_COLUMNS[rule.scope]
+    table = "rollup_team_daily" if rule.scope in ("org", "team") else "rollup_daily"
+    sql = f"SELECT {column}, day, SUM(cost_nanousd) FROM {table} WHERE day >= ?"
+    params: list[Any] = [start_day]
+    if rule.scope != "org":
+        sql += f" AND {column} IN ({', '.join('?' * len(members))})"
+        params += members
+    curves: dict[str, list[tuple[str, int]]] = {}
+    for member, day, nanos in db.execute(sql + " GROUP BY 1, 2 ORDER BY 1, 2", params):
+        curves.setdefault(member, []).append((day, nanos or 0))
+    return curves
+
+
+def _project(row: dict[str, Any], rule: BudgetRule, spend: list[tuple[str, int]], start: datetime,
+             now: datetime) -> None:
+    if rule.period.kind == "lifetime":
+        row["projected_exhaustion"] = None
+        return
+    running, points = 0, []
+    for day, nanos in spend:
+        running += nanos
+        points.append({"day": day, "cumulative_usd": usd(running)})
+    row["burn_down"] = points
     resets = datetime.fromisoformat(row["resets_at"]) if row["resets_at"] else None
     spent = Decimal(row["spent_usd"]) + Decimal(row["reserved_usd"])
-    when = exhaustion(Decimal(row["limit_usd"]), spent, start, local_now, resets) if rule.period.kind != "lifetime" \
-        else None
+    when = exhaustion(Decimal(row["limit_usd"]), spent, start, now, resets)
     row["projected_exhaustion"] = None if when is None else when.isoformat(timespec="minutes")

@@ -41,6 +41,13 @@ class View:
             filters["team"] = self.team  # a viewer's own team, whatever was asked
         return filters
 
+    def table(self, by: str | None = None) -> str:
+        """The small day × team × model rollup when it can answer, else the one with every dimension."""
+        coarse = {"team", "model"}
+        if set(self.narrowed()) <= coarse and (by is None or by in coarse | {"day"}):
+            return "rollup_team_daily"
+        return "rollup_daily"
+
     def rollup_where(self) -> tuple[str, list[Any]]:
         """WHERE clause over rollup_daily (dimensions stored with '' for none)."""
         clauses, params = ["1 = 1"], []
@@ -79,9 +86,10 @@ _SUMS = """SUM(requests), SUM(errors), SUM(input_tokens), SUM(cache_read_tokens)
            SUM(policy_saved_nanousd), SUM(routing_saved_nanousd), SUM(unpriced), SUM(blocked), SUM(duration_ms)"""
 
 
-def _measures(values: tuple[Any, ...]) -> dict[str, Any]:
+def _measures(raw: tuple[Any, ...]) -> dict[str, Any]:
+    values = tuple(v or 0 for v in raw)
     (requests, errors, inp, read, write, out, reasoning, cost, uncached, policy, routing, unpriced, blocked,
-     duration) = (v or 0 for v in values)
+     duration) = values
     prompt = inp + read + write
     return {
         "requests": requests, "errors": errors, "blocked": blocked, "unpriced_requests": unpriced,
@@ -91,12 +99,13 @@ def _measures(values: tuple[Any, ...]) -> dict[str, Any]:
         "cost_usd": usd(cost), "cost_nanousd": cost,
         "cache_saved_usd": usd(uncached - cost), "policy_saved_usd": usd(policy), "routing_saved_usd": usd(routing),
         "avg_latency_ms": round(duration / requests, 1) if requests else 0.0,
+        "_sums": values,  # the raw column sums, so rows can be added up exactly
     }
 
 
 def totals(db: sqlite3.Connection, view: View) -> dict[str, Any]:
     where, params = view.rollup_where()
-    return _measures(db.execute(f"SELECT {_SUMS} FROM rollup_daily WHERE {where}", params).fetchone())
+    return _measures(db.execute(f"SELECT {_SUMS} FROM {view.table()} WHERE {where}", params).fetchone())
 
 
 def breakdown(db: sqlite3.Connection, view: View, by: str, limit: int = 500) -> list[dict[str, Any]]:
@@ -106,8 +115,28 @@ def breakdown(db: sqlite3.Connection, view: View, by: str, limit: int = 500) -> 
     column = DIMENSIONS[by]
     where, params = view.rollup_where()
     order = "grp" if by == "day" else "SUM(cost_nanousd) DESC, grp"
-    sql = f"SELECT {column} AS grp, {_SUMS} FROM rollup_daily WHERE {where} GROUP BY grp ORDER BY {order} LIMIT ?"
+    sql = (f"SELECT {column} AS grp, {_SUMS} FROM {view.table(by)} WHERE {where} GROUP BY grp ORDER BY {order}"
+           " LIMIT ?")
     return [{"group": row[0], **_measures(row[1:])} for row in db.execute(sql, [*params, limit])]
+
+
+def breakdown_with_total(db: sqlite3.Connection, view: View, by: str,
+                         limit: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The breakdown and its total; the total is summed from the rows when none were cut off."""
+    rows = breakdown(db, view, by, limit + 1)
+    if len(rows) <= limit:
+        return rows, _sum_rows(rows)
+    return rows[:limit], totals(db, view)
+
+
+def _sum_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    width = len(_SUMS.split(","))
+    return _measures(tuple(sum(r["_sums"][i] for r in rows) for i in range(width)))
+
+
+def public(row: dict[str, Any]) -> dict[str, Any]:
+    """A row without its internal fields."""
+    return {k: v for k, v in row.items() if not k.startswith("_")}
 
 
 def daily(db: sqlite3.Connection, view: View) -> dict[str, dict[str, Any]]:

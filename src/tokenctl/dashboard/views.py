@@ -258,9 +258,9 @@ async def _breakdown(dash: Dashboard, request: web.Request, viewer: Viewer, rest
     view = view_of(request, viewer, dash.now().date())
     by = request.query.get("by", "team")
     limit = _limit(request, 500)
-    rows = await dash.reader.run(lambda db: queries.breakdown(db, view, by, limit))
-    total = await dash.reader.run(lambda db: queries.totals(db, view))
-    return {"by": by, "start": str(view.start), "end": str(view.end), "rows": rows, "total": total}
+    rows, total = await dash.reader.run(lambda db: queries.breakdown_with_total(db, view, by, limit))
+    return {"by": by, "start": str(view.start), "end": str(view.end), "rows": [queries.public(r) for r in rows],
+            "total": queries.public(total)}
 
 
 async def _concentration(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:
