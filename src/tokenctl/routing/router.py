@@ -62,12 +62,12 @@ class Router:
         self._sessions: OrderedDict[str, str] = OrderedDict()
 
     def applies_to(self, requested_model: str, principal: Principal) -> bool:
-        """Routing is on, the model is a routed one, the key's team is routed and the key did not opt in."""
+        """Routing is on, the model is a routed one, the key's team and project are routed, it did not opt in."""
         s = self.settings
         if not s.enabled or principal.opt_in or not any(fnmatch.fnmatchcase(requested_model, p)
                                                           for p in s.routed_models):
             return False
-        return not s.teams or principal.team in s.teams
+        return (not s.teams or principal.team in s.teams) and (not s.projects or principal.project in s.projects)
 
     def choose(self, requested: Route, api: str, facts: Facts) -> Decision | None:
         """None: serve the route asked for (routing off for this request, or no tier can serve it)."""

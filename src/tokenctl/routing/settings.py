@@ -3,6 +3,7 @@
     routing:
       routed_models: [auto, claude-sonnet-4-5]   # requests for these names (or globs) are routed
       teams: [payments]                          # optional: only these teams are routed
+      projects: [checkout]                       # optional: only these projects are routed
       tiers:
         economy: {models: [claude-haiku-4-5, local/llama-3.1-8b], escalate_to: premium}
         premium: {models: [claude-sonnet-4-5]}
@@ -62,6 +63,7 @@ class RoutingConfig:
     tiers: dict[str, Tier] = field(default_factory=dict)
     routed_models: tuple[str, ...] = ()
     teams: tuple[str, ...] = ()
+    projects: tuple[str, ...] = ()
     rules: tuple[RouteRule, ...] = ()
     classifier: ClassifierSettings | None = None
     default_tier: str | None = None
@@ -74,8 +76,8 @@ class RoutingConfig:
 
 def parse_routing(raw: dict[str, Any]) -> RoutingConfig:
     where = "routing"
-    reject_unknown(raw, {"tiers", "routed_models", "teams", "rules", "classifier", "default_tier", "sticky_sessions"},
-                   where)
+    reject_unknown(raw, {"tiers", "routed_models", "teams", "projects", "rules", "classifier", "default_tier",
+                         "sticky_sessions"}, where)
     if not raw:
         return RoutingConfig()
     tiers = {name: _tier(name, spec) for name, spec in section(raw, "tiers").items()}
@@ -83,8 +85,9 @@ def parse_routing(raw: dict[str, Any]) -> RoutingConfig:
         raise ConfigError("routing.tiers: define at least one tier")
     rules = tuple(_rule(r, i) for i, r in enumerate(raw.get("rules") or []))
     classifier = _classifier(raw["classifier"]) if raw.get("classifier") else None
-    config = RoutingConfig(tiers, string_list(raw, "routed_models", where), string_list(raw, "teams", where), rules,
-                           classifier, raw.get("default_tier"), bool(raw.get("sticky_sessions", True)))
+    config = RoutingConfig(tiers, string_list(raw, "routed_models", where), string_list(raw, "teams", where),
+                           string_list(raw, "projects", where), rules, classifier, raw.get("default_tier"),
+                           bool(raw.get("sticky_sessions", True)))
     _check_tier_names(config)
     return config
 
