@@ -160,12 +160,12 @@ def test_models_and_teams_outside_routing_pass_through(make_gateway: Any) -> Non
     other = make_gateway(ROUTING)
     ask(claude(other), "hi", model="claude-opus-4-5")
     assert sent_model(other) == "claude-opus-4-5"
-    project = make_gateway({**ROUTING, "routing": {**ROUTING["routing"], "projects": ["checkout"]}})
+    project = make_gateway({**ROUTING, "routing": {**ROUTING["routing"], "projects": ["checkout"]}},
+                           keys={"mobile": {"user": "dan", "team": "payments", "project": "mobile"}})
     ask(claude(project), "hi")  # the standard key's project is checkout: routed
     assert sent_model(project) == "claude-haiku-4-5"
-    ask(anthropic.Anthropic(base_url=project.url, api_key=project.keys["limited"], max_retries=0), "hi",
-        model="claude-haiku-4-5")  # project site: not routed (and the model is not a routed one anyway)
-    assert sent_model(project) == "claude-haiku-4-5"
+    ask(anthropic.Anthropic(base_url=project.url, api_key=project.keys["mobile"], max_retries=0), "hi")
+    assert sent_model(project) == "claude-sonnet-4-5"  # project mobile: served as asked
 
 
 @pytest.mark.parametrize("routing, message", [
