@@ -155,10 +155,11 @@ def test_rollups_equal_the_requests_table(seeded: Seeded) -> None:
     db.close()
 
 
-def test_the_team_rollup_equals_the_requests_table(seeded: Seeded) -> None:
+def test_the_people_rollup_equals_the_requests_table(seeded: Seeded) -> None:
     db = sqlite3.connect(seeded.live.db_path)
-    detail = db.execute("SELECT day, COALESCE(team, ''), COALESCE(model, ''), SUM(cost_nanousd), COUNT(*)"
-                        " FROM requests GROUP BY 1, 2, 3 ORDER BY 1, 2, 3").fetchall()
-    rolled = db.execute("SELECT day, team, model, cost_nanousd, requests FROM rollup_team_daily ORDER BY 1, 2, 3")
+    detail = db.execute("SELECT day, COALESCE(team, ''), COALESCE(user, ''), COALESCE(model, ''), SUM(cost_nanousd),"
+                        " COUNT(*) FROM requests GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4").fetchall()
+    rolled = db.execute("SELECT day, team, user, model, cost_nanousd, requests FROM rollup_people_daily"
+                        " ORDER BY 1, 2, 3, 4")
     assert detail == rolled.fetchall()
     db.close()

@@ -42,10 +42,10 @@ class View:
         return filters
 
     def table(self, by: str | None = None) -> str:
-        """The small day × team × model rollup when it can answer, else the one with every dimension."""
-        coarse = {"team", "model"}
+        """The smaller day × team × user × model rollup when it can answer, else the one with every dimension."""
+        coarse = {"team", "user", "model"}
         if set(self.narrowed()) <= coarse and (by is None or by in coarse | {"day"}):
-            return "rollup_team_daily"
+            return "rollup_people_daily"
         return "rollup_daily"
 
     def rollup_where(self) -> tuple[str, list[Any]]:
@@ -148,7 +148,7 @@ def concentration(db: sqlite3.Connection, view: View, top: int = 10) -> dict[str
     """How concentrated spend is across users: the top 20 %'s share, the Lorenz curve and a leaderboard."""
     where, params = view.rollup_where()
     rows = db.execute(
-        f"SELECT user, MAX(team), SUM(requests), SUM(cost_nanousd) FROM rollup_daily WHERE {where}"
+        f"SELECT user, MAX(team), SUM(requests), SUM(cost_nanousd) FROM {view.table('user')} WHERE {where}"
         " GROUP BY user ORDER BY SUM(cost_nanousd) DESC, user", params
     ).fetchall()
     total = sum(r[3] or 0 for r in rows)

@@ -244,36 +244,36 @@ def m005_rollups(db: sqlite3.Connection) -> None:
     rebuild_sessions(db)
 
 
-TEAM_DIMENSIONS = ("day", "team", "model")
+PEOPLE_DIMENSIONS = ("day", "team", "user", "model")
 
 
-def _team_daily_trigger_sql() -> str:
-    """Add one new requests row (NEW) to its rollup_team_daily cell."""
+def _people_daily_trigger_sql() -> str:
+    """Add one new requests row (NEW) to its rollup_people_daily cell."""
     dims = _dimension_values("NEW")
-    values = [*(dims[d] for d in TEAM_DIMENSIONS), *_measure_values("NEW").values()]
+    values = [*(dims[d] for d in PEOPLE_DIMENSIONS), *_measure_values("NEW").values()]
     updates = ", ".join(f"{m} = {m} + excluded.{m}" for m in ROLLUP_MEASURES)
-    return (f"INSERT INTO rollup_team_daily ({', '.join((*TEAM_DIMENSIONS, *ROLLUP_MEASURES))})"
-            f" VALUES ({', '.join(values)}) ON CONFLICT ({', '.join(TEAM_DIMENSIONS)}) DO UPDATE SET {updates}")
+    return (f"INSERT INTO rollup_people_daily ({', '.join((*PEOPLE_DIMENSIONS, *ROLLUP_MEASURES))})"
+            f" VALUES ({', '.join(values)}) ON CONFLICT ({', '.join(PEOPLE_DIMENSIONS)}) DO UPDATE SET {updates}")
 
 
-def m006_team_rollup(db: sqlite3.Connection) -> None:
-    """A small rollup by day, team and model for the overview (the daily rollup has every dimension and
-    grows to millions of rows; this one to a few thousand a month). Built from rollup_daily."""
+def m006_people_rollup(db: sqlite3.Connection) -> None:
+    """A smaller rollup by day, team, user and model for the overview, budgets and per-user views (the daily
+    rollup has every dimension and grows to millions of rows; this one to about users × models a day)."""
     measures = ", ".join(f"{m} {'REAL' if m == 'duration_ms' else 'INTEGER'} NOT NULL DEFAULT 0"
                          for m in ROLLUP_MEASURES)
-    dims = ", ".join(f"{d} TEXT NOT NULL" for d in TEAM_DIMENSIONS)
-    db.execute(f"CREATE TABLE rollup_team_daily ({dims}, {measures}, PRIMARY KEY ({', '.join(TEAM_DIMENSIONS)}))"
+    dims = ", ".join(f"{d} TEXT NOT NULL" for d in PEOPLE_DIMENSIONS)
+    db.execute(f"CREATE TABLE rollup_people_daily ({dims}, {measures}, PRIMARY KEY ({', '.join(PEOPLE_DIMENSIONS)}))"
                " WITHOUT ROWID")
-    rebuild_team_daily(db)
+    rebuild_people_daily(db)
     db.execute("DROP TRIGGER requests_rollup")
     db.execute(f"CREATE TRIGGER requests_rollup AFTER INSERT ON requests WHEN NEW.day IS NOT NULL BEGIN"
-               f" {_daily_trigger_sql()}; {_team_daily_trigger_sql()}; {_session_trigger_sql()}; END")
+               f" {_daily_trigger_sql()}; {_people_daily_trigger_sql()}; {_session_trigger_sql()}; END")
 
 
-def rebuild_team_daily(db: sqlite3.Connection) -> None:
+def rebuild_people_daily(db: sqlite3.Connection) -> None:
     sums = ", ".join(f"SUM({m})" for m in ROLLUP_MEASURES)
-    db.execute(f"INSERT INTO rollup_team_daily ({', '.join((*TEAM_DIMENSIONS, *ROLLUP_MEASURES))})"
-               f" SELECT {', '.join(TEAM_DIMENSIONS)}, {sums} FROM rollup_daily GROUP BY {', '.join(TEAM_DIMENSIONS)}")
+    db.execute(f"INSERT INTO rollup_people_daily ({', '.join((*PEOPLE_DIMENSIONS, *ROLLUP_MEASURES))})"
+               f" SELECT {', '.join(PEOPLE_DIMENSIONS)}, {sums} FROM rollup_daily GROUP BY {', '.join(PEOPLE_DIMENSIONS)}")
 
 
 def _session_trigger_sql() -> str:
@@ -318,7 +318,7 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 MIGRATIONS: list[Migration] = [m001_create_keys, m002_create_requests, m003_index_requests, m004_enforcement,
-                               m005_rollups, m006_team_rollup]
+                               m005_rollups, m006_people_rollup]
 
 
 def applied(db: sqlite3.Connection) -> list[str]:
