@@ -37,7 +37,7 @@ from tokenctl.cli.progress import Progress  # noqa: E402
 from tokenctl.config import parse_config  # noqa: E402
 from tokenctl.identity.keys import create_key  # noqa: E402
 from tokenctl.ledger.db import connect, transaction  # noqa: E402
-from tokenctl.ledger.migrations import rebuild_daily, rebuild_sessions, rebuild_people_daily  # noqa: E402
+from tokenctl.ledger.migrations import SMALL_ROLLUPS, rebuild_daily, rebuild_sessions, rebuild_small_rollups  # noqa: E402
 from tokenctl.ledger.record import INSERT_SQL, to_row  # noqa: E402
 from tokenctl.testing.synthetic import synthetic_entries  # noqa: E402
 
@@ -72,10 +72,10 @@ def fill(path: str, rows: int) -> dict[str, float]:
     inserted = time.monotonic() - started
     started = time.monotonic()
     with transaction(db):
-        for table in ("rollup_daily", "rollup_people_daily", "rollup_sessions"):
+        for table in ("rollup_daily", *SMALL_ROLLUPS, "rollup_sessions"):
             db.execute(f"DELETE FROM {table}")
         rebuild_daily(db)
-        rebuild_people_daily(db)
+        rebuild_small_rollups(db)
         rebuild_sessions(db)
         db.execute(trigger)
     rebuilt = time.monotonic() - started

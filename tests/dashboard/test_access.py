@@ -155,11 +155,13 @@ def test_rollups_equal_the_requests_table(seeded: Seeded) -> None:
     db.close()
 
 
-def test_the_people_rollup_equals_the_requests_table(seeded: Seeded) -> None:
+@pytest.mark.parametrize("table, columns", [("rollup_team_model_daily", ("team", "model")),
+                                            ("rollup_user_daily", ("team", "user"))])
+def test_the_small_rollups_equal_the_requests_table(seeded: Seeded, table: str, columns: tuple[str, str]) -> None:
     db = sqlite3.connect(seeded.live.db_path)
-    detail = db.execute("SELECT day, COALESCE(team, ''), COALESCE(user, ''), COALESCE(model, ''), SUM(cost_nanousd),"
-                        " COUNT(*) FROM requests GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4").fetchall()
-    rolled = db.execute("SELECT day, team, user, model, cost_nanousd, requests FROM rollup_people_daily"
-                        " ORDER BY 1, 2, 3, 4")
+    a, b = columns
+    detail = db.execute(f"SELECT day, COALESCE({a}, ''), COALESCE({b}, ''), SUM(cost_nanousd), COUNT(*),"
+                        f" SUM(output_tokens) FROM requests GROUP BY 1, 2, 3 ORDER BY 1, 2, 3").fetchall()
+    rolled = db.execute(f"SELECT day, {a}, {b}, cost_nanousd, requests, output_tokens FROM {table} ORDER BY 1, 2, 3")
     assert detail == rolled.fetchall()
     db.close()

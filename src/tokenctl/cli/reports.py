@@ -24,7 +24,7 @@ from tokenctl.dashboard import queries
 from tokenctl.dashboard.budgets import budget_board
 from tokenctl.dashboard.overview import overview
 from tokenctl.ledger.db import connect, transaction
-from tokenctl.ledger.migrations import rebuild_daily, rebuild_sessions, rebuild_people_daily
+from tokenctl.ledger.migrations import SMALL_ROLLUPS, rebuild_daily, rebuild_sessions, rebuild_small_rollups
 from tokenctl.policy.budget import Budgets
 from tokenctl.policy.manage import combined_rules
 from tokenctl.policy.seed import ledger_seeds
@@ -147,12 +147,12 @@ def rebuild_rollups(config: Config) -> int:
                                            " ORDER BY 1")]
         progress = Progress("rebuild rollups", len(months) + 1)
         with transaction(db):
-            for table in ("rollup_daily", "rollup_people_daily", "rollup_sessions"):
+            for table in ("rollup_daily", *SMALL_ROLLUPS, "rollup_sessions"):
                 db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
             for month in months:
                 rebuild_daily(db, "AND r.day >= ? AND r.day < ?", (f"{month}-01", f"{month}-32"))
                 progress.advance()
-            rebuild_people_daily(db)
+            rebuild_small_rollups(db)
             rebuild_sessions(db)
             progress.finish()
         print(f"rebuilt rollups for {len(months)} month(s)", file=sys.stderr)

@@ -12,6 +12,8 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
+from tokenctl.ledger.migrations import SMALL_ROLLUPS
+
 # Breakdown dimensions: the rollup column for each.
 DIMENSIONS = {"team": "team", "user": "user", "project": "project", "model": "model", "tool": "tool",
               "key": "key_id", "provider": "provider", "day": "day"}
@@ -42,10 +44,11 @@ class View:
         return filters
 
     def table(self, by: str | None = None) -> str:
-        """The smaller day × team × user × model rollup when it can answer, else the one with every dimension."""
-        coarse = {"team", "user", "model"}
-        if set(self.narrowed()) <= coarse and (by is None or by in coarse | {"day"}):
-            return "rollup_people_daily"
+        """The smallest rollup that has every dimension this query filters or groups by."""
+        needed = set(self.narrowed()) | ({by} if by and by != "day" else set())
+        for table, columns in SMALL_ROLLUPS.items():
+            if needed <= set(columns):
+                return table
         return "rollup_daily"
 
     def rollup_where(self) -> tuple[str, list[Any]]:

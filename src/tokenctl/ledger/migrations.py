@@ -244,36 +244,40 @@ def m005_rollups(db: sqlite3.Connection) -> None:
     rebuild_sessions(db)
 
 
-PEOPLE_DIMENSIONS = ("day", "team", "user", "model")
+# Small rollups for the pages everyone opens: {table: its dimensions}. The all-dimension rollup_daily grows
+# to millions of rows; these to about (teams × models) and (users) rows a day.
+SMALL_ROLLUPS = {"rollup_team_model_daily": ("day", "team", "model"), "rollup_user_daily": ("day", "team", "user")}
 
 
-def _people_daily_trigger_sql() -> str:
-    """Add one new requests row (NEW) to its rollup_people_daily cell."""
-    dims = _dimension_values("NEW")
-    values = [*(dims[d] for d in PEOPLE_DIMENSIONS), *_measure_values("NEW").values()]
+def _small_trigger_sql(table: str) -> str:
+    """Add one new requests row (NEW) to its cell of a small rollup."""
+    dims, columns = _dimension_values("NEW"), SMALL_ROLLUPS[table]
+    values = [*(dims[d] for d in columns), *_measure_values("NEW").values()]
     updates = ", ".join(f"{m} = {m} + excluded.{m}" for m in ROLLUP_MEASURES)
-    return (f"INSERT INTO rollup_people_daily ({', '.join((*PEOPLE_DIMENSIONS, *ROLLUP_MEASURES))})"
-            f" VALUES ({', '.join(values)}) ON CONFLICT ({', '.join(PEOPLE_DIMENSIONS)}) DO UPDATE SET {updates}")
+    return (f"INSERT INTO {table} ({', '.join((*columns, *ROLLUP_MEASURES))})"
+            f" VALUES ({', '.join(values)}) ON CONFLICT ({', '.join(columns)}) DO UPDATE SET {updates}")
 
 
-def m006_people_rollup(db: sqlite3.Connection) -> None:
-    """A smaller rollup by day, team, user and model for the overview, budgets and per-user views (the daily
-    rollup has every dimension and grows to millions of rows; this one to about users × models a day)."""
+def m006_small_rollups(db: sqlite3.Connection) -> None:
+    """Rollups by day × team × model (overview, savings, team budgets) and day × team × user (per-user views)."""
     measures = ", ".join(f"{m} {'REAL' if m == 'duration_ms' else 'INTEGER'} NOT NULL DEFAULT 0"
                          for m in ROLLUP_MEASURES)
-    dims = ", ".join(f"{d} TEXT NOT NULL" for d in PEOPLE_DIMENSIONS)
-    db.execute(f"CREATE TABLE rollup_people_daily ({dims}, {measures}, PRIMARY KEY ({', '.join(PEOPLE_DIMENSIONS)}))"
-               " WITHOUT ROWID")
-    rebuild_people_daily(db)
+    for table, columns in SMALL_ROLLUPS.items():
+        dims = ", ".join(f"{d} TEXT NOT NULL" for d in columns)
+        db.execute(f"CREATE TABLE {table} ({dims}, {measures}, PRIMARY KEY ({', '.join(columns)})) WITHOUT ROWID")
+    rebuild_small_rollups(db)
     db.execute("DROP TRIGGER requests_rollup")
+    small = "; ".join(_small_trigger_sql(t) for t in SMALL_ROLLUPS)
     db.execute(f"CREATE TRIGGER requests_rollup AFTER INSERT ON requests WHEN NEW.day IS NOT NULL BEGIN"
-               f" {_daily_trigger_sql()}; {_people_daily_trigger_sql()}; {_session_trigger_sql()}; END")
+               f" {_daily_trigger_sql()}; {small}; {_session_trigger_sql()}; END")
 
 
-def rebuild_people_daily(db: sqlite3.Connection) -> None:
+def rebuild_small_rollups(db: sqlite3.Connection) -> None:
+    """Fill the small rollups from rollup_daily (which must be complete)."""
     sums = ", ".join(f"SUM({m})" for m in ROLLUP_MEASURES)
-    db.execute(f"INSERT INTO rollup_people_daily ({', '.join((*PEOPLE_DIMENSIONS, *ROLLUP_MEASURES))})"
-               f" SELECT {', '.join(PEOPLE_DIMENSIONS)}, {sums} FROM rollup_daily GROUP BY {', '.join(PEOPLE_DIMENSIONS)}")
+    for table, columns in SMALL_ROLLUPS.items():
+        db.execute(f"INSERT INTO {table} ({', '.join((*columns, *ROLLUP_MEASURES))})"
+                   f" SELECT {', '.join(columns)}, {sums} FROM rollup_daily GROUP BY {', '.join(columns)}")
 
 
 def _session_trigger_sql() -> str:
@@ -318,7 +322,7 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 MIGRATIONS: list[Migration] = [m001_create_keys, m002_create_requests, m003_index_requests, m004_enforcement,
-                               m005_rollups, m006_people_rollup]
+                               m005_rollups, m006_small_rollups]
 
 
 def applied(db: sqlite3.Connection) -> list[str]:
