@@ -378,7 +378,7 @@ async function requestDetail(id, params) {
 function budgetTable(rows) {
   return table([
     { title: "budget", render: (r) => r.budget },
-    { title: "scope", render: (r) => `${r.scope} ${r.member}` },
+    { title: "scope", render: (r) => r.scope === "org" ? "whole organisation" : `${r.scope} ${r.member}` },
     { title: "period", render: (r) => r.period },
     { title: "action", render: (r) => r.action },
     { title: "used", render: (r) => shareBar(r.used_percent / 100, r.used_percent >= 100 ? "over"
