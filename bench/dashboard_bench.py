@@ -120,7 +120,8 @@ def time_calls(path: str) -> dict[str, object]:
     started = time.monotonic()
     server = ServerThread(create_app(config, clock=lambda: NOW)).start()
     startup = time.monotonic() - started
-    calls = ["overview", "breakdown?by=team", "breakdown?by=user", "breakdown?by=model", "concentration", "savings",
+    calls = ["overview", "breakdown?by=team", "breakdown?by=user", "breakdown?by=model", "breakdown?by=project",
+             "breakdown?by=tool", "concentration", "savings",
              "sessions", "requests", "budgets"]
     out: dict[str, object] = {"gateway_startup_seconds": round(startup, 2)}
     for who, key in (("admin", ADMIN), ("viewer", viewer)):

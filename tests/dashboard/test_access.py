@@ -155,13 +155,15 @@ def test_rollups_equal_the_requests_table(seeded: Seeded) -> None:
     db.close()
 
 
-@pytest.mark.parametrize("table, columns", [("rollup_team_model_daily", ("team", "model")),
+@pytest.mark.parametrize("table, columns", [("rollup_team_daily", ("team", "model")),
+                                            ("rollup_team_daily", ("project", "tool")),
                                             ("rollup_user_daily", ("team", "user"))])
 def test_the_small_rollups_equal_the_requests_table(seeded: Seeded, table: str, columns: tuple[str, str]) -> None:
     db = sqlite3.connect(seeded.live.db_path)
     a, b = columns
     detail = db.execute(f"SELECT day, COALESCE({a}, ''), COALESCE({b}, ''), SUM(cost_nanousd), COUNT(*),"
                         f" SUM(output_tokens) FROM requests GROUP BY 1, 2, 3 ORDER BY 1, 2, 3").fetchall()
-    rolled = db.execute(f"SELECT day, {a}, {b}, cost_nanousd, requests, output_tokens FROM {table} ORDER BY 1, 2, 3")
+    rolled = db.execute(f"SELECT day, {a}, {b}, SUM(cost_nanousd), SUM(requests), SUM(output_tokens) FROM {table}"
+                        " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
     assert detail == rolled.fetchall()
     db.close()

@@ -61,7 +61,7 @@ def _members(db: sqlite3.Connection, rule: BudgetRule, budgets: Budgets, view: V
         visible = view.team is None or _in_team(db, column, rule.match, view.team)
         members = [(rule.match, None)] if visible else []
     else:
-        table = {"team": "rollup_team_model_daily", "user": "rollup_user_daily"}.get(column, "rollup_daily")
+        table = {"team": "rollup_team_daily", "user": "rollup_user_daily"}.get(column, "rollup_daily")
         sql = f"SELECT DISTINCT {column} FROM {table} WHERE day >= ? AND {column} != ''"
         params: list[Any] = [start_day]
         if view.team is not None:
@@ -105,7 +105,7 @@ def _daily_spend(db: sqlite3.Connection, budgets: Budgets, rule: BudgetRule, mem
         return {}
     start_day = _window_start(rule, budgets, now).date().isoformat()
     column = "'org'" if rule.scope == "org" else _SCOPE_COLUMNS[rule.scope]
-    table = {"org": "rollup_team_model_daily", "team": "rollup_team_model_daily",
+    table = {"org": "rollup_team_daily", "team": "rollup_team_daily",
              "user": "rollup_user_daily"}.get(rule.scope, "rollup_daily")
     sql = f"SELECT {column}, day, SUM(cost_nanousd) FROM {table} WHERE day >= ?"
     params: list[Any] = [start_day]

@@ -245,8 +245,11 @@ def m005_rollups(db: sqlite3.Connection) -> None:
 
 
 # Small rollups for the pages everyone opens: {table: its dimensions}. The all-dimension rollup_daily grows
-# to millions of rows; these to about (teams × models) and (users) rows a day.
-SMALL_ROLLUPS = {"rollup_team_model_daily": ("day", "team", "model"), "rollup_user_daily": ("day", "team", "user")}
+# to millions of rows (users × keys × …); these to about teams × projects × tools × models, and users, a day.
+SMALL_ROLLUPS = {
+    "rollup_team_daily": ("day", "team", "project", "tool", "provider", "model"),
+    "rollup_user_daily": ("day", "team", "user"),
+}
 
 
 def _small_trigger_sql(table: str) -> str:
@@ -259,7 +262,7 @@ def _small_trigger_sql(table: str) -> str:
 
 
 def m006_small_rollups(db: sqlite3.Connection) -> None:
-    """Rollups by day × team × model (overview, savings, team budgets) and day × team × user (per-user views)."""
+    """Rollups without users and keys (overview, breakdowns, savings, team budgets) and by user (per-user views)."""
     measures = ", ".join(f"{m} {'REAL' if m == 'duration_ms' else 'INTEGER'} NOT NULL DEFAULT 0"
                          for m in ROLLUP_MEASURES)
     for table, columns in SMALL_ROLLUPS.items():
