@@ -89,9 +89,25 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return t.user + t.system
 
 
+# Every stage on the request path busy, nothing blocking: a team budget (reserve and settle on each request),
+# a model policy (effort clamp checked) and routing (every request goes through the tier choice).
+GOVERNED = """budgets:
+  - {name: team-monthly, scope: team, limit_usd: 1000000}
+policies:
+  - {name: org, scope: org, max_effort: high}
+routing:
+  routed_models: [claude-sonnet-4-5]
+  tiers: {premium: {models: [claude-sonnet-4-5]}}
+  rules: [{tier: premium, kind: chat}]
+  default_tier: premium
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--governed", action="store_true",
+                        help="with a budget, a model policy and routing configured (none of them blocking)")
     args = parser.parse_args()
     secs = 3 if args.quick else 5
     if not shutil.which("wrk"):
@@ -102,6 +118,7 @@ def main() -> None:
     config.write_text(
         f"server: {{port: {GW_PORT}}}\nledger: {{path: {work / 'ledger.db'}}}\n"
         f"providers:\n  - {{name: a, kind: anthropic, base_url: 'http://127.0.0.1:{FAKE_PORT}', models: ['claude-*']}}\n"
+        + (GOVERNED if args.governed else "")
     )
     key = subprocess.run([sys.executable, "-m", "tokenctl", "--config", str(config), "keys", "create", "--user", "bench", "--team", "perf"],
                          capture_output=True, text=True, check=True).stdout.strip()
@@ -214,7 +231,9 @@ def main() -> None:
 
     rows = sqlite3.connect(work / "ledger.db").execute("SELECT COUNT(*) FROM requests").fetchone()[0]
     results["ledger_rows_after_shutdown"] = rows
-    out = ROOT / "results" / ("quick.json" if args.quick else "latest.json")
+    name = ("quick" if args.quick else "latest") + ("-governed" if args.governed else "")
+    results["governed"] = args.governed
+    out = ROOT / "results" / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}; ledger rows: {rows}")

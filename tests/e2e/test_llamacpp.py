@@ -54,8 +54,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     process.wait(10)
 
 
-def test_anthropic_sdk_streams_from_llama_cpp_through_tokenctl(llama_server: str, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_anthropic_sdk_streams_from_llama_cpp_through_tokenctl(llama_server: str, tmp_path: Path) -> None:
     prices = tmp_path / "prices.yaml"
     prices.write_text(f"models:\n  - {{match: '{ALIAS}', provider: local, input_per_mtok: 0.02, "
                       "output_per_mtok: 0.04}\n")
