@@ -18,7 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from tokenctl.errors import BudgetExceeded
-from tokenctl.policy.period import Window, current_window
+from tokenctl.policy.period import Window, WindowCache
 from tokenctl.policy.rules import BudgetRule
 from tokenctl.policy.store import Claim, Refusal, SpendStore
 from tokenctl.types import Principal
@@ -94,6 +94,7 @@ class Budgets:
         self.tz = tz
         self.store = store
         self.reservation_ttl = reservation_ttl
+        self._windows = WindowCache(tz)
         self.set_rules(rules)
 
     def set_rules(self, rules: Sequence[BudgetRule]) -> None:
@@ -115,7 +116,7 @@ class Budgets:
         return out
 
     def charge(self, rule: BudgetRule, member: str, now: float, slice_member: str | None = None) -> Charge:
-        window = current_window(rule.period, now, self.tz)
+        window = self._windows.get(rule.period, now)
         counters = tuple(counter_name(rule, member, b, slice_member) for b in window.buckets)
         if slice_member is not None:
             limit = rule.member_cap

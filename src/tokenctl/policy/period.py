@@ -38,6 +38,35 @@ def current_window(period: Period, now: float, tz: ZoneInfo) -> Window:
     return Window((int(start),), start, end)
 
 
+class WindowCache:
+    """``current_window`` computed once per window rather than per request (it converts times through the zone).
+
+    A calendar window stays valid until it resets; a rolling one until its newest bucket changes.
+    """
+
+    def __init__(self, tz: ZoneInfo) -> None:
+        self.tz = tz
+        self._windows: dict[Period, tuple[float, float, Window]] = {}
+
+    def get(self, period: Period, now: float) -> Window:
+        cached = self._windows.get(period)
+        if cached is not None and cached[0] <= now < cached[1]:
+            return cached[2]
+        window = current_window(period, now, self.tz)
+        self._windows[period] = (*_validity(period, window), window)
+        return window
+
+
+def _validity(period: Period, window: Window) -> tuple[float, float]:
+    if period.kind == "lifetime":
+        return float("-inf"), float("inf")
+    if period.kind == "rolling":
+        newest = window.buckets[0]
+        return float(newest), float(newest + rolling_bucket_seconds(period))
+    assert window.resets_at is not None
+    return window.start, window.resets_at
+
+
 def rolling_bucket_seconds(period: Period) -> int:
     return max(1, period.seconds // ROLLING_BUCKETS)
 

@@ -59,15 +59,24 @@ class Router:
         self.classifier = classifier
         self.prices = prices
         self.threshold = _threshold(settings, classifier)
+        self._routed: dict[str, bool] = {}  # model name -> matches routed_models (fnmatch is slow per request)
+        self._tier_routes: dict[tuple[str, str, str], tuple[Route, ...]] = {}
         self._sessions: OrderedDict[str, str] = OrderedDict()
 
     def applies_to(self, requested_model: str, principal: Principal) -> bool:
         """Routing is on, the model is a routed one, the key's team and project are routed, it did not opt in."""
         s = self.settings
-        if not s.enabled or principal.opt_in or not any(fnmatch.fnmatchcase(requested_model, p)
-                                                          for p in s.routed_models):
+        if not s.enabled or principal.opt_in or not self._is_routed(requested_model):
             return False
         return (not s.teams or principal.team in s.teams) and (not s.projects or principal.project in s.projects)
+
+    def _is_routed(self, model: str) -> bool:
+        routed = self._routed.get(model)
+        if routed is None:
+            if len(self._routed) > 10_000:
+                self._routed.clear()
+            routed = self._routed[model] = any(fnmatch.fnmatchcase(model, p) for p in self.settings.routed_models)
+        return routed
 
     def choose(self, requested: Route, api: str, facts: Facts) -> Decision | None:
         """None: serve the route asked for (routing off for this request, or no tier can serve it)."""
@@ -135,6 +144,15 @@ class Router:
         return None
 
     def _routes(self, tier: str, requested: Route, api: str) -> tuple[Route, ...]:
+        key = (tier, requested.requested_model, api)
+        cached = self._tier_routes.get(key)
+        if cached is None:
+            if len(self._tier_routes) > 10_000:
+                self._tier_routes.clear()
+            cached = self._tier_routes[key] = self._resolve_tier(tier, requested, api)
+        return cached
+
+    def _resolve_tier(self, tier: str, requested: Route, api: str) -> tuple[Route, ...]:
         routes: list[Route] = []
         seen: set[str] = set()
         name: str | None = tier
