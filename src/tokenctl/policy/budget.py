@@ -138,9 +138,13 @@ class Budgets:
     # -- admission and settlement -----------------------------------------------------------------
 
     async def admit(self, reservation_id: str, principal: Principal, session_id: str | None, amount: int,
-                    now: float) -> BudgetAdmission | None:
-        """Reserve ``amount`` against every budget covering the request; raise BudgetExceeded if one cannot take it."""
-        charges = self.charges_for(principal, session_id, now)
+                    now: float, charges: list[Charge] | None = None) -> BudgetAdmission | None:
+        """Reserve ``amount`` against every budget covering the request; raise BudgetExceeded if one cannot take it.
+
+        ``charges``: the request's charges if the caller already has them (``charges_for`` at the same ``now``).
+        """
+        if charges is None:
+            charges = self.charges_for(principal, session_id, now)
         if not charges:
             return None
         expires = now + self.reservation_ttl

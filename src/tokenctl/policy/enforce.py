@@ -131,7 +131,7 @@ class Enforcer:
             await self._approval_gate(entry, worst, in_tokens, raw)
         reserved = min(worst, self.settings.reservation_ceiling_usd)
         if charges:
-            budget = await self.budgets.admit(entry.request_id, principal, session, to_nanos(reserved), now)
+            budget = await self.budgets.admit(entry.request_id, principal, session, to_nanos(reserved), now, charges)
             admission.budget = budget
             entry.reserved_usd = reserved
             if budget is not None and budget.pool:
