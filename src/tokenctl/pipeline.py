@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from tokenctl.config import Config
-from tokenctl.errors import GatewayError, UnsupportedRoute
+from tokenctl.errors import BadRequest, GatewayError, UnsupportedRoute
 from tokenctl.identity.attribution import attribute
 from tokenctl.identity.authenticate import authenticate, client_key
 from tokenctl.identity.keys import KeyCache
@@ -175,7 +175,11 @@ def _prepare(call: Call, raw: bytes, body: dict[str, Any], body_changed: bool) -
         call.upstream_dialect, call.translation, call.translator = call.dialect, None, None
         return upstream.prepare(call.dialect.api, call.request.headers, raw, body, route, body_changed=body_changed)
     call.translation = translation = TRANSLATIONS[(call.dialect.api, route.upstream_api)]
-    translated, dropped = translation.request(body, route.upstream_model)
+    try:
+        translated, dropped = translation.request(body, route.upstream_model)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:  # malformed parts: the client's 400
+        raise BadRequest(f"the request cannot be translated for {route.upstream_model}: malformed "
+                         f"{type(exc).__name__} {exc}") from exc
     call.upstream_dialect = DIALECTS[route.upstream_api]
     call.translator = translation.stream(call.body_size // 4, body)
     note = f"translated {call.dialect.api} -> {route.upstream_api}" + (f" ({'; '.join(dropped)})"

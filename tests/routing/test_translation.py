@@ -204,3 +204,16 @@ def test_openai_sdk_is_served_by_an_anthropic_model(gateway: Any) -> None:
         assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (400, 600, 30)
         assert "translated openai.chat -> anthropic.messages" in row["policy"]
     assert rows[0]["cost_usd"] == rows[1]["cost_usd"] != "0"
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "assistant", "content": [{"type": "tool_use", "name": "x", "input": {}}]}],  # no id
+    [{"role": "user", "content": [{"type": "tool_result", "content": "r"}]}],  # no tool_use_id
+    [{"role": "user", "content": ["just a string in a list"]}],
+])
+def test_malformed_content_for_a_translated_model_is_a_400_not_a_500(gateway: Any, messages: list[Any]) -> None:
+    response = httpx.post(f"{gateway.url}/v1/messages", headers={"x-api-key": gateway.key},
+                          json={"model": "local/llama-3.1-8b", "max_tokens": 10, "messages": messages})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert gateway.wait_rows(1)[0]["status"] == 400
