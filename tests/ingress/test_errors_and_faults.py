@@ -165,7 +165,6 @@ def test_provider_key_rejected_is_a_gateway_problem_not_a_client_401(gateway) ->
 
 
 def test_unreachable_provider_is_502_and_slow_provider_504(gateway) -> None:
-    from dataclasses import replace
 
     from tests.conftest import ServerThread, free_port
     from tokenctl.app import create_app

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import re
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -12,9 +12,8 @@ import httpx2 as httpx
 import orjson
 import pytest
 
-from tokenctl.policy.store import MemoryStore
-
 from tests.conftest import LiveGateway
+from tokenctl.policy.store import MemoryStore
 
 _BLOCK = re.compile(r"spent \$(\d+(?:\.\d+)?) \+ \$(\d+(?:\.\d+)?) reserved for requests in flight of \$(\d+(?:\.\d+)?); "
                     r"this request needs up to \$(\d+(?:\.\d+)?)")

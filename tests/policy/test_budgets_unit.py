@@ -13,8 +13,7 @@ import pytest
 
 from tokenctl.errors import BudgetExceeded
 from tokenctl.ledger.db import connect
-from tokenctl.ledger.record import COLUMNS, LedgerEntry, to_row
-from tokenctl.ledger.record import INSERT_SQL
+from tokenctl.ledger.record import COLUMNS, INSERT_SQL, LedgerEntry, to_row
 from tokenctl.policy.budget import Budgets, to_nanos
 from tokenctl.policy.period import current_window
 from tokenctl.policy.rules import parse_budget, parse_period

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import anthropic
-import openai
 import httpx2 as httpx
+import openai
 import orjson
 import pytest
 
-from tokenctl.translate.anthropic_to_chat import StreamTranslator, Untranslatable, translate_request, \
-    translate_response
+from tokenctl.translate.anthropic_to_chat import StreamTranslator, Untranslatable, translate_request, translate_response
 from tokenctl.translate.chat_to_anthropic import translate_request as chat_translate_request
 
 TOOL = {"name": "read_file", "description": "Read a file", "input_schema": {"type": "object",

@@ -16,7 +16,6 @@ import orjson
 from aiohttp import web
 
 from tokenctl.app import create_app
-
 from tokenctl.cli.governance import GovernanceError, add_governance_commands
 from tokenctl.cli.render import render_table
 from tokenctl.cli.reports import add_view_arguments, rebuild_rollups, run_view

@@ -7,9 +7,9 @@ Members come from the daily rollup (who spent since the window began) plus each 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from decimal import Decimal
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tokenctl.dashboard.forecast import exhaustion

@@ -27,15 +27,23 @@ import orjson
 from aiohttp import web
 
 from tokenctl.dashboard import queries
-from tokenctl.dashboard.auth import COOKIE, Authenticator, Forbidden, NotSignedIn, Viewer, check_csrf, check_origin, \
-    set_session_cookie
+from tokenctl.dashboard.auth import (
+    COOKIE,
+    Authenticator,
+    Forbidden,
+    NotSignedIn,
+    Viewer,
+    check_csrf,
+    check_origin,
+    set_session_cookie,
+)
 from tokenctl.dashboard.budgets import budget_board
 from tokenctl.dashboard.overview import overview
 from tokenctl.ingress.admin import decide_approval
 from tokenctl.ledger import approvals as approval_store
 from tokenctl.ledger.audit import read_audit
 from tokenctl.ledger.db import connect
-from tokenctl.pipeline import GATEWAY, Gateway
+from tokenctl.pipeline import Gateway
 from tokenctl.validate import ConfigError
 
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}

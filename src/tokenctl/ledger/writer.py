@@ -18,8 +18,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from datetime import UTC, tzinfo
+from pathlib import Path
 from typing import Any
 
 import orjson

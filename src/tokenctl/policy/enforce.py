@@ -34,8 +34,8 @@ from tokenctl.metering.pricing import PriceBook
 from tokenctl.policy import estimate, models
 from tokenctl.policy.approval import ApprovalDesk, fingerprint, triggered_rule
 from tokenctl.policy.budget import BudgetAdmission, Budgets, Charge, covers, to_nanos, to_usd
-from tokenctl.policy.rules import ApprovalRule, BudgetRule, ModelPolicy
 from tokenctl.policy.notify import Notifier
+from tokenctl.policy.rules import ApprovalRule, BudgetRule, ModelPolicy
 from tokenctl.policy.store import SpendStore
 from tokenctl.policy.turns import at_turn_boundary
 from tokenctl.routing.catalog import Catalog

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokenctl.errors import GatewayError
+from tokenctl.metering.pricing import PriceBook
 from tokenctl.routing.catalog import Catalog
 from tokenctl.routing.classifier import Classifier
 from tokenctl.routing.settings import RouteRule, RoutingConfig
-from tokenctl.metering.pricing import PriceBook
 from tokenctl.types import Attribution, Principal, Route, Usage
 
 log = logging.getLogger("tokenctl.routing")
