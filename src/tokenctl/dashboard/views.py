@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import html
 import sqlite3
-import threading
+import queue
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import date, datetime
@@ -58,21 +58,30 @@ _SECURITY_HEADERS = {
 
 
 class Reader:
-    """One read connection to the ledger, used from worker threads one query at a time."""
+    """A few read connections to the ledger (WAL: they do not block the writer), used from worker threads.
 
-    def __init__(self, path: str) -> None:
-        self._db = connect(path)
-        self._lock = threading.Lock()
+    Two by default, so the page's parallel calls (overview and budgets) run side by side on two cores.
+    """
+
+    def __init__(self, path: str, connections: int = 2) -> None:
+        self._all = [connect(path) for _ in range(connections)]
+        self._free: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        for db in self._all:
+            self._free.put(db)
 
     async def run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        def locked() -> Any:
-            with self._lock:
-                return work(self._db)
+        def with_connection() -> Any:
+            db = self._free.get()
+            try:
+                return work(db)
+            finally:
+                self._free.put(db)
 
-        return await asyncio.get_running_loop().run_in_executor(None, locked)
+        return await asyncio.get_running_loop().run_in_executor(None, with_connection)
 
     def close(self) -> None:
-        self._db.close()
+        for db in self._all:
+            db.close()
 
 
 class Dashboard:

@@ -196,7 +196,7 @@ const BY = ["team", "user", "project", "model", "tool", "key", "provider", "day"
 
 async function pageBreakdown(params) {
   const by = params.get("by") || "team";
-  const q = scopeParams(params); q.set("by", by);
+  const q = scopeParams(params); q.set("by", by); q.set("limit", "200");
   const data = await api("breakdown", q);
   const tabs = h("div", { class: "tabs" }, BY.map((d) => h("a", { href: link("breakdown", params, { by: d }),
                                                                    class: d === by ? "active" : "" }, d)));
@@ -216,7 +216,7 @@ async function pageBreakdown(params) {
       card("Drill down", h("span", { class: "links" },
         h("a", { href: link("sessions", params, { by: null }) }, "sessions"), " · ",
         h("a", { href: link("requests", params, { by: null }) }, "requests")))),
-    section(`Spend by ${by}`, table([
+    section(`Spend by ${by}` + (rows.length === 200 ? " (the 200 highest; the total covers all)" : ""), table([
       { title: by, key: "group", render: (r) => none(r.group) },
       { title: "share", render: (r) => shareBar(Number(r.cost_usd) / total) },
       { title: "cost", key: "cost", num: true, render: (r) => money(r.cost_usd) },
