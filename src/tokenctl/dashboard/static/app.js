@@ -85,22 +85,23 @@ async function post(path, body) {
 
 function barChart(points, { height = 160, label = (p) => p.label, value = (p) => p.value, format = usd,
                             onclick = null } = {}) {
+  const top = 16;  // room for the scale label above the bars
   const width = Math.max(320, points.length * 22);
   const max = Math.max(...points.map(value), 0) || 1;
   const bw = width / Math.max(points.length, 1);
-  const svg = h("svg", { viewBox: `0 0 ${width} ${height + 20}`, class: "chart", role: "img" });
-  svg.append(h("line", { x1: 0, x2: width, y1: 0.5, y2: 0.5, class: "gridline" }),
+  const svg = h("svg", { viewBox: `0 0 ${width} ${top + height + 20}`, class: "chart", role: "img" });
+  svg.append(h("line", { x1: 0, x2: width, y1: top + 0.5, y2: top + 0.5, class: "gridline" }),
              h("text", { x: 2, y: 11, class: "axis" }, "max " + format(max)));
   points.forEach((p, i) => {
     const v = value(p);
     const bh = (v / max) * height;
-    const bar = h("rect", { x: i * bw + 2, y: height - bh, width: Math.max(bw - 4, 1), height: Math.max(bh, 0),
+    const bar = h("rect", { x: i * bw + 2, y: top + height - bh, width: Math.max(bw - 4, 1), height: Math.max(bh, 0),
                             class: "bar" + (onclick ? " clickable" : "") },
                   h("title", {}, `${label(p)}: ${format(v)}`));
     if (onclick) bar.addEventListener("click", () => onclick(p));
     svg.append(bar);
     if (points.length <= 31 && i % Math.ceil(points.length / 10) === 0) {
-      svg.append(h("text", { x: i * bw + bw / 2, y: height + 14, class: "axis", "text-anchor": "middle" },
+      svg.append(h("text", { x: i * bw + bw / 2, y: top + height + 14, class: "axis", "text-anchor": "middle" },
                    String(label(p)).slice(5)));
     }
   });
