@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import orjson
+import pytest
 
+from tokenctl.cli.main import main
 from tokenctl.ledger.db import connect
 from tokenctl.ledger.migrations import MIGRATIONS, migrate
 from tokenctl.ledger.record import COLUMNS, INSERT_SQL, LedgerEntry, to_row
@@ -84,3 +86,31 @@ def test_rows_spilled_by_an_older_version_are_written_back(tmp_path: Path) -> No
 def test_the_insert_statement_matches_the_row_width() -> None:
     entry = next(synthetic_entries(1, start=START, days=1))
     assert INSERT_SQL.count("?") == len(to_row(entry))
+
+
+def test_pruning_old_rows_keeps_the_rollups(tmp_path: Path) -> None:
+    path = str(tmp_path / "prune.db")
+    now = datetime.now(UTC)
+    writer = LedgerWriter(path)
+    writer.start()
+    for e in synthetic_entries(600, start=now.timestamp() - 30 * 86400, days=30):
+        writer.record(e)
+    writer.close()
+    db = sqlite3.connect(path)
+    cutoff = (now.date() - timedelta(days=10)).isoformat()
+    before = db.execute("SELECT SUM(requests), SUM(cost_nanousd) FROM rollup_daily").fetchone()
+    kept = db.execute("SELECT COUNT(*) FROM requests WHERE day >= ?", (cutoff,)).fetchone()[0]
+    assert 100 < kept < 500
+    assert main(["prune", "--ledger", path, "--older-than-days", "10"]) == 0
+    assert db.execute("SELECT COUNT(*), MIN(day) >= ? FROM requests", (cutoff,)).fetchone() == (kept, 1)
+    assert db.execute("SELECT SUM(requests), SUM(cost_nanousd) FROM rollup_daily").fetchone() == before
+    assert main(["prune", "--ledger", path, "--older-than-days", "0"]) == 2  # refused, nothing deleted
+    assert db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == kept
+
+
+def test_pruning_inside_a_budget_window_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "tokenctl.yaml"
+    config.write_text(f"ledger: {{path: {tmp_path / 'b.db'}}}\n"
+                      "budgets:\n  - {name: forever, scope: org, limit_usd: 100, period: lifetime}\n")
+    assert main(["--config", str(config), "prune", "--older-than-days", "30"]) == 2
+    assert "budget 'forever' (lifetime) still counts spend" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from aiohttp import web
 from tokenctl.app import create_app
 from tokenctl.cli.governance import GovernanceError, add_governance_commands
 from tokenctl.cli.render import render_table
-from tokenctl.cli.reports import add_view_arguments, rebuild_rollups, run_view
+from tokenctl.cli.reports import add_view_arguments, prune_requests, rebuild_rollups, run_view
 from tokenctl.cli.router import add_router_commands
 from tokenctl.config import Config, ConfigError, find_config_path, load_config
 from tokenctl.identity.keys import KeyInfo, KeyNotFound, create_key, list_keys, revoke_key
@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rebuild-rollups", help="recompute the dashboard rollups from the requests table")
     rb.add_argument("--ledger")
     rb.set_defaults(run=lambda a: rebuild_rollups(_config(a)))
+
+    pr = sub.add_parser("prune", help="delete old request rows; the dashboard's daily rollups keep their totals")
+    pr.add_argument("--older-than-days", type=int, required=True)
+    pr.add_argument("--vacuum", action="store_true", help="give the space back to the file system afterwards")
+    pr.add_argument("--ledger")
+    pr.set_defaults(run=lambda a: prune_requests(_config(a), a.older_than_days, a.vacuum))
 
     m = sub.add_parser("migrate", help="bring the ledger schema up to date and list applied migrations")
     m.add_argument("--ledger")

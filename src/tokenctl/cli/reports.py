@@ -11,7 +11,7 @@ import csv
 import io
 import sys
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -27,6 +27,7 @@ from tokenctl.ledger.db import connect, transaction
 from tokenctl.ledger.migrations import SMALL_ROLLUPS, rebuild_daily, rebuild_sessions, rebuild_small_rollups
 from tokenctl.policy.budget import Budgets
 from tokenctl.policy.manage import combined_rules
+from tokenctl.policy.period import current_window
 from tokenctl.policy.seed import ledger_seeds
 from tokenctl.policy.store import MemoryStore
 
@@ -156,6 +157,45 @@ def rebuild_rollups(config: Config) -> int:
             rebuild_sessions(db)
             progress.finish()
         print(f"rebuilt rollups for {len(months)} month(s)", file=sys.stderr)
+    finally:
+        db.close()
+    return 0
+
+
+# -- retention --------------------------------------------------------------------------------------
+
+def _check_budget_windows(config: Config, db: Any, cutoff: str, tz: ZoneInfo) -> None:
+    """Budget counters are rebuilt from request rows: never prune inside a budget's current window."""
+    now = datetime.now(tz).timestamp()
+    for rule in combined_rules(config, db).budgets:
+        start = datetime.fromtimestamp(current_window(rule.period, now, tz).start, tz).date().isoformat()
+        if cutoff > start:
+            raise ValueError(f"budget {rule.name!r} ({rule.period.label}) still counts spend since {start}; "
+                             f"pruning before {cutoff} would make it forget that spend after a restart")
+
+
+def prune_requests(config: Config, older_than_days: int, vacuum: bool) -> int:
+    """Delete request rows older than N days, a day at a time; the rollups (and so the dashboard) keep them."""
+    if older_than_days < 1:
+        raise ValueError("--older-than-days: at least 1")
+    tz = ZoneInfo(config.enforcement.timezone)
+    cutoff = (datetime.now(tz).date() - timedelta(days=older_than_days)).isoformat()
+    db = connect(config.ledger_path)
+    try:
+        _check_budget_windows(config, db, cutoff, tz)
+        days = [d for (d,) in db.execute("SELECT DISTINCT day FROM requests WHERE day < ? ORDER BY day", (cutoff,))]
+        progress = Progress("prune", max(len(days), 1))
+        deleted = 0
+        for day in days:
+            with transaction(db):
+                deleted += db.execute("DELETE FROM requests WHERE day = ?", (day,)).rowcount
+            progress.advance()
+        with transaction(db):  # rows from before the day column existed
+            deleted += db.execute("DELETE FROM requests WHERE day IS NULL AND ts < ?", (cutoff,)).rowcount
+        progress.finish()
+        if vacuum:
+            db.execute("VACUUM")
+        print(f"deleted {deleted:,} request rows from before {cutoff}; rollups kept", file=sys.stderr)
     finally:
         db.close()
     return 0

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import html
-import sqlite3
 import queue
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import date, datetime
