@@ -36,6 +36,7 @@ from tokenctl.providers.upstream import Upstream, UpstreamRequest
 from tokenctl.routing.catalog import Catalog
 from tokenctl.routing.router import ROUTE_HEADER, Facts, Router, last_user_text, request_kind
 from tokenctl.translate import TRANSLATIONS, StreamTranslator, Translation
+from tokenctl.translate.anthropic_to_chat import Untranslatable
 from tokenctl.types import Route
 
 if TYPE_CHECKING:
@@ -156,7 +157,14 @@ async def _send(call: Call, raw: bytes, body: dict[str, Any], body_changed: bool
     pending = list(call.fallbacks)
     while True:
         assert entry.route is not None
-        upstream = _prepare(call, raw, body, body_changed)
+        try:
+            upstream = _prepare(call, raw, body, body_changed)
+        except Untranslatable as exc:  # this deployment cannot take the request; another one may
+            if not pending:
+                raise
+            skipped, entry.route = entry.route, pending.pop(0)
+            entry.policy = [*(entry.policy or []), f"skipped {skipped.upstream_model}: {exc.message}"]
+            continue
         try:
             return await forward(call, upstream, retry_allowed=bool(pending))
         except FallbackNeeded as exc:

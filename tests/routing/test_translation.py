@@ -12,6 +12,7 @@ import pytest
 
 from tokenctl.translate.anthropic_to_chat import StreamTranslator, Untranslatable, translate_request, translate_response
 from tokenctl.translate.chat_to_anthropic import translate_request as chat_translate_request
+from tokenctl.translate.responses_to_anthropic import translate_request as responses_translate_request
 
 TOOL = {"name": "read_file", "description": "Read a file", "input_schema": {"type": "object",
                                                                            "properties": {"path": {"type": "string"}}}}
@@ -216,3 +217,48 @@ def test_malformed_content_for_a_translated_model_is_a_400_not_a_500(gateway: An
     assert response.status_code == 400, response.text
     assert response.json()["error"]["type"] == "invalid_request_error"
     assert gateway.wait_rows(1)[0]["status"] == 400
+
+
+# -- OpenAI Responses clients (Codex) served by an Anthropic model ------------------------------------
+
+def test_a_codex_turn_translates_to_anthropic_messages() -> None:
+    body = {"model": "claude-sonnet-4-5", "instructions": "You are Codex.", "store": False, "stream": True,
+            "reasoning": {"effort": "low"}, "parallel_tool_calls": False,
+            "tools": [{"type": "function", "name": "shell", "description": "Run", "parameters": TOOL["input_schema"]}],
+            "input": [
+                {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Be safe."}]},
+                {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "List files"}]},
+                {"type": "reasoning", "id": "rs_1", "encrypted_content": "gAAAA"},
+                {"type": "function_call", "call_id": "call_1", "name": "shell", "arguments": '{"path":"."}'},
+                {"type": "function_call_output", "call_id": "call_1", "output": "a.txt"},
+            ]}
+    out, notes = responses_translate_request(body, "claude-sonnet-4-5")
+    assert notes == ["reasoning", "store", "parallel_tool_calls", "1 reasoning item(s)",
+                     "max_tokens defaulted to 4096"]
+    assert out["system"] == "You are Codex.\n\nBe safe." and out["stream"] is True
+    assert out["tools"][0] == {"name": "shell", "input_schema": TOOL["input_schema"], "description": "Run"}
+    assert out["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "List files"}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "call_1", "name": "shell", "input": {"path": "."}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "a.txt"}]},
+    ]
+    with pytest.raises(Untranslatable, match="'custom' tool"):
+        responses_translate_request({**body, "tools": [{"type": "custom", "name": "apply_patch"}]}, "m")
+
+
+def test_openai_responses_client_is_served_by_an_anthropic_model(gateway: Any) -> None:
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=gateway.key, max_retries=0,
+                           default_headers={"x-fake-usage": "input=2000,cache_read=1500,output=25"})
+    answer = client.responses.create(model="claude-sonnet-4-5", input="hi", max_output_tokens=50)
+    assert answer.output_text.startswith("word0") and answer.status == "completed"
+    assert answer.usage.input_tokens == 2000 and answer.usage.input_tokens_details.cached_tokens == 1500
+    assert gateway.last_upstream().path == "/v1/messages"
+    with client.responses.stream(model="claude-sonnet-4-5", input="hi", max_output_tokens=50) as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert text.startswith("word0") and final.output_text == text
+    assert final.usage.output_tokens == 25 and final.status == "completed"
+    rows = gateway.wait_rows(2)
+    for row in rows:
+        assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (500, 1500, 25)
+        assert "translated openai.responses -> anthropic.messages" in row["policy"]

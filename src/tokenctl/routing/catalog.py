@@ -5,7 +5,7 @@ Resolution of the ``model`` a client sends:
 2. ``<provider>/<model>`` picks that provider explicitly;
 3. otherwise the first provider, in config order, whose ``models`` list matches (names or globs)
    and that speaks the request's API dialect; else the first one that can be reached by translation
-   (Anthropic Messages ⇄ OpenAI Chat Completions, see ``translate/``); a match only on an API
+   (Anthropic Messages ⇄ OpenAI Chat Completions, Responses → Anthropic; see ``translate/``); a match only on an API
    that cannot be translated to is refused with a clear 400; no match at all is a 404.
 """
 
@@ -22,6 +22,7 @@ TRANSLATIONS = {
     ("anthropic.messages", "openai"): "openai.chat",
     ("anthropic.messages", "openai-compatible"): "openai.chat",
     ("openai.chat", "anthropic"): "anthropic.messages",
+    ("openai.responses", "anthropic"): "anthropic.messages",
 }
 
 # The API dialects each provider kind speaks.

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tokenctl.translate import anthropic_to_chat, chat_to_anthropic
+from tokenctl.translate import anthropic_to_chat, chat_to_anthropic, responses_to_anthropic
 
 
 class StreamTranslator(Protocol):
@@ -31,5 +31,9 @@ TRANSLATIONS = {
         chat_to_anthropic.translate_request, chat_to_anthropic.translate_response,
         lambda estimated, body: chat_to_anthropic.StreamTranslator(
             estimated, bool((body.get("stream_options") or {}).get("include_usage"))),
+    ),
+    ("openai.responses", "anthropic.messages"): Translation(
+        responses_to_anthropic.translate_request, responses_to_anthropic.translate_response,
+        lambda estimated, body: responses_to_anthropic.StreamTranslator(estimated),
     ),
 }
