@@ -12,7 +12,10 @@ import pytest
 
 from tokenctl.translate.anthropic_to_chat import StreamTranslator, Untranslatable, translate_request, translate_response
 from tokenctl.translate.chat_to_anthropic import translate_request as chat_translate_request
+from tokenctl.translate.chat_to_anthropic import translate_response as chat_translate_response
+from tokenctl.translate.responses_to_anthropic import StreamTranslator as ResponsesStreamTranslator
 from tokenctl.translate.responses_to_anthropic import translate_request as responses_translate_request
+from tokenctl.translate.responses_to_anthropic import translate_response as responses_translate_response
 
 TOOL = {"name": "read_file", "description": "Read a file", "input_schema": {"type": "object",
                                                                            "properties": {"path": {"type": "string"}}}}
@@ -262,3 +265,50 @@ def test_openai_responses_client_is_served_by_an_anthropic_model(gateway: Any) -
     for row in rows:
         assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (500, 1500, 25)
         assert "translated openai.responses -> anthropic.messages" in row["policy"]
+
+
+def test_an_anthropic_tool_stream_becomes_responses_events() -> None:
+    def event(name: str, payload: dict[str, Any]) -> bytes:
+        return b"event: " + name.encode() + b"\ndata: " + orjson.dumps({"type": name, **payload}) + b"\n\n"
+
+    upstream = b"".join([
+        event("message_start", {"message": {"id": "m1", "model": "claude", "usage": {"input_tokens": 10}}}),
+        event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "Listing."}}),
+        event("content_block_stop", {"index": 0}),
+        event("content_block_start", {"index": 1, "content_block": {"type": "tool_use", "id": "tu_1", "name": "shell",
+                                                                    "input": {}}}),
+        event("content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"cmd":'}}),
+        event("content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": ' "ls"}'}}),
+        event("content_block_stop", {"index": 1}),
+        event("message_delta", {"delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 7}}),
+        event("message_stop", {}),
+    ])
+    translator = ResponsesStreamTranslator(10)
+    out = translator.feed(upstream) + translator.finish({"input_tokens": 10, "output_tokens": 7})
+    events = [orjson.loads(e.split(b"data: ", 1)[1]) for e in out.split(b"\n\n") if e]
+    assert [e["type"] for e in events] == [
+        "response.created", "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta", "response.output_text.done", "response.content_part.done",
+        "response.output_item.done", "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta", "response.function_call_arguments.done",
+        "response.output_item.done", "response.completed"]
+    assert [e["sequence_number"] for e in events] == list(range(1, 14))
+    final = openai.types.responses.Response.model_validate(events[-1]["response"])
+    assert final.output_text == "Listing."
+    call = final.output[1]
+    assert call.type == "function_call" and call.call_id == "tu_1" and orjson.loads(call.arguments) == {"cmd": "ls"}
+    assert final.usage.input_tokens == 10 and final.usage.output_tokens == 7
+
+
+def test_translated_answers_validate_strictly_against_the_sdk_models() -> None:
+    message = {"id": "m2", "model": "claude", "stop_reason": "tool_use",
+               "content": [{"type": "text", "text": "Ok."},
+                           {"type": "tool_use", "id": "tu_2", "name": "shell", "input": {"cmd": "pwd"}}],
+               "usage": {"input_tokens": 5, "cache_read_input_tokens": 20, "cache_creation_input_tokens": 3,
+                         "output_tokens": 4}}
+    chat = openai.types.chat.ChatCompletion.model_validate(chat_translate_response(message))
+    assert chat.choices[0].finish_reason == "tool_calls" and chat.usage.prompt_tokens == 28
+    assert chat.choices[0].message.tool_calls[0].function.arguments == '{"cmd":"pwd"}'
+    response = openai.types.responses.Response.model_validate(responses_translate_response(message))
+    assert response.output_text == "Ok." and response.usage.input_tokens_details.cached_tokens == 20

@@ -163,10 +163,11 @@ def chat_usage(usage: dict[str, Any] | None) -> dict[str, Any]:
     """Chat-shaped usage: prompt_tokens include cached input; total = prompt + completion."""
     usage = usage or {}
     read = int(usage.get("cache_read_input_tokens") or 0)
-    prompt = int(usage.get("input_tokens") or 0) + read + int(usage.get("cache_creation_input_tokens") or 0)
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    prompt = int(usage.get("input_tokens") or 0) + read + written
     completion = int(usage.get("output_tokens") or 0)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": read}}
+            "prompt_tokens_details": {"cached_tokens": read, "cache_write_tokens": written}}
 
 
 def translate_response(message: dict[str, Any]) -> dict[str, Any]:

@@ -141,9 +141,11 @@ def _tool(tool: dict[str, Any]) -> dict[str, Any]:
 def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any]:
     usage = usage or {}
     read = int(usage.get("cache_read_input_tokens") or 0)
-    prompt = int(usage.get("input_tokens") or 0) + read + int(usage.get("cache_creation_input_tokens") or 0)
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    prompt = int(usage.get("input_tokens") or 0) + read + written
     output = int(usage.get("output_tokens") or 0)
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": read}, "output_tokens": output,
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": read, "cache_write_tokens": written},
+            "output_tokens": output,
             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + output}
 
 
