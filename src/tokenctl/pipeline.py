@@ -171,7 +171,6 @@ async def _send(call: Call, raw: bytes, body: dict[str, Any], body_changed: bool
             failed, entry.route = entry.route, pending.pop(0)
             entry.policy = [*(entry.policy or []), f"fallback: {failed.provider.name}/{failed.upstream_model} "
                                                    f"{exc.reason}; trying {entry.route.upstream_model}"]
-            entry.outcome, entry.error = "ok", None
 
 
 def _prepare(call: Call, raw: bytes, body: dict[str, Any], body_changed: bool) -> UpstreamRequest:

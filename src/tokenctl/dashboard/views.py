@@ -292,26 +292,25 @@ async def _savings(dash: Dashboard, request: web.Request, viewer: Viewer, rest: 
             **await dash.reader.run(lambda db: queries.savings(db, view))}
 
 
-async def _sessions(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:
+async def _list_or_one(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str], noun: str,
+                       listing: Callable[..., Any], detail: Callable[..., Any]) -> Any:
+    """``/ui/api/<noun>s`` lists the latest or costliest; ``/ui/api/<noun>s/<id>`` is one, if the viewer may see it."""
     view = view_of(request, viewer, dash.now().date())
     if rest:
-        found = await dash.reader.run(lambda db: queries.session_detail(db, view, rest[0]))
+        found = await dash.reader.run(lambda db: detail(db, view, rest[0]))
         if found is None:
-            raise ApiError(404, f"no session {rest[0]!r} that you may see")
+            raise ApiError(404, f"no {noun} {rest[0]!r} that you may see")
         return found
     limit = _limit(request, 100)
-    return {"rows": await dash.reader.run(lambda db: queries.sessions(db, view, limit))}
+    return {"rows": await dash.reader.run(lambda db: listing(db, view, limit))}
+
+
+async def _sessions(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:
+    return await _list_or_one(dash, request, viewer, rest, "session", queries.sessions, queries.session_detail)
 
 
 async def _requests(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:
-    view = view_of(request, viewer, dash.now().date())
-    if rest:
-        found = await dash.reader.run(lambda db: queries.request_detail(db, view, rest[0]))
-        if found is None:
-            raise ApiError(404, f"no request {rest[0]!r} that you may see")
-        return found
-    limit = _limit(request, 100)
-    return {"rows": await dash.reader.run(lambda db: queries.requests(db, view, limit))}
+    return await _list_or_one(dash, request, viewer, rest, "request", queries.requests, queries.request_detail)
 
 
 async def _budgets(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:

@@ -10,6 +10,7 @@ estimated. Per event the cost is a ``startswith`` and a few comparisons.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -36,6 +37,20 @@ def event_data(event: bytes) -> bytes:
         return b""
     lines = [line[5:].lstrip(b" ") for line in event[start:].split(b"\n") if line.startswith(b"data:")]
     return b"\n".join(lines)
+
+
+def named_events(data: bytes) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    """(event name, JSON payload) for each named SSE event in ``data``; unparseable ones are skipped."""
+    for event in data.split(b"\n\n"):
+        name = event_name(event)
+        if not name:
+            continue
+        try:
+            payload = orjson.loads(event_data(event) or b"{}")
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(payload, dict):
+            yield name, payload
 
 
 def _load(event: bytes) -> dict[str, Any] | None:

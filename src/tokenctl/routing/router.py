@@ -80,8 +80,10 @@ class Router:
 
     def choose(self, requested: Route, api: str, facts: Facts) -> Decision | None:
         """None: serve the route asked for (routing off for this request, or no tier can serve it)."""
+        if facts.header == "off":
+            return None
         picked = self._from_header(facts)
-        if picked is None and not (facts.header == "off"):
+        if picked is None:
             picked = self._pick_tier(facts)
             pinned = self._pinned(facts)
             if pinned is not None and picked is not None:

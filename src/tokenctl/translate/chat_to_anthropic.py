@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from tokenctl.metering.stream import event_data, event_name
+from tokenctl.metering.stream import named_events
 from tokenctl.translate.anthropic_to_chat import Untranslatable
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires an output limit; Chat does not
@@ -112,13 +112,13 @@ def _user_content(content: Any) -> list[dict[str, Any]]:
         if kind == "text":
             blocks.append({"type": "text", "text": part.get("text", "")})
         elif kind == "image_url":
-            blocks.append({"type": "image", "source": _image_source(str((part.get("image_url") or {}).get("url", "")))})
+            blocks.append({"type": "image", "source": image_source(str((part.get("image_url") or {}).get("url", "")))})
         else:
             raise Untranslatable(f"messages: a user {kind!r} part cannot be sent to this model")
     return blocks
 
 
-def _image_source(url: str) -> dict[str, Any]:
+def image_source(url: str) -> dict[str, Any]:
     if url.startswith("data:"):
         header, _, data = url.partition(",")
         media = header[5:].split(";")[0] or "image/png"
@@ -159,12 +159,17 @@ def _tool_choice(choice: Any) -> dict[str, Any] | None:
 
 # -- answers ----------------------------------------------------------------------------------------
 
+def inclusive_input(usage: dict[str, Any]) -> tuple[int, int, int]:
+    """(all input tokens, cache reads, cache writes) from Anthropic usage, whose input_tokens excludes the cache."""
+    read = int(usage.get("cache_read_input_tokens") or 0)
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    return int(usage.get("input_tokens") or 0) + read + written, read, written
+
+
 def chat_usage(usage: dict[str, Any] | None) -> dict[str, Any]:
     """Chat-shaped usage: prompt_tokens include cached input; total = prompt + completion."""
     usage = usage or {}
-    read = int(usage.get("cache_read_input_tokens") or 0)
-    written = int(usage.get("cache_creation_input_tokens") or 0)
-    prompt = int(usage.get("input_tokens") or 0) + read + written
+    prompt, read, written = inclusive_input(usage)
     completion = int(usage.get("output_tokens") or 0)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": read, "cache_write_tokens": written}}
@@ -199,17 +204,7 @@ class StreamTranslator:
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     def feed(self, data: bytes) -> bytes:
-        out = bytearray()
-        for event in data.split(b"\n\n"):
-            name = event_name(event)
-            if not name:
-                continue
-            try:
-                payload = orjson.loads(event_data(event) or b"{}")
-            except orjson.JSONDecodeError:
-                continue
-            out += self._event(name, payload)
-        return bytes(out)
+        return b"".join(self._event(name, payload) for name, payload in named_events(data))
 
     def _event(self, name: bytes, payload: dict[str, Any]) -> bytes:
         if name == b"message_start":

@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from tokenctl.metering.stream import event_data, event_name
+from tokenctl.metering.stream import named_events
 from tokenctl.translate.anthropic_to_chat import Untranslatable
-from tokenctl.translate.chat_to_anthropic import DEFAULT_MAX_TOKENS
+from tokenctl.translate.chat_to_anthropic import DEFAULT_MAX_TOKENS, image_source, inclusive_input
 
 _DROPPED = ("reasoning", "store", "include", "prompt_cache_key", "parallel_tool_calls", "previous_response_id",
             "service_tier", "client_metadata", "truncation")
@@ -108,13 +108,7 @@ def _content(content: Any) -> list[dict[str, Any]]:
         if kind in ("input_text", "output_text", "text"):
             blocks.append({"type": "text", "text": part.get("text", "")})
         elif kind == "input_image" and isinstance(part.get("image_url"), str):
-            url = part["image_url"]
-            if url.startswith("data:"):
-                header, _, data = url.partition(",")
-                blocks.append({"type": "image", "source": {"type": "base64", "media_type": header[5:].split(";")[0],
-                                                           "data": data}})
-            else:
-                blocks.append({"type": "image", "source": {"type": "url", "url": url}})
+            blocks.append({"type": "image", "source": image_source(part["image_url"])})
         else:
             raise Untranslatable(f"input: a {kind!r} content part cannot be sent to this model")
     return blocks or [{"type": "text", "text": ""}]
@@ -140,9 +134,7 @@ def _tool(tool: dict[str, Any]) -> dict[str, Any]:
 
 def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any]:
     usage = usage or {}
-    read = int(usage.get("cache_read_input_tokens") or 0)
-    written = int(usage.get("cache_creation_input_tokens") or 0)
-    prompt = int(usage.get("input_tokens") or 0) + read + written
+    prompt, read, written = inclusive_input(usage)
     output = int(usage.get("output_tokens") or 0)
     return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": read, "cache_write_tokens": written},
             "output_tokens": output,
@@ -199,17 +191,7 @@ class StreamTranslator:
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
     def feed(self, data: bytes) -> bytes:
-        out = bytearray()
-        for event in data.split(b"\n\n"):
-            name = event_name(event)
-            if not name:
-                continue
-            try:
-                payload = orjson.loads(event_data(event) or b"{}")
-            except orjson.JSONDecodeError:
-                continue
-            out += self._on(name, payload)
-        return bytes(out)
+        return b"".join(self._on(name, payload) for name, payload in named_events(data))
 
     def _on(self, name: bytes, payload: dict[str, Any]) -> bytes:
         if name == b"message_start":
