@@ -137,8 +137,15 @@ class LiveGateway:
                 return rows
             time.sleep(0.02)
 
-    def row(self, request_id: str) -> dict[str, Any]:
-        matches = [r for r in self.rows() if r["request_id"] == request_id]
+    def row(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The request's ledger row, waiting for it: a streamed answer is recorded after its last byte reached
+        the client, so the row may land a moment after the client returns."""
+        deadline = time.monotonic() + timeout
+        while True:
+            matches = [r for r in self.rows() if r["request_id"] == request_id]
+            if matches or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         assert len(matches) == 1, f"expected one ledger row for {request_id}, found {len(matches)}"
         return matches[0]
 

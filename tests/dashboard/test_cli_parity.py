@@ -10,8 +10,13 @@ import orjson
 import pytest
 
 from tests.conftest import ADMIN_KEY
-from tests.dashboard.conftest import Seeded
-from tokenctl.cli.main import main
+from tests.dashboard.conftest import NOW, Seeded
+from tokenctl.cli.main import main as real_main
+
+
+def main(args: list[str]) -> int:
+    """The CLI on the seeded gateway's fixed clock, whatever today's date is."""
+    return real_main(args, clock=lambda: NOW)
 
 
 def cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> Any:
@@ -34,7 +39,7 @@ def test_report_views_equal_the_dashboard_api(seeded: Seeded, capsys: pytest.Cap
 def test_report_overview_has_the_overview_numbers(seeded: Seeded, capsys: pytest.CaptureFixture[str]) -> None:
     from_cli = cli_json(capsys, "report", "overview", "--ledger", seeded.live.db_path, "--format", "json")
     from_api = api(seeded, "overview")
-    # the CLI's "today" is the real date; the seeded gateway's clock is fixed: both months end with the seeded rows
+    # the CLI and the gateway run on the same injected clock
     for key in ("month_usd", "last_month_usd", "top_teams", "top_models"):
         assert from_cli[key] == from_api[key], key
     assert {"forecast_usd", "trend", "budgets", "today_usd"} <= set(from_cli)

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import os
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -43,10 +42,9 @@ def add_governance_commands(sub: Any, load: ConfigLoader) -> None:
     _policy_commands(sub, load)
     _approval_commands(sub, load)
     a = sub.add_parser("audit", help="the audit log: policy decisions and changes, newest first")
-    a.add_argument("--limit", type=int, default=50)
-    a.add_argument("--action", help="e.g. block, downgrade, clamp, approval.*, budget.*")
-    a.add_argument("--format", choices=("table", "json"), default="table")
-    a.add_argument("--ledger")
+    a.add_argument("--limit", type=int, default=50, help="most events to show")
+    a.add_argument("--action", help="only this action, e.g. block, downgrade, clamp, approval.*, budget.*")
+    _common(a)
     a.set_defaults(run=lambda args: _audit(args, load))
 
 
@@ -57,23 +55,24 @@ def _budget_commands(sub: Any, load: ConfigLoader) -> None:
     _common(bl)
     bl.set_defaults(run=lambda args: _list_rules(args, load, "budgets"))
     bs = b.add_parser("set", help="create or replace a live budget")
-    bs.add_argument("name")
+    bs.add_argument("name", help="the budget's name (replaces a live budget of that name)")
     _scoped_args(bs)
-    bs.add_argument("--limit-usd", required=True)
+    bs.add_argument("--limit-usd", required=True, help="the limit in US dollars per period")
     bs.add_argument("--period", default="monthly", help="daily, weekly, monthly, lifetime, rolling_24h …")
-    bs.add_argument("--action", default="block", choices=("block", "downgrade", "notify"))
+    bs.add_argument("--action", default="block", choices=("block", "downgrade", "notify"),
+                    help="what happens at the limit")
     bs.add_argument("--downgrade-to", help="model for action downgrade")
     bs.add_argument("--downgrade-at", type=float, help="percent of the limit at which to downgrade (default 100)")
     bs.add_argument("--notify-at", help="comma-separated percentages (default 50,80,100)")
     bs.add_argument("--pool", action="store_true", help="a pool other budgets overflow into")
     bs.add_argument("--member-cap-usd", help="pools: most one member may draw per period")
     bs.add_argument("--overflow-to", help="pool to draw on when this budget is used up")
-    bs.add_argument("--ledger")
-    bs.set_defaults(run=lambda args: _set_rule(args, load, "budget", _budget_definition(args)))
+    _ledger(bs)
+    bs.set_defaults(run=lambda args: _set_rule(args, load, "budget", _budget_definition(args)), ledger_mode="write")
     bd = b.add_parser("delete", help="delete a live budget")
-    bd.add_argument("name")
-    bd.add_argument("--ledger")
-    bd.set_defaults(run=lambda args: _delete_rule(args, load, "budget"))
+    bd.add_argument("name", help="the live budget's name")
+    _ledger(bd)
+    bd.set_defaults(run=lambda args: _delete_rule(args, load, "budget"), ledger_mode="write")
     st = b.add_parser("status", help="spent / reserved / limit / resets-at per budget")
     _common(st)
     st.add_argument("--url", help="running gateway (default: the config's host and port)")
@@ -82,11 +81,11 @@ def _budget_commands(sub: Any, load: ConfigLoader) -> None:
 
 def _policy_commands(sub: Any, load: ConfigLoader) -> None:
     p = sub.add_parser("policies", help="list, set, delete model policies").add_subparsers(title="policies commands")
-    pl = p.add_parser("list")
+    pl = p.add_parser("list", help="policies from the config file and live ones")
     _common(pl)
     pl.set_defaults(run=lambda args: _list_rules(args, load, "policies"))
     ps = p.add_parser("set", help="create or replace a live model policy")
-    ps.add_argument("name")
+    ps.add_argument("name", help="the policy's name (replaces a live policy of that name)")
     _scoped_args(ps)
     ps.add_argument("--allow-models", help="comma-separated models or globs")
     ps.add_argument("--deny-models", help="comma-separated models or globs")
@@ -94,42 +93,48 @@ def _policy_commands(sub: Any, load: ConfigLoader) -> None:
                     help="default-model rewrite, e.g. 'claude-opus-*=claude-sonnet-4-5' (repeatable)")
     for flag in ("max-tokens", "max-thinking-tokens", "max-request-bytes", "max-input-tokens",
                  "requests-per-minute", "tokens-per-minute"):
-        ps.add_argument(f"--{flag}", type=int)
+        ps.add_argument(f"--{flag}", type=int, help=f"the most {flag.removeprefix('max-').replace('-', ' ')} allowed"
+                        if flag.startswith("max-") else f"rate limit: {flag.replace('-', ' ')}")
     ps.add_argument("--max-effort", help="none, minimal, low, medium, high, xhigh, max")
-    ps.add_argument("--ledger")
-    ps.set_defaults(run=lambda args: _set_rule(args, load, "policy", _policy_definition(args)))
-    pd = p.add_parser("delete")
-    pd.add_argument("name")
-    pd.add_argument("--ledger")
-    pd.set_defaults(run=lambda args: _delete_rule(args, load, "policy"))
+    _ledger(ps)
+    ps.set_defaults(run=lambda args: _set_rule(args, load, "policy", _policy_definition(args)), ledger_mode="write")
+    pd = p.add_parser("delete", help="delete a live model policy")
+    pd.add_argument("name", help="the live policy's name")
+    _ledger(pd)
+    pd.set_defaults(run=lambda args: _delete_rule(args, load, "policy"), ledger_mode="write")
 
 
 def _approval_commands(sub: Any, load: ConfigLoader) -> None:
     a = sub.add_parser("approvals", help="requests held for approval: list, approve, deny").add_subparsers(
         title="approvals commands")
-    al = a.add_parser("list")
-    al.add_argument("--status", default="pending", help="pending (default), approved, denied, used, all")
+    al = a.add_parser("list", help="approval requests, pending ones by default")
+    al.add_argument("--status", default="pending", help="pending, approved, denied, used or all")
     _common(al)
     al.set_defaults(run=lambda args: _approvals_list(args, load))
     for verb in ("approve", "deny"):
-        c = a.add_parser(verb)
-        c.add_argument("approval_id")
-        c.add_argument("--note")
-        c.add_argument("--by", default=os.environ.get("USER", "cli"))
+        c = a.add_parser(verb, help=f"{verb} a held request")
+        c.add_argument("approval_id", help="the approval's id (apr_…), from `tokenctl approvals list`")
+        c.add_argument("--note", help="why, recorded in the audit log")
+        c.add_argument("--by", default=os.environ.get("USER", "cli"), help="who decided, recorded in the audit log")
         if verb == "approve":
             c.add_argument("--for-user-hours", type=float, help="let the user's held requests through for this long")
             c.add_argument("--for-user-usd", help="… up to this amount in total")
-        c.add_argument("--ledger")
-        c.set_defaults(run=lambda args, v=verb: _decide(args, load, v == "approve"))
+        _ledger(c)
+        c.set_defaults(run=lambda args, v=verb: _decide(args, load, v == "approve"), ledger_mode="write")
+
+
+def _ledger(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ledger", help="SQLite ledger file (default: the config's ledger.path, else ./tokenctl.db)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=("table", "json"), default="table")
-    p.add_argument("--ledger")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    _ledger(p)
 
 
 def _scoped_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scope", required=True, choices=("org", "team", "user", "project", "key", "session"))
+    p.add_argument("--scope", required=True, choices=("org", "team", "user", "project", "key", "session"),
+                   help="who the rule applies to")
     p.add_argument("--match", help="one team/user/…; omit to give every member its own")
 
 
@@ -221,7 +226,7 @@ def _status(args: argparse.Namespace, load: ConfigLoader) -> int:
         try:
             rules = combined_rules(config, db)
             budgets = Budgets(rules.budgets, ZoneInfo(config.enforcement.timezone), MemoryStore(), 0)
-            rows = asyncio.run(offline_status(budgets, db, time.time()))
+            rows = asyncio.run(offline_status(budgets, db, args.clock()))
         finally:
             db.close()
     if args.format == "json":

@@ -7,112 +7,133 @@ import asyncio
 import csv
 import io
 import logging
+import os
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 from aiohttp import web
 
 from tokenctl.app import create_app
+from tokenctl.cli.listen import ListenError, bind_listener
 from tokenctl.cli.governance import GovernanceError, add_governance_commands
+from tokenctl.cli.parsing import finish_parser
 from tokenctl.cli.render import render_table
-from tokenctl.cli.reports import add_view_arguments, prune_requests, rebuild_rollups, run_view
+from tokenctl.cli.reports import add_view_arguments, check_breakdown_arguments, parse_day, prune_requests, rebuild_rollups, run_view
 from tokenctl.cli.router import add_router_commands
 from tokenctl.config import Config, ConfigError, find_config_path, load_config
 from tokenctl.identity.keys import KeyInfo, KeyNotFound, create_key, list_keys, revoke_key
 from tokenctl.ledger.db import connect
 from tokenctl.ledger.migrations import applied, migrate
-from tokenctl.ledger.report import GROUPINGS, spend_report, total
+from tokenctl.ledger.report import FILTER_COLUMNS, GROUPINGS, ReportRow, spend_report, total
 from tokenctl.metering.pricing import PriceFileError
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, clock: Callable[[], float] = time.time) -> int:
+    """Run one command. ``clock`` is "now" for every command (reports, budget windows, retention)."""
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    args.clock = clock
     try:
         return args.run(args) or 0
     except (ConfigError, PriceFileError, ValueError, KeyNotFound, LookupError, GovernanceError) as exc:
         print(f"tokenctl: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `tokenctl report | head`: the reader has all it wanted
+        _silence_stdout()
+        return 0
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tokenctl", description="Spend control plane for AI coding tools.")
-    p.add_argument("--config", help="YAML config file (default: $TOKENCTL_CONFIG, else ./tokenctl.yaml if present)")
     sub = p.add_subparsers(title="commands")
 
-    s = sub.add_parser("serve", help="run the gateway")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
-    s.add_argument("--ledger", help="SQLite ledger file (overrides the config)")
-    s.add_argument("--log-level", default="INFO")
-    s.set_defaults(run=_serve)
+    s = sub.add_parser("serve", help="run the gateway in the foreground (Ctrl-C or SIGTERM stops it)")
+    s.add_argument("--host", help="address to listen on (default: the config's server.host, 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port to listen on (default: the config's server.port, 8080)")
+    s.add_argument("--ledger", help=LEDGER_HELP)
+    s.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    s.set_defaults(run=_serve, ledger_mode="create")
 
     k = sub.add_parser("keys", help="create, list and revoke virtual keys").add_subparsers(title="keys commands")
     kc = k.add_parser("create", help="create a key; the secret is printed once")
-    kc.add_argument("--user")
-    kc.add_argument("--team")
-    kc.add_argument("--project")
-    kc.add_argument("--name")
+    kc.add_argument("--user", help="the person the key's requests are attributed to")
+    kc.add_argument("--team", help="the team the key's spend counts against")
+    kc.add_argument("--project", help="the project the key's spend is attributed to")
+    kc.add_argument("--name", help="a label for the key (shown in lists and the dashboard)")
     kc.add_argument("--models", default="", help="comma-separated allowlist of models or globs (default: any)")
     kc.add_argument("--opt-in", action="store_true",
                     help="may use models that policies would otherwise rewrite to a cheaper default")
     kc.add_argument("--viewer", action="store_true",
                     help="a dashboard viewer key: signs in to /ui to see its --team's spend; cannot call models")
-    kc.add_argument("--ledger")
-    kc.set_defaults(run=_keys_create)
+    kc.add_argument("--ledger", help=LEDGER_HELP)
+    kc.set_defaults(run=_keys_create, ledger_mode="write")
     kl = k.add_parser("list", help="list keys (never their secrets)")
     kl.add_argument("--all", action="store_true", help="include revoked keys")
-    kl.add_argument("--format", choices=("table", "json"), default="table")
-    kl.add_argument("--ledger")
+    kl.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    kl.add_argument("--ledger", help=LEDGER_HELP)
     kl.set_defaults(run=_keys_list)
     kr = k.add_parser("revoke", help="revoke a key by id")
-    kr.add_argument("key_id")
-    kr.add_argument("--ledger")
-    kr.set_defaults(run=_keys_revoke)
+    kr.add_argument("key_id", help="the key's id (key_…), from `tokenctl keys list`")
+    kr.add_argument("--ledger", help=LEDGER_HELP)
+    kr.set_defaults(run=_keys_revoke, ledger_mode="write")
 
     r = sub.add_parser("report", help="spend by team, user, …; or the dashboard's overview, concentration, savings, "
                                       "sessions")
     add_view_arguments(r)
-    r.add_argument("--by", choices=sorted(GROUPINGS), default="team")
-    r.add_argument("--since", help="7d, 24h, 2026-11-01 … (breakdown)")
-    r.add_argument("--until")
-    r.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    r.add_argument("--ledger")
+    r.add_argument("--by", choices=sorted(GROUPINGS), help="breakdown: the column to group by (default: team)")
+    r.add_argument("--since", help="breakdown: from this moment on: 7d, 24h, 30m, 2026-11-01 or an ISO time")
+    r.add_argument("--until", help="breakdown: before this moment (same forms as --since)")
+    r.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    r.add_argument("--ledger", help=LEDGER_HELP)
     r.set_defaults(run=_report)
 
     rb = sub.add_parser("rebuild-rollups", help="recompute the dashboard rollups from the requests table")
-    rb.add_argument("--ledger")
+    rb.add_argument("--ledger", help=LEDGER_HELP)
     rb.set_defaults(run=lambda a: rebuild_rollups(_config(a)))
 
     pr = sub.add_parser("prune", help="delete old request rows; the dashboard's daily rollups keep their totals")
-    pr.add_argument("--older-than-days", type=int, required=True)
+    pr.add_argument("--older-than-days", type=int, required=True, help="delete rows from before this many days ago")
     pr.add_argument("--vacuum", action="store_true", help="give the space back to the file system afterwards")
-    pr.add_argument("--ledger")
-    pr.set_defaults(run=lambda a: prune_requests(_config(a), a.older_than_days, a.vacuum))
+    pr.add_argument("--ledger", help=LEDGER_HELP)
+    pr.set_defaults(run=lambda a: prune_requests(_config(a), a.older_than_days, a.vacuum, a.clock()))
 
-    m = sub.add_parser("migrate", help="bring the ledger schema up to date and list applied migrations")
-    m.add_argument("--ledger")
-    m.set_defaults(run=_migrate)
+    m = sub.add_parser("migrate", help="create the ledger or bring its schema up to date; list applied migrations")
+    m.add_argument("--ledger", help=LEDGER_HELP)
+    m.set_defaults(run=_migrate, ledger_mode="create")
 
     add_governance_commands(sub, _config)
     add_router_commands(sub)
 
     f = sub.add_parser("fake-provider", help="run the fake LLM provider (tests, demos, benchmarks)")
-    f.add_argument("--host", default="127.0.0.1")
-    f.add_argument("--port", type=int, default=9090)
+    f.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    f.add_argument("--port", type=int, default=9090, help="port to listen on")
     f.set_defaults(run=_fake_provider)
+    finish_parser(p, CONFIG_HELP)
     return p
 
 
+CONFIG_HELP = "YAML config file (default: $TOKENCTL_CONFIG, else ./tokenctl.yaml if present)"
+LEDGER_HELP = "SQLite ledger file (default: the config's ledger.path, else ./tokenctl.db)"
+
+
 def _config(args: argparse.Namespace) -> Config:
-    config = load_config(find_config_path(args.config))
-    overrides = {}
+    config = load_config(find_config_path(getattr(args, "config", None)))
+    overrides: dict[str, object] = {}
     if getattr(args, "ledger", None):
         overrides["ledger_path"] = args.ledger
     if getattr(args, "host", None):
@@ -120,8 +141,33 @@ def _config(args: argparse.Namespace) -> Config:
     if getattr(args, "port", None):
         overrides["port"] = args.port
     if overrides:
-        config = replace(config, **overrides)
+        config = replace(config, **overrides)  # type: ignore[arg-type]
+    _check_ledger(config, args)
     return config
+
+
+def _check_ledger(config: Config, args: argparse.Namespace) -> None:
+    """Commands use the ledger the gateway uses: a missing one is created only where that was clearly asked for.
+
+    ``serve`` and ``migrate`` create it; commands that write (``keys create``, ``budgets set`` …) create it
+    when the path was given (``--ledger`` or a config file); every other command refuses, naming where it looked.
+    """
+    path = config.ledger_path
+    mode = getattr(args, "ledger_mode", "read")
+    if path == ":memory:" or mode == "create" or Path(path).exists():
+        return
+    explicit = bool(getattr(args, "ledger", None)) or config.source != "<defaults>"
+    if mode == "write" and explicit:
+        return
+    if getattr(args, "ledger", None):
+        origin = "from --ledger"
+    elif config.source != "<defaults>":
+        origin = f"ledger.path in {config.source}"
+    else:
+        origin = ("the default: no --config given, $TOKENCTL_CONFIG not set, no tokenctl.yaml in "
+                  f"{Path.cwd()}")
+    raise ConfigError(f"no ledger at {path} ({origin}). Run this where the gateway's tokenctl.yaml is, pass "
+                      "--config or --ledger, or create a new ledger here with `tokenctl migrate`")
 
 
 # -- serve ------------------------------------------------------------------------------------------
@@ -130,8 +176,21 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = _config(args)
     _install_uvloop()
-    asyncio.run(_run_server(config))
+    try:
+        asyncio.run(_run_server(config))
+    except ListenError as exc:
+        print(f"tokenctl: error: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _log_dashboard(config: Config) -> None:
+    log = logging.getLogger("tokenctl")
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
+    log.info("dashboard: http://%s:%d/ui/", host, config.port)
+    if not os.environ.get(config.admin_key_env):
+        log.warning("%s is not set: the admin API and the dashboard's admin sign-in are off (viewer keys still "
+                    "sign in); set it to a long random secret and restart to enable them", config.admin_key_env)
 
 
 def _install_uvloop() -> None:
@@ -143,12 +202,14 @@ def _install_uvloop() -> None:
 
 
 async def _run_server(config: Config) -> None:
+    sock = bind_listener(config.host, config.port)  # before anything is created: a taken port changes nothing
     runner = web.AppRunner(create_app(config), handle_signals=False, access_log=None,
                            shutdown_timeout=config.shutdown_grace_seconds)
     await runner.setup()
-    await web.TCPSite(runner, config.host, config.port, backlog=2048, reuse_address=True).start()
+    await web.SockSite(runner, sock, backlog=2048).start()
     log = logging.getLogger("tokenctl")
     log.info("tokenctl listening on http://%s:%d (config %s, ledger %s)", config.host, config.port, config.source, config.ledger_path)
+    _log_dashboard(config)
     for provider in config.providers:
         log.info("provider %s (%s) → %s, models %s", provider.name, provider.kind, provider.base_url, ", ".join(provider.models))
     stop = asyncio.Event()
@@ -202,13 +263,19 @@ def _keys_revoke(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     if args.view != "breakdown":
         return run_view(args, _config(args))
-    rows = spend_report(connect(_config(args).ledger_path), args.by, args.since, args.until)
+    check_breakdown_arguments(args)
+    config = _config(args)
+    now = datetime.fromtimestamp(args.clock(), UTC)
+    filters = {name: value for name in FILTER_COLUMNS if (value := getattr(args, name)) is not None}
+    args.by = args.by or "team"
+    rows = spend_report(connect(config.ledger_path), args.by, args.since, args.until, filters=filters,
+                        start=parse_day(args.start), end=parse_day(args.end), now=now)
     if args.format == "json":
         print(orjson.dumps([r.as_dict() for r in rows], option=orjson.OPT_INDENT_2).decode())
     elif args.format == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
-        fields = list(rows[0].as_dict()) if rows else ["group"]
+        fields = list(ReportRow.FIELDS)
         writer.writerow([args.by if f == "group" else f for f in fields])
         for row in rows:
             writer.writerow(row.as_dict().values())
@@ -223,7 +290,7 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table_row(r) -> list[str]:  # type: ignore[no-untyped-def]
+def _table_row(r: ReportRow) -> list[str]:
     return [r.group if r.group is not None else "(none)", f"{r.requests:,}", f"{r.input_tokens:,}",
             f"{r.cache_read_tokens:,}", f"{r.cache_write_tokens:,}", f"{r.output_tokens:,}",
             f"{r.reasoning_tokens:,}", f"${r.cost_usd:,.4f}"]

@@ -37,17 +37,43 @@ VIEWS = ("breakdown", "overview", "concentration", "savings", "sessions")
 def add_view_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("view", nargs="?", choices=VIEWS, default="breakdown",
                    help="breakdown (default, by --by), or the dashboard's overview, concentration, savings, sessions")
-    r.add_argument("--start", help="first day, YYYY-MM-DD (views; default: this month)")
-    r.add_argument("--end", help="last day, YYYY-MM-DD (views; default: today)")
+    r.add_argument("--start", help="first day, YYYY-MM-DD, in the reporting time zone (default: breakdown all time, "
+                                   "views this month)")
+    r.add_argument("--end", help="last day, YYYY-MM-DD, inclusive (default: today)")
     for name in queries.FILTERS:
-        r.add_argument(f"--{name}", help=f"only this {name} (views)")
+        r.add_argument(f"--{name}", help=f"only this {name}")
+
+
+# Options that only the breakdown has, and the views that have no date range (they show fixed periods).
+_BREAKDOWN_ONLY = ("by", "since", "until")
+_UNDATED_VIEWS = ("overview",)
+
+
+def check_breakdown_arguments(args: argparse.Namespace) -> None:
+    """The breakdown takes a day range or a moment range, not both (they would disagree about time zones)."""
+    if (args.start or args.end) and (args.since or args.until):
+        raise ValueError("use either --start/--end (days) or --since/--until (moments), not both")
+    for flag in ("start", "end"):
+        parse_day(getattr(args, flag))
+
+
+def _check_view_arguments(args: argparse.Namespace) -> None:
+    """Every option either applies to the view asked for or is refused: none is ignored silently."""
+    for name in _BREAKDOWN_ONLY:
+        if getattr(args, name) is not None:
+            raise ValueError(f"--{name} applies to the breakdown (`tokenctl report --{name} …`), not to "
+                             f"`report {args.view}`; use --start/--end for its days")
+    if args.view in _UNDATED_VIEWS and (args.start or args.end):
+        raise ValueError(f"`report {args.view}` always shows today, this month and last month; "
+                         "--start/--end do not apply to it")
 
 
 def run_view(args: argparse.Namespace, config: Config) -> int:
+    _check_view_arguments(args)
     tz = ZoneInfo(config.enforcement.timezone)
-    now = datetime.now(tz)
+    now = datetime.fromtimestamp(args.clock(), tz)
     view = queries.View(filters={n: getattr(args, n) for n in queries.FILTERS if getattr(args, n) is not None},
-                        start=_day(args.start) or now.date().replace(day=1), end=_day(args.end) or now.date())
+                        start=parse_day(args.start) or now.date().replace(day=1), end=parse_day(args.end) or now.date())
     db = connect(config.ledger_path)
     try:
         data = _VIEWS[args.view](db, view, now, config)
@@ -57,7 +83,8 @@ def run_view(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _day(value: str | None) -> date | None:
+def parse_day(value: str | None) -> date | None:
+    """A ``--start``/``--end`` value as a date (None when not given); a clear error for anything else."""
     if value is None:
         return None
     try:
@@ -103,14 +130,16 @@ def _print(data: Any, fmt: str) -> None:
         return
     sections = _sections(data)
     if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        if not any(rows for _, rows in sections):
+            writer.writerow(["section"])  # an empty report is still a CSV with its header
         for title, rows in sections:
             if rows:
-                buf = io.StringIO()
-                writer = csv.writer(buf)
                 writer.writerow(["section", *rows[0]])
                 for row in rows:
                     writer.writerow([title, *(_cell(v) for v in row.values())])
-                sys.stdout.write(buf.getvalue())
+        sys.stdout.write(buf.getvalue())
         return
     for title, rows in sections:
         print(f"\n{title}")
@@ -164,9 +193,8 @@ def rebuild_rollups(config: Config) -> int:
 
 # -- retention --------------------------------------------------------------------------------------
 
-def _check_budget_windows(config: Config, db: Any, cutoff: str, tz: ZoneInfo) -> None:
+def _check_budget_windows(config: Config, db: Any, cutoff: str, tz: ZoneInfo, now: float) -> None:
     """Budget counters are rebuilt from request rows: never prune inside a budget's current window."""
-    now = datetime.now(tz).timestamp()
     for rule in combined_rules(config, db).budgets:
         start = datetime.fromtimestamp(current_window(rule.period, now, tz).start, tz).date().isoformat()
         if cutoff > start:
@@ -174,15 +202,15 @@ def _check_budget_windows(config: Config, db: Any, cutoff: str, tz: ZoneInfo) ->
                              f"pruning before {cutoff} would make it forget that spend after a restart")
 
 
-def prune_requests(config: Config, older_than_days: int, vacuum: bool) -> int:
+def prune_requests(config: Config, older_than_days: int, vacuum: bool, now: float) -> int:
     """Delete request rows older than N days, a day at a time; the rollups (and so the dashboard) keep them."""
     if older_than_days < 1:
         raise ValueError("--older-than-days: at least 1")
     tz = ZoneInfo(config.enforcement.timezone)
-    cutoff = (datetime.now(tz).date() - timedelta(days=older_than_days)).isoformat()
+    cutoff = (datetime.fromtimestamp(now, tz).date() - timedelta(days=older_than_days)).isoformat()
     db = connect(config.ledger_path)
     try:
-        _check_budget_windows(config, db, cutoff, tz)
+        _check_budget_windows(config, db, cutoff, tz, now)
         days = [d for (d,) in db.execute("SELECT DISTINCT day FROM requests WHERE day < ? ORDER BY day", (cutoff,))]
         progress = Progress("prune", max(len(days), 1))
         deleted = 0

@@ -32,19 +32,19 @@ def add_router_commands(sub: Any) -> None:
     e.add_argument("--train-drop", metavar="JSONL", help="contaminated prompts to leave out of --train-on")
     e.add_argument("--resamples", type=int, default=200, help="bootstrap resamples for the 95%% intervals")
     e.add_argument("--plot", metavar="PNG", help="draw the quality–cost curve (needs matplotlib: tokenctl[plot])")
-    e.add_argument("--format", choices=("table", "json"), default="table")
+    e.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     e.set_defaults(run=_eval)
     t = r.add_parser("train", help="train the classifier on one or more CSVs and write a model file")
     _data_arguments(t, many=True)
     t.add_argument("--out", default=str(DEFAULT_MODEL), help="model file to write (default: the packaged one)")
     t.add_argument("--premium-share", type=float, default=0.3,
-                   help="default threshold: send this share of the training prompts to premium (default 0.3)")
+                   help="default threshold: send this share of the training prompts to premium")
     t.set_defaults(run=_train)
 
 
 def _data_arguments(p: argparse.ArgumentParser, many: bool = False) -> None:
     p.add_argument("--data", required=True, action="append" if many else "store", help="CSV with one row per prompt")
-    p.add_argument("--prompt-col", default="prompt")
+    p.add_argument("--prompt-col", default="prompt", help="the CSV column with the prompt text")
     p.add_argument("--strong-col", required=True, help="strong model's outcome: True/False or a score in 0..1")
     p.add_argument("--weak-col", required=True, help="weak model's outcome, as above")
     p.add_argument("--drop", action="append" if many else "store", metavar="JSONL",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import sqlite3
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import ClassVar
 
 GROUPINGS = {
     "team": "team",
@@ -20,6 +21,10 @@ GROUPINGS = {
     "provider": "provider",
     "funding": "COALESCE(funding, 'own budget')",  # pool draws: which pool paid
 }
+
+# Filters the breakdown takes (the dashboard's drill-down names) and their columns in the requests table.
+FILTER_COLUMNS = {"team": "team", "user": "user", "project": "project", "model": "model", "tool": "tool",
+                  "key": "key_id", "provider": "provider"}
 
 _RELATIVE = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -37,6 +42,10 @@ class ReportRow:
     cost_usd: Decimal
     unpriced_requests: int
 
+    FIELDS: ClassVar[tuple[str, ...]] = ("group", "requests", "input_tokens", "cache_read_tokens",
+                                         "cache_write_tokens", "output_tokens", "reasoning_tokens", "cost_usd",
+                                         "unpriced_requests")
+
     def as_dict(self) -> dict[str, object]:
         return {
             "group": self.group, "requests": self.requests, "input_tokens": self.input_tokens,
@@ -46,9 +55,8 @@ class ReportRow:
         }
 
 
-def parse_since(value: str, now: datetime | None = None) -> str:
+def parse_since(value: str, now: datetime) -> str:
     """'7d', '24h', '30m', '2w', '2026-11-01' or an ISO date-time → the ledger's ISO timestamp format."""
-    now = now or datetime.now(UTC)
     match = _RELATIVE.match(value.strip())
     if match:
         start = now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
@@ -62,17 +70,36 @@ def parse_since(value: str, now: datetime | None = None) -> str:
     return start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def spend_report(db: sqlite3.Connection, by: str, since: str | None = None, until: str | None = None) -> list[ReportRow]:
-    """Rows ordered by cost, highest first."""
+def spend_report(db: sqlite3.Connection, by: str, since: str | None = None, until: str | None = None, *,
+                 filters: dict[str, str] | None = None, start: date | None = None, end: date | None = None,
+                 now: datetime | None = None) -> list[ReportRow]:
+    """Rows ordered by cost, highest first.
+
+    ``since``/``until`` bound the request's start time (``until`` exclusive); ``start``/``end`` are days in
+    the reporting time zone (both inclusive); ``filters`` keep only rows whose column equals the value.
+    """
     if by not in GROUPINGS:
         raise ValueError(f"--by: one of {', '.join(GROUPINGS)}")
-    where, params = [], []
+    now = now or datetime.now(UTC)
+    where: list[str] = []
+    params: list[object] = []
     if since:
         where.append("ts >= ?")
-        params.append(parse_since(since))
+        params.append(parse_since(since, now))
     if until:
         where.append("ts < ?")
-        params.append(parse_since(until))
+        params.append(parse_since(until, now))
+    if start:
+        where.append("day >= ?")
+        params.append(start.isoformat())
+    if end:
+        where.append("day <= ?")
+        params.append(end.isoformat())
+    for name, value in (filters or {}).items():
+        if name not in FILTER_COLUMNS:
+            raise ValueError(f"unknown filter {name!r}: one of {', '.join(FILTER_COLUMNS)}")
+        where.append(f"{FILTER_COLUMNS[name]} = ?")
+        params.append(value)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     sql = f"""
         SELECT {GROUPINGS[by]} AS grp, COUNT(*), SUM(input_tokens), SUM(cache_read_tokens),
