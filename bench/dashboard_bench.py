@@ -29,17 +29,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import httpx2 as httpx  # noqa: E402
+import httpx2 as httpx
+from tests.conftest import ServerThread
 
-from tests.conftest import ServerThread  # noqa: E402
-from tokenctl.app import create_app  # noqa: E402
-from tokenctl.cli.progress import Progress  # noqa: E402
-from tokenctl.config import parse_config  # noqa: E402
-from tokenctl.identity.keys import create_key  # noqa: E402
-from tokenctl.ledger.db import connect, transaction  # noqa: E402
-from tokenctl.ledger.migrations import SMALL_ROLLUPS, rebuild_daily, rebuild_sessions, rebuild_small_rollups  # noqa: E402
-from tokenctl.ledger.record import INSERT_SQL, to_row  # noqa: E402
-from tokenctl.testing.synthetic import synthetic_entries  # noqa: E402
+from tokenctl.app import create_app
+from tokenctl.cli.progress import Progress
+from tokenctl.config import parse_config
+from tokenctl.identity.keys import create_key
+from tokenctl.ledger.db import connect, transaction
+from tokenctl.ledger.migrations import SMALL_ROLLUPS, rebuild_daily, rebuild_sessions, rebuild_small_rollups
+from tokenctl.ledger.record import INSERT_SQL, to_row
+from tokenctl.testing.synthetic import synthetic_entries
 
 NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC).timestamp()
 DAYS = 120
@@ -82,9 +82,13 @@ def fill(path: str, rows: int) -> dict[str, float]:
     db.execute("ANALYZE")
     counts = db.execute("SELECT (SELECT COUNT(*) FROM rollup_daily), (SELECT COUNT(*) FROM rollup_sessions)").fetchone()
     db.close()
-    return {"insert_seconds": round(inserted, 1), "rollup_rebuild_seconds": round(rebuilt, 1),
-            "rollup_daily_rows": counts[0], "rollup_session_rows": counts[1],
-            "ledger_bytes": os.path.getsize(path)}
+    return {
+        "insert_seconds": round(inserted, 1),
+        "rollup_rebuild_seconds": round(rebuilt, 1),
+        "rollup_daily_rows": counts[0],
+        "rollup_session_rows": counts[1],
+        "ledger_bytes": os.path.getsize(path),
+    }
 
 
 def trigger_cost(folder: str, rows: int = 100_000) -> dict[str, float]:
@@ -98,12 +102,16 @@ def trigger_cost(folder: str, rows: int = 100_000) -> dict[str, float]:
         started = time.monotonic()
         for i in range(0, len(data), 2000):  # the ledger writer's batch size
             with transaction(db):
-                db.executemany(INSERT_SQL, data[i:i + 2000])
+                db.executemany(INSERT_SQL, data[i : i + 2000])
         seconds.setdefault(with_trigger, []).append(time.monotonic() - started)
         db.close()
     plain, rolled = min(seconds[False]), min(seconds[True])
-    return {"rows": rows, "rows_per_second_without_rollups": round(rows / plain),
-            "rows_per_second_with_rollups": round(rows / rolled), "trigger_slowdown": round(rolled / plain, 2)}
+    return {
+        "rows": rows,
+        "rows_per_second_without_rollups": round(rows / plain),
+        "rows_per_second_with_rollups": round(rows / rolled),
+        "trigger_slowdown": round(rolled / plain, 2),
+    }
 
 
 def time_calls(path: str) -> dict[str, object]:
@@ -111,18 +119,35 @@ def time_calls(path: str) -> dict[str, object]:
     _, viewer = create_key(db, team="payments", role="viewer")
     db.close()
     os.environ["TOKENCTL_ADMIN_KEY"] = ADMIN
-    config = parse_config({
-        "ledger": {"path": path},
-        "providers": [{"name": "anthropic", "kind": "anthropic", "base_url": "http://127.0.0.1:9", "models": ["*"]}],
-        "budgets": [{"name": "team-monthly", "scope": "team", "limit_usd": 20000, "period": "monthly"},
-                    {"name": "user-weekly", "scope": "user", "limit_usd": 500, "period": "weekly"}],
-    }, source="bench")
+    config = parse_config(
+        {
+            "ledger": {"path": path},
+            "providers": [
+                {"name": "anthropic", "kind": "anthropic", "base_url": "http://127.0.0.1:9", "models": ["*"]}
+            ],
+            "budgets": [
+                {"name": "team-monthly", "scope": "team", "limit_usd": 20000, "period": "monthly"},
+                {"name": "user-weekly", "scope": "user", "limit_usd": 500, "period": "weekly"},
+            ],
+        },
+        source="bench",
+    )
     started = time.monotonic()
     server = ServerThread(create_app(config, clock=lambda: NOW)).start()
     startup = time.monotonic() - started
-    calls = ["overview", "breakdown?by=team", "breakdown?by=user", "breakdown?by=model", "breakdown?by=project",
-             "breakdown?by=tool", "concentration", "savings",
-             "sessions", "requests", "budgets"]
+    calls = [
+        "overview",
+        "breakdown?by=team",
+        "breakdown?by=user",
+        "breakdown?by=model",
+        "breakdown?by=project",
+        "breakdown?by=tool",
+        "concentration",
+        "savings",
+        "sessions",
+        "requests",
+        "budgets",
+    ]
     out: dict[str, object] = {"gateway_startup_seconds": round(startup, 2)}
     for who, key in (("admin", ADMIN), ("viewer", viewer)):
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
@@ -152,14 +177,16 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=ROOT / "bench") as folder:
         path = args.keep or os.path.join(folder, "ledger.db")
-        if not args.keep or not os.path.exists(path):
-            fill_stats = fill(path, args.rows)
-        else:
-            fill_stats = {"reused": path}
+        fill_stats = fill(path, args.rows) if not args.keep or not os.path.exists(path) else {"reused": path}
         result = {
-            "measured": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.platform(),
-            "cpus": os.cpu_count(), "rows": args.rows, "days": DAYS, "fill": fill_stats,
-            "write_path": trigger_cost(folder), "api": time_calls(path),
+            "measured": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": platform.platform(),
+            "cpus": os.cpu_count(),
+            "rows": args.rows,
+            "days": DAYS,
+            "fill": fill_stats,
+            "write_path": trigger_cost(folder),
+            "api": time_calls(path),
         }
     out = ROOT / "bench" / "results" / "dashboard.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

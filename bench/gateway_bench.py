@@ -33,14 +33,23 @@ FAKE_PORT, GW_PORT, FLOOR_PORT = 19190, 19180, 19170
 
 def claude_code_body(size: int) -> bytes:
     """A Claude Code-shaped Messages body of about ``size`` bytes (system blocks, tools, history)."""
-    tool = {"name": "Tool", "description": "d" * 900, "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}}}
+    tool = {
+        "name": "Tool",
+        "description": "d" * 900,
+        "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}},
+    }
     body = {
-        "model": "claude-sonnet-4-5", "max_tokens": 32000, "stream": False,
-        "thinking": {"type": "adaptive", "display": "omitted"}, "output_config": {"effort": "medium"},
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 32000,
+        "stream": False,
+        "thinking": {"type": "adaptive", "display": "omitted"},
+        "output_config": {"effort": "medium"},
         "metadata": {"user_id": '{"device_id":"' + "a" * 64 + '","account_uuid":"","session_id":"5b0c-bench"}'},
-        "system": [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.330"},
-                   {"type": "text", "text": "You are a Claude agent.", "cache_control": {"type": "ephemeral"}},
-                   {"type": "text", "text": "p" * 2000, "cache_control": {"type": "ephemeral"}}],
+        "system": [
+            {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.330"},
+            {"type": "text", "text": "You are a Claude agent.", "cache_control": {"type": "ephemeral"}},
+            {"type": "text", "text": "p" * 2000, "cache_control": {"type": "ephemeral"}},
+        ],
         "messages": [{"role": "user", "content": [{"type": "text", "text": "say hi"}]}],
         "tools": [],
     }
@@ -50,11 +59,15 @@ def claude_code_body(size: int) -> bytes:
     return orjson.dumps(body)
 
 
-SMALL_BODY = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 32, "messages": [{"role": "user", "content": "Say hi"}]})
+SMALL_BODY = orjson.dumps(
+    {"model": "claude-sonnet-4-5", "max_tokens": 32, "messages": [{"role": "user", "content": "Say hi"}]}
+)
 
 
 def start(cmd: list[str], core: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["taskset", "-c", str(core), *cmd], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        ["taskset", "-c", str(core), *cmd], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def wait_up(url: str) -> None:
@@ -72,8 +85,12 @@ def wrk(url: str, body_file: Path, headers: dict[str, str], conns: int, seconds:
     lines = ['wrk.method = "POST"', f'local f = io.open("{body_file}", "rb")', "wrk.body = f:read('*a')", "f:close()"]
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
     script.write_text("\n".join(lines) + "\n")
-    out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
     for pct in ("50", "99"):
         value, unit = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)\b", out).groups()
@@ -106,8 +123,11 @@ routing:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--governed", action="store_true",
-                        help="with a budget, a model policy and routing configured (none of them blocking)")
+    parser.add_argument(
+        "--governed",
+        action="store_true",
+        help="with a budget, a model policy and routing configured (none of them blocking)",
+    )
     args = parser.parse_args()
     secs = 3 if args.quick else 5
     if not shutil.which("wrk"):
@@ -120,8 +140,24 @@ def main() -> None:
         f"providers:\n  - {{name: a, kind: anthropic, base_url: 'http://127.0.0.1:{FAKE_PORT}', models: ['claude-*']}}\n"
         + (GOVERNED if args.governed else "")
     )
-    key = subprocess.run([sys.executable, "-m", "tokenctl", "--config", str(config), "keys", "create", "--user", "bench", "--team", "perf"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    key = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tokenctl",
+            "--config",
+            str(config),
+            "keys",
+            "create",
+            "--user",
+            "bench",
+            "--team",
+            "perf",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     fake = start([sys.executable, "-m", "tokenctl", "fake-provider", "--port", str(FAKE_PORT)], 0, env)
     gw = start([sys.executable, "-m", "tokenctl", "--config", str(config), "serve", "--log-level", "WARNING"], 1, env)
     floor_cmd = [sys.executable, str(ROOT / "baseline_proxy.py"), str(FLOOR_PORT), f"http://127.0.0.1:{FAKE_PORT}"]
@@ -164,8 +200,11 @@ def main() -> None:
                 f = wrk(floor_url, path, headers, conns, secs)
                 g = wrk(gw_url, path, headers, conns, secs)
                 latency[f"{name}/c{conns}"] = {
-                    "direct": d, "aiohttp_floor": f, "tokenctl": g,
-                    "added_p50_ms": round(g["p50_ms"] - d["p50_ms"], 3), "added_p99_ms": round(g["p99_ms"] - d["p99_ms"], 3),
+                    "direct": d,
+                    "aiohttp_floor": f,
+                    "tokenctl": g,
+                    "added_p50_ms": round(g["p50_ms"] - d["p50_ms"], 3),
+                    "added_p99_ms": round(g["p99_ms"] - d["p99_ms"], 3),
                     "floor_added_p50_ms": round(f["p50_ms"] - d["p50_ms"], 3),
                     "floor_added_p99_ms": round(f["p99_ms"] - d["p99_ms"], 3),
                 }
@@ -186,10 +225,13 @@ def main() -> None:
                 g = wrk(gw_url, path, base_headers, conns, secs)
                 cpu = cpu_seconds(gproc) - before
                 throughput[f"{name}/c{conns}"] = {
-                    "direct": d, "aiohttp_floor": f, "tokenctl": g,
+                    "direct": d,
+                    "aiohttp_floor": f,
+                    "tokenctl": g,
                     "cpu_us_per_request": round(cpu / g["requests"] * 1e6, 1),
                     "floor_cpu_us_per_request": round(floor_cpu / f["requests"] * 1e6, 1) if f["requests"] else None,
-                    "rps_per_core": g["rps"], "floor_rps_per_core": f["rps"],
+                    "rps_per_core": g["rps"],
+                    "floor_rps_per_core": f["rps"],
                 }
                 print(name, "throughput", conns, throughput[f"{name}/c{conns}"], flush=True)
         results["throughput_zero_latency_upstream"] = throughput

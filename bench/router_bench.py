@@ -35,8 +35,12 @@ def main() -> None:
             classifier.score(text)
             times.append((time.perf_counter() - started) * 1000)
         times.sort()
-        result[name] = {"prompts": len(times), "p50_ms": round(times[len(times) // 2], 4),
-                        "p99_ms": round(times[int(0.99 * (len(times) - 1))], 4), "max_ms": round(times[-1], 4)}
+        result[name] = {
+            "prompts": len(times),
+            "p50_ms": round(times[len(times) // 2], 4),
+            "p99_ms": round(times[int(0.99 * (len(times) - 1))], 4),
+            "max_ms": round(times[-1], 4),
+        }
     out = ROOT / "bench" / "results" / "router.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

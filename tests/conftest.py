@@ -21,9 +21,9 @@ from aiohttp import web
 
 from tokenctl.app import create_app
 from tokenctl.config import Config, parse_config
+from tokenctl.gateway import GATEWAY, Gateway
 from tokenctl.identity.keys import create_key
 from tokenctl.ledger.db import connect
-from tokenctl.pipeline import GATEWAY, Gateway
 from tokenctl.testing.fake_provider import FakeProvider
 
 
@@ -84,18 +84,29 @@ def fake() -> Iterator[FakeProvider]:
 def gateway_config(fake_url: str, tmp: Path, **extra: Any) -> Config:
     prices = tmp / "prices.yaml"
     prices.write_text(
-        "models:\n"
-        "  - {match: 'llama-3.1-8b', provider: local, input_per_mtok: 0.10, output_per_mtok: 0.20}\n"
+        "models:\n  - {match: 'llama-3.1-8b', provider: local, input_per_mtok: 0.10, output_per_mtok: 0.20}\n"
     )
     raw: dict[str, Any] = {
         "ledger": {"path": str(tmp / "ledger.db")},
         "pricing": {"overrides": str(prices)},
         "identity": {"key_refresh_seconds": 0.2},
         "providers": [
-            {"name": "anthropic", "kind": "anthropic", "base_url": fake_url, "api_key_env": "FAKE_ANTHROPIC_KEY",
-             "models": ["claude-*"], "timeout_seconds": 3},
-            {"name": "openai", "kind": "openai", "base_url": fake_url + "/v1", "api_key_env": "FAKE_OPENAI_KEY",
-             "models": ["gpt-*", "o3*", "o4-mini"], "timeout_seconds": 3},
+            {
+                "name": "anthropic",
+                "kind": "anthropic",
+                "base_url": fake_url,
+                "api_key_env": "FAKE_ANTHROPIC_KEY",
+                "models": ["claude-*"],
+                "timeout_seconds": 3,
+            },
+            {
+                "name": "openai",
+                "kind": "openai",
+                "base_url": fake_url + "/v1",
+                "api_key_env": "FAKE_OPENAI_KEY",
+                "models": ["gpt-*", "o3*", "o4-mini"],
+                "timeout_seconds": 3,
+            },
             {"name": "local", "kind": "openai-compatible", "base_url": fake_url + "/v1", "models": ["llama-3.1-8b"]},
         ],
         "aliases": {"team-default": "claude-sonnet-4-5", "cheap": "local/llama-3.1-8b"},
@@ -156,8 +167,13 @@ class LiveGateway:
 ADMIN_KEY = "tk-admin-test-secret"
 
 
-def start_gateway(fake: FakeProvider, tmp: Path, extra: dict[str, Any] | None = None,
-                  keys: dict[str, dict[str, Any]] | None = None, **app_args: Any) -> LiveGateway:
+def start_gateway(
+    fake: FakeProvider,
+    tmp: Path,
+    extra: dict[str, Any] | None = None,
+    keys: dict[str, dict[str, Any]] | None = None,
+    **app_args: Any,
+) -> LiveGateway:
     """A gateway on a fresh ledger with the standard keys plus ``keys`` (name -> create_key arguments)."""
     config = gateway_config(fake.url, tmp, **(extra or {}))  # type: ignore[attr-defined]
     db = connect(config.ledger_path)
@@ -191,8 +207,9 @@ def make_gateway(fake: FakeProvider, tmp_path: Path, provider_env: None) -> Iter
     """A factory: ``make_gateway(extra_config, keys=…)`` starts a gateway, stopped after the test."""
     started: list[LiveGateway] = []
 
-    def make(extra: dict[str, Any] | None = None, keys: dict[str, dict[str, Any]] | None = None,
-             **app_args: Any) -> LiveGateway:
+    def make(
+        extra: dict[str, Any] | None = None, keys: dict[str, dict[str, Any]] | None = None, **app_args: Any
+    ) -> LiveGateway:
         sub = tmp_path / f"gw{len(started)}"
         sub.mkdir()
         live = start_gateway(fake, sub, extra, keys, **app_args)

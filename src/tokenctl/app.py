@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from zoneinfo import ZoneInfo
@@ -15,18 +16,18 @@ from aiohttp import web
 from tokenctl.config import Config
 from tokenctl.dashboard.views import DASHBOARD, Dashboard
 from tokenctl.dashboard.views import routes as dashboard_routes
+from tokenctl.gateway import GATEWAY, Gateway
 from tokenctl.identity.keys import KeyCache
 from tokenctl.ingress.admin import admin_dispatch
 from tokenctl.ingress.http import body_limit_errors, dispatch
 from tokenctl.ledger.db import connect
 from tokenctl.ledger.writer import LedgerWriter
 from tokenctl.metering.pricing import PriceBook
-from tokenctl.pipeline import GATEWAY, Gateway
 from tokenctl.policy.approval import ApprovalDesk
 from tokenctl.policy.enforce import Enforcer
 from tokenctl.policy.manage import combined_rules, last_change
 from tokenctl.policy.notify import Notifier
-from tokenctl.policy.seed import ledger_seeds
+from tokenctl.policy.reload import seed_budgets
 from tokenctl.policy.store import MemoryStore, SpendStore
 from tokenctl.providers.upstream import Upstream
 from tokenctl.routing.catalog import Catalog
@@ -38,8 +39,9 @@ log = logging.getLogger("tokenctl")
 CONFIG = web.AppKey("config", Config)
 
 
-def create_app(config: Config, *, store: SpendStore | None = None,
-               clock: Callable[[], float] = time.time) -> web.Application:
+def create_app(
+    config: Config, *, store: SpendStore | None = None, clock: Callable[[], float] = time.time
+) -> web.Application:
     """An aiohttp application serving the gateway; its parts start and stop with the app.
 
     ``store`` holds budget counters and reservations (in memory by default); ``clock`` is injectable
@@ -56,11 +58,16 @@ def create_app(config: Config, *, store: SpendStore | None = None,
     return app
 
 
-async def _gateway_lifecycle(app: web.Application, prices: PriceBook, store: SpendStore,
-                             clock: Callable[[], float]) -> AsyncIterator[None]:
+async def _gateway_lifecycle(
+    app: web.Application, prices: PriceBook, store: SpendStore, clock: Callable[[], float]
+) -> AsyncIterator[None]:
     config = app[CONFIG]
-    ledger = LedgerWriter(config.ledger_path, queue_max=config.ledger_queue_max, batch_max=config.ledger_batch_max,
-                          tz=ZoneInfo(config.enforcement.timezone))
+    ledger = LedgerWriter(
+        config.ledger_path,
+        queue_max=config.ledger_queue_max,
+        batch_max=config.ledger_batch_max,
+        tz=ZoneInfo(config.enforcement.timezone),
+    )
     ledger.start()
     keys_db = connect(config.ledger_path)
     keys = KeyCache(keys_db, config.key_refresh_seconds)
@@ -76,10 +83,13 @@ async def _gateway_lifecycle(app: web.Application, prices: PriceBook, store: Spe
     rules_db = connect(config.ledger_path)
     desk = ApprovalDesk(config.ledger_path)
     notifier = Notifier(http, config.enforcement.webhook_timeout_seconds)
-    enforcer = Enforcer(config, combined_rules(config, rules_db), catalog, prices, store, desk, notifier,
-                        ledger.record, clock)
-    await _seed_budgets(enforcer, rules_db)
-    gateway = Gateway(config, keys, catalog, upstreams, prices, ledger, http, enforcer, _router(config, catalog, prices))
+    enforcer = Enforcer(
+        config, combined_rules(config, rules_db), catalog, prices, store, desk, notifier, ledger.record, clock
+    )
+    await seed_budgets(enforcer, rules_db)
+    gateway = Gateway(
+        config, keys, catalog, upstreams, prices, ledger, http, enforcer, _router(config, catalog, prices)
+    )
     app[GATEWAY] = gateway
     app[DASHBOARD] = dashboard = Dashboard(gateway)
     refresher = asyncio.create_task(_refresh(gateway, rules_db, config.key_refresh_seconds))
@@ -104,16 +114,7 @@ def _router(config: Config, catalog: Catalog, prices: PriceBook) -> Router:
     return Router(settings, catalog, classifier, prices)
 
 
-async def _seed_budgets(enforcer: Enforcer, db: object) -> None:
-    """Budget counters for the current windows, from the ledger (set-if-absent in the store)."""
-    loop = asyncio.get_running_loop()
-    settled, drops = await loop.run_in_executor(
-        None, ledger_seeds, db, enforcer.budgets.rules, enforcer.tz, enforcer.clock()
-    )
-    await enforcer.store.seed(settled, drops)
-
-
-async def _refresh(gw: Gateway, rules_db: object, interval: float) -> None:
+async def _refresh(gw: Gateway, rules_db: sqlite3.Connection, interval: float) -> None:
     """Pick up keys and live rules changed by the CLI or the admin API."""
     loop = asyncio.get_running_loop()
     seen = await loop.run_in_executor(None, last_change, rules_db)
@@ -124,13 +125,6 @@ async def _refresh(gw: Gateway, rules_db: object, interval: float) -> None:
             changed = await loop.run_in_executor(None, last_change, rules_db)
             if changed != seen:
                 seen = changed
-                await reload_rules(gw, rules_db)
+                await gw.reload_rules(rules_db)
         except Exception:  # a locked or missing database must not stop refreshing
             log.exception("refreshing keys or rules failed; keeping what is loaded")
-
-
-async def reload_rules(gw: Gateway, rules_db: object) -> None:
-    loop = asyncio.get_running_loop()
-    rules = await loop.run_in_executor(None, combined_rules, gw.config, rules_db)
-    gw.enforcer.set_rules(rules)
-    await _seed_budgets(gw.enforcer, rules_db)

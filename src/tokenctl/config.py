@@ -2,7 +2,7 @@
 
 The file is optional. Without one, tokenctl serves Anthropic and OpenAI with
 provider keys from ``ANTHROPIC_API_KEY`` and ``OPENAI_API_KEY`` and keeps its
-ledger in ``./tokenctl.db``. See ``docs/configuration.md`` for every field.
+ledger in ``./tokenctl.db``. ``tokenctl.example.yaml`` shows every field.
 """
 
 from __future__ import annotations
@@ -109,6 +109,50 @@ DEFAULT_PROVIDERS: list[dict[str, Any]] = [
 ]
 
 
+# Every field the config file accepts, by section: the parser allows exactly these, and a test checks that
+# tokenctl.example.yaml shows each of them.
+SECTIONS: dict[str, set[str]] = {
+    "top level": {
+        "server",
+        "ledger",
+        "pricing",
+        "providers",
+        "aliases",
+        "identity",
+        "enforcement",
+        "budgets",
+        "policies",
+        "approvals",
+        "routing",
+    },
+    "server": {"host", "port", "max_body_bytes", "shutdown_grace_seconds", "admin_key_env", "tags_header"},
+    "ledger": {"path", "queue_max", "batch_max"},
+    "pricing": {"overrides"},
+    "identity": {"key_refresh_seconds"},
+    "providers[]": {
+        "name",
+        "kind",
+        "base_url",
+        "api_key_env",
+        "models",
+        "pricing_provider",
+        "timeout_seconds",
+        "connect_timeout_seconds",
+        "inject_stream_usage",
+        "headers",
+    },
+    "enforcement": {
+        "timezone",
+        "reservation_ceiling_usd",
+        "default_max_output_tokens",
+        "reservation_ttl_seconds",
+        "webhook_url",
+        "approvals_webhook_url",
+        "webhook_timeout_seconds",
+    },
+}
+
+
 def find_config_path(explicit: str | None) -> Path | None:
     """The config file to use: the explicit one, ``$TOKENCTL_CONFIG``, or ``./tokenctl.yaml`` if present."""
     if explicit:
@@ -139,16 +183,15 @@ def load_config(path: str | Path | None = None) -> Config:
 
 def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path | None = None) -> Config:
     """Validate a config mapping (as read from YAML)."""
-    reject_unknown(raw, {"server", "ledger", "pricing", "providers", "aliases", "identity", "enforcement",
-                         "budgets", "policies", "approvals", "routing"}, "top level")
+    reject_unknown(raw, SECTIONS["top level"], "top level")
     server = section(raw, "server")
-    reject_unknown(server, {"host", "port", "max_body_bytes", "shutdown_grace_seconds", "admin_key_env", "tags_header"}, "server")
+    reject_unknown(server, SECTIONS["server"], "server")
     ledger = section(raw, "ledger")
-    reject_unknown(ledger, {"path", "queue_max", "batch_max"}, "ledger")
+    reject_unknown(ledger, SECTIONS["ledger"], "ledger")
     pricing = section(raw, "pricing")
-    reject_unknown(pricing, {"overrides"}, "pricing")
+    reject_unknown(pricing, SECTIONS["pricing"], "pricing")
     identity = section(raw, "identity")
-    reject_unknown(identity, {"key_refresh_seconds"}, "identity")
+    reject_unknown(identity, SECTIONS["identity"], "identity")
 
     providers_raw = raw.get("providers", DEFAULT_PROVIDERS)
     if not isinstance(providers_raw, list) or not providers_raw:
@@ -196,13 +239,14 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
 
 def _parse_enforcement(raw: dict[str, Any]) -> EnforcementConfig:
     where = "enforcement"
-    reject_unknown(raw, {"timezone", "reservation_ceiling_usd", "default_max_output_tokens", "reservation_ttl_seconds",
-                         "webhook_url", "approvals_webhook_url", "webhook_timeout_seconds"}, where)
+    reject_unknown(raw, SECTIONS["enforcement"], where)
     tz = str(raw.get("timezone", "UTC"))
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(f"{where}.timezone: unknown time zone {tz!r} (use an IANA name such as Europe/Berlin)") from exc
+        raise ConfigError(
+            f"{where}.timezone: unknown time zone {tz!r} (use an IANA name such as Europe/Berlin)"
+        ) from exc
     urls = {}
     for key in ("webhook_url", "approvals_webhook_url"):
         url = raw.get(key)
@@ -225,12 +269,7 @@ def _parse_provider(raw: Any, index: int) -> ProviderConfig:
     where = f"providers[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping")
-    reject_unknown(
-        raw,
-        {"name", "kind", "base_url", "api_key_env", "models", "pricing_provider", "timeout_seconds",
-         "connect_timeout_seconds", "inject_stream_usage", "headers"},
-        where,
-    )
+    reject_unknown(raw, SECTIONS["providers[]"], where)
     name = raw.get("name")
     if not isinstance(name, str) or not name or "/" in name:
         raise ConfigError(f"{where}.name: required, a string without '/'")
@@ -258,5 +297,3 @@ def _parse_provider(raw: Any, index: int) -> ProviderConfig:
         inject_stream_usage=bool(raw.get("inject_stream_usage", True)),
         headers=tuple((str(k), str(v)) for k, v in headers.items()),
     )
-
-

@@ -116,8 +116,17 @@ class BudgetExceeded(GatewayError):
     code = "budget_exceeded"
     retryable = False
 
-    def __init__(self, message: str, *, budget: str, limit: object, spent: object, reserved: object, needed: object,
-                 resets_at: float | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        budget: str,
+        limit: object,
+        spent: object,
+        reserved: object,
+        needed: object,
+        resets_at: float | None,
+    ) -> None:
         super().__init__(message)
         self.budget = budget
         self.limit, self.spent, self.reserved, self.needed = limit, spent, reserved, needed

@@ -7,90 +7,29 @@ its own package. Whatever happens, exactly one ledger entry is recorded per requ
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
-from tokenctl.config import Config
 from tokenctl.errors import BadRequest, GatewayError, UnsupportedRoute
+from tokenctl.gateway import Call, Gateway
 from tokenctl.identity.attribution import attribute
 from tokenctl.identity.authenticate import authenticate, client_key
-from tokenctl.identity.keys import KeyCache
 from tokenctl.ingress.dialect import DIALECTS, Dialect
-from tokenctl.ingress.relay import FallbackNeeded, forward
 from tokenctl.ingress.request import parse_body, read_body
-from tokenctl.ledger.record import LedgerEntry
-from tokenctl.ledger.writer import LedgerWriter
 from tokenctl.metering.meter import settle
-from tokenctl.metering.pricing import PriceBook
 from tokenctl.policy.access import authorize, check_caller
-from tokenctl.policy.enforce import Admission, Enforcer
-from tokenctl.providers.upstream import Upstream, UpstreamRequest
-from tokenctl.routing.catalog import Catalog
-from tokenctl.routing.router import ROUTE_HEADER, Facts, Router, last_user_text, request_kind
-from tokenctl.translate import TRANSLATIONS, StreamTranslator, Translation
+from tokenctl.providers.relay import FallbackNeeded, forward
+from tokenctl.providers.upstream import UpstreamRequest
+from tokenctl.routing.router import ROUTE_HEADER, Facts, last_user_text, request_kind
+from tokenctl.translate import TRANSLATIONS
 from tokenctl.translate.anthropic_to_chat import Untranslatable
 from tokenctl.types import Route
 
-if TYPE_CHECKING:
-    from tokenctl.metering.stream import StreamMeter
-
 log = logging.getLogger("tokenctl")
-
-
-@dataclass
-class Gateway:
-    """Everything a request needs, built once by ``app.create_app``."""
-
-    config: Config
-    keys: KeyCache
-    catalog: Catalog
-    upstreams: dict[str, Upstream]
-    prices: PriceBook
-    ledger: LedgerWriter
-    http: aiohttp.ClientSession
-    enforcer: Enforcer
-    router: Router
-
-
-GATEWAY = web.AppKey("gateway", Gateway)
-
-
-_ID_PREFIX = "req_tk_" + os.urandom(6).hex()  # random per process, so ids stay unique across restarts
-_id_counter = itertools.count(1)
-
-
-def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_id_counter):012x}"
-
-
-class Call:
-    """One request in flight: its id, timers and the ledger entry being filled in."""
-
-    __slots__ = ("gw", "request", "dialect", "request_id", "started", "entry", "meter", "body_size", "admission",
-                 "fallbacks", "upstream_dialect", "translation", "translator")
-
-    def __init__(self, gw: Gateway, request: web.Request, dialect: Dialect) -> None:
-        self.gw = gw
-        self.request = request
-        self.dialect = dialect
-        self.request_id = new_request_id()
-        self.started = time.perf_counter()
-        self.entry = LedgerEntry(request_id=self.request_id, started_at=time.time(), api=dialect.api)
-        self.meter: StreamMeter | None = None
-        self.body_size = 0
-        self.admission: Admission | None = None
-        self.fallbacks: tuple[Route, ...] = ()  # deployments to try if the first fails before answering
-        self.upstream_dialect = dialect  # the API the provider answers in (another one when translating)
-        self.translation: Translation | None = None
-        self.translator: StreamTranslator | None = None
 
 
 async def handle(gw: Gateway, request: web.Request, dialect: Dialect) -> web.StreamResponse:
@@ -138,8 +77,14 @@ def _route(call: Call, body: dict[str, Any]) -> None:
     assert entry.route is not None and entry.principal is not None
     if not router.applies_to(entry.route.requested_model, entry.principal):
         return
-    facts = Facts(entry.principal, entry.attribution, request_kind(body, api), call.body_size // 4,
-                  last_user_text(body, api), call.request.headers.get(ROUTE_HEADER))
+    facts = Facts(
+        entry.principal,
+        entry.attribution,
+        request_kind(body, api),
+        call.body_size // 4,
+        last_user_text(body, api),
+        call.request.headers.get(ROUTE_HEADER),
+    )
     decision = router.choose(entry.route, api, facts)
     if decision is None:
         return
@@ -169,8 +114,11 @@ async def _send(call: Call, raw: bytes, body: dict[str, Any], body_changed: bool
             return await forward(call, upstream, retry_allowed=bool(pending))
         except FallbackNeeded as exc:
             failed, entry.route = entry.route, pending.pop(0)
-            entry.policy = [*(entry.policy or []), f"fallback: {failed.provider.name}/{failed.upstream_model} "
-                                                   f"{exc.reason}; trying {entry.route.upstream_model}"]
+            entry.policy = [
+                *(entry.policy or []),
+                f"fallback: {failed.provider.name}/{failed.upstream_model} "
+                f"{exc.reason}; trying {entry.route.upstream_model}",
+            ]
 
 
 def _prepare(call: Call, raw: bytes, body: dict[str, Any], body_changed: bool) -> UpstreamRequest:
@@ -185,15 +133,21 @@ def _prepare(call: Call, raw: bytes, body: dict[str, Any], body_changed: bool) -
     try:
         translated, dropped = translation.request(body, route.upstream_model)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:  # malformed parts: the client's 400
-        raise BadRequest(f"the request cannot be translated for {route.upstream_model}: malformed "
-                         f"{type(exc).__name__} {exc}") from exc
+        raise BadRequest(
+            f"the request cannot be translated for {route.upstream_model}: malformed {type(exc).__name__} {exc}"
+        ) from exc
     call.upstream_dialect = DIALECTS[route.upstream_api]
     call.translator = translation.stream(call.body_size // 4, body)
-    note = f"translated {call.dialect.api} -> {route.upstream_api}" + (f" ({'; '.join(dropped)})"
-                                                                       if dropped else "")
+    note = f"translated {call.dialect.api} -> {route.upstream_api}" + (f" ({'; '.join(dropped)})" if dropped else "")
     call.entry.policy = [*(call.entry.policy or []), note]
-    return upstream.prepare(route.upstream_api, call.request.headers, orjson.dumps(translated), translated,
-                            Route(route.provider, route.upstream_model, route.upstream_model), body_changed=True)
+    return upstream.prepare(
+        route.upstream_api,
+        call.request.headers,
+        orjson.dumps(translated),
+        translated,
+        Route(route.provider, route.upstream_model, route.upstream_model),
+        body_changed=True,
+    )
 
 
 def _estimate_tokens(call: Call, raw: bytes) -> web.Response:

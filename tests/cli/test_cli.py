@@ -30,7 +30,9 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_keys_create_list_revoke(tmp_path, capsys) -> None:
     ledger = str(tmp_path / "l.db")
-    code, secret, err = run(capsys, "keys", "create", "--user", "alice", "--team", "payments", "--project", "checkout", "--ledger", ledger)
+    code, secret, err = run(
+        capsys, "keys", "create", "--user", "alice", "--team", "payments", "--project", "checkout", "--ledger", ledger
+    )
     secret = secret.strip()
     assert code == 0 and secret.startswith("tkc_") and "shown only now" in err
     stored = connect(ledger).execute("SELECT key_hash, prefix FROM keys").fetchall()
@@ -47,10 +49,16 @@ def test_keys_create_list_revoke(tmp_path, capsys) -> None:
 
 def test_report_by_team_in_every_format(gateway, capsys) -> None:
     for usage in ("input=1000,output=100", "input=3000,cache_read=2000,output=10"):
-        httpx.post(gateway.url + "/v1/messages", json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []},
-                   headers={"x-api-key": gateway.key, "x-fake-usage": usage})
-    httpx.post(gateway.url + "/v1/messages", json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []},
-               headers={"x-api-key": gateway.keys["limited"], "x-fake-usage": "input=10,output=1"})
+        httpx.post(
+            gateway.url + "/v1/messages",
+            json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []},
+            headers={"x-api-key": gateway.key, "x-fake-usage": usage},
+        )
+    httpx.post(
+        gateway.url + "/v1/messages",
+        json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []},
+        headers={"x-api-key": gateway.keys["limited"], "x-fake-usage": "input=10,output=1"},
+    )
     gateway.rows()
     ledger = gateway.db_path
     # haiku-4-5: $1 in, $0.10 cache read, $5 out. payments: (1000 + 1000)*1 + 2000*0.1 + 110*5 = 2750 per 1e6
@@ -64,7 +72,9 @@ def test_report_by_team_in_every_format(gateway, capsys) -> None:
     assert {r["user"] for r in rows} == {"alice", "bob"}
     _, table, _ = run(capsys, "report", "--by", "model", "--ledger", ledger)
     assert "claude-haiku-4-5" in table and "TOTAL" in table and "$0.0028" in table
-    _, empty, _ = run(capsys, "report", "--by", "day", "--since", "2000-01-01", "--until", "2000-01-02", "--ledger", ledger)
+    _, empty, _ = run(
+        capsys, "report", "--by", "day", "--since", "2000-01-01", "--until", "2000-01-02", "--ledger", ledger
+    )
     assert "(no rows)" in empty
     assert run(capsys, "report", "--since", "yesterday-ish", "--ledger", ledger)[0] == 2
 
@@ -91,9 +101,15 @@ def served(fake, tmp_path: Path):
         f"server: {{port: {port}, shutdown_grace_seconds: 20}}\nledger: {{path: {ledger}}}\n"
         f"providers:\n  - {{name: a, kind: anthropic, base_url: '{fake.url}', models: ['claude-*']}}\n"
     )
-    _, key = __import__("tokenctl.identity.keys", fromlist=["create_key"]).create_key(connect(str(ledger)), user="u", team="t")
-    proc = subprocess.Popen([sys.executable, "-m", "tokenctl", "--config", str(config), "serve"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    _, key = __import__("tokenctl.identity.keys", fromlist=["create_key"]).create_key(
+        connect(str(ledger)), user="u", team="t"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenctl", "--config", str(config), "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -112,12 +128,19 @@ def test_sigterm_finishes_in_flight_streams_and_loses_no_ledger_row(served) -> N
     results: list[bytes] = []
 
     def slow_stream() -> None:  # 30 deltas, 20 ms apart: still streaming when SIGTERM arrives
-        r = httpx.post(url + "/v1/messages", json=body, timeout=30,
-                       headers={"x-api-key": key, "x-fake-chunks": "30", "x-fake-fault": "stall:20"})
+        r = httpx.post(
+            url + "/v1/messages",
+            json=body,
+            timeout=30,
+            headers={"x-api-key": key, "x-fake-chunks": "30", "x-fake-fault": "stall:20"},
+        )
         results.append(r.content)
 
     for _ in range(20):
-        assert httpx.post(url + "/v1/messages", json={**body, "stream": False}, headers={"x-api-key": key}).status_code == 200
+        assert (
+            httpx.post(url + "/v1/messages", json={**body, "stream": False}, headers={"x-api-key": key}).status_code
+            == 200
+        )
     threads = [threading.Thread(target=slow_stream) for _ in range(5)]
     for t in threads:
         t.start()

@@ -79,8 +79,18 @@ def test_views_use_the_injected_clock(ledger: str, capsys: pytest.CaptureFixture
 def test_an_empty_csv_still_has_its_header(ledger: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "report", "--by", "user", "--team", "nobody", "--format", "csv", "--ledger", ledger)
     assert code == 0 and list(csv.reader(io.StringIO(out))) == [
-        ["user", "requests", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
-         "reasoning_tokens", "cost_usd", "unpriced_requests"]]
+        [
+            "user",
+            "requests",
+            "input_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "output_tokens",
+            "reasoning_tokens",
+            "cost_usd",
+            "unpriced_requests",
+        ]
+    ]
     code, out, _ = run(capsys, "report", "sessions", "--team", "nobody", "--format", "csv", "--ledger", ledger)
     assert code == 0 and out.strip() == "section"
 
@@ -93,10 +103,20 @@ def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     yield tmp_path
 
 
-@pytest.mark.parametrize("command", [["keys", "list"], ["keys", "create", "--user", "a"], ["report"],
-                                     ["budgets", "list"], ["audit"], ["report", "overview"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["keys", "list"],
+        ["keys", "create", "--user", "a"],
+        ["report"],
+        ["budgets", "list"],
+        ["audit"],
+        ["report", "overview"],
+    ],
+)
 def test_commands_elsewhere_say_where_they_looked_and_create_nothing(
-        elsewhere: Path, capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    elsewhere: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
     code, out, err = run(capsys, *command)
     assert code == 2 and out == ""
     assert "no ledger at" in err and str(elsewhere) in err and "tokenctl migrate" in err
@@ -143,8 +163,15 @@ def test_every_flag_has_a_help_text_and_shows_its_default() -> None:
 def _cli(*args: str, cwd: Path, stdin: int | None = None, **popen: object) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("TOKENCTL_CONFIG", None)
-    return subprocess.Popen([sys.executable, "-m", "tokenctl", *args], cwd=cwd, env=env, stdin=stdin,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)  # type: ignore[call-overload]
+    return subprocess.Popen(
+        [sys.executable, "-m", "tokenctl", *args],
+        cwd=cwd,
+        env=env,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **popen,
+    )  # type: ignore[call-overload]
 
 
 def test_a_taken_port_is_one_clear_line_and_creates_nothing(tmp_path: Path) -> None:
@@ -168,6 +195,11 @@ def test_report_into_head_has_no_broken_pipe(ledger: str, tmp_path: Path) -> Non
     report.stdout.close()
     _, err = report.communicate(timeout=60)
     assert report.returncode == 0 and b"BrokenPipe" not in err and b"Traceback" not in err, err
-    head = subprocess.run(f"{sys.executable} -m tokenctl report --by session --ledger {ledger} | head -n 2",
-                          shell=True, capture_output=True, timeout=60, cwd=tmp_path)
+    head = subprocess.run(
+        f"{sys.executable} -m tokenctl report --by session --ledger {ledger} | head -n 2",
+        shell=True,
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert len(head.stdout.splitlines()) == 2 and b"Traceback" not in head.stderr

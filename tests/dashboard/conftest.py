@@ -55,16 +55,25 @@ def seed_ledger(path: str, n: int = SEEDED_REQUESTS) -> None:
 
 @pytest.fixture(scope="module")
 def seeded(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
-    env = {"FAKE_ANTHROPIC_KEY": "sk-ant-provider-secret", "FAKE_OPENAI_KEY": "sk-openai-provider-secret",
-           "TOKENCTL_ADMIN_KEY": ADMIN_KEY}
+    env = {
+        "FAKE_ANTHROPIC_KEY": "sk-ant-provider-secret",
+        "FAKE_OPENAI_KEY": "sk-openai-provider-secret",
+        "TOKENCTL_ADMIN_KEY": ADMIN_KEY,
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     tmp: Path = tmp_path_factory.mktemp("dashboard")
     seed_ledger(str(tmp / "ledger.db"))
-    live = start_gateway(fake, tmp, BUDGETS, keys={
-        "viewer_payments": {"team": "payments", "role": "viewer", "name": "payments viewer"},
-        "viewer_search": {"team": "search", "role": "viewer"},
-    }, clock=lambda: NOW)
+    live = start_gateway(
+        fake,
+        tmp,
+        BUDGETS,
+        keys={
+            "viewer_payments": {"team": "payments", "role": "viewer", "name": "payments viewer"},
+            "viewer_search": {"team": "search", "role": "viewer"},
+        },
+        clock=lambda: NOW,
+    )
     try:
         yield Seeded(live, live.keys["viewer_payments"], live.keys["viewer_search"])
     finally:

@@ -52,7 +52,9 @@ def test_admin_sees_every_team_and_viewer_only_its_own(seeded: Seeded) -> None:
     viewer, _ = signed_in(seeded, seeded.viewer_payments)
     for params in ({"by": "team"}, {"by": "team", "team": "search"}, {"by": "user", "team": ""}):
         rows = viewer.get("/ui/api/breakdown", params=params).json()["rows"]
-        assert {r["group"] for r in rows} <= {"payments"} | {r["group"] for r in rows if r["group"].startswith("payments-")}
+        assert {r["group"] for r in rows} <= {"payments"} | {
+            r["group"] for r in rows if r["group"].startswith("payments-")
+        }
         assert not any(r["group"].startswith("search") for r in rows)
     users = viewer.get("/ui/api/concentration").json()["leaderboard"]
     assert users and all(u["team"] == "payments" for u in users)
@@ -109,9 +111,11 @@ def test_revoking_a_viewer_key_ends_its_session(seeded: Seeded) -> None:
 
 
 def test_viewer_keys_cannot_call_models(seeded: Seeded) -> None:
-    response = httpx.post(f"{seeded.url}/v1/messages", headers={"x-api-key": seeded.viewer_payments},
-                          json={"model": "claude-sonnet-4-5", "max_tokens": 10,
-                                "messages": [{"role": "user", "content": "hi"}]})
+    response = httpx.post(
+        f"{seeded.url}/v1/messages",
+        headers={"x-api-key": seeded.viewer_payments},
+        json={"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert response.status_code == 403
     assert response.json()["error"]["type"] == "permission_error"
     assert "viewer key" in response.json()["error"]["message"]
@@ -119,8 +123,9 @@ def test_viewer_keys_cannot_call_models(seeded: Seeded) -> None:
 
 def test_request_detail_never_carries_prompt_text(seeded: Seeded) -> None:
     request_id = seeded.sql("SELECT request_id FROM requests WHERE team = 'payments' LIMIT 1")[0][0]
-    detail = httpx.get(f"{seeded.url}/ui/api/requests/{request_id}",
-                       headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+    detail = httpx.get(
+        f"{seeded.url}/ui/api/requests/{request_id}", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    ).json()
     assert detail["request_id"] == request_id
     assert not {"messages", "prompt", "content", "raw_usage", "tags"} & set(detail)
 
@@ -142,28 +147,43 @@ def test_responses_carry_a_strict_content_security_policy(seeded: Seeded) -> Non
 
 def test_rollups_equal_the_requests_table(seeded: Seeded) -> None:
     db = sqlite3.connect(seeded.live.db_path)
-    by_detail = db.execute("SELECT day, COALESCE(team, ''), COALESCE(model, ''), SUM(cost_nanousd), COUNT(*),"
-                           " SUM(cache_read_tokens)"
-                           " FROM requests GROUP BY 1, 2, 3 ORDER BY 1, 2, 3").fetchall()
-    by_rollup = db.execute("SELECT day, team, model, SUM(cost_nanousd), SUM(requests), SUM(cache_read_tokens)"
-                           " FROM rollup_daily GROUP BY 1, 2, 3 ORDER BY 1, 2, 3").fetchall()
+    by_detail = db.execute(
+        "SELECT day, COALESCE(team, ''), COALESCE(model, ''), SUM(cost_nanousd), COUNT(*),"
+        " SUM(cache_read_tokens)"
+        " FROM requests GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    ).fetchall()
+    by_rollup = db.execute(
+        "SELECT day, team, model, SUM(cost_nanousd), SUM(requests), SUM(cache_read_tokens)"
+        " FROM rollup_daily GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    ).fetchall()
     assert by_detail == by_rollup
-    sessions = db.execute("SELECT session_id, SUM(cost_nanousd), COUNT(*) FROM requests WHERE session_id IS NOT NULL"
-                          " GROUP BY 1 ORDER BY 1")
+    sessions = db.execute(
+        "SELECT session_id, SUM(cost_nanousd), COUNT(*) FROM requests WHERE session_id IS NOT NULL"
+        " GROUP BY 1 ORDER BY 1"
+    )
     rolled = db.execute("SELECT session_id, cost_nanousd, requests FROM rollup_sessions ORDER BY 1")
     assert sessions.fetchall() == rolled.fetchall()
     db.close()
 
 
-@pytest.mark.parametrize("table, columns", [("rollup_team_daily", ("team", "model")),
-                                            ("rollup_team_daily", ("project", "tool")),
-                                            ("rollup_user_daily", ("team", "user"))])
+@pytest.mark.parametrize(
+    "table, columns",
+    [
+        ("rollup_team_daily", ("team", "model")),
+        ("rollup_team_daily", ("project", "tool")),
+        ("rollup_user_daily", ("team", "user")),
+    ],
+)
 def test_the_small_rollups_equal_the_requests_table(seeded: Seeded, table: str, columns: tuple[str, str]) -> None:
     db = sqlite3.connect(seeded.live.db_path)
     a, b = columns
-    detail = db.execute(f"SELECT day, COALESCE({a}, ''), COALESCE({b}, ''), SUM(cost_nanousd), COUNT(*),"
-                        f" SUM(output_tokens) FROM requests GROUP BY 1, 2, 3 ORDER BY 1, 2, 3").fetchall()
-    rolled = db.execute(f"SELECT day, {a}, {b}, SUM(cost_nanousd), SUM(requests), SUM(output_tokens) FROM {table}"
-                        " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
+    detail = db.execute(
+        f"SELECT day, COALESCE({a}, ''), COALESCE({b}, ''), SUM(cost_nanousd), COUNT(*),"
+        f" SUM(output_tokens) FROM requests GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    ).fetchall()
+    rolled = db.execute(
+        f"SELECT day, {a}, {b}, SUM(cost_nanousd), SUM(requests), SUM(output_tokens) FROM {table}"
+        " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    )
     assert detail == rolled.fetchall()
     db.close()

@@ -28,7 +28,8 @@ def test_forecast_adds_the_rate_for_the_rest_of_the_month() -> None:
 def test_exhaustion_extends_the_window_pace() -> None:
     start = datetime(2026, 11, 1, tzinfo=UTC)
     now = datetime(2026, 11, 11, tzinfo=UTC)  # $40 in 10 days: $4/day, $60 left -> 15 more days
-    assert exhaustion(Decimal(100), Decimal(40), start, now, datetime(2026, 12, 1, tzinfo=UTC)) == \
-        datetime(2026, 11, 26, tzinfo=UTC)
+    assert exhaustion(Decimal(100), Decimal(40), start, now, datetime(2026, 12, 1, tzinfo=UTC)) == datetime(
+        2026, 11, 26, tzinfo=UTC
+    )
     assert exhaustion(Decimal(100), Decimal(20), start, now, datetime(2026, 12, 1, tzinfo=UTC)) is None
     assert exhaustion(Decimal(100), Decimal(100), start, now, None) == now

@@ -90,8 +90,10 @@ def test_every_page_loads_without_console_errors(seeded: Seeded, browser: Any) -
     for name in PAGES:
         tab.open(name)
         tab.shot(f"admin-{name}")
-    session = seeded.sql("SELECT session_id FROM requests WHERE session_id IS NOT NULL"
-                         " GROUP BY session_id ORDER BY SUM(cost_nanousd) DESC LIMIT 1")[0][0]
+    session = seeded.sql(
+        "SELECT session_id FROM requests WHERE session_id IS NOT NULL"
+        " GROUP BY session_id ORDER BY SUM(cost_nanousd) DESC LIMIT 1"
+    )[0][0]
     tab.open(f"sessions/{session}")
     tab.shot("admin-session-detail")
     request_id = seeded.sql("SELECT request_id FROM requests WHERE session_id = ? ORDER BY ts DESC", session)[0][0]
@@ -115,13 +117,18 @@ def test_overview_numbers_equal_the_ledger_sums(seeded: Seeded, browser: Any) ->
 
 
 def test_breakdown_table_equals_the_ledger_grouped_by_team(seeded: Seeded, browser: Any) -> None:
-    expected = dict(seeded.sql("SELECT team, SUM(cost_nanousd) FROM requests WHERE ts >= '2026-10-01'"
-                               " AND ts < '2026-11-01' GROUP BY team"))
+    expected = dict(
+        seeded.sql(
+            "SELECT team, SUM(cost_nanousd) FROM requests WHERE ts >= '2026-10-01' AND ts < '2026-11-01' GROUP BY team"
+        )
+    )
     tab = Page(browser, seeded.url, ADMIN_KEY)
     page = tab.open("breakdown?by=team&start=2026-10-01&end=2026-10-31")
     rows = page.locator("#breakdown-table tbody tr")
-    shown = {rows.nth(i).locator("td").first.inner_text(): rows.nth(i).locator("td[data-col=cost] .usd")
-             for i in range(rows.count())}
+    shown = {
+        rows.nth(i).locator("td").first.inner_text(): rows.nth(i).locator("td[data-col=cost] .usd")
+        for i in range(rows.count())
+    }
     assert set(shown) == set(expected)
     for team, cell in shown.items():
         assert Decimal(cell.get_attribute("data-usd")) == exact(expected[team]), team
@@ -133,19 +140,29 @@ def test_breakdown_table_equals_the_ledger_grouped_by_team(seeded: Seeded, brows
     page.wait_for_url("**by=user**")
     page.wait_for_selector("main[aria-busy='false'] #breakdown-table")
     first_team = max(expected, key=lambda t: expected[t])
-    users = dict(seeded.sql("SELECT user, SUM(cost_nanousd) FROM requests WHERE team = ? AND ts >= '2026-10-01'"
-                            " AND ts < '2026-11-01' GROUP BY user", first_team))
+    users = dict(
+        seeded.sql(
+            "SELECT user, SUM(cost_nanousd) FROM requests WHERE team = ? AND ts >= '2026-10-01'"
+            " AND ts < '2026-11-01' GROUP BY user",
+            first_team,
+        )
+    )
     cells = page.locator("#breakdown-table tbody tr td[data-col=cost] .usd")
     assert cells.count() == len(users)
-    assert sorted(Decimal(cells.nth(i).get_attribute("data-usd")) for i in range(cells.count())) == \
-        sorted(exact(v) for v in users.values())
+    assert sorted(Decimal(cells.nth(i).get_attribute("data-usd")) for i in range(cells.count())) == sorted(
+        exact(v) for v in users.values()
+    )
     tab.shot("admin-drilldown-users")
     tab.close()
 
 
 def test_concentration_matches_the_ledger(seeded: Seeded, browser: Any) -> None:
-    spend = [v for (v,) in seeded.sql("SELECT SUM(cost_nanousd) FROM requests WHERE ts >= '2026-11-01'"
-                                      " GROUP BY user ORDER BY 1 DESC")]
+    spend = [
+        v
+        for (v,) in seeded.sql(
+            "SELECT SUM(cost_nanousd) FROM requests WHERE ts >= '2026-11-01' GROUP BY user ORDER BY 1 DESC"
+        )
+    ]
     top = -(-len(spend) // 5)
     share = sum(spend[:top]) / sum(spend)
     tab = Page(browser, seeded.url, ADMIN_KEY)
@@ -158,14 +175,36 @@ def test_concentration_matches_the_ledger(seeded: Seeded, browser: Any) -> None:
 
 def test_approve_from_the_page(seeded: Seeded, browser: Any) -> None:
     db = connect(seeded.live.db_path)
-    held = approvals.create_pending(db, HeldRequest(
-        rule="big-requests", fingerprint="f" * 64, key_id="key_x", user="payments-dev1", team="payments",
-        project="payments-a", model="claude-opus-4-1", estimated_usd=Decimal("42.50"), input_tokens=900_000,
-        reason="estimated $42.50 is above $25"))
-    denied = approvals.create_pending(db, HeldRequest(
-        rule="big-requests", fingerprint="e" * 64, key_id="key_y", user="search-dev2", team="search",
-        project="search-a", model="claude-opus-4-1", estimated_usd=Decimal("30"), input_tokens=700_000,
-        reason="estimated $30.00 is above $25"))
+    held = approvals.create_pending(
+        db,
+        HeldRequest(
+            rule="big-requests",
+            fingerprint="f" * 64,
+            key_id="key_x",
+            user="payments-dev1",
+            team="payments",
+            project="payments-a",
+            model="claude-opus-4-1",
+            estimated_usd=Decimal("42.50"),
+            input_tokens=900_000,
+            reason="estimated $42.50 is above $25",
+        ),
+    )
+    denied = approvals.create_pending(
+        db,
+        HeldRequest(
+            rule="big-requests",
+            fingerprint="e" * 64,
+            key_id="key_y",
+            user="search-dev2",
+            team="search",
+            project="search-a",
+            model="claude-opus-4-1",
+            estimated_usd=Decimal("30"),
+            input_tokens=700_000,
+            reason="estimated $30.00 is above $25",
+        ),
+    )
     tab = Page(browser, seeded.url, ADMIN_KEY)
     page = tab.open("approvals")
     tab.shot("admin-approvals-pending")

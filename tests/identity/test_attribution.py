@@ -34,13 +34,19 @@ def test_claude_code_user_id_json_and_legacy_forms() -> None:
 
 
 def test_ten_sessions_from_one_key_stay_one_principal_with_distinct_sessions() -> None:
-    sessions = {attribute({}, {"metadata": {"user_id": f'{{"device_id":"d","session_id":"s{i}"}}'}}, "x-tags").session_id
-                for i in range(10)}
+    sessions = {
+        attribute({}, {"metadata": {"user_id": f'{{"device_id":"d","session_id":"s{i}"}}'}}, "x-tags").session_id
+        for i in range(10)
+    }
     assert sessions == {f"s{i}" for i in range(10)}
 
 
 def test_header_session_wins_over_body_and_tags_are_bounded() -> None:
-    a = attribute({"x-claude-code-session-id": "hdr", "x-tags": "a=1, b , =x"}, {"metadata": {"user_id": '{"session_id":"body"}'}}, "x-tags")
+    a = attribute(
+        {"x-claude-code-session-id": "hdr", "x-tags": "a=1, b , =x"},
+        {"metadata": {"user_id": '{"session_id":"body"}'}},
+        "x-tags",
+    )
     assert a.session_id == "hdr" and a.tags == {"a": "1", "b": ""}
     assert len(parse_tags(",".join(f"k{i}=v" for i in range(100)))) == 20
 

@@ -28,11 +28,21 @@ def test_non_streaming_message_is_metered_with_cache_and_reasoning(gateway) -> N
     request_id = reply.headers["request-id"]
     assert reply.headers["x-request-id"] == request_id
     row = gateway.row(request_id)
-    assert (row["input_tokens"], row["cache_read_tokens"], row["cache_write_5m_tokens"], row["cache_write_1h_tokens"]) == (2500, 6000, 1000, 500)
+    assert (
+        row["input_tokens"],
+        row["cache_read_tokens"],
+        row["cache_write_5m_tokens"],
+        row["cache_write_1h_tokens"],
+    ) == (2500, 6000, 1000, 500)
     assert (row["output_tokens"], row["reasoning_tokens"]) == (400, 100)
     assert Decimal(row["cost_usd"]) == CACHED_COST
     assert row["cost_nanousd"] == 22_050_000
-    assert (row["user"], row["team"], row["project"], row["tool"]) == ("alice", "payments", "checkout", "anthropic-sdk-python")
+    assert (row["user"], row["team"], row["project"], row["tool"]) == (
+        "alice",
+        "payments",
+        "checkout",
+        "anthropic-sdk-python",
+    )
     assert row["status"] == 200 and row["outcome"] == "ok" and row["partial"] == 0
     assert row["price_version"].startswith("genai-prices 0.2.3")
     assert orjson.loads(row["raw_usage"])["cache_read_input_tokens"] == 6000
@@ -40,7 +50,9 @@ def test_non_streaming_message_is_metered_with_cache_and_reasoning(gateway) -> N
 
 def test_streaming_costs_the_same_as_non_streaming(gateway) -> None:
     c = client(gateway, **{"x-fake-usage": CACHED_USAGE})
-    with c.messages.stream(model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}]) as stream:
+    with c.messages.stream(
+        model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
         request_id = stream.response.headers["request-id"]
@@ -51,8 +63,15 @@ def test_streaming_costs_the_same_as_non_streaming(gateway) -> None:
     streamed = gateway.row(request_id)
     plain = next(r for r in rows if r["request_id"] != request_id)
     assert streamed["stream"] == 1 and plain["stream"] == 0
-    for column in ("input_tokens", "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens",
-                   "output_tokens", "reasoning_tokens", "cost_usd"):
+    for column in (
+        "input_tokens",
+        "cache_read_tokens",
+        "cache_write_5m_tokens",
+        "cache_write_1h_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+        "cost_usd",
+    ):
         assert streamed[column] == plain[column], column
     assert Decimal(streamed["cost_usd"]) == CACHED_COST
     assert streamed["ttft_ms"] is not None and streamed["ttft_ms"] <= streamed["duration_ms"]
@@ -60,13 +79,19 @@ def test_streaming_costs_the_same_as_non_streaming(gateway) -> None:
 
 def test_stream_reaches_the_client_event_for_event(gateway, fake) -> None:
     """Thinking blocks with signatures, pings and deltas arrive exactly as the provider sent them."""
-    body = {"model": "claude-sonnet-4-5", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 50,
+        "stream": True,
+        "messages": [{"role": "user", "content": "x"}],
+    }
     headers = {"x-api-key": gateway.key, "x-fake-usage": "reasoning=7", "anthropic-version": "2023-06-01"}
     through = httpx.post(gateway.url + "/v1/messages", json=body, headers=headers).content
     direct = httpx.post(fake.url + "/v1/messages", json=body, headers=headers).content
 
     def normalise(data: bytes) -> bytes:  # the message id is a counter in the fake
         import re
+
         return re.sub(rb"msg_fake_\d+", b"msg_fake_N", data)
 
     assert normalise(through) == normalise(direct)
@@ -75,7 +100,9 @@ def test_stream_reaches_the_client_event_for_event(gateway, fake) -> None:
 
 
 def test_count_tokens_is_forwarded_and_not_billed(gateway) -> None:
-    result = client(gateway).messages.count_tokens(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hello there"}])
+    result = client(gateway).messages.count_tokens(
+        model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hello there"}]
+    )
     assert result.input_tokens > 0
     assert gateway.last_upstream().path == "/v1/messages/count_tokens"
     (row,) = gateway.wait_rows(1)
@@ -95,9 +122,12 @@ def test_unknown_fields_system_role_messages_and_betas_pass_through_untouched(ga
         b'"safeguards":[{"type":"dangerous_tool_use"}]}'
     )
     headers = {
-        "x-api-key": gateway.key, "anthropic-version": "2023-06-01", "content-type": "application/json",
+        "x-api-key": gateway.key,
+        "anthropic-version": "2023-06-01",
+        "content-type": "application/json",
         "anthropic-beta": "claude-code-20250219,context-1m-2025-08-07,effort-2025-11-24",
-        "user-agent": "claude-cli/2.1.330 (external, sdk-cli)", "x-claude-code-session-id": "5b0c-sess",
+        "user-agent": "claude-cli/2.1.330 (external, sdk-cli)",
+        "x-claude-code-session-id": "5b0c-sess",
     }
     response = httpx.post(gateway.url + "/v1/messages?beta=true", content=raw, headers=headers)
     assert response.status_code == 200
@@ -109,7 +139,12 @@ def test_unknown_fields_system_role_messages_and_betas_pass_through_untouched(ga
     assert upstream.headers["x-api-key"] == "sk-ant-provider-secret"  # the provider key replaces the client's
     assert "authorization" not in {k.lower() for k in upstream.headers}
     row = gateway.row(response.headers["request-id"])
-    assert (row["tool"], row["tool_version"], row["session_id"], row["device_id"]) == ("claude-code", "2.1.330", "5b0c-sess", "ab12")
+    assert (row["tool"], row["tool_version"], row["session_id"], row["device_id"]) == (
+        "claude-code",
+        "2.1.330",
+        "5b0c-sess",
+        "ab12",
+    )
     assert row["anthropic_beta"] == headers["anthropic-beta"]
 
 

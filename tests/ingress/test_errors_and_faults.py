@@ -56,7 +56,11 @@ def assert_openai_error(response, status: int, code: str) -> str:
 def test_bad_input_is_a_400_in_each_dialect(gateway, content: bytes, fragment: str) -> None:
     message = assert_anthropic_error(post(gateway, "/v1/messages", content=content), 400, "invalid_request_error")
     assert fragment in message
-    openai_message = assert_openai_error(post(gateway, "/v1/chat/completions", content=content.replace(b"claude-sonnet-4-5", b"gpt-4o")), 400, "invalid_request")
+    openai_message = assert_openai_error(
+        post(gateway, "/v1/chat/completions", content=content.replace(b"claude-sonnet-4-5", b"gpt-4o")),
+        400,
+        "invalid_request",
+    )
     assert fragment in openai_message
     assert [r["status"] for r in gateway.rows()] == [400, 400]
     assert gateway.fake.received == []
@@ -73,19 +77,24 @@ def test_oversized_body_is_a_413(gateway, fake, tmp_path, monkeypatch) -> None:
         body = {**MESSAGES, "messages": [{"role": "user", "content": "x" * 5000}]}
         response = httpx.post(small.url + "/v1/messages", json=body, headers={"x-api-key": gateway.key})
         assert "at most 1,000 bytes" in assert_anthropic_error(response, 413, "request_too_large")
-        chunked = httpx.post(small.url + "/v1/chat/completions", content=iter([b"{" + b" " * 3000 + b"}"]),
-                             headers={"authorization": f"Bearer {gateway.key}"})
+        chunked = httpx.post(
+            small.url + "/v1/chat/completions",
+            content=iter([b"{" + b" " * 3000 + b"}"]),
+            headers={"authorization": f"Bearer {gateway.key}"},
+        )
         assert_openai_error(chunked, 413, "request_too_large")
     finally:
         small.stop()
 
 
 def test_missing_unknown_and_revoked_keys_are_401(gateway) -> None:
-    assert "missing API key" in assert_anthropic_error(post(gateway, "/v1/messages", key=None, json=MESSAGES), 401, "authentication_error")
+    assert "missing API key" in assert_anthropic_error(
+        post(gateway, "/v1/messages", key=None, json=MESSAGES), 401, "authentication_error"
+    )
     assert_anthropic_error(post(gateway, "/v1/messages", key="tkc_nope", json=MESSAGES), 401, "authentication_error")
     assert post(gateway, "/v1/messages", json=MESSAGES).status_code == 200
     db = connect(gateway.db_path)
-    key_id = [r for r in gateway.rows() if r["status"] == 200][0]["key_id"]
+    key_id = next(r for r in gateway.rows() if r["status"] == 200)["key_id"]
     revoke_key(db, key_id)
     db.close()
     for _ in range(50):  # the gateway picks up revocations within its refresh interval (0.2 s here)
@@ -94,7 +103,9 @@ def test_missing_unknown_and_revoked_keys_are_401(gateway) -> None:
             break
         time.sleep(0.05)
     assert "revoked" in assert_anthropic_error(response, 401, "authentication_error")
-    bad_openai = httpx.post(gateway.url + "/v1/chat/completions", json=CHAT, headers={"authorization": "Bearer tkc_bad"})
+    bad_openai = httpx.post(
+        gateway.url + "/v1/chat/completions", json=CHAT, headers={"authorization": "Bearer tkc_bad"}
+    )
     assert_openai_error(bad_openai, 401, "invalid_api_key")
 
 
@@ -109,25 +120,38 @@ def test_key_created_while_running_works_at_once(gateway) -> None:
 
 
 def test_when_both_auth_headers_come_the_tokenctl_key_wins(gateway) -> None:
-    ok = post(gateway, "/v1/messages", key="sk-ant-real-provider-key", json=MESSAGES, authorization=f"Bearer {gateway.key}")
+    ok = post(
+        gateway, "/v1/messages", key="sk-ant-real-provider-key", json=MESSAGES, authorization=f"Bearer {gateway.key}"
+    )
     assert ok.status_code == 200
     both = post(gateway, "/v1/messages", json=MESSAGES, authorization="Bearer tkc_other")
     assert both.status_code == 200  # both are tokenctl keys: x-api-key wins
 
 
 def test_unknown_model_is_404_and_other_dialects_are_translated(gateway) -> None:
-    assert "not served" in assert_anthropic_error(post(gateway, "/v1/messages", json={**MESSAGES, "model": "mystery-9"}), 404, "not_found_error")
-    assert_openai_error(post(gateway, "/v1/chat/completions", json={**CHAT, "model": "mystery-9"}), 404, "model_not_found")
-    for path, body in (("/v1/messages", {**MESSAGES, "model": "gpt-4o"}),
-                       ("/v1/chat/completions", {**CHAT, "model": "claude-sonnet-4-5"}),
-                       ("/v1/responses", {"model": "claude-sonnet-4-5", "input": "hi"})):
+    assert "not served" in assert_anthropic_error(
+        post(gateway, "/v1/messages", json={**MESSAGES, "model": "mystery-9"}), 404, "not_found_error"
+    )
+    assert_openai_error(
+        post(gateway, "/v1/chat/completions", json={**CHAT, "model": "mystery-9"}), 404, "model_not_found"
+    )
+    for path, body in (
+        ("/v1/messages", {**MESSAGES, "model": "gpt-4o"}),
+        ("/v1/chat/completions", {**CHAT, "model": "claude-sonnet-4-5"}),
+        ("/v1/responses", {"model": "claude-sonnet-4-5", "input": "hi"}),
+    ):
         assert post(gateway, path, json=body).status_code == 200, path
 
 
 def test_model_outside_the_key_allowlist_is_403(gateway) -> None:
     response = post(gateway, "/v1/messages", key=gateway.keys["limited"], json=MESSAGES)
     assert "may not use model" in assert_anthropic_error(response, 403, "permission_error")
-    assert post(gateway, "/v1/messages", key=gateway.keys["limited"], json={**MESSAGES, "model": "claude-haiku-4-5"}).status_code == 200
+    assert (
+        post(
+            gateway, "/v1/messages", key=gateway.keys["limited"], json={**MESSAGES, "model": "claude-haiku-4-5"}
+        ).status_code
+        == 200
+    )
 
 
 @pytest.mark.parametrize("status", [429, 500, 503, 529])
@@ -171,8 +195,19 @@ def test_unreachable_provider_is_502_and_slow_provider_504(gateway) -> None:
     from tokenctl.app import create_app
     from tokenctl.config import parse_config
 
-    dead = parse_config({"ledger": {"path": gateway.db_path + "2"}, "providers": [
-        {"name": "down", "kind": "openai-compatible", "base_url": f"http://127.0.0.1:{free_port()}/v1", "models": ["*"]}]})
+    dead = parse_config(
+        {
+            "ledger": {"path": gateway.db_path + "2"},
+            "providers": [
+                {
+                    "name": "down",
+                    "kind": "openai-compatible",
+                    "base_url": f"http://127.0.0.1:{free_port()}/v1",
+                    "models": ["*"],
+                }
+            ],
+        }
+    )
     server = ServerThread(create_app(dead)).start()
     try:
         from tokenctl.identity.keys import create_key
@@ -180,7 +215,9 @@ def test_unreachable_provider_is_502_and_slow_provider_504(gateway) -> None:
         db = connect(gateway.db_path + "2")
         _, key = create_key(db, user="x")
         db.close()
-        response = httpx.post(server.url + "/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {key}"})
+        response = httpx.post(
+            server.url + "/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {key}"}
+        )
         assert "unreachable" in assert_openai_error(response, 502, "upstream_error")
     finally:
         server.stop()
@@ -191,7 +228,9 @@ def test_unreachable_provider_is_502_and_slow_provider_504(gateway) -> None:
 def test_anthropic_stream_cut_mid_way_ends_with_error_event(gateway) -> None:
     c = anthropic.Anthropic(api_key=gateway.key, base_url=gateway.url, max_retries=0)
     with pytest.raises(anthropic.APIStatusError, match="mid-stream"):
-        with c.messages.stream(**MESSAGES, extra_headers={"x-fake-fault": "cut:5", "x-fake-usage": "input=1000"}) as stream:
+        with c.messages.stream(
+            **MESSAGES, extra_headers={"x-fake-fault": "cut:5", "x-fake-usage": "input=1000"}
+        ) as stream:
             for _ in stream.text_stream:
                 pass
     (row,) = gateway.wait_rows(1)
@@ -212,8 +251,11 @@ def test_chat_stream_failure_raises_in_the_sdk(gateway, fault: str) -> None:
 
 
 def test_responses_stream_failure_ends_with_response_failed(gateway) -> None:
-    response = httpx.post(gateway.url + "/v1/responses", json={"model": "gpt-4o", "input": "hi", "stream": True},
-                          headers={"authorization": f"Bearer {gateway.key}", "x-fake-fault": "eof:3"})
+    response = httpx.post(
+        gateway.url + "/v1/responses",
+        json={"model": "gpt-4o", "input": "hi", "stream": True},
+        headers={"authorization": f"Bearer {gateway.key}", "x-fake-fault": "eof:3"},
+    )
     events = response.content.split(b"\n\n")
     assert [e for e in events if e][-1].startswith(b"event: response.failed")
     assert b"response.completed" not in response.content
@@ -227,9 +269,17 @@ def test_upstream_in_stream_error_is_relayed_once(gateway) -> None:
 
 
 def test_client_disconnect_mid_stream_is_recorded_as_partial(gateway) -> None:
-    with httpx.stream("POST", gateway.url + "/v1/messages", json={**MESSAGES, "stream": True},
-                      headers={"x-api-key": gateway.key, "x-fake-chunks": "200", "x-fake-fault": "stall:20",
-                               "x-fake-usage": "input=500"}) as response:
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/messages",
+        json={**MESSAGES, "stream": True},
+        headers={
+            "x-api-key": gateway.key,
+            "x-fake-chunks": "200",
+            "x-fake-fault": "stall:20",
+            "x-fake-usage": "input=500",
+        },
+    ) as response:
         received = b""
         for chunk in response.iter_raw():
             received += chunk
@@ -246,6 +296,8 @@ def test_preflight_and_unknown_endpoints(gateway) -> None:
         assert response.status_code == 200 and response.headers["request-id"]
     missing = httpx.get(gateway.url + "/v1/files", headers={"anthropic-version": "2023-06-01"})
     assert_anthropic_error(missing, 404, "not_found_error")
+    openai_missing = httpx.post(gateway.url + "/v1/embeddings", json={"model": "gpt-5", "input": "x"})
+    assert "no such endpoint: POST /v1/embeddings" in assert_openai_error(openai_missing, 404, "unknown_url")
     wrong_method = httpx.get(gateway.url + "/v1/messages")
     assert_anthropic_error(wrong_method, 405, "invalid_request_error")
     ws = httpx.get(gateway.url + "/v1/responses", headers={"upgrade": "websocket", "connection": "upgrade"})

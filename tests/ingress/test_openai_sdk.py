@@ -34,9 +34,11 @@ def test_chat_completion_non_streaming(gateway) -> None:
 
 
 def test_chat_stream_gets_usage_without_showing_the_injected_chunk(gateway) -> None:
-    chunks = list(client(gateway, **{"x-fake-usage": GPT4O_USAGE}).chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True
-    ))
+    chunks = list(
+        client(gateway, **{"x-fake-usage": GPT4O_USAGE}).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    )
     assert all(c.usage is None for c in chunks)  # the client did not ask for usage, so it sees none
     assert all(c.choices for c in chunks)
     assert orjson.loads(gateway.last_upstream().body)["stream_options"] == {"include_usage": True}
@@ -45,10 +47,14 @@ def test_chat_stream_gets_usage_without_showing_the_injected_chunk(gateway) -> N
 
 
 def test_chat_stream_with_include_usage_keeps_the_usage_chunk(gateway) -> None:
-    chunks = list(client(gateway, **{"x-fake-usage": GPT4O_USAGE}).chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True,
-        stream_options={"include_usage": True},
-    ))
+    chunks = list(
+        client(gateway, **{"x-fake-usage": GPT4O_USAGE}).chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 1000
     (row,) = gateway.wait_rows(1)
     assert Decimal(row["cost_usd"]) == GPT4O_COST
@@ -63,23 +69,46 @@ def test_responses_non_streaming_and_streaming_cost_the_same_with_reasoning(gate
     plain, streamed = gateway.rows()
     assert (plain["stream"], streamed["stream"]) == (0, 1)
     for row in (plain, streamed):
-        assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"], row["reasoning_tokens"]) == (1000, 1000, 500, 300)
+        assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"], row["reasoning_tokens"]) == (
+            1000,
+            1000,
+            500,
+            300,
+        )
         assert Decimal(row["cost_usd"]) == O3_COST
         assert row["response_model"] == "o3"
 
 
 def test_codex_style_responses_request(gateway) -> None:
     body = {
-        "model": "gpt-4o", "stream": True, "store": False, "tool_choice": "auto", "parallel_tool_calls": False,
-        "reasoning": {"effort": "low", "context": "all_turns"}, "include": ["reasoning.encrypted_content"],
-        "prompt_cache_key": "thread-1", "text": {"verbosity": "low"}, "client_metadata": {"session_id": "thread-1"},
-        "input": [{"type": "additional_tools", "role": "developer", "tools": [{"type": "namespace", "name": "functions", "tools": []}]},
-                  {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "say hi"}]}],
+        "model": "gpt-4o",
+        "stream": True,
+        "store": False,
+        "tool_choice": "auto",
+        "parallel_tool_calls": False,
+        "reasoning": {"effort": "low", "context": "all_turns"},
+        "include": ["reasoning.encrypted_content"],
+        "prompt_cache_key": "thread-1",
+        "text": {"verbosity": "low"},
+        "client_metadata": {"session_id": "thread-1"},
+        "input": [
+            {
+                "type": "additional_tools",
+                "role": "developer",
+                "tools": [{"type": "namespace", "name": "functions", "tools": []}],
+            },
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "say hi"}]},
+        ],
     }
     raw = orjson.dumps(body)
-    headers = {"authorization": f"Bearer {gateway.key}", "originator": "codex_exec", "session-id": "thread-1",
-               "user-agent": "codex_exec/0.169.0 (Debian 12.0.0; x86_64) dumb (codex_exec; 0.169.0)",
-               "content-type": "application/json", "accept": "text/event-stream"}
+    headers = {
+        "authorization": f"Bearer {gateway.key}",
+        "originator": "codex_exec",
+        "session-id": "thread-1",
+        "user-agent": "codex_exec/0.169.0 (Debian 12.0.0; x86_64) dumb (codex_exec; 0.169.0)",
+        "content-type": "application/json",
+        "accept": "text/event-stream",
+    }
     response = httpx.post(gateway.url + "/v1/responses", content=raw, headers=headers)
     assert response.status_code == 200 and b"event: response.completed" in response.content
     assert gateway.last_upstream().body == raw
@@ -93,7 +122,9 @@ def test_models_lists_what_the_key_may_use(gateway) -> None:
     assert not any("*" in m for m in ids)
     limited = openai.OpenAI(api_key=gateway.keys["limited"], base_url=gateway.url + "/v1", max_retries=0)
     assert {m.id for m in limited.models.list()} == set()  # only claude-haiku-* allowed; no concrete name listed
-    anthropic_shape = httpx.get(gateway.url + "/v1/models", headers={"x-api-key": gateway.key, "anthropic-version": "2023-06-01"}).json()
+    anthropic_shape = httpx.get(
+        gateway.url + "/v1/models", headers={"x-api-key": gateway.key, "anthropic-version": "2023-06-01"}
+    ).json()
     assert anthropic_shape["data"][0]["type"] == "model" and anthropic_shape["has_more"] is False
 
 

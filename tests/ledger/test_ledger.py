@@ -15,8 +15,13 @@ from tokenctl.types import Usage
 
 
 def entry(request_id: str, output: int = 10) -> LedgerEntry:
-    return LedgerEntry(request_id=request_id, started_at=time.time(), api="openai.chat", status=200,
-                       usage=Usage(input_tokens=100, output_tokens=output))
+    return LedgerEntry(
+        request_id=request_id,
+        started_at=time.time(),
+        api="openai.chat",
+        status=200,
+        usage=Usage(input_tokens=100, output_tokens=output),
+    )
 
 
 def count(path: str) -> int:
@@ -38,7 +43,9 @@ def test_fresh_database_gets_every_migration_once(tmp_path) -> None:
 def test_upgrade_from_the_first_migration_keeps_existing_rows(tmp_path) -> None:
     db = connect(str(tmp_path / "l.db"), migrate_schema=False)
     migrate(db, MIGRATIONS[:1])
-    db.execute("INSERT INTO keys (key_id, key_hash, prefix, models, created_at, updated_at) VALUES ('k1', 'h', 'p', '', 1, 1)")
+    db.execute(
+        "INSERT INTO keys (key_id, key_hash, prefix, models, created_at, updated_at) VALUES ('k1', 'h', 'p', '', 1, 1)"
+    )
     newly = migrate(db)
     assert newly == [m.__name__ for m in MIGRATIONS[1:]]
     assert db.execute("SELECT key_id FROM keys").fetchall() == [("k1",)]

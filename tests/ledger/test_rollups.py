@@ -48,8 +48,10 @@ def test_upgrading_a_ledger_with_rows_builds_its_rollups(tmp_path: Path) -> None
     old_columns = [c[1] for c in db.execute("PRAGMA table_info(requests)")]
     for e in synthetic_entries(300, start=START, days=3):
         values = dict(zip(COLUMNS, to_row(e)))
-        db.execute(f"INSERT INTO requests ({', '.join(old_columns)}) VALUES ({', '.join('?' * len(old_columns))})",
-                   [values[c] for c in old_columns])
+        db.execute(
+            f"INSERT INTO requests ({', '.join(old_columns)}) VALUES ({', '.join('?' * len(old_columns))})",
+            [values[c] for c in old_columns],
+        )
     migrate(db)
     detail, rolled = sums(db)
     assert detail == rolled and detail[0] == 300
@@ -110,7 +112,10 @@ def test_pruning_old_rows_keeps_the_rollups(tmp_path: Path) -> None:
 
 def test_pruning_inside_a_budget_window_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "tokenctl.yaml"
-    config.write_text(f"ledger: {{path: {tmp_path / 'b.db'}}}\n"
-                      "budgets:\n  - {name: forever, scope: org, limit_usd: 100, period: lifetime}\n")
+    config.write_text(
+        f"ledger: {{path: {tmp_path / 'b.db'}}}\n"
+        "budgets:\n  - {name: forever, scope: org, limit_usd: 100, period: lifetime}\n"
+    )
+    assert main(["--config", str(config), "migrate"]) == 0
     assert main(["--config", str(config), "prune", "--older-than-days", "30"]) == 2
     assert "budget 'forever' (lifetime) still counts spend" in capsys.readouterr().err

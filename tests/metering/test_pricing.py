@@ -16,7 +16,9 @@ from tokenctl.types import Usage
 
 
 def provider(name: str, kind: str = "anthropic", pricing: str | None = "anthropic") -> ProviderConfig:
-    return ProviderConfig(name=name, kind=kind, base_url="http://x", api_key_env=None, models=("*",), pricing_provider=pricing)
+    return ProviderConfig(
+        name=name, kind=kind, base_url="http://x", api_key_env=None, models=("*",), pricing_provider=pricing
+    )
 
 
 ANTHROPIC = provider("anthropic")
@@ -25,28 +27,46 @@ OPENAI = provider("openai", "openai", "openai")
 
 def test_anthropic_cache_read_and_write_hand_computed() -> None:
     # usage-and-pricing.md: claude-sonnet-4-20250514, 10k uncached + 50k read + 2k write, 1k output → $0.0675
-    usage = extract.from_anthropic({"input_tokens": 10_000, "cache_read_input_tokens": 50_000,
-                                    "cache_creation_input_tokens": 2_000, "output_tokens": 1_000})
+    usage = extract.from_anthropic(
+        {
+            "input_tokens": 10_000,
+            "cache_read_input_tokens": 50_000,
+            "cache_creation_input_tokens": 2_000,
+            "output_tokens": 1_000,
+        }
+    )
     assert usage.input_total == 62_000
     assert PriceBook().cost(ANTHROPIC, "claude-sonnet-4-20250514", usage).total == Decimal("0.0675")
 
 
 def test_anthropic_5m_and_1h_cache_writes_priced_separately() -> None:
     # claude-opus-4-1: $15 in, $75 out, read $1.50, 5m write $18.75, 1h write $30 → $0.25875
-    usage = extract.from_anthropic({
-        "input_tokens": 1_000, "cache_read_input_tokens": 20_000, "cache_creation_input_tokens": 7_000,
-        "cache_creation": {"ephemeral_5m_input_tokens": 3_000, "ephemeral_1h_input_tokens": 4_000}, "output_tokens": 500,
-    })
+    usage = extract.from_anthropic(
+        {
+            "input_tokens": 1_000,
+            "cache_read_input_tokens": 20_000,
+            "cache_creation_input_tokens": 7_000,
+            "cache_creation": {"ephemeral_5m_input_tokens": 3_000, "ephemeral_1h_input_tokens": 4_000},
+            "output_tokens": 500,
+        }
+    )
     assert (usage.cache_write_5m_tokens, usage.cache_write_1h_tokens) == (3_000, 4_000)
     assert PriceBook().cost(ANTHROPIC, "claude-opus-4-1", usage).total == Decimal("0.25875")
 
 
 def test_openai_cached_input_and_reasoning_hand_computed() -> None:
-    usage = extract.from_openai_chat({"prompt_tokens": 1_000, "completion_tokens": 100,
-                                      "prompt_tokens_details": {"cached_tokens": 200}})
+    usage = extract.from_openai_chat(
+        {"prompt_tokens": 1_000, "completion_tokens": 100, "prompt_tokens_details": {"cached_tokens": 200}}
+    )
     assert PriceBook().cost(OPENAI, "gpt-4o", usage).total == Decimal("0.00325")
-    reasoning = extract.from_openai_responses({"input_tokens": 2_000, "input_tokens_details": {"cached_tokens": 1_000},
-                                               "output_tokens": 500, "output_tokens_details": {"reasoning_tokens": 300}})
+    reasoning = extract.from_openai_responses(
+        {
+            "input_tokens": 2_000,
+            "input_tokens_details": {"cached_tokens": 1_000},
+            "output_tokens": 500,
+            "output_tokens_details": {"reasoning_tokens": 300},
+        }
+    )
     assert (reasoning.output_tokens, reasoning.reasoning_tokens) == (500, 300)  # never added twice
     assert PriceBook().cost(OPENAI, "o3", reasoning).total == Decimal("0.0065")
 
@@ -64,13 +84,22 @@ def test_matches_genai_prices_for_every_anthropic_and_openai_model() -> None:
         models = next(p for p in data_snapshot.get_snapshot().providers if p.id == pid).models
         for model in models:
             for _ in range(3):
-                u = Usage(input_tokens=rng.randint(0, 300_000), cache_read_tokens=rng.choice([0, rng.randint(1, 90_000)]),
-                          cache_write_5m_tokens=rng.choice([0, rng.randint(1, 5_000)]),
-                          cache_write_1h_tokens=rng.choice([0, rng.randint(1, 5_000)]), output_tokens=rng.randint(0, 30_000))
+                u = Usage(
+                    input_tokens=rng.randint(0, 300_000),
+                    cache_read_tokens=rng.choice([0, rng.randint(1, 90_000)]),
+                    cache_write_5m_tokens=rng.choice([0, rng.randint(1, 5_000)]),
+                    cache_write_1h_tokens=rng.choice([0, rng.randint(1, 5_000)]),
+                    output_tokens=rng.randint(0, 30_000),
+                )
                 u.reasoning_tokens = rng.randint(0, u.output_tokens)
-                theirs = GenaiUsage(input_tokens=u.input_total, cache_read_tokens=u.cache_read_tokens,
-                                    cache_write_tokens=u.cache_write_tokens, cache_write_1h_tokens=u.cache_write_1h_tokens,
-                                    output_tokens=u.output_tokens, output_reasoning_tokens=u.reasoning_tokens)
+                theirs = GenaiUsage(
+                    input_tokens=u.input_total,
+                    cache_read_tokens=u.cache_read_tokens,
+                    cache_write_tokens=u.cache_write_tokens,
+                    cache_write_1h_tokens=u.cache_write_1h_tokens,
+                    output_tokens=u.output_tokens,
+                    output_reasoning_tokens=u.reasoning_tokens,
+                )
                 try:
                     expected = calc_price(theirs, model.id, provider_id=pid).total_price
                 except LookupError:
@@ -87,12 +116,17 @@ def write(tmp_path, text: str) -> str:
 
 
 def test_override_discount_per_token_and_gpu_hour(tmp_path) -> None:
-    book = PriceBook.from_file(write(tmp_path, """
+    book = PriceBook.from_file(
+        write(
+            tmp_path,
+            """
 models:
   - {match: "claude-sonnet-*", provider: anthropic, discount: 0.2}
   - {match: "llama*", provider: vllm, input_per_mtok: 0.1, output_per_mtok: 0.4}
   - {match: "qwen3-32b", gpu_hour_usd: 3.60, input_tokens_per_second: 10000, output_tokens_per_second: 1000}
-"""))
+""",
+        )
+    )
     discounted = book.cost(ANTHROPIC, "claude-sonnet-4-5", Usage(input_tokens=100_000, output_tokens=100_000))
     assert (discounted.list_total, discounted.total) == (Decimal("1.8"), Decimal("1.44"))  # 0.3 + 1.5, 20% off
     usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
@@ -103,7 +137,9 @@ models:
 
 
 def test_unknown_model_is_recorded_unpriced_not_silently_zero() -> None:
-    cost = PriceBook().cost(provider("local", "openai-compatible", None), "my-finetune", Usage(input_tokens=10, output_tokens=5))
+    cost = PriceBook().cost(
+        provider("local", "openai-compatible", None), "my-finetune", Usage(input_tokens=10, output_tokens=5)
+    )
     assert (cost.priced, cost.is_estimate, cost.total, cost.source) == (False, True, Decimal(0), "unpriced")
 
 

@@ -19,7 +19,12 @@ ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def _hooks(fake: Any) -> dict[str, Any]:
-    return {"enforcement": {"webhook_url": f"{fake.url}/hooks/spend", "approvals_webhook_url": f"{fake.url}/hooks/approvers"}}
+    return {
+        "enforcement": {
+            "webhook_url": f"{fake.url}/hooks/spend",
+            "approvals_webhook_url": f"{fake.url}/hooks/approvers",
+        }
+    }
 
 
 def _wait(predicate: Any, timeout: float = 5.0) -> Any:
@@ -35,8 +40,9 @@ def _wait(predicate: Any, timeout: float = 5.0) -> Any:
 # -- approvals -----------------------------------------------------------------------------------
 
 
-def test_an_expensive_request_is_held_approved_from_the_cli_and_passes_on_retry(make_gateway: Any, fake: Any,
-                                                                               capsys: Any) -> None:
+def test_an_expensive_request_is_held_approved_from_the_cli_and_passes_on_retry(
+    make_gateway: Any, fake: Any, capsys: Any
+) -> None:
     fake.hooks.clear()
     live = make_gateway({**_hooks(fake), "approvals": [{"name": "big", "scope": "org", "above_usd": "0.5"}]})
     client = anthropic.Anthropic(base_url=live.url, api_key=live.key, max_retries=0)
@@ -66,7 +72,9 @@ def test_an_expensive_request_is_held_approved_from_the_cli_and_passes_on_retry(
     with pytest.raises(anthropic.APIStatusError, match="needs approval"):
         client.messages.create(**ask, stream=True)  # an approval for one request is used up
 
-    small = client.messages.create(model="claude-haiku-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}])
+    small = client.messages.create(
+        model="claude-haiku-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+    )
     assert small.content  # below the threshold: never held
 
 
@@ -78,8 +86,11 @@ def test_a_user_grant_lets_later_requests_through_until_its_amount_is_used(make_
         client.responses.create(**ask)
     assert held.value.status_code == 402 and held.value.body["code"] == "approval_required"
     approval_id = held.value.response.headers["x-tokenctl-approval-id"]
-    decided = httpx.post(f"{live.url}/admin/approvals/{approval_id}/approve", headers=ADMIN,
-                         json={"by": "dana", "for_user_hours": 2, "for_user_usd": "2.5"}).json()["data"]
+    decided = httpx.post(
+        f"{live.url}/admin/approvals/{approval_id}/approve",
+        headers=ADMIN,
+        json={"by": "dana", "for_user_hours": 2, "for_user_usd": "2.5"},
+    ).json()["data"]
     assert decided["grant_scope"] == "user" and decided["status"] == "approved"
     assert client.responses.create(**ask).status == "completed"
     assert client.responses.create(**{**ask, "input": "another question"}).status == "completed"
@@ -94,7 +105,9 @@ def test_a_denied_request_is_told_so_and_deciding_twice_is_a_conflict(make_gatew
     with pytest.raises(anthropic.APIStatusError) as held:
         client.messages.create(**ask)
     approval_id = held.value.response.headers["x-tokenctl-approval-id"]
-    r = httpx.post(f"{live.url}/admin/approvals/{approval_id}/deny", headers=ADMIN, json={"by": "dana", "note": "too big"})
+    r = httpx.post(
+        f"{live.url}/admin/approvals/{approval_id}/deny", headers=ADMIN, json={"by": "dana", "note": "too big"}
+    )
     assert r.status_code == 200
     assert httpx.post(f"{live.url}/admin/approvals/{approval_id}/approve", headers=ADMIN).status_code == 409
     with pytest.raises(anthropic.PermissionDeniedError, match="denied by dana: too big"):
@@ -114,17 +127,34 @@ def _turn(live: LiveGateway, session: str, messages: list[dict[str, Any]]) -> st
 
 def test_a_downgrade_waits_for_the_sessions_next_turn_and_then_sticks(make_gateway: Any) -> None:
     # sonnet 4.5: $3/M in, $15/M out -> ~$0.018 per request; downgrade from 50 % of $0.05.
-    live = make_gateway({"budgets": [{"name": "soft", "scope": "team", "match": "payments", "limit_usd": "0.05",
-                                      "action": "downgrade", "downgrade_to": "claude-haiku-4-5",
-                                      "downgrade_at_percent": 50}]})
+    live = make_gateway(
+        {
+            "budgets": [
+                {
+                    "name": "soft",
+                    "scope": "team",
+                    "match": "payments",
+                    "limit_usd": "0.05",
+                    "action": "downgrade",
+                    "downgrade_to": "claude-haiku-4-5",
+                    "downgrade_at_percent": 50,
+                }
+            ]
+        }
+    )
     user = {"role": "user", "content": "fix the bug"}
     tool_use = {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Bash", "input": {}}]}
     tool_result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]}
     assert _turn(live, "s1", [user]) == "claude-sonnet-4-5"  # $0.018: 36 %
     assert _turn(live, "s1", [user, tool_use, tool_result]) == "claude-sonnet-4-5"  # 36 % at admission
     assert _turn(live, "s1", [user, tool_use, tool_result, tool_use, tool_result]) == "claude-sonnet-4-5"  # mid-turn
-    next_turn = [user, tool_use, tool_result, {"role": "assistant", "content": "done"},
-                 {"role": "user", "content": "now the tests"}]
+    next_turn = [
+        user,
+        tool_use,
+        tool_result,
+        {"role": "assistant", "content": "done"},
+        {"role": "user", "content": "now the tests"},
+    ]
     assert _turn(live, "s1", next_turn) == "claude-haiku-4-5"
     assert _turn(live, "s1", next_turn + [tool_use, tool_result]) == "claude-haiku-4-5"  # stays on the cheaper model
     rows = live.wait_rows(5)
@@ -134,8 +164,20 @@ def test_a_downgrade_waits_for_the_sessions_next_turn_and_then_sticks(make_gatew
 
 
 def test_a_downgrade_rule_fires_at_its_threshold_not_before(make_gateway: Any) -> None:
-    live = make_gateway({"budgets": [{"name": "soft", "scope": "org", "limit_usd": "0.1", "action": "downgrade",
-                                      "downgrade_to": "claude-haiku-4-5", "downgrade_at_percent": 80}]})
+    live = make_gateway(
+        {
+            "budgets": [
+                {
+                    "name": "soft",
+                    "scope": "org",
+                    "limit_usd": "0.1",
+                    "action": "downgrade",
+                    "downgrade_to": "claude-haiku-4-5",
+                    "downgrade_at_percent": 80,
+                }
+            ]
+        }
+    )
     models = [_turn(live, f"new-{i}", [{"role": "user", "content": "q"}]) for i in range(6)]
     spent_before_switch = 0.018 * models.index("claude-haiku-4-5")
     assert models[:4] == ["claude-sonnet-4-5"] * 4  # 4 x $0.018 = $0.072 < $0.08
@@ -153,8 +195,12 @@ def test_thresholds_notify_once_each_and_blocks_are_shown_by_both_sdks(make_gate
     blocked = None
     for _ in range(10):
         try:
-            a.messages.create(model="claude-sonnet-4-5", max_tokens=1000, messages=[{"role": "user", "content": "q"}],
-                              extra_headers={"x-fake-usage": "input=1000,output=1000"})
+            a.messages.create(
+                model="claude-sonnet-4-5",
+                max_tokens=1000,
+                messages=[{"role": "user", "content": "q"}],
+                extra_headers={"x-fake-usage": "input=1000,output=1000"},
+            )
         except anthropic.APIStatusError as exc:
             blocked = exc
             break
@@ -163,7 +209,9 @@ def test_thresholds_notify_once_each_and_blocks_are_shown_by_both_sdks(make_gate
     message = blocked.message
     assert "budget 'team-monthly' (team payments, monthly) is exhausted" in message and "resets at" in message
     with pytest.raises(openai.APIStatusError) as via_openai:
-        o.chat.completions.create(model="gpt-5", max_completion_tokens=5000, messages=[{"role": "user", "content": "q"}])
+        o.chat.completions.create(
+            model="gpt-5", max_completion_tokens=5000, messages=[{"role": "user", "content": "q"}]
+        )
     assert via_openai.value.status_code == 402 and via_openai.value.body["code"] == "budget_exceeded"
     assert "team-monthly" in via_openai.value.message
     assert len([r for r in live.wait_rows(1) if r["status"] == 402]) == 2  # SDK retries: x-should-retry false held
@@ -187,14 +235,21 @@ def test_budgets_set_live_through_the_admin_api_and_status_from_the_cli(make_gat
     live = make_gateway()
     assert httpx.get(f"{live.url}/admin/budgets").status_code == 401
     assert httpx.get(f"{live.url}/admin/budgets", headers={"authorization": "Bearer wrong"}).status_code == 401
-    r = httpx.put(f"{live.url}/admin/budgets/alice-daily", headers=ADMIN,
-                  json={"scope": "user", "match": "alice", "limit_usd": "0.02", "period": "daily"})
+    r = httpx.put(
+        f"{live.url}/admin/budgets/alice-daily",
+        headers=ADMIN,
+        json={"scope": "user", "match": "alice", "limit_usd": "0.02", "period": "daily"},
+    )
     assert r.status_code == 200, r.text
     bad = httpx.put(f"{live.url}/admin/budgets/x", headers=ADMIN, json={"scope": "galaxy", "limit_usd": 1})
     assert bad.status_code == 400 and "scope" in bad.json()["error"]["message"]
     client = anthropic.Anthropic(base_url=live.url, api_key=live.key, max_retries=0)
-    ask = {"model": "claude-haiku-4-5", "max_tokens": 2000, "messages": [{"role": "user", "content": "q"}],
-           "extra_headers": {"x-fake-usage": "input=60,output=1500"}}  # ~$0.0101 reserved, ~$0.0076 settled
+    ask = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 2000,
+        "messages": [{"role": "user", "content": "q"}],
+        "extra_headers": {"x-fake-usage": "input=60,output=1500"},
+    }  # ~$0.0101 reserved, ~$0.0076 settled
     client.messages.create(**ask)
     client.messages.create(**ask)
     with pytest.raises(anthropic.APIStatusError, match="alice-daily"):
@@ -224,12 +279,20 @@ def test_config_budgets_are_read_only_from_the_cli(make_gateway: Any, capsys: An
 
 def test_editing_a_budget_keeps_its_spend_and_never_blocks_under_the_new_limit(make_gateway: Any) -> None:
     live = make_gateway()
-    put = lambda **f: httpx.put(f"{live.url}/admin/budgets/alice", headers=ADMIN,  # noqa: E731
-                                json={"scope": "user", "match": "alice", **f})
+
+    def put(**f: Any) -> Any:
+        return httpx.put(
+            f"{live.url}/admin/budgets/alice", headers=ADMIN, json={"scope": "user", "match": "alice", **f}
+        )
+
     assert put(limit_usd="0.02").status_code == 200
     client = anthropic.Anthropic(base_url=live.url, api_key=live.key, max_retries=0)
-    ask = {"model": "claude-haiku-4-5", "max_tokens": 2000, "messages": [{"role": "user", "content": "q"}],
-           "extra_headers": {"x-fake-usage": "input=60,output=1500"}}
+    ask = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 2000,
+        "messages": [{"role": "user", "content": "q"}],
+        "extra_headers": {"x-fake-usage": "input=60,output=1500"},
+    }
     client.messages.create(**ask)
     client.messages.create(**ask)
     spent = httpx.get(f"{live.url}/admin/budgets/status", headers=ADMIN).json()["data"][0]["spent_usd"]

@@ -15,8 +15,10 @@ import pytest
 from tests.conftest import LiveGateway
 from tokenctl.policy.store import MemoryStore
 
-_BLOCK = re.compile(r"spent \$(\d+(?:\.\d+)?) \+ \$(\d+(?:\.\d+)?) reserved for requests in flight of \$(\d+(?:\.\d+)?); "
-                    r"this request needs up to \$(\d+(?:\.\d+)?)")
+_BLOCK = re.compile(
+    r"spent \$(\d+(?:\.\d+)?) \+ \$(\d+(?:\.\d+)?) reserved for requests in flight of \$(\d+(?:\.\d+)?); "
+    r"this request needs up to \$(\d+(?:\.\d+)?)"
+)
 
 
 def _messages_body(max_tokens: int = 2000, text: str = "hello") -> dict[str, Any]:
@@ -36,12 +38,16 @@ def _settled(live: LiveGateway) -> Decimal:
 
 def test_200_concurrent_requests_from_many_keys_never_pass_a_1_dollar_cap(make_gateway: Any) -> None:
     keys = {f"k{i}": {"user": f"user{i}", "team": "payments"} for i in range(20)}
-    live = make_gateway({"budgets": [{"name": "team-cap", "scope": "team", "match": "payments", "limit_usd": 1}]},
-                        keys=keys)
+    live = make_gateway(
+        {"budgets": [{"name": "team-cap", "scope": "team", "match": "payments", "limit_usd": 1}]}, keys=keys
+    )
 
     async def one(client: httpx.AsyncClient, i: int) -> httpx.Response:
-        return await client.post(f"{live.url}/v1/messages", json=_messages_body(),
-                                 headers=_headers(live.keys[f"k{i % 20}"], fault="slow:150"))
+        return await client.post(
+            f"{live.url}/v1/messages",
+            json=_messages_body(),
+            headers=_headers(live.keys[f"k{i % 20}"], fault="slow:150"),
+        )
 
     async def burst() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=250, max_keepalive_connections=250)
@@ -66,7 +72,9 @@ def test_200_concurrent_requests_from_many_keys_never_pass_a_1_dollar_cap(make_g
         for i in range(400):
             r = client.post(f"{live.url}/v1/messages", json=_messages_body(), headers=_headers(live.keys["k0"]))
             if r.status_code == 402:
-                spent, reserved, limit, needed = (Decimal(x) for x in _BLOCK.search(r.json()["error"]["message"]).groups())
+                spent, reserved, limit, needed = (
+                    Decimal(x) for x in _BLOCK.search(r.json()["error"]["message"]).groups()
+                )
                 assert reserved == 0 and spent + needed > limit
                 break
             assert r.status_code == 200
@@ -82,9 +90,14 @@ def test_50_concurrent_requests_against_a_budget_that_fits_5_admit_exactly_5(mak
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=60)) as client:
-            return await asyncio.gather(*(
-                client.post(f"{live.url}/v1/messages", json=_messages_body(),
-                            headers=_headers(live.key, fault="slow:200")) for _ in range(50)))
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        f"{live.url}/v1/messages", json=_messages_body(), headers=_headers(live.key, fault="slow:200")
+                    )
+                    for _ in range(50)
+                )
+            )
 
     statuses = sorted(r.status_code for r in asyncio.run(burst()))
     assert statuses == [200] * 5 + [402] * 45
@@ -97,8 +110,12 @@ def test_failed_and_cut_requests_release_their_reservations(make_gateway: Any) -
     with httpx.Client(timeout=30) as client:
         for fault in ("status:500", "status:429", "cut:0", "slow:5000"):
             client.post(f"{live.url}/v1/messages", json=_messages_body(), headers=_headers(live.key, fault=fault))
-        with client.stream("POST", f"{live.url}/v1/messages", json={**_messages_body(), "stream": True},
-                           headers=_headers(live.key, fault="stall:200")) as r:
+        with client.stream(
+            "POST",
+            f"{live.url}/v1/messages",
+            json={**_messages_body(), "stream": True},
+            headers=_headers(live.key, fault="stall:200"),
+        ) as r:
             next(r.iter_bytes())  # the client walks away mid-stream
     live.wait_rows(5)
 
@@ -131,7 +148,9 @@ def test_count_tokens_goes_through_the_budget_path_but_costs_nothing(make_gatewa
     assert all(r["cost_nanousd"] == 0 and r["reserved_usd"] == "0" for r in rows)
 
 
-def test_spend_survives_a_restart_and_the_counter_equals_the_ledger(make_gateway: Any, fake: Any, tmp_path: Any) -> None:
+def test_spend_survives_a_restart_and_the_counter_equals_the_ledger(
+    make_gateway: Any, fake: Any, tmp_path: Any
+) -> None:
     from tests.conftest import ServerThread
     from tokenctl.app import create_app
 
@@ -140,8 +159,10 @@ def test_spend_survives_a_restart_and_the_counter_equals_the_ledger(make_gateway
     live = make_gateway(budgets)
     with httpx.Client(timeout=30) as client:
         for _ in range(2):
-            assert client.post(f"{live.url}/v1/messages", json=_messages_body(),
-                               headers=_headers(live.key)).status_code == 200
+            assert (
+                client.post(f"{live.url}/v1/messages", json=_messages_body(), headers=_headers(live.key)).status_code
+                == 200
+            )
     spent = _settled(live)
     live.server.stop()
     for _ in range(2):  # restarting twice (reseeding twice) must not double the counter
@@ -193,10 +214,14 @@ def test_a_failing_budget_store_fails_closed_and_the_request_is_still_recorded(m
 def test_pool_draws_are_recorded_and_reported_by_funding(make_gateway: Any, capsys: Any) -> None:
     from tokenctl.cli.main import main as cli
 
-    live = make_gateway({"budgets": [
-        {"name": "allowance", "scope": "user", "limit_usd": "0.015", "overflow_to": "team-pool"},
-        {"name": "team-pool", "scope": "team", "limit_usd": 1, "pool": True, "member_cap_usd": "0.02"},
-    ]})
+    live = make_gateway(
+        {
+            "budgets": [
+                {"name": "allowance", "scope": "user", "limit_usd": "0.015", "overflow_to": "team-pool"},
+                {"name": "team-pool", "scope": "team", "limit_usd": 1, "pool": True, "member_cap_usd": "0.02"},
+            ]
+        }
+    )
     statuses = []
     with httpx.Client(timeout=30) as client:
         for _ in range(6):  # each reserves ~$0.0101 and settles ~$0.0051

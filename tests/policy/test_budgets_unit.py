@@ -175,8 +175,9 @@ def test_overflow_must_name_an_existing_pool() -> None:
 # -- seeding from the ledger ---------------------------------------------------------------------
 
 
-def _ledger_row(db: sqlite3.Connection, rid: str, when: float, usd: str, principal: Principal,
-                funding: str | None = None) -> None:
+def _ledger_row(
+    db: sqlite3.Connection, rid: str, when: float, usd: str, principal: Principal, funding: str | None = None
+) -> None:
     entry = LedgerEntry(request_id=rid, started_at=when, api="anthropic.messages", status=200, principal=principal)
     entry.cost = Cost(Decimal(usd), Decimal(usd), True, "test")
     entry.funding = funding
@@ -192,7 +193,9 @@ def test_counters_are_seeded_from_the_current_window_of_the_ledger_only(tmp_path
     rules = _pooled().rules
     settled, _ = ledger_seeds(db, rules, UTC, ts("2026-11-23T00:00:00"))
     assert len(COLUMNS) == len(to_row(LedgerEntry("x", 0, "a")))
-    by_rule = {name.split(":")[0] + ":" + name.split(":")[1] + ":" + name.split(":")[3]: v for name, v in settled.items()}
+    by_rule = {
+        name.split(":")[0] + ":" + name.split(":")[1] + ":" + name.split(":")[3]: v for name, v in settled.items()
+    }
     assert by_rule["b:allowance:alice"] == to_nanos(Decimal("0.75"))  # pool draws are not allowance spend
     assert by_rule["b:team-pool:payments"] == to_nanos(Decimal("1"))
     assert by_rule["s:team-pool:payments"] == to_nanos(Decimal("1"))  # alice's slice

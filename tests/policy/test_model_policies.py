@@ -18,8 +18,14 @@ from tokenctl.types import Usage
 
 POLICIES = {
     "policies": [
-        {"name": "org-defaults", "scope": "org", "max_effort": "medium", "max_tokens": 4096,
-         "rewrite": {"claude-opus-*": "claude-sonnet-4-5"}, "deny_models": ["o3*"]},
+        {
+            "name": "org-defaults",
+            "scope": "org",
+            "max_effort": "medium",
+            "max_tokens": 4096,
+            "rewrite": {"claude-opus-*": "claude-sonnet-4-5"},
+            "deny_models": ["o3*"],
+        },
         {"name": "web-small", "scope": "team", "match": "web", "max_request_bytes": 2000},
     ]
 }
@@ -37,7 +43,9 @@ def test_effort_and_output_are_clamped_not_rejected_on_anthropic_messages(make_g
     live = make_gateway(POLICIES)
     client = anthropic.Anthropic(base_url=live.url, api_key=live.key, max_retries=0)
     reply = client.messages.create(
-        model="claude-sonnet-4-5", max_tokens=20_000, messages=[{"role": "user", "content": "hi"}],
+        model="claude-sonnet-4-5",
+        max_tokens=20_000,
+        messages=[{"role": "user", "content": "hi"}],
         thinking={"type": "enabled", "budget_tokens": 16_000},
         extra_body={"output_config": {"effort": "high"}},
     )
@@ -52,8 +60,7 @@ def test_effort_and_output_are_clamped_not_rejected_on_anthropic_messages(make_g
 def test_effort_is_clamped_on_chat_completions_and_responses(make_gateway: Any) -> None:
     live = make_gateway(POLICIES)
     client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key, max_retries=0)
-    client.chat.completions.create(model="gpt-5", reasoning_effort="high",
-                                   messages=[{"role": "user", "content": "hi"}])
+    client.chat.completions.create(model="gpt-5", reasoning_effort="high", messages=[{"role": "user", "content": "hi"}])
     sent = _sent(live)
     assert sent["reasoning_effort"] == "medium" and sent["max_completion_tokens"] == 4096
     client.responses.create(model="gpt-5", input="hi", reasoning={"effort": "xhigh"}, max_output_tokens=50_000)
@@ -66,9 +73,15 @@ def test_effort_is_clamped_on_chat_completions_and_responses(make_gateway: Any) 
 
 def test_claude_code_per_turn_output_config_inside_system_messages_is_clamped(make_gateway: Any) -> None:
     live = make_gateway(POLICIES)
-    body = {"model": "claude-sonnet-4-5", "max_tokens": 1000, "stream": False,
-            "messages": [{"role": "user", "content": "hi"},
-                         {"role": "system", "content": "env", "output_config": {"effort": "max"}}]}
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 1000,
+        "stream": False,
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": "env", "output_config": {"effort": "max"}},
+        ],
+    }
     r = httpx.post(f"{live.url}/v1/messages", json=body, headers={"x-api-key": live.key}, timeout=30)
     assert r.status_code == 200
     assert _sent(live)["messages"][1]["output_config"]["effort"] == "medium"
@@ -105,16 +118,21 @@ def test_requests_per_minute_answer_429_with_an_accurate_retry_after(make_gatewa
     body = {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
     with httpx.Client(timeout=30) as client:
         started = time.monotonic()
-        assert [client.post(f"{live.url}/v1/messages", json=body, headers=headers).status_code
-                for _ in range(3)] == [200, 200, 200]
+        assert [client.post(f"{live.url}/v1/messages", json=body, headers=headers).status_code for _ in range(3)] == [
+            200,
+            200,
+            200,
+        ]
         limited = client.post(f"{live.url}/v1/messages", json=body, headers=headers)
         assert limited.status_code == 429
         assert limited.json()["error"]["type"] == "rate_limit_error"
         assert "x-should-retry" not in limited.headers  # a rate limit is worth retrying
         retry_after = int(limited.headers["retry-after"])
         assert 1 <= retry_after <= 20  # one token refills in 60/3 = 20 s
-        assert client.post(f"{live.url}/v1/messages", json=body,
-                           headers={"x-api-key": live.keys["limited"]}).status_code == 200  # bob has his own bucket
+        assert (
+            client.post(f"{live.url}/v1/messages", json=body, headers={"x-api-key": live.keys["limited"]}).status_code
+            == 200
+        )  # bob has his own bucket
     elapsed = time.monotonic() - started
     assert retry_after >= 20 - elapsed - 1
 
@@ -146,8 +164,12 @@ def test_a_rewrite_records_what_the_requested_model_would_have_cost(make_gateway
     """Savings accounting: the served model's cost, the requested model's cost for the same usage, caching's share."""
     live = make_gateway(POLICIES)
     client = anthropic.Anthropic(base_url=live.url, api_key=live.key, max_retries=0)
-    client.messages.create(model="claude-opus-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}],
-                           extra_headers={"x-fake-usage": "input=100000,cache_read=80000,output=2000"})
+    client.messages.create(
+        model="claude-opus-4-5",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"x-fake-usage": "input=100000,cache_read=80000,output=2000"},
+    )
     row = live.wait_rows(1)[0]
     prices = live.gw.prices
     usage = Usage(input_tokens=20_000, cache_read_tokens=80_000, output_tokens=2_000)

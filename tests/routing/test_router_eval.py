@@ -50,14 +50,38 @@ def write_outcomes(path: Path, n: int = 600, seed: int = 5) -> None:
             writer.writerow([f"Q{i}: {topic} {filler}?", strong_ok, weak_ok])
 
 
-def test_eval_command_beats_the_baselines_on_a_learnable_signal(tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_command_beats_the_baselines_on_a_learnable_signal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "outcomes.csv"
     write_outcomes(data)
     plot = tmp_path / "curve.png"
-    code = main(["router", "eval", "--data", str(data), "--prompt-col", "question", "--strong-col", "big",
-                 "--weak-col", "small", "--kfold", "3", "--strong-cost", "10", "--weak-cost", "1",
-                 "--resamples", "50", "--plot", str(plot), "--format", "json"])
+    code = main(
+        [
+            "router",
+            "eval",
+            "--data",
+            str(data),
+            "--prompt-col",
+            "question",
+            "--strong-col",
+            "big",
+            "--weak-col",
+            "small",
+            "--kfold",
+            "3",
+            "--strong-cost",
+            "10",
+            "--weak-cost",
+            "1",
+            "--resamples",
+            "50",
+            "--plot",
+            str(plot),
+            "--format",
+            "json",
+        ]
+    )
     assert code == 0
     report = orjson.loads(capsys.readouterr().out)
     routers = {r["router"].split(" (")[0]: r for r in report["routers"]}
@@ -66,8 +90,12 @@ def test_eval_command_beats_the_baselines_on_a_learnable_signal(tmp_path: Path,
     assert ours["ci95"]["apgr"][0] <= ours["apgr"] <= ours["ci95"]["apgr"][1]
     assert ours["cpt80"] < rand["cpt80"]
     assert ours["saving_at_cpt50"] == pytest.approx(1 - (ours["cpt50"] * 10 + (1 - ours["cpt50"])) / 10, abs=1e-3)
-    assert report["endpoints"][0] == {"router": "always weak", "quality": report["weak_quality"],
-                                      "strong_calls": 0.0, "cost_per_prompt": 1.0}
+    assert report["endpoints"][0] == {
+        "router": "always weak",
+        "quality": report["weak_quality"],
+        "strong_calls": 0.0,
+        "cost_per_prompt": 1.0,
+    }
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -76,8 +104,27 @@ def test_train_writes_a_deterministic_model_that_routes_the_hard_prompts(tmp_pat
     write_outcomes(data)
     first, second = tmp_path / "a.json.gz", tmp_path / "b.json.gz"
     for out in (first, second):
-        assert main(["router", "train", "--data", str(data), "--prompt-col", "question", "--strong-col", "big",
-                     "--weak-col", "small", "--premium-share", "0.3", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "router",
+                    "train",
+                    "--data",
+                    str(data),
+                    "--prompt-col",
+                    "question",
+                    "--strong-col",
+                    "big",
+                    "--weak-col",
+                    "small",
+                    "--premium-share",
+                    "0.3",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     assert first.read_bytes() == second.read_bytes()
     model = Classifier.load(first)
     assert model.needs_premium("Q9: compact hausdorff topology alpha?")
@@ -107,6 +154,6 @@ def test_premium_share_picks_the_threshold_from_the_models_quantiles() -> None:
     model = Classifier.load()
     quantiles = model.meta["score_quantiles"]
     assert model.threshold_for_share(0.5) == pytest.approx(quantiles[10])
-    assert model.threshold_for_share(0.25) == pytest.approx((quantiles[15]))
+    assert model.threshold_for_share(0.25) == pytest.approx(quantiles[15])
     assert quantiles[5] < model.threshold_for_share(0.7) < quantiles[7]
     assert model.threshold_for_share(0.0) == quantiles[20]

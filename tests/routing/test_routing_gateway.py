@@ -62,10 +62,18 @@ def test_rules_pick_the_tier_and_the_ledger_says_why(make_gateway: Any) -> None:
 def test_title_requests_go_to_the_cheap_tier_from_openai_clients_too(make_gateway: Any) -> None:
     live = make_gateway(ROUTING)
     client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key, max_retries=0)
-    client.responses.create(model="gpt-5", input="Fix the flaky test in ci.yml and explain. " * 30,
-                            text={"format": {"type": "json_schema", "name": "codex_output_schema", "strict": True,
-                                             "schema": {"type": "object", "properties": {"title": {"type": "string"}},
-                                                        "required": ["title"]}}})
+    client.responses.create(
+        model="gpt-5",
+        input="Fix the flaky test in ci.yml and explain. " * 30,
+        text={
+            "format": {
+                "type": "json_schema",
+                "name": "codex_output_schema",
+                "strict": True,
+                "schema": {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]},
+            }
+        },
+    )
     # economy's first deployment (Claude Haiku) cannot take a structured-output schema through translation:
     # it is skipped, and its next deployment, which speaks the Responses API, serves the request
     assert sent_model(live) == "gpt-5-mini"
@@ -113,7 +121,8 @@ def test_streams_fall_back_too_and_the_last_failure_reaches_the_client(make_gate
     live = make_gateway(ROUTING)
     faults = {"x-fake-fault": "status:529", "x-fake-fault-model": "claude-haiku-4-5"}
     with claude(live, default_headers=faults).messages.stream(
-            model="auto", max_tokens=50, messages=[{"role": "user", "content": "hi"}]) as stream:
+        model="auto", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
         assert "".join(stream.text_stream)
         final = stream.get_final_message()
     assert sent_model(live) == "gpt-5-mini" and final.stop_reason == "end_turn" and final.usage.output_tokens > 0
@@ -141,16 +150,27 @@ def test_routing_savings_reach_the_report(make_gateway: Any, capsys: pytest.Capt
 
 
 def test_classifier_decides_when_no_rule_matches(make_gateway: Any) -> None:
-    config = {**ROUTING, "routing": {**ROUTING["routing"], "rules": [],
-                                     "classifier": {"cheap_tier": "economy", "premium_tier": "premium",
-                                                    "threshold": 1.0}}}
+    config = {
+        **ROUTING,
+        "routing": {
+            **ROUTING["routing"],
+            "rules": [],
+            "classifier": {"cheap_tier": "economy", "premium_tier": "premium", "threshold": 1.0},
+        },
+    }
     live = make_gateway(config)
     ask(claude(live), "Explain the proof of the Cauchy-Schwarz inequality.")
     assert sent_model(live) == "claude-haiku-4-5"
     assert "classifier" in live.wait_rows(1)[0]["policy"]
-    strict = make_gateway({**config, "routing": {**config["routing"],
-                                                  "classifier": {"cheap_tier": "economy", "premium_tier": "premium",
-                                                                 "threshold": 0.0}}})
+    strict = make_gateway(
+        {
+            **config,
+            "routing": {
+                **config["routing"],
+                "classifier": {"cheap_tier": "economy", "premium_tier": "premium", "threshold": 0.0},
+            },
+        }
+    )
     ask(claude(strict), "Explain the proof of the Cauchy-Schwarz inequality.")
     assert sent_model(strict) == "claude-sonnet-4-5"
 
@@ -162,22 +182,29 @@ def test_models_and_teams_outside_routing_pass_through(make_gateway: Any) -> Non
     other = make_gateway(ROUTING)
     ask(claude(other), "hi", model="claude-opus-4-5")
     assert sent_model(other) == "claude-opus-4-5"
-    project = make_gateway({**ROUTING, "routing": {**ROUTING["routing"], "projects": ["checkout"]}},
-                           keys={"mobile": {"user": "dan", "team": "payments", "project": "mobile"}})
+    project = make_gateway(
+        {**ROUTING, "routing": {**ROUTING["routing"], "projects": ["checkout"]}},
+        keys={"mobile": {"user": "dan", "team": "payments", "project": "mobile"}},
+    )
     ask(claude(project), "hi")  # the standard key's project is checkout: routed
     assert sent_model(project) == "claude-haiku-4-5"
     ask(anthropic.Anthropic(base_url=project.url, api_key=project.keys["mobile"], max_retries=0), "hi")
     assert sent_model(project) == "claude-sonnet-4-5"  # project mobile: served as asked
 
 
-@pytest.mark.parametrize("routing, message", [
-    ({"tiers": {}}, "define at least one tier"),
-    ({"tiers": {"a": {"models": ["x"]}}, "default_tier": "b"}, "routing.default_tier: no tier 'b'"),
-    ({"tiers": {"a": {"models": []}}}, "routing.tiers.a.models: list at least one model"),
-    ({"tiers": {"a": {"models": ["x"]}}, "rules": [{"tier": "a", "kind": "poem"}]}, "routing.rules[0].kind"),
-    ({"tiers": {"a": {"models": ["x"]}}, "classifier": {"cheap_tier": "a", "premium_tier": "a", "threshold": 3}},
-     "threshold: a number from 0 to 1"),
-])
+@pytest.mark.parametrize(
+    "routing, message",
+    [
+        ({"tiers": {}}, "define at least one tier"),
+        ({"tiers": {"a": {"models": ["x"]}}, "default_tier": "b"}, "routing.default_tier: no tier 'b'"),
+        ({"tiers": {"a": {"models": []}}}, "routing.tiers.a.models: list at least one model"),
+        ({"tiers": {"a": {"models": ["x"]}}, "rules": [{"tier": "a", "kind": "poem"}]}, "routing.rules[0].kind"),
+        (
+            {"tiers": {"a": {"models": ["x"]}}, "classifier": {"cheap_tier": "a", "premium_tier": "a", "threshold": 3}},
+            "threshold: a number from 0 to 1",
+        ),
+    ],
+)
 def test_bad_routing_config_is_explained(routing: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_config({"routing": routing})
@@ -192,9 +219,13 @@ def test_a_session_moves_down_only_when_that_pays_for_its_lost_cache(make_gatewa
     context = "earlier turns\n" * 1500
     ask(client, context + "Refactor the parser.")
     assert sent_model(live) == "claude-sonnet-4-5"
-    ask(client, context + "Name this conversation.",
-        output_config={"format": {"type": "json_schema", "schema": {"type": "object",
-                                                                    "properties": {"title": {"type": "string"}}}}})
+    ask(
+        client,
+        context + "Name this conversation.",
+        output_config={
+            "format": {"type": "json_schema", "schema": {"type": "object", "properties": {"title": {"type": "string"}}}}
+        },
+    )
     assert sent_model(live) == "llama-3.1-8b"
     moved = live.wait_rows(2)[1]["policy"]
     assert "session moved from premium" in moved and "rule kind=title" in moved

@@ -21,11 +21,11 @@ import orjson
 
 from tokenctl.cli.render import render_table
 from tokenctl.config import Config
-from tokenctl.ingress.admin import decide_approval
 from tokenctl.ledger import approvals as approval_store
 from tokenctl.ledger.audit import read_audit
 from tokenctl.ledger.db import connect
 from tokenctl.policy.budget import Budgets
+from tokenctl.policy.decisions import decide_approval
 from tokenctl.policy.manage import RuleError, combined_rules, delete_rule, put_rule
 from tokenctl.policy.status import offline_status
 from tokenctl.policy.store import MemoryStore
@@ -50,7 +50,8 @@ def add_governance_commands(sub: Any, load: ConfigLoader) -> None:
 
 def _budget_commands(sub: Any, load: ConfigLoader) -> None:
     b = sub.add_parser("budgets", help="list, set, delete budgets; status of every budget").add_subparsers(
-        title="budgets commands")
+        title="budgets commands"
+    )
     bl = b.add_parser("list", help="budgets from the config file and live ones")
     _common(bl)
     bl.set_defaults(run=lambda args: _list_rules(args, load, "budgets"))
@@ -59,8 +60,9 @@ def _budget_commands(sub: Any, load: ConfigLoader) -> None:
     _scoped_args(bs)
     bs.add_argument("--limit-usd", required=True, help="the limit in US dollars per period")
     bs.add_argument("--period", default="monthly", help="daily, weekly, monthly, lifetime, rolling_24h …")
-    bs.add_argument("--action", default="block", choices=("block", "downgrade", "notify"),
-                    help="what happens at the limit")
+    bs.add_argument(
+        "--action", default="block", choices=("block", "downgrade", "notify"), help="what happens at the limit"
+    )
     bs.add_argument("--downgrade-to", help="model for action downgrade")
     bs.add_argument("--downgrade-at", type=float, help="percent of the limit at which to downgrade (default 100)")
     bs.add_argument("--notify-at", help="comma-separated percentages (default 50,80,100)")
@@ -89,12 +91,28 @@ def _policy_commands(sub: Any, load: ConfigLoader) -> None:
     _scoped_args(ps)
     ps.add_argument("--allow-models", help="comma-separated models or globs")
     ps.add_argument("--deny-models", help="comma-separated models or globs")
-    ps.add_argument("--rewrite", action="append", default=[], metavar="FROM=TO",
-                    help="default-model rewrite, e.g. 'claude-opus-*=claude-sonnet-4-5' (repeatable)")
-    for flag in ("max-tokens", "max-thinking-tokens", "max-request-bytes", "max-input-tokens",
-                 "requests-per-minute", "tokens-per-minute"):
-        ps.add_argument(f"--{flag}", type=int, help=f"the most {flag.removeprefix('max-').replace('-', ' ')} allowed"
-                        if flag.startswith("max-") else f"rate limit: {flag.replace('-', ' ')}")
+    ps.add_argument(
+        "--rewrite",
+        action="append",
+        default=[],
+        metavar="FROM=TO",
+        help="default-model rewrite, e.g. 'claude-opus-*=claude-sonnet-4-5' (repeatable)",
+    )
+    for flag in (
+        "max-tokens",
+        "max-thinking-tokens",
+        "max-request-bytes",
+        "max-input-tokens",
+        "requests-per-minute",
+        "tokens-per-minute",
+    ):
+        ps.add_argument(
+            f"--{flag}",
+            type=int,
+            help=f"the most {flag.removeprefix('max-').replace('-', ' ')} allowed"
+            if flag.startswith("max-")
+            else f"rate limit: {flag.replace('-', ' ')}",
+        )
     ps.add_argument("--max-effort", help="none, minimal, low, medium, high, xhigh, max")
     _ledger(ps)
     ps.set_defaults(run=lambda args: _set_rule(args, load, "policy", _policy_definition(args)), ledger_mode="write")
@@ -106,7 +124,8 @@ def _policy_commands(sub: Any, load: ConfigLoader) -> None:
 
 def _approval_commands(sub: Any, load: ConfigLoader) -> None:
     a = sub.add_parser("approvals", help="requests held for approval: list, approve, deny").add_subparsers(
-        title="approvals commands")
+        title="approvals commands"
+    )
     al = a.add_parser("list", help="approval requests, pending ones by default")
     al.add_argument("--status", default="pending", help="pending, approved, denied, used or all")
     _common(al)
@@ -133,16 +152,30 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _scoped_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scope", required=True, choices=("org", "team", "user", "project", "key", "session"),
-                   help="who the rule applies to")
+    p.add_argument(
+        "--scope",
+        required=True,
+        choices=("org", "team", "user", "project", "key", "session"),
+        help="who the rule applies to",
+    )
     p.add_argument("--match", help="one team/user/…; omit to give every member its own")
 
 
 def _budget_definition(args: argparse.Namespace) -> dict[str, Any]:
-    d: dict[str, Any] = {"name": args.name, "scope": args.scope, "limit_usd": args.limit_usd, "period": args.period,
-                         "action": args.action}
-    optional = {"match": args.match, "downgrade_to": args.downgrade_to, "downgrade_at_percent": args.downgrade_at,
-                "member_cap_usd": args.member_cap_usd, "overflow_to": args.overflow_to}
+    d: dict[str, Any] = {
+        "name": args.name,
+        "scope": args.scope,
+        "limit_usd": args.limit_usd,
+        "period": args.period,
+        "action": args.action,
+    }
+    optional = {
+        "match": args.match,
+        "downgrade_to": args.downgrade_to,
+        "downgrade_at_percent": args.downgrade_at,
+        "member_cap_usd": args.member_cap_usd,
+        "overflow_to": args.overflow_to,
+    }
     d.update({k: v for k, v in optional.items() if v is not None})
     if args.pool:
         d["pool"] = True
@@ -163,8 +196,15 @@ def _policy_definition(args: argparse.Namespace) -> dict[str, Any]:
         if any(len(p) != 2 for p in pairs):
             raise GovernanceError("--rewrite: use FROM=TO")
         d["rewrite"] = dict(pairs)
-    for field in ("max_tokens", "max_thinking_tokens", "max_request_bytes", "max_input_tokens",
-                  "requests_per_minute", "tokens_per_minute", "max_effort"):
+    for field in (
+        "max_tokens",
+        "max_thinking_tokens",
+        "max_request_bytes",
+        "max_input_tokens",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "max_effort",
+    ):
         if getattr(args, field) is not None:
             d[field] = getattr(args, field)
     return d
@@ -232,8 +272,18 @@ def _status(args: argparse.Namespace, load: ConfigLoader) -> int:
     if args.format == "json":
         print(orjson.dumps({"source": source, "data": rows}, option=orjson.OPT_INDENT_2).decode())
         return 0
-    cols = ["budget", "scope", "member", "period", "action", "spent_usd", "reserved_usd", "limit_usd",
-            "used_percent", "resets_at"]
+    cols = [
+        "budget",
+        "scope",
+        "member",
+        "period",
+        "action",
+        "spent_usd",
+        "reserved_usd",
+        "limit_usd",
+        "used_percent",
+        "resets_at",
+    ]
     print(render_table(cols, [[_cell(r[c]) for c in cols] for r in rows]))
     print(f"({source})", file=sys.stderr)
     return 0
@@ -281,8 +331,10 @@ def _decide(args: argparse.Namespace, load: ConfigLoader, approve: bool) -> int:
         raise GovernanceError(str(exc)) from exc
     finally:
         db.close()
-    print(f"{result['approval_id']} {result['status']}"
-          + (f" for user {result['user']} ({result['grant_scope']} grant)" if result["grant_scope"] == "user" else ""))
+    print(
+        f"{result['approval_id']} {result['status']}"
+        + (f" for user {result['user']} ({result['grant_scope']} grant)" if result["grant_scope"] == "user" else "")
+    )
     return 0
 
 

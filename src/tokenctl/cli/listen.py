@@ -13,8 +13,9 @@ class ListenError(Exception):
 def bind_listener(host: str, port: int, backlog: int = 2048) -> socket.socket:
     """A bound, listening, non-blocking TCP socket on ``host:port``."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror as exc:
         raise ListenError(f"cannot listen on {host}:{port}: unknown address ({exc.strerror})") from None
     sock = socket.socket(family, kind, proto)
@@ -32,8 +33,10 @@ def bind_listener(host: str, port: int, backlog: int = 2048) -> socket.socket:
 def _why(exc: OSError, host: str, port: int) -> str:
     where = f"{host}:{port}"
     if exc.errno == errno.EADDRINUSE:
-        return (f"cannot listen on {where}: the port is already in use (another tokenctl or another program); "
-                "stop it or choose another port with --port or server.port")
+        return (
+            f"cannot listen on {where}: the port is already in use (another tokenctl or another program); "
+            "stop it or choose another port with --port or server.port"
+        )
     if exc.errno == errno.EACCES:
         return f"cannot listen on {where}: permission denied (ports below 1024 need extra privileges)"
     if exc.errno == errno.EADDRNOTAVAIL:

@@ -20,11 +20,18 @@ import orjson
 from aiohttp import web
 
 from tokenctl.app import create_app
-from tokenctl.cli.listen import ListenError, bind_listener
 from tokenctl.cli.governance import GovernanceError, add_governance_commands
+from tokenctl.cli.listen import ListenError, bind_listener
 from tokenctl.cli.parsing import finish_parser
 from tokenctl.cli.render import render_table
-from tokenctl.cli.reports import add_view_arguments, check_breakdown_arguments, parse_day, prune_requests, rebuild_rollups, run_view
+from tokenctl.cli.reports import (
+    add_view_arguments,
+    check_breakdown_arguments,
+    parse_day,
+    prune_requests,
+    rebuild_rollups,
+    run_view,
+)
 from tokenctl.cli.router import add_router_commands
 from tokenctl.config import Config, ConfigError, find_config_path, load_config
 from tokenctl.identity.keys import KeyInfo, KeyNotFound, create_key, list_keys, revoke_key
@@ -76,10 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     kc.add_argument("--project", help="the project the key's spend is attributed to")
     kc.add_argument("--name", help="a label for the key (shown in lists and the dashboard)")
     kc.add_argument("--models", default="", help="comma-separated allowlist of models or globs (default: any)")
-    kc.add_argument("--opt-in", action="store_true",
-                    help="may use models that policies would otherwise rewrite to a cheaper default")
-    kc.add_argument("--viewer", action="store_true",
-                    help="a dashboard viewer key: signs in to /ui to see its --team's spend; cannot call models")
+    kc.add_argument(
+        "--opt-in",
+        action="store_true",
+        help="may use models that policies would otherwise rewrite to a cheaper default",
+    )
+    kc.add_argument(
+        "--viewer",
+        action="store_true",
+        help="a dashboard viewer key: signs in to /ui to see its --team's spend; cannot call models",
+    )
     kc.add_argument("--ledger", help=LEDGER_HELP)
     kc.set_defaults(run=_keys_create, ledger_mode="write")
     kl = k.add_parser("list", help="list keys (never their secrets)")
@@ -92,8 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     kr.add_argument("--ledger", help=LEDGER_HELP)
     kr.set_defaults(run=_keys_revoke, ledger_mode="write")
 
-    r = sub.add_parser("report", help="spend by team, user, …; or the dashboard's overview, concentration, savings, "
-                                      "sessions")
+    r = sub.add_parser(
+        "report", help="spend by team, user, …; or the dashboard's overview, concentration, savings, sessions"
+    )
     add_view_arguments(r)
     r.add_argument("--by", choices=sorted(GROUPINGS), help="breakdown: the column to group by (default: team)")
     r.add_argument("--since", help="breakdown: from this moment on: 7d, 24h, 30m, 2026-11-01 or an ISO time")
@@ -164,13 +178,15 @@ def _check_ledger(config: Config, args: argparse.Namespace) -> None:
     elif config.source != "<defaults>":
         origin = f"ledger.path in {config.source}"
     else:
-        origin = ("the default: no --config given, $TOKENCTL_CONFIG not set, no tokenctl.yaml in "
-                  f"{Path.cwd()}")
-    raise ConfigError(f"no ledger at {path} ({origin}). Run this where the gateway's tokenctl.yaml is, pass "
-                      "--config or --ledger, or create a new ledger here with `tokenctl migrate`")
+        origin = f"the default: no --config given, $TOKENCTL_CONFIG not set, no tokenctl.yaml in {Path.cwd()}"
+    raise ConfigError(
+        f"no ledger at {path} ({origin}). Run this where the gateway's tokenctl.yaml is, pass "
+        "--config or --ledger, or create a new ledger here with `tokenctl migrate`"
+    )
 
 
 # -- serve ------------------------------------------------------------------------------------------
+
 
 def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -189,8 +205,11 @@ def _log_dashboard(config: Config) -> None:
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
     log.info("dashboard: http://%s:%d/ui/", host, config.port)
     if not os.environ.get(config.admin_key_env):
-        log.warning("%s is not set: the admin API and the dashboard's admin sign-in are off (viewer keys still "
-                    "sign in); set it to a long random secret and restart to enable them", config.admin_key_env)
+        log.warning(
+            "%s is not set: the admin API and the dashboard's admin sign-in are off (viewer keys still "
+            "sign in); set it to a long random secret and restart to enable them",
+            config.admin_key_env,
+        )
 
 
 def _install_uvloop() -> None:
@@ -203,41 +222,78 @@ def _install_uvloop() -> None:
 
 async def _run_server(config: Config) -> None:
     sock = bind_listener(config.host, config.port)  # before anything is created: a taken port changes nothing
-    runner = web.AppRunner(create_app(config), handle_signals=False, access_log=None,
-                           shutdown_timeout=config.shutdown_grace_seconds)
+    runner = web.AppRunner(
+        create_app(config), handle_signals=False, access_log=None, shutdown_timeout=config.shutdown_grace_seconds
+    )
     await runner.setup()
     await web.SockSite(runner, sock, backlog=2048).start()
     log = logging.getLogger("tokenctl")
-    log.info("tokenctl listening on http://%s:%d (config %s, ledger %s)", config.host, config.port, config.source, config.ledger_path)
+    log.info(
+        "tokenctl listening on http://%s:%d (config %s, ledger %s)",
+        config.host,
+        config.port,
+        config.source,
+        config.ledger_path,
+    )
     _log_dashboard(config)
     for provider in config.providers:
-        log.info("provider %s (%s) → %s, models %s", provider.name, provider.kind, provider.base_url, ", ".join(provider.models))
+        log.info(
+            "provider %s (%s) → %s, models %s",
+            provider.name,
+            provider.kind,
+            provider.base_url,
+            ", ".join(provider.models),
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: finishing in-flight requests (up to %gs) and flushing the ledger", config.shutdown_grace_seconds)
+    log.info(
+        "shutting down: finishing in-flight requests (up to %gs) and flushing the ledger", config.shutdown_grace_seconds
+    )
     await runner.cleanup()
     log.info("stopped; ledger flushed")
 
 
 # -- keys -------------------------------------------------------------------------------------------
 
+
 def _keys_create(args: argparse.Namespace) -> int:
     db = connect(_config(args).ledger_path)
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
-    info, secret = create_key(db, user=args.user, team=args.team, project=args.project, name=args.name, models=models,
-                              opt_in=args.opt_in, role="viewer" if args.viewer else "client")
+    info, secret = create_key(
+        db,
+        user=args.user,
+        team=args.team,
+        project=args.project,
+        name=args.name,
+        models=models,
+        opt_in=args.opt_in,
+        role="viewer" if args.viewer else "client",
+    )
     print(secret)
-    print(f"created {info.role} key {info.key_id} (user={info.user} team={info.team} project={info.project}); "
-          "the key above is shown only now: store it safely", file=sys.stderr)
+    print(
+        f"created {info.role} key {info.key_id} (user={info.user} team={info.team} project={info.project}); "
+        "the key above is shown only now: store it safely",
+        file=sys.stderr,
+    )
     return 0
 
 
 def _key_dict(k: KeyInfo) -> dict[str, object]:
-    return {"key_id": k.key_id, "prefix": k.prefix, "name": k.name, "user": k.user, "team": k.team,
-            "project": k.project, "models": list(k.models), "role": k.role, "created_at": k.created_at, "revoked_at": k.revoked_at}
+    return {
+        "key_id": k.key_id,
+        "prefix": k.prefix,
+        "name": k.name,
+        "user": k.user,
+        "team": k.team,
+        "project": k.project,
+        "models": list(k.models),
+        "role": k.role,
+        "created_at": k.created_at,
+        "revoked_at": k.revoked_at,
+    }
 
 
 def _keys_list(args: argparse.Namespace) -> int:
@@ -246,8 +302,19 @@ def _keys_list(args: argparse.Namespace) -> int:
         print(orjson.dumps([_key_dict(k) for k in keys], option=orjson.OPT_INDENT_2).decode())
         return 0
     header = ["key_id", "prefix", "role", "user", "team", "project", "models", "status"]
-    rows = [[k.key_id, k.prefix + "…", k.role, k.user or "", k.team or "", k.project or "", ",".join(k.models) or "any",
-             "revoked" if k.revoked_at else "active"] for k in keys]
+    rows = [
+        [
+            k.key_id,
+            k.prefix + "…",
+            k.role,
+            k.user or "",
+            k.team or "",
+            k.project or "",
+            ",".join(k.models) or "any",
+            "revoked" if k.revoked_at else "active",
+        ]
+        for k in keys
+    ]
     print(render_table(header, rows))
     return 0
 
@@ -260,6 +327,7 @@ def _keys_revoke(args: argparse.Namespace) -> int:
 
 # -- report -----------------------------------------------------------------------------------------
 
+
 def _report(args: argparse.Namespace) -> int:
     if args.view != "breakdown":
         return run_view(args, _config(args))
@@ -268,8 +336,16 @@ def _report(args: argparse.Namespace) -> int:
     now = datetime.fromtimestamp(args.clock(), UTC)
     filters = {name: value for name in FILTER_COLUMNS if (value := getattr(args, name)) is not None}
     args.by = args.by or "team"
-    rows = spend_report(connect(config.ledger_path), args.by, args.since, args.until, filters=filters,
-                        start=parse_day(args.start), end=parse_day(args.end), now=now)
+    rows = spend_report(
+        connect(config.ledger_path),
+        args.by,
+        args.since,
+        args.until,
+        filters=filters,
+        start=parse_day(args.start),
+        end=parse_day(args.end),
+        now=now,
+    )
     if args.format == "json":
         print(orjson.dumps([r.as_dict() for r in rows], option=orjson.OPT_INDENT_2).decode())
     elif args.format == "csv":
@@ -291,12 +367,20 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _table_row(r: ReportRow) -> list[str]:
-    return [r.group if r.group is not None else "(none)", f"{r.requests:,}", f"{r.input_tokens:,}",
-            f"{r.cache_read_tokens:,}", f"{r.cache_write_tokens:,}", f"{r.output_tokens:,}",
-            f"{r.reasoning_tokens:,}", f"${r.cost_usd:,.4f}"]
+    return [
+        r.group if r.group is not None else "(none)",
+        f"{r.requests:,}",
+        f"{r.input_tokens:,}",
+        f"{r.cache_read_tokens:,}",
+        f"{r.cache_write_tokens:,}",
+        f"{r.output_tokens:,}",
+        f"{r.reasoning_tokens:,}",
+        f"${r.cost_usd:,.4f}",
+    ]
 
 
 # -- other ------------------------------------------------------------------------------------------
+
 
 def _migrate(args: argparse.Namespace) -> int:
     db = connect(_config(args).ledger_path, migrate_schema=False)
@@ -310,7 +394,9 @@ def _fake_provider(args: argparse.Namespace) -> int:
     from tokenctl.testing.fake_provider import serve
 
     _install_uvloop()
-    print(f"fake provider on http://{args.host}:{args.port} (Anthropic base URL; OpenAI base URL …/v1)", file=sys.stderr)
+    print(
+        f"fake provider on http://{args.host}:{args.port} (Anthropic base URL; OpenAI base URL …/v1)", file=sys.stderr
+    )
     try:
         asyncio.run(serve(args.host, args.port))
     except KeyboardInterrupt:

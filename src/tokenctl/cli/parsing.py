@@ -12,8 +12,12 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         default = action.default
-        if ("default" in text or default in (None, False, [], argparse.SUPPRESS) or not action.option_strings
-                or isinstance(action, argparse._HelpAction)):
+        if (
+            "default" in text
+            or default in (None, False, [], argparse.SUPPRESS)
+            or not action.option_strings
+            or isinstance(action, argparse._HelpAction)
+        ):
             return text
         return f"{text} (default: %(default)s)"
 

@@ -35,10 +35,17 @@ VIEWS = ("breakdown", "overview", "concentration", "savings", "sessions")
 
 
 def add_view_arguments(r: argparse.ArgumentParser) -> None:
-    r.add_argument("view", nargs="?", choices=VIEWS, default="breakdown",
-                   help="breakdown (default, by --by), or the dashboard's overview, concentration, savings, sessions")
-    r.add_argument("--start", help="first day, YYYY-MM-DD, in the reporting time zone (default: breakdown all time, "
-                                   "views this month)")
+    r.add_argument(
+        "view",
+        nargs="?",
+        choices=VIEWS,
+        default="breakdown",
+        help="breakdown (default, by --by), or the dashboard's overview, concentration, savings, sessions",
+    )
+    r.add_argument(
+        "--start",
+        help="first day, YYYY-MM-DD, in the reporting time zone (default: breakdown all time, views this month)",
+    )
     r.add_argument("--end", help="last day, YYYY-MM-DD, inclusive (default: today)")
     for name in queries.FILTERS:
         r.add_argument(f"--{name}", help=f"only this {name}")
@@ -61,19 +68,25 @@ def _check_view_arguments(args: argparse.Namespace) -> None:
     """Every option either applies to the view asked for or is refused: none is ignored silently."""
     for name in _BREAKDOWN_ONLY:
         if getattr(args, name) is not None:
-            raise ValueError(f"--{name} applies to the breakdown (`tokenctl report --{name} …`), not to "
-                             f"`report {args.view}`; use --start/--end for its days")
+            raise ValueError(
+                f"--{name} applies to the breakdown (`tokenctl report --{name} …`), not to "
+                f"`report {args.view}`; use --start/--end for its days"
+            )
     if args.view in _UNDATED_VIEWS and (args.start or args.end):
-        raise ValueError(f"`report {args.view}` always shows today, this month and last month; "
-                         "--start/--end do not apply to it")
+        raise ValueError(
+            f"`report {args.view}` always shows today, this month and last month; --start/--end do not apply to it"
+        )
 
 
 def run_view(args: argparse.Namespace, config: Config) -> int:
     _check_view_arguments(args)
     tz = ZoneInfo(config.enforcement.timezone)
     now = datetime.fromtimestamp(args.clock(), tz)
-    view = queries.View(filters={n: getattr(args, n) for n in queries.FILTERS if getattr(args, n) is not None},
-                        start=parse_day(args.start) or now.date().replace(day=1), end=parse_day(args.end) or now.date())
+    view = queries.View(
+        filters={n: getattr(args, n) for n in queries.FILTERS if getattr(args, n) is not None},
+        start=parse_day(args.start) or now.date().replace(day=1),
+        end=parse_day(args.end) or now.date(),
+    )
     db = connect(config.ledger_path)
     try:
         data = _VIEWS[args.view](db, view, now, config)
@@ -124,6 +137,7 @@ _VIEWS: dict[str, Callable[[Any, queries.View, datetime, Config], Any]] = {
 
 # -- output -----------------------------------------------------------------------------------------
 
+
 def _print(data: Any, fmt: str) -> None:
     if fmt == "json":
         print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
@@ -169,16 +183,18 @@ def _cell(value: Any) -> str:
 
 # -- rebuilding rollups -----------------------------------------------------------------------------
 
+
 def rebuild_rollups(config: Config) -> int:
     """Recompute the rollups from the requests table, a month at a time, with a progress bar."""
     db = connect(config.ledger_path)
     try:
-        months = [m for (m,) in db.execute("SELECT DISTINCT substr(day, 1, 7) FROM requests WHERE day IS NOT NULL"
-                                           " ORDER BY 1")]
+        months = [
+            m for (m,) in db.execute("SELECT DISTINCT substr(day, 1, 7) FROM requests WHERE day IS NOT NULL ORDER BY 1")
+        ]
         progress = Progress("rebuild rollups", len(months) + 1)
         with transaction(db):
             for table in ("rollup_daily", *SMALL_ROLLUPS, "rollup_sessions"):
-                db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+                db.execute(f"DELETE FROM {table}")
             for month in months:
                 rebuild_daily(db, "AND r.day >= ? AND r.day < ?", (f"{month}-01", f"{month}-32"))
                 progress.advance()
@@ -193,13 +209,16 @@ def rebuild_rollups(config: Config) -> int:
 
 # -- retention --------------------------------------------------------------------------------------
 
+
 def _check_budget_windows(config: Config, db: Any, cutoff: str, tz: ZoneInfo, now: float) -> None:
     """Budget counters are rebuilt from request rows: never prune inside a budget's current window."""
     for rule in combined_rules(config, db).budgets:
         start = datetime.fromtimestamp(current_window(rule.period, now, tz).start, tz).date().isoformat()
         if cutoff > start:
-            raise ValueError(f"budget {rule.name!r} ({rule.period.label}) still counts spend since {start}; "
-                             f"pruning before {cutoff} would make it forget that spend after a restart")
+            raise ValueError(
+                f"budget {rule.name!r} ({rule.period.label}) still counts spend since {start}; "
+                f"pruning before {cutoff} would make it forget that spend after a restart"
+            )
 
 
 def prune_requests(config: Config, older_than_days: int, vacuum: bool, now: float) -> int:

@@ -24,10 +24,17 @@ def add_router_commands(sub: Any) -> None:
     e.add_argument("--strong-cost", type=float, help="cost of one strong-model answer (any unit)")
     e.add_argument("--weak-cost", type=float, help="cost of one weak-model answer (same unit)")
     how = e.add_mutually_exclusive_group()
-    how.add_argument("--kfold", type=int, metavar="K", help="score each prompt with a model trained on the other "
-                                                          "folds of this file (in-benchmark)")
-    how.add_argument("--train-on", metavar="CSV", help="train on another file with the same columns "
-                                                      "(leave-one-benchmark-out); its --drop is --train-drop")
+    how.add_argument(
+        "--kfold",
+        type=int,
+        metavar="K",
+        help="score each prompt with a model trained on the other folds of this file (in-benchmark)",
+    )
+    how.add_argument(
+        "--train-on",
+        metavar="CSV",
+        help="train on another file with the same columns (leave-one-benchmark-out); its --drop is --train-drop",
+    )
     how.add_argument("--model", help="a trained model file (default: the packaged one)")
     e.add_argument("--train-drop", metavar="JSONL", help="contaminated prompts to leave out of --train-on")
     e.add_argument("--resamples", type=int, default=200, help="bootstrap resamples for the 95%% intervals")
@@ -37,8 +44,12 @@ def add_router_commands(sub: Any) -> None:
     t = r.add_parser("train", help="train the classifier on one or more CSVs and write a model file")
     _data_arguments(t, many=True)
     t.add_argument("--out", default=str(DEFAULT_MODEL), help="model file to write (default: the packaged one)")
-    t.add_argument("--premium-share", type=float, default=0.3,
-                   help="default threshold: send this share of the training prompts to premium")
+    t.add_argument(
+        "--premium-share",
+        type=float,
+        default=0.3,
+        help="default threshold: send this share of the training prompts to premium",
+    )
     t.set_defaults(run=_train)
 
 
@@ -47,13 +58,18 @@ def _data_arguments(p: argparse.ArgumentParser, many: bool = False) -> None:
     p.add_argument("--prompt-col", default="prompt", help="the CSV column with the prompt text")
     p.add_argument("--strong-col", required=True, help="strong model's outcome: True/False or a score in 0..1")
     p.add_argument("--weak-col", required=True, help="weak model's outcome, as above")
-    p.add_argument("--drop", action="append" if many else "store", metavar="JSONL",
-                   help="RouteLLM contaminated_prompts.jsonl: prompts to leave out")
+    p.add_argument(
+        "--drop",
+        action="append" if many else "store",
+        metavar="JSONL",
+        help="RouteLLM contaminated_prompts.jsonl: prompts to leave out",
+    )
 
 
 def _read(path: str, args: argparse.Namespace, drop: str | None) -> ev.Outcomes:
-    return ev.read_outcomes(path, args.prompt_col, args.strong_col, args.weak_col,
-                            ev.contaminated(drop) if drop else None)
+    return ev.read_outcomes(
+        path, args.prompt_col, args.strong_col, args.weak_col, ev.contaminated(drop) if drop else None
+    )
 
 
 def _fit(texts: list[str], labels: list[int]) -> Callable[[str], float]:
@@ -73,15 +89,22 @@ def _eval(args: argparse.Namespace) -> int:
         trained_on = (classifier.meta or {}).get("trained_on", [])
         name = f"tokenctl classifier ({Path(args.model).name if args.model else 'packaged'})"
         if Path(args.data).name in trained_on:
-            print(f"warning: the model was trained on {Path(args.data).name}: these figures are in-sample; "
-                  "use --kfold or --train-on for honest ones", file=sys.stderr)
+            print(
+                f"warning: the model was trained on {Path(args.data).name}: these figures are in-sample; "
+                "use --kfold or --train-on for honest ones",
+                file=sys.stderr,
+            )
         scores = [classifier.score(p) for p in data.prompts]
     ours = ev.summarize(name, scores, data, resamples=args.resamples)
     summaries = [ours, *ev.baselines(data, args.resamples)]
     report = _report(data, summaries, args)
     if args.plot:
-        _plot(args.plot, data, {s.name: sc for s, sc in ((ours, scores), (summaries[2], [float(len(p)) for p in
-                                                                                          data.prompts]))}, args)
+        _plot(
+            args.plot,
+            data,
+            {s.name: sc for s, sc in ((ours, scores), (summaries[2], [float(len(p)) for p in data.prompts]))},
+            args,
+        )
         report["plot"] = args.plot
     _print(report, args.format)
     return 0
@@ -90,8 +113,10 @@ def _eval(args: argparse.Namespace) -> int:
 def _report(data: ev.Outcomes, summaries: list[ev.Summary], args: argparse.Namespace) -> dict[str, Any]:
     n = len(data.prompts)
     report: dict[str, Any] = {
-        "data": args.data, "prompts": n,
-        "weak_quality": round(sum(data.weak) / n, 4), "strong_quality": round(sum(data.strong) / n, 4),
+        "data": args.data,
+        "prompts": n,
+        "weak_quality": round(sum(data.weak) / n, 4),
+        "strong_quality": round(sum(data.strong) / n, 4),
         "routers": [s.as_dict() for s in summaries],
     }
     costs = args.strong_cost is not None and args.weak_cost is not None
@@ -113,35 +138,45 @@ def _print(report: dict[str, Any], fmt: str) -> None:
     if fmt == "json":
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return
-    print(f"{report['data']}: {report['prompts']:,} prompts; quality weak {report['weak_quality']:.3f}, "
-          f"strong {report['strong_quality']:.3f}")
+    print(
+        f"{report['data']}: {report['prompts']:,} prompts; quality weak {report['weak_quality']:.3f}, "
+        f"strong {report['strong_quality']:.3f}"
+    )
     costs = "cost_at_cpt50" in report["routers"][0]
-    header = ["router", "APGR [95% CI]", "CPT(50%) [95% CI]", "CPT(80%) [95% CI]"] + \
-        (["saving at CPT(50%)", "at CPT(80%)"] if costs else [])
+    header = ["router", "APGR [95% CI]", "CPT(50%) [95% CI]", "CPT(80%) [95% CI]"] + (
+        ["saving at CPT(50%)", "at CPT(80%)"] if costs else []
+    )
     rows = []
     for r in report["routers"]:
         ci = r["ci95"]
-        row = [r["router"], f"{r['apgr']:.3f} [{ci['apgr'][0]:.3f}, {ci['apgr'][1]:.3f}]",
-               f"{r['cpt50']:.1%} [{ci['cpt50'][0]:.1%}, {ci['cpt50'][1]:.1%}]",
-               f"{r['cpt80']:.1%} [{ci['cpt80'][0]:.1%}, {ci['cpt80'][1]:.1%}]"]
+        row = [
+            r["router"],
+            f"{r['apgr']:.3f} [{ci['apgr'][0]:.3f}, {ci['apgr'][1]:.3f}]",
+            f"{r['cpt50']:.1%} [{ci['cpt50'][0]:.1%}, {ci['cpt50'][1]:.1%}]",
+            f"{r['cpt80']:.1%} [{ci['cpt80'][0]:.1%}, {ci['cpt80'][1]:.1%}]",
+        ]
         if costs:
             row += [f"{r['saving_at_cpt50']:.1%}", f"{r['saving_at_cpt80']:.1%}"]
         rows.append(row)
     print(render_table(header, rows))
     for end in report["endpoints"]:
         cost = f", cost per prompt {end['cost_per_prompt']:g}" if "cost_per_prompt" in end else ""
-        print(f"{end['router']}: quality {end['quality']:.3f}, {end['strong_calls']:.0%} strong calls, "
-              f"PGR {end['strong_calls']:.0f}{cost}")
-    print("Random: mean of 100 seeds, 95% range across seeds; others: 95% bootstrap intervals. "
-          "Savings are against always-strong.")
+        print(
+            f"{end['router']}: quality {end['quality']:.3f}, {end['strong_calls']:.0%} strong calls, "
+            f"PGR {end['strong_calls']:.0f}{cost}"
+        )
+    print(
+        "Random: mean of 100 seeds, 95% range across seeds; others: 95% bootstrap intervals. "
+        "Savings are against always-strong."
+    )
 
 
 def _plot(path: str, data: ev.Outcomes, scored: dict[str, list[float]], args: argparse.Namespace) -> None:
     try:
-        import matplotlib  # noqa: PLC0415 - optional dependency, only for --plot
+        import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ValueError("--plot needs matplotlib: pip install 'tokenctl[plot]'") from exc
     costs = args.strong_cost is not None and args.weak_cost is not None
@@ -172,11 +207,17 @@ def _train(args: argparse.Namespace) -> int:
     classifier = Classifier(train(texts, labels))
     scores = sorted(classifier.score(t) for t in texts)
     classifier.threshold = scores[int((1 - args.premium_share) * (len(scores) - 1))]
-    classifier.meta = {"trained_on": [Path(p).name for p in args.data], "prompts": len(texts),
-                       "premium_share_at_threshold": args.premium_share,
-                       "score_quantiles": [round(scores[int(q / 20 * (len(scores) - 1))], 5) for q in range(21)]}
+    classifier.meta = {
+        "trained_on": [Path(p).name for p in args.data],
+        "prompts": len(texts),
+        "premium_share_at_threshold": args.premium_share,
+        "score_quantiles": [round(scores[int(q / 20 * (len(scores) - 1))], 5) for q in range(21)],
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     classifier.save(args.out)
-    print(f"trained on {len(texts):,} prompts; threshold {classifier.threshold:.4f} sends "
-          f"{args.premium_share:.0%} of them to premium; wrote {args.out}", file=sys.stderr)
+    print(
+        f"trained on {len(texts):,} prompts; threshold {classifier.threshold:.4f} sends "
+        f"{args.premium_share:.0%} of them to premium; wrote {args.out}",
+        file=sys.stderr,
+    )
     return 0

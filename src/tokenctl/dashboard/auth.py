@@ -90,15 +90,22 @@ class Authenticator:
         if principal is None:
             raise NotSignedIn("unknown or revoked key")
         if principal.role != "viewer":
-            raise NotSignedIn("this is a client key for calling models; the dashboard needs a viewer key "
-                              "(tokenctl keys create --viewer --team TEAM) or the admin key")
+            raise NotSignedIn(
+                "this is a client key for calling models; the dashboard needs a viewer key "
+                "(tokenctl keys create --viewer --team TEAM) or the admin key"
+            )
         return Viewer("viewer", team=principal.team, key_id=principal.key_id)
 
     def issue(self, viewer: Viewer, now: float | None = None) -> tuple[str, Viewer]:
         """A signed cookie value for ``viewer`` and the viewer with its new CSRF token."""
         csrf = secrets.token_urlsafe(24)
-        payload = {"r": viewer.role, "t": viewer.team, "k": viewer.key_id, "c": csrf,
-                   "e": int((now or time.time()) + SESSION_SECONDS)}
+        payload = {
+            "r": viewer.role,
+            "t": viewer.team,
+            "k": viewer.key_id,
+            "c": csrf,
+            "e": int((now or time.time()) + SESSION_SECONDS),
+        }
         body = base64.urlsafe_b64encode(orjson.dumps(payload)).decode().rstrip("=")
         return f"{body}.{self._sign(body)}", Viewer(viewer.role, viewer.team, viewer.key_id, csrf)
 
@@ -153,5 +160,12 @@ def check_origin(request: web.Request) -> None:
 
 
 def set_session_cookie(response: web.StreamResponse, request: web.Request, value: str) -> None:
-    response.set_cookie(COOKIE, value, max_age=SESSION_SECONDS, path="/ui", httponly=True, samesite="Strict",
-                        secure=request.secure or request.headers.get("x-forwarded-proto") == "https")
+    response.set_cookie(
+        COOKIE,
+        value,
+        max_age=SESSION_SECONDS,
+        path="/ui",
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure or request.headers.get("x-forwarded-proto") == "https",
+    )

@@ -33,8 +33,9 @@ async def budget_board(budgets: Budgets, run: RunInDb, view: View, now: float) -
 
     ``run`` executes a function with a ledger connection in a worker thread; the store is read here.
     """
-    members = await run(lambda db: [(rule, m, u) for rule in budgets.rules
-                                    for m, u in _members(db, rule, budgets, view, now)])
+    members = await run(
+        lambda db: [(rule, m, u) for rule in budgets.rules for m, u in _members(db, rule, budgets, view, now)]
+    )
     rows: list[dict[str, Any]] = []
     for rule, member, user in members:
         row = await status_row(budgets, budgets.charge(rule, member, now, slice_member=user), now)
@@ -49,14 +50,16 @@ async def budget_board(budgets: Budgets, run: RunInDb, view: View, now: float) -
     return rows
 
 
-def _members(db: sqlite3.Connection, rule: BudgetRule, budgets: Budgets, view: View,
-             now: float) -> list[tuple[str, str | None]]:
+def _members(
+    db: sqlite3.Connection, rule: BudgetRule, budgets: Budgets, view: View, now: float
+) -> list[tuple[str, str | None]]:
     if rule.scope == "org":
         return [] if view.team is not None else [("org", None)]
     column = _SCOPE_COLUMNS.get(rule.scope)
     if column is None:  # session budgets: too many members to list; shown when pinned to one session
         return [(rule.match, None)] if rule.match and view.team is None else []
     start_day = _window_start(rule, budgets, now).date().isoformat()
+    members: list[tuple[str, str | None]]
     if rule.match is not None:
         visible = view.team is None or _in_team(db, column, rule.match, view.team)
         members = [(rule.match, None)] if visible else []
@@ -70,8 +73,9 @@ def _members(db: sqlite3.Connection, rule: BudgetRule, budgets: Budgets, view: V
         members = [(m, None) for (m,) in db.execute(sql, params)]
     if rule.pool and rule.member_cap is not None and rule.scope == "team":
         for team, _ in list(members):
-            users = db.execute("SELECT DISTINCT user FROM rollup_daily WHERE day >= ? AND team = ? AND user != ''",
-                               (start_day, team)).fetchall()
+            users = db.execute(
+                "SELECT DISTINCT user FROM rollup_daily WHERE day >= ? AND team = ? AND user != ''", (start_day, team)
+            ).fetchall()
             members += [(team, u) for (u,) in users]
     return members
 
@@ -95,18 +99,25 @@ def _add_projections(db: sqlite3.Connection, budgets: Budgets, rows: list[dict[s
     for rule, members in by_rule.items():
         curves = _daily_spend(db, budgets, rule, [r["_key"][1] for r in members], now)
         for row in members:
-            _project(row, rule, curves.get(row["_key"][1], []), _window_start(rule, budgets, now),
-                     datetime.fromtimestamp(now, budgets.tz))
+            _project(
+                row,
+                rule,
+                curves.get(row["_key"][1], []),
+                _window_start(rule, budgets, now),
+                datetime.fromtimestamp(now, budgets.tz),
+            )
 
 
-def _daily_spend(db: sqlite3.Connection, budgets: Budgets, rule: BudgetRule, members: list[str],
-                 now: float) -> dict[str, list[tuple[str, int]]]:
+def _daily_spend(
+    db: sqlite3.Connection, budgets: Budgets, rule: BudgetRule, members: list[str], now: float
+) -> dict[str, list[tuple[str, int]]]:
     if rule.period.kind == "lifetime":
         return {}
     start_day = _window_start(rule, budgets, now).date().isoformat()
     column = "'org'" if rule.scope == "org" else _SCOPE_COLUMNS[rule.scope]
-    table = {"org": "rollup_team_daily", "team": "rollup_team_daily",
-             "user": "rollup_user_daily"}.get(rule.scope, "rollup_daily")
+    table = {"org": "rollup_team_daily", "team": "rollup_team_daily", "user": "rollup_user_daily"}.get(
+        rule.scope, "rollup_daily"
+    )
     sql = f"SELECT {column}, day, SUM(cost_nanousd) FROM {table} WHERE day >= ?"
     params: list[Any] = [start_day]
     if rule.scope != "org":
@@ -118,8 +129,9 @@ def _daily_spend(db: sqlite3.Connection, budgets: Budgets, rule: BudgetRule, mem
     return curves
 
 
-def _project(row: dict[str, Any], rule: BudgetRule, spend: list[tuple[str, int]], start: datetime,
-             now: datetime) -> None:
+def _project(
+    row: dict[str, Any], rule: BudgetRule, spend: list[tuple[str, int]], start: datetime, now: datetime
+) -> None:
     if rule.period.kind == "lifetime":
         row["projected_exhaustion"] = None
         return

@@ -38,8 +38,9 @@ def month_end_forecast(month_to_date: Decimal, rate: Decimal, now: datetime) -> 
     return month_to_date + rate * days_left
 
 
-def exhaustion(limit: Decimal, spent: Decimal, window_start: datetime, now: datetime,
-               resets_at: datetime | None) -> datetime | None:
+def exhaustion(
+    limit: Decimal, spent: Decimal, window_start: datetime, now: datetime, resets_at: datetime | None
+) -> datetime | None:
     """When spend reaches ``limit`` at the window's average rate so far; None if not before the reset."""
     if spent >= limit:
         return now

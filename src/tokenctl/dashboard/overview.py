@@ -38,12 +38,14 @@ def overview(db: sqlite3.Connection, view: View, now: datetime) -> dict[str, Any
         "month_requests": month["requests"],
         "last_month_usd": str(_sum_between(spend, last_month_start, month_start - timedelta(days=1))),
         "daily_rate_usd": str(rate.quantize(Decimal("0.000001"))),
-        "rate_basis": f"average of the last {RATE_DAYS} complete days" if earliest and
-        date.fromisoformat(earliest) <= today - timedelta(days=RATE_DAYS) else "average per day this month",
+        "rate_basis": f"average of the last {RATE_DAYS} complete days"
+        if earliest and date.fromisoformat(earliest) <= today - timedelta(days=RATE_DAYS)
+        else "average per day this month",
         "forecast_usd": str(month_end_forecast(month_to_date, rate, now).quantize(Decimal("0.01"))),
         "cache_read_share": month["cache_read_share"],
-        "month_saved_usd": str(sum(Decimal(month[k]) for k in ("cache_saved_usd", "policy_saved_usd",
-                                                                "routing_saved_usd"))),
+        "month_saved_usd": str(
+            sum(Decimal(month[k]) for k in ("cache_saved_usd", "policy_saved_usd", "routing_saved_usd"))
+        ),
         "trend": [_trend_point(days, today - timedelta(days=i)) for i in reversed(range(TREND_DAYS))],
         "top_teams": _top(breakdown(db, month_view, "team", limit=5)),
         "top_models": _top(breakdown(db, month_view, "model", limit=5)),

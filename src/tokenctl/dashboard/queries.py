@@ -15,8 +15,16 @@ from typing import Any
 from tokenctl.ledger.migrations import SMALL_ROLLUPS
 
 # Breakdown dimensions: the rollup column for each.
-DIMENSIONS = {"team": "team", "user": "user", "project": "project", "model": "model", "tool": "tool",
-              "key": "key_id", "provider": "provider", "day": "day"}
+DIMENSIONS = {
+    "team": "team",
+    "user": "user",
+    "project": "project",
+    "model": "model",
+    "tool": "tool",
+    "key": "key_id",
+    "provider": "provider",
+    "day": "day",
+}
 FILTERS = ("team", "user", "project", "model", "tool", "key", "provider")
 NONE = ""  # the rollups store a missing team/user/… as ''; shown as "(none)"
 
@@ -91,16 +99,39 @@ _SUMS = """SUM(requests), SUM(errors), SUM(input_tokens), SUM(cache_read_tokens)
 
 def _measures(raw: tuple[Any, ...]) -> dict[str, Any]:
     values = tuple(v or 0 for v in raw)
-    (requests, errors, inp, read, write, out, reasoning, cost, uncached, policy, routing, unpriced, blocked,
-     duration) = values
+    (
+        requests,
+        errors,
+        inp,
+        read,
+        write,
+        out,
+        reasoning,
+        cost,
+        uncached,
+        policy,
+        routing,
+        unpriced,
+        blocked,
+        duration,
+    ) = values
     prompt = inp + read + write
     return {
-        "requests": requests, "errors": errors, "blocked": blocked, "unpriced_requests": unpriced,
-        "input_tokens": inp, "cache_read_tokens": read, "cache_write_tokens": write,
-        "output_tokens": out, "reasoning_tokens": reasoning,
+        "requests": requests,
+        "errors": errors,
+        "blocked": blocked,
+        "unpriced_requests": unpriced,
+        "input_tokens": inp,
+        "cache_read_tokens": read,
+        "cache_write_tokens": write,
+        "output_tokens": out,
+        "reasoning_tokens": reasoning,
         "cache_read_share": round(read / prompt, 4) if prompt else 0.0,
-        "cost_usd": usd(cost), "cost_nanousd": cost,
-        "cache_saved_usd": usd(uncached - cost), "policy_saved_usd": usd(policy), "routing_saved_usd": usd(routing),
+        "cost_usd": usd(cost),
+        "cost_nanousd": cost,
+        "cache_saved_usd": usd(uncached - cost),
+        "policy_saved_usd": usd(policy),
+        "routing_saved_usd": usd(routing),
         "avg_latency_ms": round(duration / requests, 1) if requests else 0.0,
         "_sums": values,  # the raw column sums, so rows can be added up exactly
     }
@@ -118,13 +149,13 @@ def breakdown(db: sqlite3.Connection, view: View, by: str, limit: int = 500) -> 
     column = DIMENSIONS[by]
     where, params = view.rollup_where()
     order = "grp" if by == "day" else "SUM(cost_nanousd) DESC, grp"
-    sql = (f"SELECT {column} AS grp, {_SUMS} FROM {view.table(by)} WHERE {where} GROUP BY grp ORDER BY {order}"
-           " LIMIT ?")
+    sql = f"SELECT {column} AS grp, {_SUMS} FROM {view.table(by)} WHERE {where} GROUP BY grp ORDER BY {order} LIMIT ?"
     return [{"group": row[0], **_measures(row[1:])} for row in db.execute(sql, [*params, limit])]
 
 
-def breakdown_with_total(db: sqlite3.Connection, view: View, by: str,
-                         limit: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def breakdown_with_total(
+    db: sqlite3.Connection, view: View, by: str, limit: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The breakdown and its total; the total is summed from the rows when none were cut off."""
     rows = breakdown(db, view, by, limit + 1)
     if len(rows) <= limit:
@@ -152,7 +183,8 @@ def concentration(db: sqlite3.Connection, view: View, top: int = 10) -> dict[str
     where, params = view.rollup_where()
     rows = db.execute(
         f"SELECT user, MAX(team), SUM(requests), SUM(cost_nanousd) FROM {view.table('user')} WHERE {where}"
-        " GROUP BY user ORDER BY SUM(cost_nanousd) DESC, user", params
+        " GROUP BY user ORDER BY SUM(cost_nanousd) DESC, user",
+        params,
     ).fetchall()
     total = sum(r[3] or 0 for r in rows)
     top_count = max(1, -(-len(rows) // 5)) if rows else 0  # ceil(20 %)
@@ -169,8 +201,14 @@ def concentration(db: sqlite3.Connection, view: View, top: int = 10) -> dict[str
         "top_usd": usd(top_spend),
         "curve": curve if len(curve) <= 200 else curve[:: max(1, len(curve) // 200)] + curve[-1:],
         "leaderboard": [
-            {"rank": i, "user": r[0], "team": r[1], "requests": r[2], "cost_usd": usd(r[3]),
-             "share": round((r[3] or 0) / total, 4) if total else 0.0}
+            {
+                "rank": i,
+                "user": r[0],
+                "team": r[1],
+                "requests": r[2],
+                "cost_usd": usd(r[3]),
+                "share": round((r[3] or 0) / total, 4) if total else 0.0,
+            }
             for i, r in enumerate(rows[:top], 1)
         ],
     }
@@ -195,14 +233,36 @@ def savings(db: sqlite3.Connection, view: View) -> dict[str, Any]:
 
 
 def _saving_row(row: dict[str, Any]) -> dict[str, Any]:
-    keys = ("group", "cost_usd", "cache_saved_usd", "policy_saved_usd", "routing_saved_usd", "blocked",
-            "cache_read_share")
+    keys = (
+        "group",
+        "cost_usd",
+        "cache_saved_usd",
+        "policy_saved_usd",
+        "routing_saved_usd",
+        "blocked",
+        "cache_read_share",
+    )
     return {k: row[k] for k in keys}
 
 
-_SESSION_COLUMNS = ("session_id", "team", "user", "project", "tool", "model", "first_ts", "last_ts", "requests",
-                    "errors", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
-                    "cost_nanousd", "duration_ms")
+_SESSION_COLUMNS = (
+    "session_id",
+    "team",
+    "user",
+    "project",
+    "tool",
+    "model",
+    "first_ts",
+    "last_ts",
+    "requests",
+    "errors",
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "cost_nanousd",
+    "duration_ms",
+)
 
 
 def sessions(db: sqlite3.Connection, view: View, limit: int = 100) -> list[dict[str, Any]]:
@@ -218,8 +278,10 @@ def sessions(db: sqlite3.Connection, view: View, limit: int = 100) -> list[dict[
         if name in ("team", "user", "project", "tool", "model"):
             clauses.append(f"COALESCE({name}, '') = ?")
             params.append(value)
-    sql = (f"SELECT {', '.join(_SESSION_COLUMNS)} FROM rollup_sessions WHERE {' AND '.join(clauses)}"
-           " ORDER BY cost_nanousd DESC LIMIT ?")
+    sql = (
+        f"SELECT {', '.join(_SESSION_COLUMNS)} FROM rollup_sessions WHERE {' AND '.join(clauses)}"
+        " ORDER BY cost_nanousd DESC LIMIT ?"
+    )
     return [_session_dict(dict(zip(_SESSION_COLUMNS, row))) for row in db.execute(sql, [*params, limit])]
 
 
@@ -231,11 +293,43 @@ def _session_dict(row: dict[str, Any]) -> dict[str, Any]:
 
 
 REQUEST_COLUMNS = (
-    "request_id", "ts", "day", "duration_ms", "ttft_ms", "api", "stream", "status", "outcome", "partial", "error",
-    "key_id", "user", "team", "project", "tool", "session_id", "provider", "requested_model", "model",
-    "input_tokens", "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "output_tokens",
-    "reasoning_tokens", "cost_usd", "cost_is_estimate", "priced", "reserved_usd", "funding", "policy", "approval_id",
-    "uncached_nanousd", "counterfactual_nanousd", "saving_source", "cost_nanousd",
+    "request_id",
+    "ts",
+    "day",
+    "duration_ms",
+    "ttft_ms",
+    "api",
+    "stream",
+    "status",
+    "outcome",
+    "partial",
+    "error",
+    "key_id",
+    "user",
+    "team",
+    "project",
+    "tool",
+    "session_id",
+    "provider",
+    "requested_model",
+    "model",
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "cost_is_estimate",
+    "priced",
+    "reserved_usd",
+    "funding",
+    "policy",
+    "approval_id",
+    "uncached_nanousd",
+    "counterfactual_nanousd",
+    "saving_source",
+    "cost_nanousd",
 )  # never prompt or response text: the ledger does not hold it
 
 
@@ -247,8 +341,9 @@ def requests(db: sqlite3.Connection, view: View, limit: int = 100) -> list[dict[
 
 
 def request_detail(db: sqlite3.Connection, view: View, request_id: str) -> dict[str, Any] | None:
-    row = db.execute(f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests WHERE request_id = ?",
-                     (request_id,)).fetchone()
+    row = db.execute(
+        f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests WHERE request_id = ?", (request_id,)
+    ).fetchone()
     if row is None:
         return None
     found = _request_dict(row)
@@ -282,7 +377,9 @@ def session_detail(db: sqlite3.Connection, view: View, session_id: str) -> dict[
     ok = [t for t in turns if t not in failed]
     return {
         "session_id": session_id,
-        "team": turns[0]["team"], "user": turns[0]["user"], "tool": turns[0]["tool"],
+        "team": turns[0]["team"],
+        "user": turns[0]["user"],
+        "tool": turns[0]["tool"],
         "requests": len(turns),
         "cost_usd": str(sum((Decimal(t["cost_usd"]) for t in turns), Decimal(0))),
         "cache_read_share": round(read / prompt, 4) if prompt else 0.0,

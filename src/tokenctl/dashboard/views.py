@@ -39,17 +39,17 @@ from tokenctl.dashboard.auth import (
 )
 from tokenctl.dashboard.budgets import budget_board
 from tokenctl.dashboard.overview import overview
-from tokenctl.ingress.admin import decide_approval
+from tokenctl.gateway import Gateway
 from tokenctl.ledger import approvals as approval_store
 from tokenctl.ledger.audit import read_audit
 from tokenctl.ledger.db import connect
-from tokenctl.pipeline import Gateway
+from tokenctl.policy.decisions import decide_approval
 from tokenctl.validate import ConfigError
 
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",  # "no-referrer" would make form posts send Origin: null
@@ -101,13 +101,16 @@ DASHBOARD = web.AppKey("dashboard", Dashboard)
 
 def _load_assets() -> dict[str, tuple[bytes, str]]:
     folder = resources.files("tokenctl.dashboard") / "static"
-    return {f.name: (f.read_bytes(), _TYPES.get("." + f.name.rsplit(".", 1)[-1], "application/octet-stream"))
-            for f in folder.iterdir() if f.is_file()}
+    return {
+        f.name: (f.read_bytes(), _TYPES.get("." + f.name.rsplit(".", 1)[-1], "application/octet-stream"))
+        for f in folder.iterdir()
+        if f.is_file()
+    }
 
 
 def routes() -> list[web.RouteDef]:
     return [
-        web.get("/ui", lambda r: _redirect("/ui/")),
+        web.get("/ui", _to_ui_root),
         web.get("/ui/", page),
         web.get("/ui/login", login_page),
         web.post("/ui/login", login),
@@ -118,6 +121,11 @@ def routes() -> list[web.RouteDef]:
 
 
 # -- pages ------------------------------------------------------------------------------------------
+
+
+async def _to_ui_root(request: web.Request) -> web.Response:
+    return _redirect("/ui/")
+
 
 def _redirect(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location, **_SECURITY_HEADERS})
@@ -140,8 +148,9 @@ async def page(request: web.Request) -> web.Response:
 async def login_page(request: web.Request, message: str = "", status: int = 200) -> web.Response:
     body = request.app[DASHBOARD].assets["login.html"][0].decode()
     notice = f'<p class="error" role="alert">{html.escape(message)}</p>' if message else ""
-    return web.Response(text=body.replace("<!--message-->", notice), status=status, content_type="text/html",
-                        headers=_SECURITY_HEADERS)
+    return web.Response(
+        text=body.replace("<!--message-->", notice), status=status, content_type="text/html", headers=_SECURITY_HEADERS
+    )
 
 
 async def login(request: web.Request) -> web.Response:
@@ -187,6 +196,7 @@ async def asset(request: web.Request) -> web.Response:
 
 # -- JSON API ---------------------------------------------------------------------------------------
 
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -194,14 +204,21 @@ class ApiError(Exception):
 
 
 def _api_error(status: int, message: str) -> web.Response:
-    kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-            404: "not_found_error", 405: "invalid_request_error", 409: "conflict"}.get(status, "api_error")
+    kind = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        405: "invalid_request_error",
+        409: "conflict",
+    }.get(status, "api_error")
     return _json({"error": {"message": message, "type": kind}}, status)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data, default=str), status=status, content_type="application/json",
-                        headers=_SECURITY_HEADERS)
+    return web.Response(
+        body=orjson.dumps(data, default=str), status=status, content_type="application/json", headers=_SECURITY_HEADERS
+    )
 
 
 Handler = Callable[[Dashboard, web.Request, Viewer, list[str]], Awaitable[Any]]
@@ -216,8 +233,10 @@ async def api(request: web.Request) -> web.Response:
             check_csrf(request, viewer)
         handler = _API.get((request.method, parts[0] if parts else ""))
         if handler is None:
-            raise ApiError(404 if request.method in ("GET", "POST") else 405,
-                           f"no dashboard endpoint {request.method} {request.path}")
+            raise ApiError(
+                404 if request.method in ("GET", "POST") else 405,
+                f"no dashboard endpoint {request.method} {request.path}",
+            )
         return _json(await handler(dash, request, viewer, parts[1:]))
     except NotSignedIn as exc:
         return _api_error(401, str(exc))
@@ -261,8 +280,15 @@ def _limit(request: web.Request, default: int) -> int:
 
 
 async def _me(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:
-    return {"role": viewer.role, "team": viewer.team, "key_id": viewer.key_id, "csrf": viewer.csrf,
-            "timezone": str(dash.tz), "today": dash.now().date().isoformat(), "content_logging": False}
+    return {
+        "role": viewer.role,
+        "team": viewer.team,
+        "key_id": viewer.key_id,
+        "csrf": viewer.csrf,
+        "timezone": str(dash.tz),
+        "today": dash.now().date().isoformat(),
+        "content_logging": False,
+    }
 
 
 async def _overview(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:
@@ -276,24 +302,42 @@ async def _breakdown(dash: Dashboard, request: web.Request, viewer: Viewer, rest
     by = request.query.get("by", "team")
     limit = _limit(request, 500)
     rows, total = await dash.reader.run(lambda db: queries.breakdown_with_total(db, view, by, limit))
-    return {"by": by, "start": str(view.start), "end": str(view.end), "rows": [queries.public(r) for r in rows],
-            "total": queries.public(total)}
+    return {
+        "by": by,
+        "start": str(view.start),
+        "end": str(view.end),
+        "rows": [queries.public(r) for r in rows],
+        "total": queries.public(total),
+    }
 
 
 async def _concentration(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:
     view = view_of(request, viewer, dash.now().date())
-    return {"start": str(view.start), "end": str(view.end),
-            **await dash.reader.run(lambda db: queries.concentration(db, view))}
+    return {
+        "start": str(view.start),
+        "end": str(view.end),
+        **await dash.reader.run(lambda db: queries.concentration(db, view)),
+    }
 
 
 async def _savings(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:
     view = view_of(request, viewer, dash.now().date())
-    return {"start": str(view.start), "end": str(view.end),
-            **await dash.reader.run(lambda db: queries.savings(db, view))}
+    return {
+        "start": str(view.start),
+        "end": str(view.end),
+        **await dash.reader.run(lambda db: queries.savings(db, view)),
+    }
 
 
-async def _list_or_one(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str], noun: str,
-                       listing: Callable[..., Any], detail: Callable[..., Any]) -> Any:
+async def _list_or_one(
+    dash: Dashboard,
+    request: web.Request,
+    viewer: Viewer,
+    rest: list[str],
+    noun: str,
+    listing: Callable[..., Any],
+    detail: Callable[..., Any],
+) -> Any:
     """``/ui/api/<noun>s`` lists the latest or costliest; ``/ui/api/<noun>s/<id>`` is one, if the viewer may see it."""
     view = view_of(request, viewer, dash.now().date())
     if rest:

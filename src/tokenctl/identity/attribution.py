@@ -56,8 +56,10 @@ def parse_claude_user_id(value: Any) -> tuple[str | None, str | None]:
             return None, None
         if isinstance(parsed, dict):
             device, session = parsed.get("device_id"), parsed.get("session_id")
-            return (device if isinstance(device, str) and device else None,
-                    session if isinstance(session, str) and session else None)
+            return (
+                device if isinstance(device, str) and device else None,
+                session if isinstance(session, str) and session else None,
+            )
         return None, None
     legacy = _LEGACY_USER_ID.search(value)
     if legacy:

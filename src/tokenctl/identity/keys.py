@@ -41,8 +41,15 @@ class KeyInfo:
 
     @property
     def principal(self) -> Principal:
-        return Principal(key_id=self.key_id, user=self.user, team=self.team, project=self.project, models=self.models,
-                         opt_in=self.opt_in, role=self.role)
+        return Principal(
+            key_id=self.key_id,
+            user=self.user,
+            team=self.team,
+            project=self.project,
+            models=self.models,
+            opt_in=self.opt_in,
+            role=self.role,
+        )
 
 
 def hash_key(secret: str) -> str:
@@ -86,8 +93,20 @@ def create_key(
         db.execute(
             "INSERT INTO keys (key_id, key_hash, prefix, name, user, team, project, models, opt_in, role, created_at,"
             " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key_id, hash_key(secret), secret[:10], name, user, team, project, ",".join(models), int(opt_in), role,
-             now, now),
+            (
+                key_id,
+                hash_key(secret),
+                secret[:10],
+                name,
+                user,
+                team,
+                project,
+                ",".join(models),
+                int(opt_in),
+                role,
+                now,
+                now,
+            ),
         )
     return get_key(db, key_id), secret
 
@@ -172,16 +191,27 @@ class KeyCache:
         self._apply(*row)
         return self._active.get(key_hash)
 
-    def _apply(self, key_hash: str, key_id: str, user, team, project, models: str, opt_in, role,  # type: ignore[no-untyped-def]
-               revoked_at) -> None:
+    def _apply(
+        self,
+        key_hash: str,
+        key_id: str,
+        user: str | None,
+        team: str | None,
+        project: str | None,
+        models: str,
+        opt_in: int,
+        role: str,
+        revoked_at: float | None,
+    ) -> None:
         if revoked_at is not None:
             self._active.pop(key_hash, None)
             self._by_id.pop(key_id, None)
             self._revoked.add(key_hash)
             return
         models_t = tuple(m for m in models.split(",") if m)
-        principal = Principal(key_id=key_id, user=user, team=team, project=project, models=models_t,
-                              opt_in=bool(opt_in), role=role)
+        principal = Principal(
+            key_id=key_id, user=user, team=team, project=project, models=models_t, opt_in=bool(opt_in), role=role
+        )
         self._active[key_hash] = principal
         self._by_id[key_id] = principal
         self._misses.pop(key_hash, None)

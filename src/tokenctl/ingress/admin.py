@@ -20,19 +20,19 @@ import asyncio
 import hmac
 import os
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from tokenctl.gateway import GATEWAY, Gateway
 from tokenctl.ledger import approvals as approval_store
-from tokenctl.ledger.audit import AuditEvent, read_audit, write_audit
+from tokenctl.ledger.audit import read_audit
 from tokenctl.ledger.db import connect
-from tokenctl.pipeline import GATEWAY, Gateway
+from tokenctl.policy.decisions import decide_approval
 from tokenctl.policy.manage import RuleError, delete_rule, put_rule
 from tokenctl.policy.status import budget_status
-from tokenctl.validate import ConfigError, money
+from tokenctl.validate import ConfigError
 
 _KINDS = {"budgets": "budget", "policies": "policy", "approval-rules": "approval"}
 
@@ -48,8 +48,13 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 def _error(status: int, message: str) -> web.Response:
-    kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-            404: "not_found_error", 409: "conflict"}.get(status, "api_error")
+    kind = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        409: "conflict",
+    }.get(status, "api_error")
     return _json({"error": {"message": message, "type": kind}}, status)
 
 
@@ -138,34 +143,10 @@ async def _approvals(gw: Gateway, request: web.Request, rest: list[str]) -> web.
     raise AdminError(404, f"no admin endpoint {request.method} {request.path}")
 
 
-def decide_approval(db: Any, approval_id: str, approve: bool, body: dict[str, Any]) -> dict[str, Any]:
-    """Approve or deny, with the audit entry; shared by the admin API and the CLI."""
-    by = str(body.get("by") or "admin")
-    hours = body.get("for_user_hours")
-    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0):
-        raise ConfigError("for_user_hours: must be a positive number")
-    amount: Decimal | None = money(body, "for_user_usd", "approval")
-    seconds = None if hours is None else float(hours) * 3600
-    if approve and amount is not None and seconds is None:
-        seconds = 86_400.0
-    result = approval_store.decide(db, approval_id, approve=approve, by=by, note=body.get("note"),
-                                   for_user_seconds=seconds, for_user_usd=amount)
-    grant = ""
-    if result["grant_scope"] == "user":
-        grant = f" for user {result['user'] or result['key_id']} until {result['grant_until']:.0f}"
-        if result["grant_usd"]:
-            grant += f" up to ${result['grant_usd']}"
-    write_audit(db, AuditEvent(by, "approval.approve" if approve else "approval.deny", result["rule"], approval_id,
-                               None, (body.get("note") or "") + grant))
-    return result
-
-
 async def _reload(gw: Gateway) -> None:
-    from tokenctl.app import reload_rules  # the assembled app owns reloading
-
     db = connect(gw.config.ledger_path)
     try:
-        await reload_rules(gw, db)
+        await gw.reload_rules(db)
     finally:
         db.close()
 
@@ -199,4 +180,3 @@ def _int_param(value: str, name: str) -> int:
         return max(1, min(10_000, int(value)))
     except ValueError as exc:
         raise AdminError(400, f"{name}: must be an integer") from exc
-

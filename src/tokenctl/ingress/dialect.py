@@ -61,7 +61,7 @@ class Dialect:
     def stream_error_event(self, message: str, meter: StreamMeter | None, request_id: str) -> bytes:
         """The in-stream error event that ends a failed stream."""
         if self.api == "openai.responses":
-            response = {
+            response: dict[str, Any] = {
                 "id": (meter.response_id if meter else None) or f"resp_{request_id}",
                 "object": "response",
                 "status": "failed",
@@ -77,15 +77,25 @@ class Dialect:
 
 
 ANTHROPIC_MESSAGES = Dialect(
-    "anthropic.messages", "anthropic", anthropic_error_body, usage_extractors.from_anthropic,
+    "anthropic.messages",
+    "anthropic",
+    anthropic_error_body,
+    usage_extractors.from_anthropic,
     lambda _drop: AnthropicStreamMeter(),
 )
 ANTHROPIC_COUNT_TOKENS = Dialect("anthropic.count_tokens", "anthropic", anthropic_error_body, None, None)
 OPENAI_CHAT = Dialect(
-    "openai.chat", "openai", openai_error_body, usage_extractors.from_openai_chat, ChatStreamMeter,
+    "openai.chat",
+    "openai",
+    openai_error_body,
+    usage_extractors.from_openai_chat,
+    ChatStreamMeter,
 )
 OPENAI_RESPONSES = Dialect(
-    "openai.responses", "openai", openai_error_body, usage_extractors.from_openai_responses,
+    "openai.responses",
+    "openai",
+    openai_error_body,
+    usage_extractors.from_openai_responses,
     lambda _drop: ResponsesStreamMeter(),
 )
 OPENAI_MODELS = Dialect("openai.models", "openai", openai_error_body, None, None)

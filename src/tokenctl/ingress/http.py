@@ -14,9 +14,10 @@ import orjson
 from aiohttp import web
 
 from tokenctl.errors import AuthError
+from tokenctl.gateway import GATEWAY, Gateway, new_request_id
 from tokenctl.identity.authenticate import authenticate, client_key
 from tokenctl.ingress import dialect as d
-from tokenctl.pipeline import GATEWAY, Gateway, handle, new_request_id
+from tokenctl.pipeline import handle
 from tokenctl.policy.access import may_use
 
 Handler = Callable[[Gateway, web.Request], Awaitable[web.StreamResponse]]
@@ -42,25 +43,31 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     path, method = request.path, request.method
     if request.headers.get("upgrade", "").lower() == "websocket":
-        return _error(d.OPENAI_RESPONSES, 426, "invalid_request_error",
-                      "WebSocket transport is not supported; use HTTPS with server-sent events")
+        return _error(
+            d.OPENAI_RESPONSES,
+            426,
+            "invalid_request_error",
+            "WebSocket transport is not supported; use HTTPS with server-sent events",
+        )
     for route_method, ending, dialect in PROXY_ROUTES:
         if path.endswith(ending):
             if method != route_method:
-                return _error(dialect, 405, "invalid_request_error", f"{method} is not allowed on {ending}; use {route_method}")
+                return _error(
+                    dialect, 405, "invalid_request_error", f"{method} is not allowed on {ending}; use {route_method}"
+                )
             return await handle(gw, request, dialect)
     if path.endswith(("/v1/models", "/models")) and method == "GET":
         return await list_models(gw, request)
     if path in _HEALTH_PATHS and method in ("HEAD", "GET"):
         return web.Response(status=200, headers=_id_headers(), text="" if method == "HEAD" else "ok")
     family = d.ANTHROPIC_MESSAGES if "anthropic-version" in request.headers else d.OPENAI_CHAT
-    return _error(family, 404, "not_found_error", f"no such endpoint: {method} {path}")
+    return _error(family, 404, "not_found_error", f"no such endpoint: {method} {path}", code="unknown_url")
 
 
-def _error(dialect: d.Dialect, status: int, kind: str, message: str) -> web.Response:
+def _error(dialect: d.Dialect, status: int, kind: str, message: str, code: str | None = None) -> web.Response:
     headers = _id_headers()
     headers["x-should-retry"] = "false"
-    body = dialect.error_body(kind, message, headers["request-id"])
+    body = dialect.error_body(kind, message, headers["request-id"], code)
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
@@ -76,15 +83,24 @@ async def list_models(gw: Gateway, request: web.Request) -> web.Response:
     models = [(m, owner) for m, owner in gw.catalog.listed_models() if may_use(principal, m)]
     if anthropic:
         data = [{"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"} for m, _ in models]
-        body = {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None}
+        body = {
+            "data": data,
+            "has_more": False,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
     else:
-        body = {"object": "list", "data": [{"id": m, "object": "model", "created": now, "owned_by": o} for m, o in models]}
+        body = {
+            "object": "list",
+            "data": [{"id": m, "object": "model", "created": now, "owned_by": o} for m, o in models],
+        }
     return web.Response(body=orjson.dumps(body), content_type="application/json", headers=_id_headers())
 
 
 @web.middleware
-async def body_limit_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def body_limit_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """Errors aiohttp raises before our handler runs, rendered in the client's dialect."""
     try:
         return await handler(request)
@@ -93,4 +109,3 @@ async def body_limit_errors(request: web.Request, handler: Callable[[web.Request
             raise
         dialect = d.ANTHROPIC_MESSAGES if "/messages" in request.path else d.OPENAI_CHAT
         return _error(dialect, exc.status, "invalid_request_error", exc.reason)
-

@@ -15,9 +15,28 @@ from typing import Any
 
 from tokenctl.ledger.migrations import transaction
 
-_FIELDS = ("approval_id", "created_at", "status", "rule", "fingerprint", "key_id", "user", "team", "project", "model",
-           "estimated_usd", "input_tokens", "reason", "decided_by", "decided_at", "note", "grant_scope", "grant_until",
-           "grant_usd", "grant_used_usd")
+_FIELDS = (
+    "approval_id",
+    "created_at",
+    "status",
+    "rule",
+    "fingerprint",
+    "key_id",
+    "user",
+    "team",
+    "project",
+    "model",
+    "estimated_usd",
+    "input_tokens",
+    "reason",
+    "decided_by",
+    "decided_at",
+    "note",
+    "grant_scope",
+    "grant_until",
+    "grant_usd",
+    "grant_used_usd",
+)
 
 
 class ApprovalNotFound(LookupError):
@@ -55,8 +74,20 @@ def create_pending(db: sqlite3.Connection, held: HeldRequest) -> dict[str, Any]:
         db.execute(
             "INSERT INTO approvals (approval_id, created_at, status, rule, fingerprint, key_id, user, team, project,"
             " model, estimated_usd, input_tokens, reason) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (approval_id, time.time(), held.rule, held.fingerprint, held.key_id, held.user, held.team, held.project,
-             held.model, str(held.estimated_usd), held.input_tokens, held.reason),
+            (
+                approval_id,
+                time.time(),
+                held.rule,
+                held.fingerprint,
+                held.key_id,
+                held.user,
+                held.team,
+                held.project,
+                held.model,
+                str(held.estimated_usd),
+                held.input_tokens,
+                held.reason,
+            ),
         )
     return get_approval(db, approval_id)
 
@@ -76,8 +107,16 @@ def list_approvals(db: sqlite3.Connection, status: str | None = None, limit: int
     return [_as_dict(r) for r in rows]
 
 
-def decide(db: sqlite3.Connection, approval_id: str, *, approve: bool, by: str, note: str | None = None,
-           for_user_seconds: float | None = None, for_user_usd: Decimal | None = None) -> dict[str, Any]:
+def decide(
+    db: sqlite3.Connection,
+    approval_id: str,
+    *,
+    approve: bool,
+    by: str,
+    note: str | None = None,
+    for_user_seconds: float | None = None,
+    for_user_usd: Decimal | None = None,
+) -> dict[str, Any]:
     """Approve or deny a pending approval. ``for_user_*`` turns an approval into a grant for the user."""
     now = time.time()
     user_grant = approve and (for_user_seconds is not None or for_user_usd is not None)
@@ -90,11 +129,16 @@ def decide(db: sqlite3.Connection, approval_id: str, *, approve: bool, by: str, 
         db.execute(
             "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?, note = ?, grant_scope = ?,"
             " grant_until = ?, grant_usd = ? WHERE approval_id = ?",
-            ("approved" if approve else "denied", by, now, note,
-             ("user" if user_grant else "request") if approve else None,
-             now + (for_user_seconds or 86_400) if user_grant else None,
-             str(for_user_usd) if user_grant and for_user_usd is not None else None,
-             approval_id),
+            (
+                "approved" if approve else "denied",
+                by,
+                now,
+                note,
+                ("user" if user_grant else "request") if approve else None,
+                now + (for_user_seconds or 86_400) if user_grant else None,
+                str(for_user_usd) if user_grant and for_user_usd is not None else None,
+                approval_id,
+            ),
         )
     return get_approval(db, approval_id)
 
@@ -112,8 +156,11 @@ def find_for_request(db: sqlite3.Connection, fingerprint: str) -> dict[str, Any]
 def use_request_approval(db: sqlite3.Connection, approval_id: str) -> bool:
     """Consume a one-request approval. False if someone else used it first."""
     with transaction(db):
-        cur = db.execute("UPDATE approvals SET status = 'used' WHERE approval_id = ? AND status = 'approved'"
-                         " AND grant_scope = 'request'", (approval_id,))
+        cur = db.execute(
+            "UPDATE approvals SET status = 'used' WHERE approval_id = ? AND status = 'approved'"
+            " AND grant_scope = 'request'",
+            (approval_id,),
+        )
     return cur.rowcount == 1
 
 
@@ -131,6 +178,8 @@ def use_user_grant(db: sqlite3.Connection, key_user: str | None, key_id: str, am
             used = Decimal(used_usd)
             if grant_usd is not None and used + amount > Decimal(grant_usd):
                 continue
-            db.execute("UPDATE approvals SET grant_used_usd = ? WHERE approval_id = ?", (str(used + amount), approval_id))
+            db.execute(
+                "UPDATE approvals SET grant_used_usd = ? WHERE approval_id = ?", (str(used + amount), approval_id)
+            )
             return approval_id
     return None

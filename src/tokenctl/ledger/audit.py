@@ -31,8 +31,15 @@ class AuditEvent:
     at: float = 0.0
 
     def to_row(self) -> tuple[Any, ...]:
-        return (iso_utc(self.at or time.time()), self.actor, self.action, self.rule, self.subject,
-                self.request_id, self.detail)
+        return (
+            iso_utc(self.at or time.time()),
+            self.actor,
+            self.action,
+            self.rule,
+            self.subject,
+            self.request_id,
+            self.detail,
+        )
 
 
 def write_audit(db: sqlite3.Connection, event: AuditEvent) -> None:
@@ -40,8 +47,9 @@ def write_audit(db: sqlite3.Connection, event: AuditEvent) -> None:
         db.execute(AUDIT_INSERT_SQL, event.to_row())
 
 
-def read_audit(db: sqlite3.Connection, *, limit: int = 100, action: str | None = None,
-               since: str | None = None) -> list[dict[str, Any]]:
+def read_audit(
+    db: sqlite3.Connection, *, limit: int = 100, action: str | None = None, since: str | None = None
+) -> list[dict[str, Any]]:
     sql = f"SELECT id, {', '.join(AUDIT_COLUMNS)} FROM audit_log WHERE 1=1"
     params: list[Any] = []
     if action:

@@ -21,4 +21,3 @@ def connect(path: str, *, migrate_schema: bool = True) -> sqlite3.Connection:
     if migrate_schema:
         migrate(db)
     return db
-

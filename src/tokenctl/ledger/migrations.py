@@ -155,13 +155,30 @@ def m004_enforcement(db: sqlite3.Connection) -> None:
 # Dimensions the daily rollup keeps; missing values are stored as '' so the primary key can match them.
 ROLLUP_DIMENSIONS = ("day", "team", "user", "project", "model", "tool", "key_id", "provider")
 ROLLUP_MEASURES = (
-    "requests", "errors", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
-    "reasoning_tokens", "cost_nanousd", "uncached_nanousd", "policy_saved_nanousd", "routing_saved_nanousd",
-    "unpriced", "blocked", "duration_ms",
+    "requests",
+    "errors",
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_nanousd",
+    "uncached_nanousd",
+    "policy_saved_nanousd",
+    "routing_saved_nanousd",
+    "unpriced",
+    "blocked",
+    "duration_ms",
 )
 SESSION_MEASURES = (
-    "requests", "errors", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
-    "cost_nanousd", "duration_ms",
+    "requests",
+    "errors",
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "cost_nanousd",
+    "duration_ms",
 )
 
 
@@ -178,9 +195,9 @@ def _measure_values(row: str) -> dict[str, str]:
         "cost_nanousd": f"{row}.cost_nanousd",
         "uncached_nanousd": f"COALESCE({row}.uncached_nanousd, {row}.cost_nanousd)",
         "policy_saved_nanousd": f"CASE WHEN {row}.saving_source = 'policy'"
-                                f" THEN {row}.counterfactual_nanousd - {row}.cost_nanousd ELSE 0 END",
+        f" THEN {row}.counterfactual_nanousd - {row}.cost_nanousd ELSE 0 END",
         "routing_saved_nanousd": f"CASE WHEN {row}.saving_source = 'routing'"
-                                 f" THEN {row}.counterfactual_nanousd - {row}.cost_nanousd ELSE 0 END",
+        f" THEN {row}.counterfactual_nanousd - {row}.cost_nanousd ELSE 0 END",
         "unpriced": f"1 - {row}.priced",
         "blocked": f"CASE WHEN {row}.status IN (402, 403, 429) AND {row}.outcome = 'rejected' THEN 1 ELSE 0 END",
         "duration_ms": f"{row}.duration_ms",
@@ -195,8 +212,10 @@ def _daily_trigger_sql() -> str:
     """Add one new requests row (NEW) to its rollup_daily cell."""
     values = [*_dimension_values("NEW").values(), *_measure_values("NEW").values()]
     updates = ", ".join(f"{m} = {m} + excluded.{m}" for m in ROLLUP_MEASURES)
-    return (f"INSERT INTO rollup_daily ({', '.join((*ROLLUP_DIMENSIONS, *ROLLUP_MEASURES))})"
-            f" VALUES ({', '.join(values)}) ON CONFLICT ({', '.join(ROLLUP_DIMENSIONS)}) DO UPDATE SET {updates}")
+    return (
+        f"INSERT INTO rollup_daily ({', '.join((*ROLLUP_DIMENSIONS, *ROLLUP_MEASURES))})"
+        f" VALUES ({', '.join(values)}) ON CONFLICT ({', '.join(ROLLUP_DIMENSIONS)}) DO UPDATE SET {updates}"
+    )
 
 
 def rebuild_daily(db: sqlite3.Connection, where: str = "", params: tuple[object, ...] = ()) -> None:
@@ -219,18 +238,25 @@ def m005_rollups(db: sqlite3.Connection) -> None:
     ``counterfactual_nanousd`` what the model the client asked for would have cost for the same usage,
     when a policy or the router served another (``saving_source`` says which).
     """
-    for column, kind in (("day", "TEXT"), ("uncached_nanousd", "INTEGER"), ("counterfactual_nanousd", "INTEGER"),
-                         ("saving_source", "TEXT")):
+    for column, kind in (
+        ("day", "TEXT"),
+        ("uncached_nanousd", "INTEGER"),
+        ("counterfactual_nanousd", "INTEGER"),
+        ("saving_source", "TEXT"),
+    ):
         db.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
     db.execute("ALTER TABLE keys ADD COLUMN role TEXT NOT NULL DEFAULT 'client'")  # client | viewer
     db.execute("UPDATE requests SET day = substr(ts, 1, 10)")  # rows from before: their UTC date
     dims = ", ".join(f"{d} TEXT NOT NULL" for d in ROLLUP_DIMENSIONS)
-    measures = ", ".join(f"{m} {'REAL' if m == 'duration_ms' else 'INTEGER'} NOT NULL DEFAULT 0"
-                         for m in ROLLUP_MEASURES)
-    db.execute(f"CREATE TABLE rollup_daily ({dims}, {measures}, PRIMARY KEY ({', '.join(ROLLUP_DIMENSIONS)}))"
-               " WITHOUT ROWID")
-    session_measures = ", ".join(f"{m} {'REAL' if m == 'duration_ms' else 'INTEGER'} NOT NULL DEFAULT 0"
-                                 for m in SESSION_MEASURES)
+    measures = ", ".join(
+        f"{m} {'REAL' if m == 'duration_ms' else 'INTEGER'} NOT NULL DEFAULT 0" for m in ROLLUP_MEASURES
+    )
+    db.execute(
+        f"CREATE TABLE rollup_daily ({dims}, {measures}, PRIMARY KEY ({', '.join(ROLLUP_DIMENSIONS)})) WITHOUT ROWID"
+    )
+    session_measures = ", ".join(
+        f"{m} {'REAL' if m == 'duration_ms' else 'INTEGER'} NOT NULL DEFAULT 0" for m in SESSION_MEASURES
+    )
     db.execute(
         f"""CREATE TABLE rollup_sessions (
             session_id TEXT PRIMARY KEY, team TEXT, user TEXT, project TEXT, tool TEXT, model TEXT,
@@ -238,8 +264,10 @@ def m005_rollups(db: sqlite3.Connection) -> None:
     )
     db.execute("CREATE INDEX rollup_sessions_last_day ON rollup_sessions (last_day, cost_nanousd)")
     db.execute("CREATE INDEX rollup_sessions_team ON rollup_sessions (team, last_day)")
-    db.execute(f"CREATE TRIGGER requests_rollup AFTER INSERT ON requests WHEN NEW.day IS NOT NULL BEGIN"
-               f" {_daily_trigger_sql()}; {_session_trigger_sql()}; END")
+    db.execute(
+        f"CREATE TRIGGER requests_rollup AFTER INSERT ON requests WHEN NEW.day IS NOT NULL BEGIN"
+        f" {_daily_trigger_sql()}; {_session_trigger_sql()}; END"
+    )
     rebuild_daily(db)
     rebuild_sessions(db)
 
@@ -257,47 +285,78 @@ def _small_trigger_sql(table: str) -> str:
     dims, columns = _dimension_values("NEW"), SMALL_ROLLUPS[table]
     values = [*(dims[d] for d in columns), *_measure_values("NEW").values()]
     updates = ", ".join(f"{m} = {m} + excluded.{m}" for m in ROLLUP_MEASURES)
-    return (f"INSERT INTO {table} ({', '.join((*columns, *ROLLUP_MEASURES))})"
-            f" VALUES ({', '.join(values)}) ON CONFLICT ({', '.join(columns)}) DO UPDATE SET {updates}")
+    return (
+        f"INSERT INTO {table} ({', '.join((*columns, *ROLLUP_MEASURES))})"
+        f" VALUES ({', '.join(values)}) ON CONFLICT ({', '.join(columns)}) DO UPDATE SET {updates}"
+    )
 
 
 def m006_small_rollups(db: sqlite3.Connection) -> None:
     """Rollups without users and keys (overview, breakdowns, savings, team budgets) and by user (per-user views)."""
-    measures = ", ".join(f"{m} {'REAL' if m == 'duration_ms' else 'INTEGER'} NOT NULL DEFAULT 0"
-                         for m in ROLLUP_MEASURES)
+    measures = ", ".join(
+        f"{m} {'REAL' if m == 'duration_ms' else 'INTEGER'} NOT NULL DEFAULT 0" for m in ROLLUP_MEASURES
+    )
     for table, columns in SMALL_ROLLUPS.items():
         dims = ", ".join(f"{d} TEXT NOT NULL" for d in columns)
         db.execute(f"CREATE TABLE {table} ({dims}, {measures}, PRIMARY KEY ({', '.join(columns)})) WITHOUT ROWID")
     rebuild_small_rollups(db)
     db.execute("DROP TRIGGER requests_rollup")
     small = "; ".join(_small_trigger_sql(t) for t in SMALL_ROLLUPS)
-    db.execute(f"CREATE TRIGGER requests_rollup AFTER INSERT ON requests WHEN NEW.day IS NOT NULL BEGIN"
-               f" {_daily_trigger_sql()}; {small}; {_session_trigger_sql()}; END")
+    db.execute(
+        f"CREATE TRIGGER requests_rollup AFTER INSERT ON requests WHEN NEW.day IS NOT NULL BEGIN"
+        f" {_daily_trigger_sql()}; {small}; {_session_trigger_sql()}; END"
+    )
 
 
 def rebuild_small_rollups(db: sqlite3.Connection) -> None:
     """Fill the small rollups from rollup_daily (which must be complete)."""
     sums = ", ".join(f"SUM({m})" for m in ROLLUP_MEASURES)
     for table, columns in SMALL_ROLLUPS.items():
-        db.execute(f"INSERT INTO {table} ({', '.join((*columns, *ROLLUP_MEASURES))})"
-                   f" SELECT {', '.join(columns)}, {sums} FROM rollup_daily GROUP BY {', '.join(columns)}")
+        db.execute(
+            f"INSERT INTO {table} ({', '.join((*columns, *ROLLUP_MEASURES))})"
+            f" SELECT {', '.join(columns)}, {sums} FROM rollup_daily GROUP BY {', '.join(columns)}"
+        )
 
 
 def _session_trigger_sql() -> str:
     """Add one new requests row (NEW) to its session's rollup_sessions row."""
     row = "NEW"
     m = _measure_values(row)
-    cols = ["session_id", "team", "user", "project", "tool", "model", "first_ts", "last_ts", "first_day", "last_day",
-            *SESSION_MEASURES]
-    values = [f"{row}.session_id", f"{row}.team", f"{row}.user", f"{row}.project", f"{row}.tool", f"{row}.model",
-              f"{row}.ts", f"{row}.ts", f"{row}.day", f"{row}.day", *(m[k] for k in SESSION_MEASURES)]
+    cols = [
+        "session_id",
+        "team",
+        "user",
+        "project",
+        "tool",
+        "model",
+        "first_ts",
+        "last_ts",
+        "first_day",
+        "last_day",
+        *SESSION_MEASURES,
+    ]
+    values = [
+        f"{row}.session_id",
+        f"{row}.team",
+        f"{row}.user",
+        f"{row}.project",
+        f"{row}.tool",
+        f"{row}.model",
+        f"{row}.ts",
+        f"{row}.ts",
+        f"{row}.day",
+        f"{row}.day",
+        *(m[k] for k in SESSION_MEASURES),
+    ]
     sums = ", ".join(f"{k} = {k} + excluded.{k}" for k in SESSION_MEASURES)
-    return (f"INSERT INTO rollup_sessions ({', '.join(cols)}) SELECT {', '.join(values)}"
-            f" WHERE {row}.session_id IS NOT NULL"
-            f" ON CONFLICT (session_id) DO UPDATE SET {sums},"
-            " first_ts = min(first_ts, excluded.first_ts), first_day = min(first_day, excluded.first_day),"
-            " last_ts = max(last_ts, excluded.last_ts), last_day = max(last_day, excluded.last_day),"
-            " model = CASE WHEN excluded.last_ts >= last_ts THEN excluded.model ELSE model END")
+    return (
+        f"INSERT INTO rollup_sessions ({', '.join(cols)}) SELECT {', '.join(values)}"
+        f" WHERE {row}.session_id IS NOT NULL"
+        f" ON CONFLICT (session_id) DO UPDATE SET {sums},"
+        " first_ts = min(first_ts, excluded.first_ts), first_day = min(first_day, excluded.first_day),"
+        " last_ts = max(last_ts, excluded.last_ts), last_day = max(last_day, excluded.last_day),"
+        " model = CASE WHEN excluded.last_ts >= last_ts THEN excluded.model ELSE model END"
+    )
 
 
 def rebuild_sessions(db: sqlite3.Connection) -> None:
@@ -324,8 +383,14 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     db.execute("COMMIT")
 
 
-MIGRATIONS: list[Migration] = [m001_create_keys, m002_create_requests, m003_index_requests, m004_enforcement,
-                               m005_rollups, m006_small_rollups]
+MIGRATIONS: list[Migration] = [
+    m001_create_keys,
+    m002_create_requests,
+    m003_index_requests,
+    m004_enforcement,
+    m005_rollups,
+    m006_small_rollups,
+]
 
 
 def applied(db: sqlite3.Connection) -> list[str]:

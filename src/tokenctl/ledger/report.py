@@ -23,8 +23,15 @@ GROUPINGS = {
 }
 
 # Filters the breakdown takes (the dashboard's drill-down names) and their columns in the requests table.
-FILTER_COLUMNS = {"team": "team", "user": "user", "project": "project", "model": "model", "tool": "tool",
-                  "key": "key_id", "provider": "provider"}
+FILTER_COLUMNS = {
+    "team": "team",
+    "user": "user",
+    "project": "project",
+    "model": "model",
+    "tool": "tool",
+    "key": "key_id",
+    "provider": "provider",
+}
 
 _RELATIVE = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -42,16 +49,29 @@ class ReportRow:
     cost_usd: Decimal
     unpriced_requests: int
 
-    FIELDS: ClassVar[tuple[str, ...]] = ("group", "requests", "input_tokens", "cache_read_tokens",
-                                         "cache_write_tokens", "output_tokens", "reasoning_tokens", "cost_usd",
-                                         "unpriced_requests")
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "group",
+        "requests",
+        "input_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+        "cost_usd",
+        "unpriced_requests",
+    )
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "group": self.group, "requests": self.requests, "input_tokens": self.input_tokens,
-            "cache_read_tokens": self.cache_read_tokens, "cache_write_tokens": self.cache_write_tokens,
-            "output_tokens": self.output_tokens, "reasoning_tokens": self.reasoning_tokens,
-            "cost_usd": str(self.cost_usd), "unpriced_requests": self.unpriced_requests,
+            "group": self.group,
+            "requests": self.requests,
+            "input_tokens": self.input_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "output_tokens": self.output_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "cost_usd": str(self.cost_usd),
+            "unpriced_requests": self.unpriced_requests,
         }
 
 
@@ -70,9 +90,17 @@ def parse_since(value: str, now: datetime) -> str:
     return start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def spend_report(db: sqlite3.Connection, by: str, since: str | None = None, until: str | None = None, *,
-                 filters: dict[str, str] | None = None, start: date | None = None, end: date | None = None,
-                 now: datetime | None = None) -> list[ReportRow]:
+def spend_report(
+    db: sqlite3.Connection,
+    by: str,
+    since: str | None = None,
+    until: str | None = None,
+    *,
+    filters: dict[str, str] | None = None,
+    start: date | None = None,
+    end: date | None = None,
+    now: datetime | None = None,
+) -> list[ReportRow]:
     """Rows ordered by cost, highest first.
 
     ``since``/``until`` bound the request's start time (``until`` exclusive); ``start``/``end`` are days in
@@ -115,8 +143,13 @@ def spend_report(db: sqlite3.Connection, by: str, since: str | None = None, unti
 
 def total(rows: list[ReportRow]) -> ReportRow:
     return ReportRow(
-        "TOTAL", sum(r.requests for r in rows), sum(r.input_tokens for r in rows),
-        sum(r.cache_read_tokens for r in rows), sum(r.cache_write_tokens for r in rows),
-        sum(r.output_tokens for r in rows), sum(r.reasoning_tokens for r in rows),
-        sum((r.cost_usd for r in rows), Decimal(0)), sum(r.unpriced_requests for r in rows),
+        "TOTAL",
+        sum(r.requests for r in rows),
+        sum(r.input_tokens for r in rows),
+        sum(r.cache_read_tokens for r in rows),
+        sum(r.cache_write_tokens for r in rows),
+        sum(r.output_tokens for r in rows),
+        sum(r.reasoning_tokens for r in rows),
+        sum((r.cost_usd for r in rows), Decimal(0)),
+        sum(r.unpriced_requests for r in rows),
     )

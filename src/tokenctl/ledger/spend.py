@@ -11,8 +11,14 @@ import sqlite3
 from tokenctl.ledger.record import iso_utc
 
 # The ledger column holding each scope's member.
-SCOPE_COLUMNS = {"org": "'org'", "team": "team", "user": "user", "project": "project", "key": "key_id",
-                 "session": "session_id"}
+SCOPE_COLUMNS = {
+    "org": "'org'",
+    "team": "team",
+    "user": "user",
+    "project": "project",
+    "key": "key_id",
+    "session": "session_id",
+}
 
 
 def spend_by_member(
@@ -28,10 +34,15 @@ def spend_by_member(
     """{(member, user-or-None, bucket start): nano-USD} for rows started at or after ``since``."""
     member = SCOPE_COLUMNS[scope]
     user = "user" if slice_by_user else "NULL"
-    bucket = (f"(CAST(strftime('%s', ts) AS INTEGER) / {int(bucket_seconds)}) * {int(bucket_seconds)}"
-              if bucket_seconds else "0")
-    sql = (f"SELECT {member} AS m, {user} AS u, {bucket} AS b, SUM(cost_nanousd) FROM requests"
-           f" WHERE ts >= ? AND {member} IS NOT NULL")
+    bucket = (
+        f"(CAST(strftime('%s', ts) AS INTEGER) / {int(bucket_seconds)}) * {int(bucket_seconds)}"
+        if bucket_seconds
+        else "0"
+    )
+    sql = (
+        f"SELECT {member} AS m, {user} AS u, {bucket} AS b, SUM(cost_nanousd) FROM requests"
+        f" WHERE ts >= ? AND {member} IS NOT NULL"
+    )
     params: list[object] = [iso_utc(since)]
     if funding is not None:
         sql += " AND funding = ?"

@@ -44,6 +44,7 @@ def _current_width(row: Row) -> Row:
         return (*row, *([None] * (len(COLUMNS) - len(row))))
     return row
 
+
 log = logging.getLogger("tokenctl.ledger")
 
 
@@ -185,7 +186,9 @@ class LedgerWriter:
             f.flush()
             os.fsync(f.fileno())
         self.spilled += len(rows)
-        log.error("ledger unavailable: %d entries spilled to %s (written back on next start)", len(rows), self.spill_path)
+        log.error(
+            "ledger unavailable: %d entries spilled to %s (written back on next start)", len(rows), self.spill_path
+        )
 
     def _replay_spill(self) -> None:
         if self.spill_path is None or not self.spill_path.exists():

@@ -48,8 +48,9 @@ def settle(
 def _price_alternatives(prices: PriceBook, entry: LedgerEntry, usage: Usage) -> None:
     """What caching saved, and what the model the client asked for would have cost: the dashboard's savings."""
     if usage.cache_read_tokens or usage.cache_write_tokens:
-        uncached = replace(usage, input_tokens=usage.input_total, cache_read_tokens=0, cache_write_5m_tokens=0,
-                           cache_write_1h_tokens=0)
+        uncached = replace(
+            usage, input_tokens=usage.input_total, cache_read_tokens=0, cache_write_5m_tokens=0, cache_write_1h_tokens=0
+        )
         entry.uncached_cost = _price(prices, entry, uncached).total
     original = entry.original_route
     if original is not None and entry.route is not None and original.upstream_model != entry.route.upstream_model:

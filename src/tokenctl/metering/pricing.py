@@ -206,7 +206,9 @@ def _gpu_prices(raw: dict[str, Any], where: str) -> TokenPrices:
             raise PriceFileError(f"{where}.{name}: must be greater than zero")
         return hourly / _SECONDS_PER_HOUR / rate * _MILLION
 
-    return TokenPrices(input=per_mtok(tps_in, "input_tokens_per_second"), output=per_mtok(tps_out, "output_tokens_per_second"))
+    return TokenPrices(
+        input=per_mtok(tps_in, "input_tokens_per_second"), output=per_mtok(tps_out, "output_tokens_per_second")
+    )
 
 
 def _decimal(value: Any, where: str) -> Decimal:

@@ -27,7 +27,7 @@ def event_name(event: bytes) -> bytes:
     if not event.startswith(b"event:"):
         return b""
     end = event.find(b"\n")
-    return event[6:end if end >= 0 else None].strip()
+    return event[6 : end if end >= 0 else None].strip()
 
 
 def event_data(event: bytes) -> bytes:

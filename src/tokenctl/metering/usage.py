@@ -51,9 +51,7 @@ def merge_anthropic_stream(start: dict[str, Any] | None, delta: dict[str, Any] |
     return merged
 
 
-def _from_openai_inclusive(
-    input_total: int, details: Any, output: int, out_details: Any
-) -> Usage:
+def _from_openai_inclusive(input_total: int, details: Any, output: int, out_details: Any) -> Usage:
     cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
     written = _int(details.get("cache_write_tokens")) if isinstance(details, dict) else 0
     reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0

@@ -15,8 +15,10 @@ def may_use(principal: Principal, model: str) -> bool:
 def check_caller(principal: Principal) -> None:
     """Viewer keys are for the dashboard only."""
     if principal.role != "client":
-        raise PermissionDenied(f"key {principal.key_id} is a dashboard viewer key and cannot call models; "
-                               "use a client key (tokenctl keys create)")
+        raise PermissionDenied(
+            f"key {principal.key_id} is a dashboard viewer key and cannot call models; "
+            "use a client key (tokenctl keys create)"
+        )
 
 
 def authorize(principal: Principal, route: Route) -> None:
@@ -24,6 +26,5 @@ def authorize(principal: Principal, route: Route) -> None:
     if may_use(principal, route.requested_model) or may_use(principal, route.upstream_model):
         return
     raise PermissionDenied(
-        f"key {principal.key_id} may not use model {route.requested_model!r}; "
-        f"allowed: {', '.join(principal.models)}"
+        f"key {principal.key_id} may not use model {route.requested_model!r}; allowed: {', '.join(principal.models)}"
     )

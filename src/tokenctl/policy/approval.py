@@ -25,8 +25,13 @@ from tokenctl.policy.rules import ApprovalRule
 from tokenctl.types import Principal
 
 
-def triggered_rule(rules: Sequence[ApprovalRule], principal: Principal, session_id: str | None,
-                   estimated_usd: Decimal, input_tokens: int) -> tuple[ApprovalRule, str] | None:
+def triggered_rule(
+    rules: Sequence[ApprovalRule],
+    principal: Principal,
+    session_id: str | None,
+    estimated_usd: Decimal,
+    input_tokens: int,
+) -> tuple[ApprovalRule, str] | None:
     for rule in rules:
         if covers(rule, principal, session_id) is None:
             continue
@@ -71,9 +76,12 @@ class ApprovalDesk:
             if found is None:
                 created = store.create_pending(db, held)
                 raise _held(created, held, new=True)
-            if found["status"] == "approved" and found["grant_scope"] == "request":
-                if store.use_request_approval(db, found["approval_id"]):
-                    return found["approval_id"], False
+            if (
+                found["status"] == "approved"
+                and found["grant_scope"] == "request"
+                and store.use_request_approval(db, found["approval_id"])
+            ):
+                return found["approval_id"], False
             if found["status"] == "denied":
                 note = f": {found['note']}" if found["note"] else ""
                 raise PolicyDenied(

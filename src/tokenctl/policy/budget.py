@@ -123,8 +123,13 @@ class Budgets:
         else:
             limit = rule.limit if rule.action == "block" or rule.pool else None
         claim = Claim(counters, None if limit is None else to_nanos(limit), drop_time(rule, window.buckets[0], window))
-        return Charge(rule, member if slice_member is None else slice_member, claim, window,
-                      rule.name if slice_member is not None else None)
+        return Charge(
+            rule,
+            member if slice_member is None else slice_member,
+            claim,
+            window,
+            rule.name if slice_member is not None else None,
+        )
 
     def pool_charges(self, pool: BudgetRule, principal: Principal, session_id: str | None, now: float) -> list[Charge]:
         member = covers(pool, principal, session_id)
@@ -137,8 +142,15 @@ class Budgets:
 
     # -- admission and settlement -----------------------------------------------------------------
 
-    async def admit(self, reservation_id: str, principal: Principal, session_id: str | None, amount: int,
-                    now: float, charges: list[Charge] | None = None) -> BudgetAdmission | None:
+    async def admit(
+        self,
+        reservation_id: str,
+        principal: Principal,
+        session_id: str | None,
+        amount: int,
+        now: float,
+        charges: list[Charge] | None = None,
+    ) -> BudgetAdmission | None:
         """Reserve ``amount`` against every budget covering the request; raise BudgetExceeded if one cannot take it.
 
         ``charges``: the request's charges if the caller already has them (``charges_for`` at the same ``now``).
@@ -154,32 +166,47 @@ class Budgets:
         refused = charges[refusal.claim]
         pool = self.pools.get(refused.rule.overflow_to or "")
         if pool is not None:
-            pooled = await self._draw_on_pool(reservation_id, charges, refused, pool, principal, session_id, amount, now)
+            pooled = await self._draw_on_pool(
+                reservation_id, charges, refused, pool, principal, session_id, amount, now
+            )
             if pooled is not None:
                 return pooled
         raise self._exceeded(refused, refusal, amount)
 
-    async def _draw_on_pool(self, reservation_id: str, charges: list[Charge], exhausted: Charge, pool: BudgetRule,
-                            principal: Principal, session_id: str | None, amount: int,
-                            now: float) -> BudgetAdmission | None:
+    async def _draw_on_pool(
+        self,
+        reservation_id: str,
+        charges: list[Charge],
+        exhausted: Charge,
+        pool: BudgetRule,
+        principal: Principal,
+        session_id: str | None,
+        amount: int,
+        now: float,
+    ) -> BudgetAdmission | None:
         pool_charges = self.pool_charges(pool, principal, session_id, now)
         if not pool_charges:
             return None
         others = [c for c in charges if c is not exhausted]
         attempt = others + pool_charges
-        refusal = await self.store.reserve(reservation_id, [c.claim for c in attempt], amount,
-                                           now + self.reservation_ttl, now)
+        refusal = await self.store.reserve(
+            reservation_id, [c.claim for c in attempt], amount, now + self.reservation_ttl, now
+        )
         if refusal is None:
             return BudgetAdmission(reservation_id, amount, attempt, pool=pool.name)
         refused = attempt[refusal.claim]
         raise self._exceeded(refused, refusal, amount, allowance=exhausted)
 
-    def _exceeded(self, charge: Charge, refusal: Refusal, amount: int, allowance: Charge | None = None) -> BudgetExceeded:
+    def _exceeded(
+        self, charge: Charge, refusal: Refusal, amount: int, allowance: Charge | None = None
+    ) -> BudgetExceeded:
         rule = charge.rule
         limit = to_usd(charge.claim.limit or 0)
         what = f"budget {rule.name!r} ({rule.scope} {charge.member}, {rule.period.label})"
         if charge.slice_of:
-            what = f"{charge.member}'s share of pool {rule.name!r} ({rule.scope} {charge.rule.match or ''})".replace(" )", ")")
+            what = f"{charge.member}'s share of pool {rule.name!r} ({rule.scope} {charge.rule.match or ''})".replace(
+                " )", ")"
+            )
         resets = charge.window.resets_at
         when = "never resets" if resets is None else "resets at " + _iso(resets, self.tz)
         prefix = ""
@@ -190,8 +217,15 @@ class Budgets:
             f"+ ${to_usd(refusal.reserved)} reserved for requests in flight of ${limit}; this request needs up to "
             f"${to_usd(amount)}. It {when}. Ask your administrator to raise the budget."
         )
-        return BudgetExceeded(message, budget=rule.name, limit=limit, spent=to_usd(refusal.settled),
-                              reserved=to_usd(refusal.reserved), needed=to_usd(amount), resets_at=resets)
+        return BudgetExceeded(
+            message,
+            budget=rule.name,
+            limit=limit,
+            spent=to_usd(refusal.settled),
+            reserved=to_usd(refusal.reserved),
+            needed=to_usd(amount),
+            resets_at=resets,
+        )
 
     async def settle(self, admission: BudgetAdmission, actual: int) -> None:
         await self.store.settle(admission.reservation_id, admission.claims, actual)
@@ -221,7 +255,6 @@ class Budgets:
 
     def resolve_rule(self, name: str) -> BudgetRule | None:
         return next((r for r in self.rules if r.name == name), None)
-
 
 
 def _iso(ts: float, tz: ZoneInfo) -> str:

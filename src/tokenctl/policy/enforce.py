@@ -65,9 +65,18 @@ class Admission:
 class Enforcer:
     MAX_SESSIONS = 100_000
 
-    def __init__(self, config: Config, rules: RuleSet, catalog: Catalog, prices: PriceBook, store: SpendStore,
-                 desk: ApprovalDesk, notifier: Notifier, audit: Recorder,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        rules: RuleSet,
+        catalog: Catalog,
+        prices: PriceBook,
+        store: SpendStore,
+        desk: ApprovalDesk,
+        notifier: Notifier,
+        audit: Recorder,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = config.enforcement
         self.catalog = catalog
         self.prices = prices
@@ -103,8 +112,9 @@ class Enforcer:
             ) from exc
         return admission
 
-    async def _admit(self, entry: LedgerEntry, body: dict[str, Any], raw: bytes, api: str,
-                     admission: Admission) -> None:
+    async def _admit(
+        self, entry: LedgerEntry, body: dict[str, Any], raw: bytes, api: str, admission: Admission
+    ) -> None:
         assert entry.principal is not None and entry.route is not None
         principal, now, body_size = entry.principal, self.clock(), len(raw)
         session = entry.attribution.session_id if entry.attribution else None
@@ -125,8 +135,11 @@ class Enforcer:
         if not (charges or self.rules.approvals):
             return
         out_tokens = estimate.output_limit(body, api, self.settings.default_max_output_tokens)
-        worst = Decimal(0) if api == "anthropic.count_tokens" else estimate.worst_case_cost(
-            self.prices, entry.route, in_tokens, out_tokens)  # counting tokens is not billed
+        worst = (
+            Decimal(0)
+            if api == "anthropic.count_tokens"
+            else estimate.worst_case_cost(self.prices, entry.route, in_tokens, out_tokens)
+        )  # counting tokens is not billed
         if self.rules.approvals:
             await self._approval_gate(entry, worst, in_tokens, raw)
         reserved = min(worst, self.settings.reservation_ceiling_usd)
@@ -158,8 +171,9 @@ class Enforcer:
             return None
         return Route(resolved.provider, current.requested_model, resolved.upstream_model, resolved.upstream_api)
 
-    async def _rate_limit(self, entry: LedgerEntry, policies: Sequence[ModelPolicy], in_tokens: int, now: float,
-                          admission: Admission) -> None:
+    async def _rate_limit(
+        self, entry: LedgerEntry, policies: Sequence[ModelPolicy], in_tokens: int, now: float, admission: Admission
+    ) -> None:
         assert entry.principal is not None
         session = entry.attribution.session_id if entry.attribution else None
         for p in policies:
@@ -168,17 +182,24 @@ class Enforcer:
                 bucket = f"tpm:{p.name}:{member}"
                 wait = await self.store.take_rate(bucket, p.tokens_per_minute, in_tokens, now)
                 if wait > 0:
-                    raise RateLimited(f"tokenctl policy {p.name!r}: {p.scope} {member} is over "
-                                      f"{p.tokens_per_minute:,} tokens per minute; retry in {wait:.1f} s", wait)
+                    raise RateLimited(
+                        f"tokenctl policy {p.name!r}: {p.scope} {member} is over "
+                        f"{p.tokens_per_minute:,} tokens per minute; retry in {wait:.1f} s",
+                        wait,
+                    )
                 admission.token_buckets.append((bucket, p.tokens_per_minute))
             if p.requests_per_minute is not None:
                 wait = await self.store.take_rate(f"rpm:{p.name}:{member}", p.requests_per_minute, 1, now)
                 if wait > 0:
-                    raise RateLimited(f"tokenctl policy {p.name!r}: {p.scope} {member} is over "
-                                      f"{p.requests_per_minute:,} requests per minute; retry in {wait:.1f} s", wait)
+                    raise RateLimited(
+                        f"tokenctl policy {p.name!r}: {p.scope} {member} is over "
+                        f"{p.requests_per_minute:,} requests per minute; retry in {wait:.1f} s",
+                        wait,
+                    )
 
-    async def _maybe_downgrade(self, entry: LedgerEntry, body: dict[str, Any], api: str, charges: list[Charge],
-                               session: str | None, now: float) -> None:
+    async def _maybe_downgrade(
+        self, entry: LedgerEntry, body: dict[str, Any], api: str, charges: list[Charge], session: str | None, now: float
+    ) -> None:
         assert entry.route is not None
         sticky = self._session_models.get(session) if session else None
         if sticky is not None:
@@ -189,7 +210,10 @@ class Enforcer:
             return
         wanted = None
         for charge in charges:
-            if charge.rule.action == "downgrade" and await self.budgets.spent_share(charge, now) >= charge.rule.downgrade_at:
+            if (
+                charge.rule.action == "downgrade"
+                and await self.budgets.spent_share(charge, now) >= charge.rule.downgrade_at
+            ):
                 wanted = charge
                 break
         if wanted is None:
@@ -197,8 +221,13 @@ class Enforcer:
         target = wanted.rule.downgrade_to
         assert target is not None
         if session and not at_turn_boundary(body, api):
-            self._decide(entry, "downgrade_deferred", f"to {target} at the session's next turn", rule=wanted.rule.name,
-                         quiet=True)
+            self._decide(
+                entry,
+                "downgrade_deferred",
+                f"to {target} at the session's next turn",
+                rule=wanted.rule.name,
+                quiet=True,
+            )
             return
         route = self._route_to(entry.route, target, api)
         if route is None or route.upstream_model == entry.route.upstream_model:
@@ -207,8 +236,13 @@ class Enforcer:
         if session:
             self._remember_session(session, target)
         share = int(wanted.rule.downgrade_at * 100)
-        self._decide(entry, "downgrade", f"{entry.requested_model}->{route.upstream_model}: budget "
-                     f"{wanted.rule.name} ({wanted.rule.scope} {wanted.member}) at {share}% or more", rule=wanted.rule.name)
+        self._decide(
+            entry,
+            "downgrade",
+            f"{entry.requested_model}->{route.upstream_model}: budget "
+            f"{wanted.rule.name} ({wanted.rule.scope} {wanted.member}) at {share}% or more",
+            rule=wanted.rule.name,
+        )
 
     def _remember_session(self, session: str, model: str) -> None:
         self._session_models[session] = model
@@ -224,35 +258,60 @@ class Enforcer:
         if found is None:
             return
         rule, reason = found
-        held = HeldRequest(rule.name, fingerprint(p.key_id, raw), p.key_id, p.user, p.team,
-                           p.project, entry.route.upstream_model, worst, in_tokens, reason)
+        held = HeldRequest(
+            rule.name,
+            fingerprint(p.key_id, raw),
+            p.key_id,
+            p.user,
+            p.team,
+            p.project,
+            entry.route.upstream_model,
+            worst,
+            in_tokens,
+            reason,
+        )
         try:
             approval_id, _ = await self.desk.check(held)
         except ApprovalRequired as exc:
             entry.approval_id = exc.approval_id
             if getattr(exc, "new", False):
-                self.notifier.send(self.settings.approvals_webhook_url,
-                                   f"tokenctl approval needed: {exc.approval_id} — {p.user or p.key_id} "
-                                   f"({p.team or 'no team'}) wants {held.model}; {reason}. "
-                                   f"`tokenctl approvals approve {exc.approval_id}` or deny.")
-                self.audit(AuditEvent(p.key_id, "approval.requested", rule.name, exc.approval_id, entry.request_id,
-                                      reason, self.clock()))
+                self.notifier.send(
+                    self.settings.approvals_webhook_url,
+                    f"tokenctl approval needed: {exc.approval_id} — {p.user or p.key_id} "
+                    f"({p.team or 'no team'}) wants {held.model}; {reason}. "
+                    f"`tokenctl approvals approve {exc.approval_id}` or deny.",
+                )
+                self.audit(
+                    AuditEvent(
+                        p.key_id,
+                        "approval.requested",
+                        rule.name,
+                        exc.approval_id,
+                        entry.request_id,
+                        reason,
+                        self.clock(),
+                    )
+                )
             raise
         entry.approval_id = approval_id
         self._decide(entry, "approval.used", f"let through by {approval_id}", rule=rule.name)
 
     # -- decisions and audit ----------------------------------------------------------------------
 
-    def _decide(self, entry: LedgerEntry, action: str, detail: str, *, rule: str | None = None,
-                quiet: bool = False) -> None:
+    def _decide(
+        self, entry: LedgerEntry, action: str, detail: str, *, rule: str | None = None, quiet: bool = False
+    ) -> None:
         """Note a decision on the ledger row; unless ``quiet``, also in the audit log."""
         if entry.policy is None:
             entry.policy = []
         entry.policy.append(f"{action}: {detail}")
         if not quiet:
             p = entry.principal
-            self.audit(AuditEvent(p.key_id if p else "-", action, rule, _subject(entry), entry.request_id, detail,
-                                  self.clock()))
+            self.audit(
+                AuditEvent(
+                    p.key_id if p else "-", action, rule, _subject(entry), entry.request_id, detail, self.clock()
+                )
+            )
 
     def _audit_stop(self, entry: LedgerEntry, exc: GatewayError) -> None:
         if isinstance(exc, ApprovalRequired):
@@ -262,14 +321,19 @@ class Enforcer:
             return
         rule = getattr(exc, "budget", None)
         p = entry.principal
-        self.audit(AuditEvent(p.key_id if p else "-", action, rule, _subject(entry), entry.request_id, exc.message,
-                              self.clock()))
+        self.audit(
+            AuditEvent(
+                p.key_id if p else "-", action, rule, _subject(entry), entry.request_id, exc.message, self.clock()
+            )
+        )
         if isinstance(exc, BudgetExceeded):
             self._notify_block(exc)
 
     def _notify_block(self, exc: BudgetExceeded) -> None:
         """The 100 % notification fires on the first block of a window even if settled spend stays just below."""
-        self.notifier.send(self.settings.webhook_url, f"tokenctl: budget {exc.budget} is blocking requests. {exc.message}")
+        self.notifier.send(
+            self.settings.webhook_url, f"tokenctl: budget {exc.budget} is blocking requests. {exc.message}"
+        )
 
     # -- settlement -------------------------------------------------------------------------------
 
@@ -289,20 +353,30 @@ class Enforcer:
 
     def _threshold_reached(self, charge: Charge, pct: int, settled: int, entry: LedgerEntry) -> None:
         rule = charge.rule
-        resets = "never" if charge.window.resets_at is None else time.strftime(
-            "%Y-%m-%d %H:%M %Z", time.localtime(charge.window.resets_at))
-        text = (f"tokenctl: budget {rule.name} ({rule.scope} {charge.member}, {rule.period.label}) reached {pct}%: "
-                f"${to_usd(settled)} of ${rule.limit}; resets {resets}")
+        resets = (
+            "never"
+            if charge.window.resets_at is None
+            else time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(charge.window.resets_at))
+        )
+        text = (
+            f"tokenctl: budget {rule.name} ({rule.scope} {charge.member}, {rule.period.label}) reached {pct}%: "
+            f"${to_usd(settled)} of ${rule.limit}; resets {resets}"
+        )
         self.notifier.send(self.settings.webhook_url, text)
-        self.audit(AuditEvent("tokenctl", "notify", rule.name, f"{rule.scope} {charge.member}", entry.request_id, text,
-                              self.clock()))
+        self.audit(
+            AuditEvent(
+                "tokenctl", "notify", rule.name, f"{rule.scope} {charge.member}", entry.request_id, text, self.clock()
+            )
+        )
 
 
 def _subject(entry: LedgerEntry) -> str:
     p = entry.principal
     if p is None:
         return "-"
-    return " ".join(f"{k}={v}" for k, v in (("user", p.user), ("team", p.team), ("project", p.project)) if v) or p.key_id
+    return (
+        " ".join(f"{k}={v}" for k, v in (("user", p.user), ("team", p.team), ("project", p.project)) if v) or p.key_id
+    )
 
 
 def _rule_names(changes: list[str]) -> str:

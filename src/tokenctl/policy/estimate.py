@@ -38,7 +38,10 @@ def output_limit(body: dict[str, Any], api: str, default: int) -> int:
 
 def worst_case_cost(prices: PriceBook, route: Route, in_tokens: int, out_tokens: int) -> Decimal:
     """USD; 0 for an unpriced model (its spend is recorded as unpriced, never silently blocked)."""
-    as_input = prices.cost(route.provider, route.upstream_model, Usage(input_tokens=in_tokens, output_tokens=out_tokens))
-    as_cache_write = prices.cost(route.provider, route.upstream_model,
-                                 Usage(cache_write_5m_tokens=in_tokens, output_tokens=out_tokens))
+    as_input = prices.cost(
+        route.provider, route.upstream_model, Usage(input_tokens=in_tokens, output_tokens=out_tokens)
+    )
+    as_cache_write = prices.cost(
+        route.provider, route.upstream_model, Usage(cache_write_5m_tokens=in_tokens, output_tokens=out_tokens)
+    )
     return max(as_input.total, as_cache_write.total)

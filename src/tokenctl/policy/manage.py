@@ -53,13 +53,15 @@ def last_change(db: sqlite3.Connection) -> float:
 
 
 def combined_rules(config: Config, db: sqlite3.Connection | None) -> RuleSet:
-    live = load_live(db) if db is not None else {"budget": [], "policy": [], "approval": []}
+    live: dict[str, list[Any]] = load_live(db) if db is not None else {"budget": [], "policy": [], "approval": []}
     taken = {kind: {r.name for r in _configured(config, kind)} for kind in PARSERS}
     budgets = config.budgets + tuple(r for r in live["budget"] if r.name not in taken["budget"])
     try:
         check_budget_links(budgets)
     except ConfigError:
-        budgets = config.budgets + tuple(r for r in live["budget"] if r.name not in taken["budget"] and not r.overflow_to)
+        budgets = config.budgets + tuple(
+            r for r in live["budget"] if r.name not in taken["budget"] and not r.overflow_to
+        )
     return RuleSet(
         budgets=budgets,
         policies=config.policies + tuple(r for r in live["policy"] if r.name not in taken["policy"]),
@@ -75,7 +77,7 @@ def put_rule(db: sqlite3.Connection, config: Config, kind: str, definition: dict
     """Create or replace a live rule. Returns the parsed rule; raises RuleError or ConfigError."""
     if kind not in PARSERS:
         raise RuleError(f"unknown rule kind {kind!r}")
-    rule = PARSERS[kind](definition, _SECTIONS[kind][:-1] if kind != "policy" else "policy", "api")
+    rule: Any = PARSERS[kind](definition, _SECTIONS[kind][:-1] if kind != "policy" else "policy", "api")
     if any(r.name == rule.name for r in _configured(config, kind)):
         raise RuleError(f"{kind} {rule.name!r} is defined in {config.source}; change it there")
     current = combined_rules(config, db)
@@ -83,8 +85,10 @@ def put_rule(db: sqlite3.Connection, config: Config, kind: str, definition: dict
         others = tuple(b for b in current.budgets if b.name != rule.name) + (rule,)
         check_unique_names(others, "budgets")
         check_budget_links(others)
-    existed = db.execute("SELECT 1 FROM rules WHERE kind = ? AND name = ? AND deleted = 0",
-                         (kind, rule.name)).fetchone() is not None
+    existed = (
+        db.execute("SELECT 1 FROM rules WHERE kind = ? AND name = ? AND deleted = 0", (kind, rule.name)).fetchone()
+        is not None
+    )
     now = time.time()
     with transaction(db):
         db.execute(
@@ -105,8 +109,10 @@ def delete_rule(db: sqlite3.Connection, config: Config, kind: str, name: str, ac
         raise RuleError(f"budget {name!r} is a pool other budgets overflow to; change those first")
     now = time.time()
     with transaction(db):
-        cur = db.execute("UPDATE rules SET deleted = 1, updated_at = ? WHERE kind = ? AND name = ? AND deleted = 0",
-                         (now, kind, name))
+        cur = db.execute(
+            "UPDATE rules SET deleted = 1, updated_at = ? WHERE kind = ? AND name = ? AND deleted = 0",
+            (now, kind, name),
+        )
     if cur.rowcount == 0:
         raise RuleError(f"no live {kind} named {name!r}")
     write_audit(db, AuditEvent(actor, f"{kind}.delete", name, None, None, None, now))

@@ -46,7 +46,9 @@ def check_model(policies: Sequence[ModelPolicy], requested: str, upstream: str) 
             )
 
 
-def rewrite_target(policies: Sequence[ModelPolicy], requested: str, principal: Principal) -> tuple[ModelPolicy, str] | None:
+def rewrite_target(
+    policies: Sequence[ModelPolicy], requested: str, principal: Principal
+) -> tuple[ModelPolicy, str] | None:
     if principal.opt_in:
         return None
     for p in policies:

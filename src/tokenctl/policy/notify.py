@@ -36,7 +36,7 @@ class Notifier:
                 if resp.status >= 300:
                     raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
             self.sent += 1
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             self.failed += 1
             log.warning("webhook notification failed: %s", exc)
 

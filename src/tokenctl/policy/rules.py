@@ -58,8 +58,13 @@ class BudgetRule:
     source: str = "config"
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "scope": self.scope, "limit_usd": str(self.limit),
-                               "period": self.period.label, "action": self.action}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "scope": self.scope,
+            "limit_usd": str(self.limit),
+            "period": self.period.label,
+            "action": self.action,
+        }
         if self.match is not None:
             out["match"] = self.match
         if self.action == "downgrade":
@@ -102,8 +107,15 @@ class ModelPolicy:
                 out[field] = list(getattr(self, field))
         if self.rewrite:
             out["rewrite"] = dict(self.rewrite)
-        for field in ("max_tokens", "max_effort", "max_thinking_tokens", "max_request_bytes", "max_input_tokens",
-                      "requests_per_minute", "tokens_per_minute"):
+        for field in (
+            "max_tokens",
+            "max_effort",
+            "max_thinking_tokens",
+            "max_request_bytes",
+            "max_input_tokens",
+            "requests_per_minute",
+            "tokens_per_minute",
+        ):
             if getattr(self, field) is not None:
                 out[field] = getattr(self, field)
         out["source"] = self.source
@@ -132,11 +144,29 @@ class ApprovalRule:
 
 
 _SCOPED = {"name", "scope", "match"}
-BUDGET_FIELDS = _SCOPED | {"limit_usd", "period", "action", "downgrade_to", "downgrade_at_percent",
-                           "notify_at_percent", "pool", "member_cap_usd", "overflow_to"}
-POLICY_FIELDS = _SCOPED | {"allow_models", "deny_models", "rewrite", "max_tokens", "max_effort",
-                           "max_thinking_tokens", "max_request_bytes", "max_input_tokens",
-                           "requests_per_minute", "tokens_per_minute"}
+BUDGET_FIELDS = _SCOPED | {
+    "limit_usd",
+    "period",
+    "action",
+    "downgrade_to",
+    "downgrade_at_percent",
+    "notify_at_percent",
+    "pool",
+    "member_cap_usd",
+    "overflow_to",
+}
+POLICY_FIELDS = _SCOPED | {
+    "allow_models",
+    "deny_models",
+    "rewrite",
+    "max_tokens",
+    "max_effort",
+    "max_thinking_tokens",
+    "max_request_bytes",
+    "max_input_tokens",
+    "requests_per_minute",
+    "tokens_per_minute",
+}
 APPROVAL_FIELDS = _SCOPED | {"above_usd", "above_input_tokens"}
 
 
@@ -180,8 +210,9 @@ def parse_budget(raw: Any, where: str, source: str = "config") -> BudgetRule:
         raise ConfigError(f"{where}.downgrade_to: only used with action: downgrade")
     downgrade_at = _percent(raw.get("downgrade_at_percent", 100), f"{where}.downgrade_at_percent")
     notify = raw.get("notify_at_percent", [50, 80, 100])
-    if not isinstance(notify, list) or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 1000
-                                               for n in notify):
+    if not isinstance(notify, list) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 1000 for n in notify
+    ):
         raise ConfigError(f"{where}.notify_at_percent: must be a list of percentages such as [50, 80, 100]")
     pool = raw.get("pool", False)
     if not isinstance(pool, bool):
@@ -195,9 +226,19 @@ def parse_budget(raw: Any, where: str, source: str = "config") -> BudgetRule:
     if overflow is not None and (not isinstance(overflow, str) or pool):
         raise ConfigError(f"{where}.overflow_to: the name of a pool budget (and a pool cannot overflow)")
     return BudgetRule(
-        name=name, scope=scope, match=match, limit=limit, period=parse_period(raw.get("period", "monthly"), where),
-        action=action, downgrade_to=downgrade_to, downgrade_at=downgrade_at / 100, notify_at=tuple(sorted(set(notify))),
-        pool=pool, member_cap=member_cap, overflow_to=overflow, source=source,
+        name=name,
+        scope=scope,
+        match=match,
+        limit=limit,
+        period=parse_period(raw.get("period", "monthly"), where),
+        action=action,
+        downgrade_to=downgrade_to,
+        downgrade_at=downgrade_at / 100,
+        notify_at=tuple(sorted(set(notify))),
+        pool=pool,
+        member_cap=member_cap,
+        overflow_to=overflow,
+        source=source,
     )
 
 
@@ -210,16 +251,22 @@ def _percent(value: Any, where: str) -> Decimal:
 def parse_policy(raw: Any, where: str, source: str = "config") -> ModelPolicy:
     name, scope, match = _scoped(raw, POLICY_FIELDS, where)
     rewrite = raw.get("rewrite", {}) or {}
-    if not isinstance(rewrite, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v
-                                                for k, v in rewrite.items()):
+    if not isinstance(rewrite, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and v for k, v in rewrite.items()
+    ):
         raise ConfigError(f"{where}.rewrite: must map requested models (or globs) to the model to use instead")
     effort = raw.get("max_effort")
     if effort is not None and effort not in EFFORT_LEVELS:
         raise ConfigError(f"{where}.max_effort: must be one of {', '.join(EFFORT_LEVELS)}")
     return ModelPolicy(
-        name=name, scope=scope, match=match,
-        allow_models=string_list(raw, "allow_models", where), deny_models=string_list(raw, "deny_models", where),
-        rewrite=tuple(rewrite.items()), max_tokens=optional_integer(raw, "max_tokens", where, 1), max_effort=effort,
+        name=name,
+        scope=scope,
+        match=match,
+        allow_models=string_list(raw, "allow_models", where),
+        deny_models=string_list(raw, "deny_models", where),
+        rewrite=tuple(rewrite.items()),
+        max_tokens=optional_integer(raw, "max_tokens", where, 1),
+        max_effort=effort,
         max_thinking_tokens=optional_integer(raw, "max_thinking_tokens", where, 1024),
         max_request_bytes=optional_integer(raw, "max_request_bytes", where, 1),
         max_input_tokens=optional_integer(raw, "max_input_tokens", where, 1),
@@ -231,8 +278,14 @@ def parse_policy(raw: Any, where: str, source: str = "config") -> ModelPolicy:
 
 def parse_approval(raw: Any, where: str, source: str = "config") -> ApprovalRule:
     name, scope, match = _scoped(raw, APPROVAL_FIELDS, where)
-    rule = ApprovalRule(name=name, scope=scope, match=match, above_usd=money(raw, "above_usd", where),
-                        above_input_tokens=optional_integer(raw, "above_input_tokens", where, 1), source=source)
+    rule = ApprovalRule(
+        name=name,
+        scope=scope,
+        match=match,
+        above_usd=money(raw, "above_usd", where),
+        above_input_tokens=optional_integer(raw, "above_input_tokens", where, 1),
+        source=source,
+    )
     if rule.above_usd is None and rule.above_input_tokens is None:
         raise ConfigError(f"{where}: give above_usd, above_input_tokens or both")
     return rule

@@ -26,8 +26,11 @@ def ledger_seeds(db: sqlite3.Connection, rules: Sequence[BudgetRule], tz: ZoneIn
         kwargs = {"funding": rule.name} if rule.pool else {"not_funding": rule.overflow_to}
         sums = spend_by_member(db, rule.scope, window.start, bucket_seconds=bucket_seconds, **kwargs)
         if rule.pool and rule.member_cap is not None:
-            sums.update(spend_by_member(db, rule.scope, window.start, bucket_seconds=bucket_seconds,
-                                        funding=rule.name, slice_by_user=True))
+            sums.update(
+                spend_by_member(
+                    db, rule.scope, window.start, bucket_seconds=bucket_seconds, funding=rule.name, slice_by_user=True
+                )
+            )
         for (member, user, bucket), amount in sums.items():
             if rule.match is not None and member != rule.match:
                 continue

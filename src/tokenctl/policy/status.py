@@ -19,6 +19,7 @@ from tokenctl.policy.seed import ledger_seeds
 
 def budget_members(db: sqlite3.Connection, rule: BudgetRule, tz: Any, now: float) -> list[tuple[str, str | None]]:
     """(member, slice user or None) pairs to report for a budget."""
+    members: list[tuple[str, str | None]]
     if rule.match is not None:
         members = [(rule.match, None)]
     elif rule.scope == "org":

@@ -39,8 +39,9 @@ class Refusal:
 
 
 class SpendStore(Protocol):
-    async def reserve(self, reservation_id: str, claims: Sequence[Claim], amount: int, expires_at: float,
-                      now: float) -> Refusal | None: ...
+    async def reserve(
+        self, reservation_id: str, claims: Sequence[Claim], amount: int, expires_at: float, now: float
+    ) -> Refusal | None: ...
 
     async def settle(self, reservation_id: str, claims: Sequence[Claim], amount: int) -> None: ...
 
@@ -50,13 +51,15 @@ class SpendStore(Protocol):
 
     async def first_crossing(self, marker: str) -> bool: ...
 
-    async def take_rate(self, bucket: str, per_minute: int, amount: int, now: float, *, force: bool = False) -> float: ...
+    async def take_rate(
+        self, bucket: str, per_minute: int, amount: int, now: float, *, force: bool = False
+    ) -> float: ...
 
     async def open_reservations(self, now: float) -> int: ...
 
 
 class _Counter:
-    __slots__ = ("settled", "reserved", "drop_after")
+    __slots__ = ("drop_after", "reserved", "settled")
 
     def __init__(self, settled: int = 0, drop_after: float | None = None) -> None:
         self.settled = settled
@@ -77,8 +80,9 @@ class MemoryStore:
         self._rates: dict[str, tuple[float, float]] = {}  # bucket -> (tokens, last refill time)
         self._next_prune = 0.0
 
-    async def reserve(self, reservation_id: str, claims: Sequence[Claim], amount: int, expires_at: float,
-                      now: float) -> Refusal | None:
+    async def reserve(
+        self, reservation_id: str, claims: Sequence[Claim], amount: int, expires_at: float, now: float
+    ) -> Refusal | None:
         self._expire(now)
         for index, claim in enumerate(claims):
             if claim.limit is None:
@@ -169,7 +173,9 @@ class MemoryStore:
             self._prune(now)
 
     def _prune(self, now: float) -> None:
-        over = [n for n, c in self._counters.items() if c.drop_after is not None and c.drop_after < now and not c.reserved]
+        over = [
+            n for n, c in self._counters.items() if c.drop_after is not None and c.drop_after < now and not c.reserved
+        ]
         for name in over:
             del self._counters[name]
         if len(self._markers) > 100_000:

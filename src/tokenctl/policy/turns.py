@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-_TOOL_RESULT_BLOCKS = frozenset({"tool_result", "function_call_output", "custom_tool_call_output",
-                                 "mcp_tool_result", "web_search_tool_result"})
+_TOOL_RESULT_BLOCKS = frozenset(
+    {"tool_result", "function_call_output", "custom_tool_call_output", "mcp_tool_result", "web_search_tool_result"}
+)
 
 
 def at_turn_boundary(body: dict[str, Any], api: str) -> bool:

@@ -29,16 +29,45 @@ ENDPOINTS = {
 }
 
 # Client headers that are not forwarded: hop-by-hop, client credentials, body framing, and our own.
-_DROP_REQUEST_HEADERS = frozenset({
-    "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-    "proxy-authorization", "proxy-connection", "authorization", "x-api-key", "api-key", "accept-encoding",
-    "cookie", "expect",
-})
+_DROP_REQUEST_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+        "authorization",
+        "x-api-key",
+        "api-key",
+        "accept-encoding",
+        "cookie",
+        "expect",
+    }
+)
 # Upstream headers that are not relayed to the client: framing and identifiers we set ourselves.
-DROP_RESPONSE_HEADERS = frozenset({
-    "content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive", "date", "server",
-    "request-id", "x-request-id", "set-cookie", "alt-svc", "via", "trailer", "upgrade",
-})
+DROP_RESPONSE_HEADERS = frozenset(
+    {
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "date",
+        "server",
+        "request-id",
+        "x-request-id",
+        "set-cookie",
+        "alt-svc",
+        "via",
+        "trailer",
+        "upgrade",
+    }
+)
 
 
 class ProviderKeyMissing(UpstreamError):
@@ -68,8 +97,16 @@ class Upstream:
             total=None, sock_connect=config.connect_timeout_seconds, sock_read=config.timeout_seconds
         )
 
-    def prepare(self, api: str, client_headers: Any, raw_body: bytes, body: dict[str, Any], route: Route, *,
-                body_changed: bool = False) -> UpstreamRequest:
+    def prepare(
+        self,
+        api: str,
+        client_headers: Any,
+        raw_body: bytes,
+        body: dict[str, Any],
+        route: Route,
+        *,
+        body_changed: bool = False,
+    ) -> UpstreamRequest:
         url = self.config.base_url + ENDPOINTS[(self.config.kind, api)]
         headers = {k: v for k, v in client_headers.items() if k.lower() not in self._drop}
         headers.update(self._static_headers)
@@ -109,5 +146,7 @@ def _ask_for_stream_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:
         return False
-    body["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+    body["stream_options"] = (
+        {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+    )
     return True

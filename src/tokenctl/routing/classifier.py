@@ -88,23 +88,31 @@ class Classifier:
     # -- artifact ---------------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
-        data = {"format": "tokenctl-router-1", "buckets": BUCKETS, "threshold": self.threshold,
-                "meta": self.meta or {}, "weights": {str(i): round(w, 5) for i, w in self.weights.items()
-                                                     if abs(w) >= 1e-4}}
+        data = {
+            "format": "tokenctl-router-1",
+            "buckets": BUCKETS,
+            "threshold": self.threshold,
+            "meta": self.meta or {},
+            "weights": {str(i): round(w, 5) for i, w in self.weights.items() if abs(w) >= 1e-4},
+        }
         Path(path).write_bytes(gzip.compress(orjson.dumps(data, option=orjson.OPT_SORT_KEYS), mtime=0))
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Classifier:
-        raw = Path(path).read_bytes() if path else \
-            (resources.files("tokenctl.routing") / "model" / "router.json.gz").read_bytes()
+        raw = (
+            Path(path).read_bytes()
+            if path
+            else (resources.files("tokenctl.routing") / "model" / "router.json.gz").read_bytes()
+        )
         data = orjson.loads(gzip.decompress(raw))
         if data.get("format") != "tokenctl-router-1" or data.get("buckets") != BUCKETS:
             raise ValueError(f"{path or 'the packaged router model'} is not a tokenctl router model of this version")
         return cls({int(k): float(v) for k, v in data["weights"].items()}, float(data["threshold"]), data["meta"])
 
 
-def train(texts: Iterable[str], labels: Iterable[int], *, epochs: int = 4, rate: float = 0.02, l2: float = 1e-3,
-          seed: int = 0) -> dict[int, float]:
+def train(
+    texts: Iterable[str], labels: Iterable[int], *, epochs: int = 4, rate: float = 0.02, l2: float = 1e-3, seed: int = 0
+) -> dict[int, float]:
     """Logistic regression by AdaGrad over the hashed features; deterministic for a given seed."""
     rows = [(features(t), length_value(t), y) for t, y in zip(texts, labels)]
     order = list(range(len(rows)))
@@ -123,8 +131,9 @@ def train(texts: Iterable[str], labels: Iterable[int], *, epochs: int = 4, rate:
     return weights
 
 
-def _step(weights: dict[int, float], squares: dict[int, float], i: int, gradient: float, l2: float,
-          rate: float) -> None:
+def _step(
+    weights: dict[int, float], squares: dict[int, float], i: int, gradient: float, l2: float, rate: float
+) -> None:
     w = weights.get(i, 0.0)
     g = gradient + l2 * w
     squares[i] = squares.get(i, 0.0) + g * g

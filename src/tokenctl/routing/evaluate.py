@@ -45,8 +45,9 @@ class Curve:
         return next((c for c, p in zip(self.calls, self.pgr) if p >= target - 1e-12), 1.0)
 
 
-def read_outcomes(path: str | Path, prompt_col: str, strong_col: str, weak_col: str,
-                  drop: set[str] | None = None) -> Outcomes:
+def read_outcomes(
+    path: str | Path, prompt_col: str, strong_col: str, weak_col: str, drop: set[str] | None = None
+) -> Outcomes:
     """Read a CSV of prompts and per-prompt outcomes (True/False or numbers); ``drop`` removes prompts."""
     csv.field_size_limit(1 << 30)
     prompts, strong, weak = [], [], []
@@ -85,8 +86,9 @@ def contaminated(path: str | Path) -> set[str]:
     return found
 
 
-def curve(scores: Sequence[float], strong: Sequence[float], weak: Sequence[float],
-          tiebreak: Sequence[float] | None = None) -> Curve:
+def curve(
+    scores: Sequence[float], strong: Sequence[float], weak: Sequence[float], tiebreak: Sequence[float] | None = None
+) -> Curve:
     n = len(scores)
     tiebreak = tiebreak or tiebreak_order(n)
     order = sorted(range(n), key=lambda i: (-scores[i], tiebreak[i]))
@@ -114,8 +116,13 @@ class Summary:
     ci: dict[str, tuple[float, float]]  # 95 % bootstrap interval per metric
 
     def as_dict(self) -> dict[str, Any]:
-        return {"router": self.name, "apgr": round(self.apgr, 4), "cpt50": round(self.cpt50, 4),
-                "cpt80": round(self.cpt80, 4), "ci95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in self.ci.items()}}
+        return {
+            "router": self.name,
+            "apgr": round(self.apgr, 4),
+            "cpt50": round(self.cpt50, 4),
+            "cpt80": round(self.cpt80, 4),
+            "ci95": {k: [round(a, 4), round(b, 4)] for k, (a, b) in self.ci.items()},
+        }
 
 
 def summarize(name: str, scores: Sequence[float], data: Outcomes, *, resamples: int = 200, seed: int = 1) -> Summary:
@@ -125,13 +132,16 @@ def summarize(name: str, scores: Sequence[float], data: Outcomes, *, resamples: 
     draws: dict[str, list[float]] = {"apgr": [], "cpt50": [], "cpt80": []}
     for _ in range(resamples):
         picks = [rng.randrange(n) for _ in range(n)]
-        c = curve([scores[i] for i in picks], [data.strong[i] for i in picks], [data.weak[i] for i in picks],
-                  [rng.random() for _ in picks])
+        c = curve(
+            [scores[i] for i in picks],
+            [data.strong[i] for i in picks],
+            [data.weak[i] for i in picks],
+            [rng.random() for _ in picks],
+        )
         draws["apgr"].append(c.apgr())
         draws["cpt50"].append(c.cpt(0.5))
         draws["cpt80"].append(c.cpt(0.8))
-    return Summary(name, whole.apgr(), whole.cpt(0.5), whole.cpt(0.8),
-                   {k: _interval(v) for k, v in draws.items()})
+    return Summary(name, whole.apgr(), whole.cpt(0.5), whole.cpt(0.8), {k: _interval(v) for k, v in draws.items()})
 
 
 def _interval(values: list[float]) -> tuple[float, float]:
@@ -150,8 +160,13 @@ def random_baseline(data: Outcomes, seeds: int = 100) -> Summary:
         results["cpt50"].append(c.cpt(0.5))
         results["cpt80"].append(c.cpt(0.8))
     mean = {k: sum(v) / len(v) for k, v in results.items()}
-    return Summary(f"random ({seeds} seeds)", mean["apgr"], mean["cpt50"], mean["cpt80"],
-                   {k: _interval(v) for k, v in results.items()})
+    return Summary(
+        f"random ({seeds} seeds)",
+        mean["apgr"],
+        mean["cpt50"],
+        mean["cpt80"],
+        {k: _interval(v) for k, v in results.items()},
+    )
 
 
 def baselines(data: Outcomes, resamples: int) -> list[Summary]:
@@ -167,15 +182,24 @@ def baselines(data: Outcomes, resamples: int) -> list[Summary]:
 def endpoints(data: Outcomes, strong_cost: float, weak_cost: float) -> list[dict[str, Any]]:
     n = len(data.prompts)
     return [
-        {"router": "always weak", "quality": round(sum(data.weak) / n, 4), "strong_calls": 0.0,
-         "cost_per_prompt": weak_cost},
-        {"router": "always strong", "quality": round(sum(data.strong) / n, 4), "strong_calls": 1.0,
-         "cost_per_prompt": strong_cost},
+        {
+            "router": "always weak",
+            "quality": round(sum(data.weak) / n, 4),
+            "strong_calls": 0.0,
+            "cost_per_prompt": weak_cost,
+        },
+        {
+            "router": "always strong",
+            "quality": round(sum(data.strong) / n, 4),
+            "strong_calls": 1.0,
+            "cost_per_prompt": strong_cost,
+        },
     ]
 
 
-def k_fold_scores(data: Outcomes, fit: Callable[[list[str], list[int]], Callable[[str], float]],
-                  folds: int = 5, seed: int = 7) -> list[float]:
+def k_fold_scores(
+    data: Outcomes, fit: Callable[[list[str], list[int]], Callable[[str], float]], folds: int = 5, seed: int = 7
+) -> list[float]:
     """Out-of-fold scores: each prompt scored by a model trained without it."""
     rng = random.Random(seed)
     fold_of = [rng.randrange(folds) for _ in data.prompts]

@@ -52,8 +52,13 @@ class Decision:
 
 
 class Router:
-    def __init__(self, settings: RoutingConfig, catalog: Catalog, classifier: Classifier | None = None,
-                 prices: PriceBook | None = None) -> None:
+    def __init__(
+        self,
+        settings: RoutingConfig,
+        catalog: Catalog,
+        classifier: Classifier | None = None,
+        prices: PriceBook | None = None,
+    ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.classifier = classifier
@@ -93,8 +98,9 @@ class Router:
         tier, reason = picked
         routes = self._routes(tier, requested, api)
         if not routes:
-            log.warning("routing: tier %r has no deployment that speaks %s; serving %s", tier, api,
-                        requested.upstream_model)
+            log.warning(
+                "routing: tier %r has no deployment that speaks %s; serving %s", tier, api, requested.upstream_model
+            )
             return None
         session = facts.attribution.session_id if facts.attribution else None
         if session and self.settings.sticky_sessions:
@@ -113,23 +119,30 @@ class Router:
         self._sessions.move_to_end(session)
         return self._sessions[session]
 
-    def _stay_or_switch(self, pinned: str, fresh: tuple[str, str], requested: Route, api: str,
-                        context_tokens: int) -> tuple[str, str]:
+    def _stay_or_switch(
+        self, pinned: str, fresh: tuple[str, str], requested: Route, api: str, context_tokens: int
+    ) -> tuple[str, str]:
         """Keep a session on its tier unless moving pays for the prompt cache it throws away."""
         if fresh[0] == pinned:
             return pinned, f"the session stays on its tier ({fresh[1]})"
         here, there = self._routes(pinned, requested, api), self._routes(fresh[0], requested, api)
         if not here or not there or self.prices is None:
             return pinned, "the session stays on its tier (keeps its prompt cache)"
-        cached_here = self.prices.cost(here[0].provider, here[0].upstream_model,
-                                       Usage(cache_read_tokens=context_tokens)).total
-        uncached_there = self.prices.cost(there[0].provider, there[0].upstream_model,
-                                          Usage(input_tokens=context_tokens)).total
+        cached_here = self.prices.cost(
+            here[0].provider, here[0].upstream_model, Usage(cache_read_tokens=context_tokens)
+        ).total
+        uncached_there = self.prices.cost(
+            there[0].provider, there[0].upstream_model, Usage(input_tokens=context_tokens)
+        ).total
         if uncached_there < cached_here:
-            return fresh[0], (f"session moved from {pinned}: ${uncached_there:.4f} for the context uncached there "
-                              f"< ${cached_here:.4f} cached here ({fresh[1]})")
-        return pinned, (f"the session stays on its tier: moving to {fresh[0]} would cost ${uncached_there:.4f} "
-                        f"uncached vs ${cached_here:.4f} cached here")
+            return fresh[0], (
+                f"session moved from {pinned}: ${uncached_there:.4f} for the context uncached there "
+                f"< ${cached_here:.4f} cached here ({fresh[1]})"
+            )
+        return pinned, (
+            f"the session stays on its tier: moving to {fresh[0]} would cost ${uncached_there:.4f} "
+            f"uncached vs ${cached_here:.4f} cached here"
+        )
 
     def _pick_tier(self, facts: Facts) -> tuple[str, str] | None:
         for rule in self.settings.rules:
@@ -165,7 +178,9 @@ class Router:
                     target = self.catalog.resolve(model, api)
                 except GatewayError:
                     continue  # this deployment does not speak the client's API (or is not configured)
-                routes.append(Route(target.provider, requested.requested_model, target.upstream_model, target.upstream_api))
+                routes.append(
+                    Route(target.provider, requested.requested_model, target.upstream_model, target.upstream_api)
+                )
             name = self.settings.tiers[name].escalate_to
         return tuple(routes)
 
@@ -189,15 +204,18 @@ def _threshold(settings: RoutingConfig, classifier: Classifier | None) -> float:
 
 def _matches(rule: RouteRule, facts: Facts) -> bool:
     a, p = facts.attribution, facts.principal
-    return ((rule.tool is None or (a is not None and a.tool == rule.tool))
-            and (rule.kind is None or facts.kind == rule.kind)
-            and (rule.team is None or p.team == rule.team)
-            and (rule.project is None or p.project == rule.project)
-            and (rule.min_input_tokens is None or facts.input_tokens >= rule.min_input_tokens)
-            and (rule.max_input_tokens is None or facts.input_tokens <= rule.max_input_tokens))
+    return (
+        (rule.tool is None or (a is not None and a.tool == rule.tool))
+        and (rule.kind is None or facts.kind == rule.kind)
+        and (rule.team is None or p.team == rule.team)
+        and (rule.project is None or p.project == rule.project)
+        and (rule.min_input_tokens is None or facts.input_tokens >= rule.min_input_tokens)
+        and (rule.max_input_tokens is None or facts.input_tokens <= rule.max_input_tokens)
+    )
 
 
 # -- request facts ----------------------------------------------------------------------------------
+
 
 def request_kind(body: dict[str, Any], api: str) -> str:
     """title (a client's title-generation call), probe (max_tokens 1), agent (tools offered) or chat."""
@@ -212,8 +230,9 @@ def request_kind(body: dict[str, Any], api: str) -> str:
 def _asks_for_title(body: dict[str, Any]) -> bool:
     output = body.get("output_config")
     text = body.get("text")
-    schema_holder = (output.get("format") if isinstance(output, dict) else None) or \
-        (text.get("format") if isinstance(text, dict) else None)
+    schema_holder = (output.get("format") if isinstance(output, dict) else None) or (
+        text.get("format") if isinstance(text, dict) else None
+    )
     if isinstance(schema_holder, dict):
         schema = schema_holder.get("schema")
         props = schema.get("properties") if isinstance(schema, dict) else None
@@ -240,6 +259,9 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(str(part.get("text", "")) for part in content
-                         if isinstance(part, dict) and part.get("type") in ("text", "input_text"))
+        return "\n".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") in ("text", "input_text")
+        )
     return ""

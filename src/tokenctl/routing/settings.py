@@ -1,18 +1,18 @@
 """The ``routing:`` section of the config: tiers, rules, the classifier, and who routing applies to.
 
-    routing:
-      routed_models: [auto, claude-sonnet-4-5]   # requests for these names (or globs) are routed
-      teams: [payments]                          # optional: only these teams are routed
-      projects: [checkout]                       # optional: only these projects are routed
-      tiers:
-        economy: {models: [claude-haiku-4-5, local/llama-3.1-8b], escalate_to: premium}
-        premium: {models: [claude-sonnet-4-5]}
-      rules:                                     # first match wins
-        - {tier: economy, kind: title}
-        - {tier: economy, max_input_tokens: 1500, tool: claude-code}
-      classifier: {cheap_tier: economy, premium_tier: premium, threshold: 0.19}   # optional
-      default_tier: premium
-      sticky_sessions: true
+routing:
+  routed_models: [auto, claude-sonnet-4-5]   # requests for these names (or globs) are routed
+  teams: [payments]                          # optional: only these teams are routed
+  projects: [checkout]                       # optional: only these projects are routed
+  tiers:
+    economy: {models: [claude-haiku-4-5, local/llama-3.1-8b], escalate_to: premium}
+    premium: {models: [claude-sonnet-4-5]}
+  rules:                                     # first match wins
+    - {tier: economy, kind: title}
+    - {tier: economy, max_input_tokens: 1500, tool: claude-code}
+  classifier: {cheap_tier: economy, premium_tier: premium, threshold: 0.19}   # optional
+  default_tier: premium
+  sticky_sessions: true
 """
 
 from __future__ import annotations
@@ -23,6 +23,19 @@ from typing import Any
 from tokenctl.validate import ConfigError, optional_integer, reject_unknown, section, string_list
 
 KINDS = ("title", "probe", "agent", "chat")
+ROUTING_FIELDS = {
+    "tiers",
+    "routed_models",
+    "teams",
+    "projects",
+    "rules",
+    "classifier",
+    "default_tier",
+    "sticky_sessions",
+}
+TIER_FIELDS = {"models", "escalate_to"}
+RULE_FIELDS = {"tier", "tool", "kind", "team", "project", "min_input_tokens", "max_input_tokens"}
+CLASSIFIER_FIELDS = {"cheap_tier", "premium_tier", "threshold", "premium_share", "model"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +56,18 @@ class RouteRule:
     max_input_tokens: int | None = None
 
     def describe(self) -> str:
-        parts = [f"{k}{v}" for k, v in (("tool=", self.tool), ("kind=", self.kind), ("team=", self.team),
-                                         ("project=", self.project), ("input>=", self.min_input_tokens),
-                                         ("input<=", self.max_input_tokens)) if v is not None]
+        parts = [
+            f"{k}{v}"
+            for k, v in (
+                ("tool=", self.tool),
+                ("kind=", self.kind),
+                ("team=", self.team),
+                ("project=", self.project),
+                ("input>=", self.min_input_tokens),
+                ("input<=", self.max_input_tokens),
+            )
+            if v is not None
+        ]
         return "rule " + (" ".join(parts) or "(always)")
 
 
@@ -76,8 +98,7 @@ class RoutingConfig:
 
 def parse_routing(raw: dict[str, Any]) -> RoutingConfig:
     where = "routing"
-    reject_unknown(raw, {"tiers", "routed_models", "teams", "projects", "rules", "classifier", "default_tier",
-                         "sticky_sessions"}, where)
+    reject_unknown(raw, ROUTING_FIELDS, where)
     if not raw:
         return RoutingConfig()
     tiers = {name: _tier(name, spec) for name, spec in section(raw, "tiers").items()}
@@ -85,9 +106,16 @@ def parse_routing(raw: dict[str, Any]) -> RoutingConfig:
         raise ConfigError("routing.tiers: define at least one tier")
     rules = tuple(_rule(r, i) for i, r in enumerate(raw.get("rules") or []))
     classifier = _classifier(raw["classifier"]) if raw.get("classifier") else None
-    config = RoutingConfig(tiers, string_list(raw, "routed_models", where), string_list(raw, "teams", where),
-                           string_list(raw, "projects", where), rules, classifier, raw.get("default_tier"),
-                           bool(raw.get("sticky_sessions", True)))
+    config = RoutingConfig(
+        tiers,
+        string_list(raw, "routed_models", where),
+        string_list(raw, "teams", where),
+        string_list(raw, "projects", where),
+        rules,
+        classifier,
+        raw.get("default_tier"),
+        bool(raw.get("sticky_sessions", True)),
+    )
     _check_tier_names(config)
     return config
 
@@ -96,7 +124,7 @@ def _tier(name: str, spec: Any) -> Tier:
     where = f"routing.tiers.{name}"
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: must be a mapping with models")
-    reject_unknown(spec, {"models", "escalate_to"}, where)
+    reject_unknown(spec, TIER_FIELDS, where)
     models = string_list(spec, "models", where)
     if not models:
         raise ConfigError(f"{where}.models: list at least one model")
@@ -107,29 +135,43 @@ def _rule(raw: Any, index: int) -> RouteRule:
     where = f"routing.rules[{index}]"
     if not isinstance(raw, dict) or "tier" not in raw:
         raise ConfigError(f"{where}: must be a mapping with a tier")
-    reject_unknown(raw, {"tier", "tool", "kind", "team", "project", "min_input_tokens", "max_input_tokens"}, where)
+    reject_unknown(raw, RULE_FIELDS, where)
     if raw.get("kind") is not None and raw["kind"] not in KINDS:
         raise ConfigError(f"{where}.kind: one of {', '.join(KINDS)}")
-    return RouteRule(str(raw["tier"]), raw.get("tool"), raw.get("kind"), raw.get("team"), raw.get("project"),
-                     optional_integer(raw, "min_input_tokens", where), optional_integer(raw, "max_input_tokens", where))
+    return RouteRule(
+        str(raw["tier"]),
+        raw.get("tool"),
+        raw.get("kind"),
+        raw.get("team"),
+        raw.get("project"),
+        optional_integer(raw, "min_input_tokens", where),
+        optional_integer(raw, "max_input_tokens", where),
+    )
 
 
 def _classifier(raw: Any) -> ClassifierSettings:
     where = "routing.classifier"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping")
-    reject_unknown(raw, {"cheap_tier", "premium_tier", "threshold", "premium_share", "model"}, where)
+    reject_unknown(raw, CLASSIFIER_FIELDS, where)
     for key in ("cheap_tier", "premium_tier"):
         if not isinstance(raw.get(key), str):
             raise ConfigError(f"{where}.{key}: name a tier")
     threshold, share = raw.get("threshold"), raw.get("premium_share")
     for key, value in (("threshold", threshold), ("premium_share", share)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1
+        ):
             raise ConfigError(f"{where}.{key}: a number from 0 to 1")
     if threshold is not None and share is not None:
         raise ConfigError(f"{where}: set threshold or premium_share, not both")
-    return ClassifierSettings(raw["cheap_tier"], raw["premium_tier"], None if threshold is None else float(threshold),
-                              None if share is None else float(share), raw.get("model"))
+    return ClassifierSettings(
+        raw["cheap_tier"],
+        raw["premium_tier"],
+        None if threshold is None else float(threshold),
+        None if share is None else float(share),
+        raw.get("model"),
+    )
 
 
 def _check_tier_names(config: RoutingConfig) -> None:
@@ -137,8 +179,10 @@ def _check_tier_names(config: RoutingConfig) -> None:
     named += [(f"tiers.{t.name}.escalate_to", t.escalate_to) for t in config.tiers.values()]
     named += [(f"rules[{i}].tier", r.tier) for i, r in enumerate(config.rules)]
     if config.classifier:
-        named += [("classifier.cheap_tier", config.classifier.cheap_tier),
-                  ("classifier.premium_tier", config.classifier.premium_tier)]
+        named += [
+            ("classifier.cheap_tier", config.classifier.cheap_tier),
+            ("classifier.premium_tier", config.classifier.premium_tier),
+        ]
     for where, name in named:
         if name is not None and name not in config.tiers:
             raise ConfigError(f"routing.{where}: no tier {name!r}; tiers: {', '.join(config.tiers)}")

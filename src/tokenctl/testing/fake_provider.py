@@ -123,7 +123,9 @@ class FakeProvider:
 
     def _keep(self, request: web.Request, raw: bytes) -> None:
         if self.keep_requests:
-            self.received.append(Received(request.method, request.path, request.query_string, dict(request.headers), raw))
+            self.received.append(
+                Received(request.method, request.path, request.query_string, dict(request.headers), raw)
+            )
 
     async def _receive(self, request: web.Request) -> tuple[dict[str, Any], Script]:
         raw = await request.read()
@@ -152,7 +154,9 @@ class FakeProvider:
             await resp.write(data[: len(data) // 2])
             request.transport.abort()  # type: ignore[union-attr]
             return resp
-        return web.Response(body=data, content_type="application/json", headers={"request-id": f"fake_req_{next(_ids)}"})
+        return web.Response(
+            body=data, content_type="application/json", headers={"request-id": f"fake_req_{next(_ids)}"}
+        )
 
     async def _stream(self, request: web.Request, script: Script, events: list[bytes], api: str) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"content-type": "text/event-stream", "request-id": f"fake_req_{next(_ids)}"})
@@ -169,7 +173,9 @@ class FakeProvider:
             pass
         return resp
 
-    async def _stream_fault(self, request: web.Request, resp: web.StreamResponse, fault: str, api: str) -> web.StreamResponse:
+    async def _stream_fault(
+        self, request: web.Request, resp: web.StreamResponse, fault: str, api: str
+    ) -> web.StreamResponse:
         if fault == "cut":
             request.transport.abort()  # type: ignore[union-attr]
             return resp
@@ -206,13 +212,17 @@ def _sse(event: str | None, payload: dict[str, Any]) -> bytes:
 
 # -- Anthropic ------------------------------------------------------------------------------------
 
+
 def _anthropic_usage(u: dict[str, int], *, final: bool) -> dict[str, Any]:
     write = u["cache_write_5m"] + u["cache_write_1h"]
     usage: dict[str, Any] = {
         "input_tokens": u["input"] - u["cache_read"] - write,
         "cache_creation_input_tokens": write,
         "cache_read_input_tokens": u["cache_read"],
-        "cache_creation": {"ephemeral_5m_input_tokens": u["cache_write_5m"], "ephemeral_1h_input_tokens": u["cache_write_1h"]},
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": u["cache_write_5m"],
+            "ephemeral_1h_input_tokens": u["cache_write_1h"],
+        },
         "output_tokens": u["output"] if final else 1,
         "service_tier": "standard",
     }
@@ -227,63 +237,137 @@ def _anthropic_message(model: str, script: Script) -> dict[str, Any]:
         content.append({"type": "thinking", "thinking": "Let me think.", "signature": "sig_fake_abc"})
     content.append({"type": "text", "text": "".join(_words(script))})
     return {
-        "id": f"msg_fake_{next(_ids)}", "type": "message", "role": "assistant", "model": model,
-        "content": content, "stop_reason": "end_turn", "stop_sequence": None,
+        "id": f"msg_fake_{next(_ids)}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
         "usage": _anthropic_usage(script.usage, final=True),
     }
 
 
 def _anthropic_events(model: str, script: Script) -> list[bytes]:
-    start = {"id": f"msg_fake_{next(_ids)}", "type": "message", "role": "assistant", "model": model, "content": [],
-             "stop_reason": None, "stop_sequence": None, "usage": _anthropic_usage(script.usage, final=False)}
+    start: dict[str, Any] = {
+        "id": f"msg_fake_{next(_ids)}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": _anthropic_usage(script.usage, final=False),
+    }
     events = [_sse("message_start", {"type": "message_start", "message": start})]
     index = 0
     if script.usage["reasoning"]:
         events += [
-            _sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
-            _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Let me think."}}),
-            _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "sig_fake_abc"}}),
+            _sse(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+                },
+            ),
+            _sse(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "thinking_delta", "thinking": "Let me think."},
+                },
+            ),
+            _sse(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "signature_delta", "signature": "sig_fake_abc"},
+                },
+            ),
             _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
         ]
         index = 1
-    events.append(_sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}))
+    events.append(
+        _sse(
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}},
+        )
+    )
     events.append(_sse("ping", {"type": "ping"}))
     for word in _words(script):
-        events.append(_sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": word}}))
+        events.append(
+            _sse(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": word}},
+            )
+        )
     events.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
     final_usage = {"output_tokens": script.usage["output"]}
     if script.usage["reasoning"]:
         final_usage["output_tokens_details"] = {"thinking_tokens": script.usage["reasoning"]}  # type: ignore[assignment]
-    events.append(_sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": final_usage}))
+    events.append(
+        _sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": final_usage,
+            },
+        )
+    )
     events.append(_sse("message_stop", {"type": "message_stop"}))
     return events
 
 
 # -- OpenAI Chat Completions --------------------------------------------------------------------
 
+
 def _chat_usage(u: dict[str, int]) -> dict[str, Any]:
     details: dict[str, int] = {"cached_tokens": u["cache_read"]}
     if u["cache_write_5m"]:
         details["cache_write_tokens"] = u["cache_write_5m"]
     return {
-        "prompt_tokens": u["input"], "completion_tokens": u["output"], "total_tokens": u["input"] + u["output"],
-        "prompt_tokens_details": details, "completion_tokens_details": {"reasoning_tokens": u["reasoning"]},
+        "prompt_tokens": u["input"],
+        "completion_tokens": u["output"],
+        "total_tokens": u["input"] + u["output"],
+        "prompt_tokens_details": details,
+        "completion_tokens_details": {"reasoning_tokens": u["reasoning"]},
     }
 
 
 def _chat_completion(model: str, script: Script) -> dict[str, Any]:
     return {
-        "id": f"chatcmpl-fake{next(_ids)}", "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(_words(script))}, "finish_reason": "stop"}],
+        "id": f"chatcmpl-fake{next(_ids)}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "".join(_words(script))}, "finish_reason": "stop"}
+        ],
         "usage": _chat_usage(script.usage),
     }
 
 
 def _chat_events(model: str, script: Script, include_usage: bool) -> list[bytes]:
-    base = {"id": f"chatcmpl-fake{next(_ids)}", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
-    events = [_sse(None, {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})]
+    base = {
+        "id": f"chatcmpl-fake{next(_ids)}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+    events = [
+        _sse(
+            None,
+            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+        )
+    ]
     for word in _words(script):
-        events.append(_sse(None, {**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}))
+        events.append(
+            _sse(None, {**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
+        )
     events.append(_sse(None, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
     if include_usage:
         events.append(_sse(None, {**base, "choices": [], "usage": _chat_usage(script.usage)}))
@@ -293,26 +377,56 @@ def _chat_events(model: str, script: Script, include_usage: bool) -> list[bytes]
 
 # -- OpenAI Responses -----------------------------------------------------------------------------
 
+
 def _responses_usage(u: dict[str, int]) -> dict[str, Any]:
     details: dict[str, int] = {"cached_tokens": u["cache_read"]}
     if u["cache_write_5m"]:
         details["cache_write_tokens"] = u["cache_write_5m"]
     return {
-        "input_tokens": u["input"], "input_tokens_details": details, "output_tokens": u["output"],
-        "output_tokens_details": {"reasoning_tokens": u["reasoning"]}, "total_tokens": u["input"] + u["output"],
+        "input_tokens": u["input"],
+        "input_tokens_details": details,
+        "output_tokens": u["output"],
+        "output_tokens_details": {"reasoning_tokens": u["reasoning"]},
+        "total_tokens": u["input"] + u["output"],
     }
 
 
-def _response_object(model: str, script: Script, status: str, *, rid: str | None = None, text: str | None = None) -> dict[str, Any]:
+def _response_object(
+    model: str, script: Script, status: str, *, rid: str | None = None, text: str | None = None
+) -> dict[str, Any]:
     done = status == "completed"
-    output = [] if not done else [{
-        "type": "message", "id": "msg_fake_out", "status": "completed", "role": "assistant",
-        "content": [{"type": "output_text", "text": text if text is not None else "".join(_words(script)), "annotations": []}],
-    }]
+    output = (
+        []
+        if not done
+        else [
+            {
+                "type": "message",
+                "id": "msg_fake_out",
+                "status": "completed",
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "output_text",
+                        "text": text if text is not None else "".join(_words(script)),
+                        "annotations": [],
+                    }
+                ],
+            }
+        ]
+    )
     return {
-        "id": rid or f"resp_fake{next(_ids)}", "object": "response", "created_at": int(time.time()), "status": status,
-        "model": model, "output": output, "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
-        "usage": _responses_usage(script.usage) if done else None, "error": None, "incomplete_details": None,
+        "id": rid or f"resp_fake{next(_ids)}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": _responses_usage(script.usage) if done else None,
+        "error": None,
+        "incomplete_details": None,
     }
 
 
@@ -333,11 +447,32 @@ def _responses_events(model: str, script: Script) -> list[bytes]:
         ev("response.content_part.added", item_id="msg_fake_out", output_index=0, content_index=0, part=part),
     ]
     for word in _words(script):
-        events.append(ev("response.output_text.delta", item_id="msg_fake_out", output_index=0, content_index=0, delta=word, logprobs=[]))
+        events.append(
+            ev(
+                "response.output_text.delta",
+                item_id="msg_fake_out",
+                output_index=0,
+                content_index=0,
+                delta=word,
+                logprobs=[],
+            )
+        )
     events += [
-        ev("response.output_text.done", item_id="msg_fake_out", output_index=0, content_index=0, text=text, logprobs=[]),
-        ev("response.content_part.done", item_id="msg_fake_out", output_index=0, content_index=0, part={**part, "text": text}),
-        ev("response.output_item.done", output_index=0, item={**item, "status": "completed", "content": [{**part, "text": text}]}),
+        ev(
+            "response.output_text.done", item_id="msg_fake_out", output_index=0, content_index=0, text=text, logprobs=[]
+        ),
+        ev(
+            "response.content_part.done",
+            item_id="msg_fake_out",
+            output_index=0,
+            content_index=0,
+            part={**part, "text": text},
+        ),
+        ev(
+            "response.output_item.done",
+            output_index=0,
+            item={**item, "status": "completed", "content": [{**part, "text": text}]},
+        ),
         ev("response.completed", response=_response_object(model, script, "completed", rid=rid, text=text)),
     ]
     return events
@@ -345,8 +480,14 @@ def _responses_events(model: str, script: Script) -> list[bytes]:
 
 # -- errors -----------------------------------------------------------------------------------------
 
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                    404: "not_found_error", 429: "rate_limit_error", 529: "overloaded_error"}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
 
 
 def _error_response(status: int, family: str) -> web.Response:
@@ -355,7 +496,14 @@ def _error_response(status: int, family: str) -> web.Response:
     if family == "anthropic":
         body = {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
     else:
-        body = {"error": {"message": message, "type": "rate_limit_error" if status == 429 else "server_error", "code": None, "param": None}}
+        body = {
+            "error": {
+                "message": message,
+                "type": "rate_limit_error" if status == 429 else "server_error",
+                "code": None,
+                "param": None,
+            }
+        }
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -363,7 +511,17 @@ def _in_stream_error(api: str) -> bytes:
     if api == "anthropic":
         return _sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
     if api == "responses":
-        return _sse("response.failed", {"type": "response.failed", "response": {"id": "resp_x", "status": "failed", "error": {"code": "server_error", "message": "fake failure"}}})
+        return _sse(
+            "response.failed",
+            {
+                "type": "response.failed",
+                "response": {
+                    "id": "resp_x",
+                    "status": "failed",
+                    "error": {"code": "server_error", "message": "fake failure"},
+                },
+            },
+        )
     return _sse(None, {"error": {"message": "fake failure", "type": "server_error"}})
 
 

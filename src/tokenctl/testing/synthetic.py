@@ -23,10 +23,19 @@ PRICES = {
     "gpt-5": (Decimal("1.25"), Decimal(10), Decimal("0.125"), Decimal("1.25")),
     "gpt-5-mini": (Decimal("0.25"), Decimal(2), Decimal("0.025"), Decimal("0.25")),
 }
-_MODEL_WEIGHTS = (("claude-sonnet-4-5", 50), ("claude-opus-4-1", 12), ("claude-haiku-4-5", 13), ("gpt-5", 15),
-                  ("gpt-5-mini", 10))
-_TOOLS = (("claude-code", "anthropic.messages"), ("codex", "openai.responses"), ("cursor", "openai.chat"),
-          ("sdk", "anthropic.messages"))
+_MODEL_WEIGHTS = (
+    ("claude-sonnet-4-5", 50),
+    ("claude-opus-4-1", 12),
+    ("claude-haiku-4-5", 13),
+    ("gpt-5", 15),
+    ("gpt-5-mini", 10),
+)
+_TOOLS = (
+    ("claude-code", "anthropic.messages"),
+    ("codex", "openai.responses"),
+    ("cursor", "openai.chat"),
+    ("sdk", "anthropic.messages"),
+)
 _M = Decimal(1_000_000)
 _PROVIDERS = {
     "anthropic": ProviderConfig("anthropic", "anthropic", "https://api.anthropic.com", None, (), "anthropic"),
@@ -36,8 +45,12 @@ _PROVIDERS = {
 
 def price(model: str, usage: Usage) -> Decimal:
     p_in, p_out, p_read, p_write = PRICES[model]
-    return (p_in * usage.input_tokens + p_out * usage.output_tokens + p_read * usage.cache_read_tokens
-            + p_write * usage.cache_write_5m_tokens) / _M
+    return (
+        p_in * usage.input_tokens
+        + p_out * usage.output_tokens
+        + p_read * usage.cache_read_tokens
+        + p_write * usage.cache_write_5m_tokens
+    ) / _M
 
 
 class Org:
@@ -50,8 +63,9 @@ class Org:
         self.weights = [1.0 / (1 + i % 17) ** 1.2 for i in range(len(self.users))]  # a few heavy spenders
 
 
-def synthetic_entries(n: int, *, start: float, days: float, teams: int = 8, users_per_team: int = 10,
-                      seed: int = 7) -> Iterator[LedgerEntry]:
+def synthetic_entries(
+    n: int, *, start: float, days: float, teams: int = 8, users_per_team: int = 10, seed: int = 7
+) -> Iterator[LedgerEntry]:
     """``n`` requests spread over ``days`` days from ``start`` (unix seconds), in time order."""
     rng = random.Random(seed)
     org = Org(teams, users_per_team)
@@ -67,13 +81,20 @@ def synthetic_entries(n: int, *, start: float, days: float, teams: int = 8, user
         yield _entry(rng, i, start + i * step, user, team, f"{user}-s{state[0]}", state[2], state[1])
 
 
-def _entry(rng: random.Random, i: int, ts: float, user: str, team: str, session: str, context: int,
-           turn: int) -> LedgerEntry:
+def _entry(
+    rng: random.Random, i: int, ts: float, user: str, team: str, session: str, context: int, turn: int
+) -> LedgerEntry:
     tool, api = _TOOLS[hash(user) % len(_TOOLS)] if rng.random() < 0.85 else rng.choice(_TOOLS)
     model = rng.choices([m for m, _ in _MODEL_WEIGHTS], [w for _, w in _MODEL_WEIGHTS])[0]
     provider = _PROVIDERS["openai" if model.startswith("gpt") else "anthropic"]
-    entry = LedgerEntry(request_id=f"req_syn_{i:09d}", started_at=ts, api=api, stream=rng.random() < 0.8,
-                        duration_ms=rng.uniform(300, 9000), ttft_ms=rng.uniform(150, 900))
+    entry = LedgerEntry(
+        request_id=f"req_syn_{i:09d}",
+        started_at=ts,
+        api=api,
+        stream=rng.random() < 0.8,
+        duration_ms=rng.uniform(300, 9000),
+        ttft_ms=rng.uniform(150, 900),
+    )
     entry.principal = Principal(key_id=f"key_{user}", user=user, team=team, project=f"{team}-{'ab'[turn % 2]}")
     entry.attribution = Attribution(tool=tool, tool_version="1.0", session_id=session, device_id=None)
     entry.route = Route(provider, model, model)
@@ -87,8 +108,12 @@ def _entry(rng: random.Random, i: int, ts: float, user: str, team: str, session:
         return entry
     entry.status = 200
     cached = int(context * rng.uniform(0.6, 0.95)) if turn > 1 else 0
-    usage = Usage(input_tokens=rng.randint(50, 2_000), cache_read_tokens=cached,
-                  cache_write_5m_tokens=max(0, context - cached - 1_000), output_tokens=rng.randint(40, 3_000))
+    usage = Usage(
+        input_tokens=rng.randint(50, 2_000),
+        cache_read_tokens=cached,
+        cache_write_5m_tokens=max(0, context - cached - 1_000),
+        output_tokens=rng.randint(40, 3_000),
+    )
     entry.usage = usage
     if model == "claude-opus-4-1" and rng.random() < 0.2:  # a budget downgrade served it on Sonnet
         entry.original_route, entry.route = entry.route, Route(provider, model, "claude-sonnet-4-5")

@@ -24,16 +24,20 @@ class Translation:
 
 TRANSLATIONS = {
     ("anthropic.messages", "openai.chat"): Translation(
-        anthropic_to_chat.translate_request, anthropic_to_chat.translate_response,
+        anthropic_to_chat.translate_request,
+        anthropic_to_chat.translate_response,
         lambda estimated, body: anthropic_to_chat.StreamTranslator(estimated),
     ),
     ("openai.chat", "anthropic.messages"): Translation(
-        chat_to_anthropic.translate_request, chat_to_anthropic.translate_response,
+        chat_to_anthropic.translate_request,
+        chat_to_anthropic.translate_response,
         lambda estimated, body: chat_to_anthropic.StreamTranslator(
-            estimated, bool((body.get("stream_options") or {}).get("include_usage"))),
+            estimated, bool((body.get("stream_options") or {}).get("include_usage"))
+        ),
     ),
     ("openai.responses", "anthropic.messages"): Translation(
-        responses_to_anthropic.translate_request, responses_to_anthropic.translate_response,
+        responses_to_anthropic.translate_request,
+        responses_to_anthropic.translate_response,
         lambda estimated, body: responses_to_anthropic.StreamTranslator(estimated),
     ),
 }

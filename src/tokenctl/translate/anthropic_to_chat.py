@@ -19,8 +19,13 @@ import orjson
 from tokenctl.errors import BadRequest
 from tokenctl.metering.stream import event_data
 
-_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
-                 "content_filter": "refusal"}
+_STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
 _PASSED = ("temperature", "top_p")
 
 
@@ -30,8 +35,9 @@ class Untranslatable(BadRequest):
 
 def translate_request(body: dict[str, Any], upstream_model: str) -> tuple[dict[str, Any], list[str]]:
     """The Chat Completions body for an Anthropic Messages body, and the parameters dropped on the way."""
-    dropped = [k for k in ("top_k", "container", "mcp_servers", "context_management", "service_tier")
-               if k in body]
+    dropped: list[str] = [
+        k for k in ("top_k", "container", "mcp_servers", "context_management", "service_tier") if k in body
+    ]
     messages = _system(body.get("system"))
     for message in body.get("messages") or []:
         messages += _message(message)
@@ -79,8 +85,14 @@ def _message(message: dict[str, Any]) -> list[dict[str, Any]]:
     role = message.get("role")
     content = message.get("content")
     if role == "system":  # Claude Code's per-turn system messages
-        return [{"role": "system", "content": content if isinstance(content, str) else
-                 "\n\n".join(_text_block(b, "system message") for b in content or [] if b.get("type") == "text")}]
+        return [
+            {
+                "role": "system",
+                "content": content
+                if isinstance(content, str)
+                else "\n\n".join(_text_block(b, "system message") for b in content or [] if b.get("type") == "text"),
+            }
+        ]
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if role == "assistant":
@@ -95,11 +107,18 @@ def _assistant(blocks: list[Any]) -> dict[str, Any]:
         if kind == "text":
             text.append(block.get("text", ""))
         elif kind == "tool_use":
-            calls.append({"id": block["id"], "type": "function",
-                          "function": {"name": block["name"], "arguments": orjson.dumps(block.get("input", {})).decode()}})
+            calls.append(
+                {
+                    "id": block["id"],
+                    "type": "function",
+                    "function": {"name": block["name"], "arguments": orjson.dumps(block.get("input", {})).decode()},
+                }
+            )
         else:
-            raise Untranslatable(f"messages: an assistant {kind!r} block (from an Anthropic model) cannot be "
-                                 "replayed to this model; start a new session or keep it on its Anthropic model")
+            raise Untranslatable(
+                f"messages: an assistant {kind!r} block (from an Anthropic model) cannot be "
+                "replayed to this model; start a new session or keep it on its Anthropic model"
+            )
     out: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
     if calls:
         out["tool_calls"] = calls
@@ -112,8 +131,13 @@ def _user(blocks: list[Any]) -> list[dict[str, Any]]:
     for block in blocks:
         kind = block.get("type")
         if kind == "tool_result":
-            results.append({"role": "tool", "tool_call_id": block["tool_use_id"],
-                            "content": _tool_result_text(block.get("content"))})
+            results.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": block["tool_use_id"],
+                    "content": _tool_result_text(block.get("content")),
+                }
+            )
         elif kind == "text":
             parts.append({"type": "text", "text": block.get("text", "")})
         elif kind == "image":
@@ -143,8 +167,9 @@ def _image_url(source: dict[str, Any]) -> str:
 
 def _tool(tool: dict[str, Any]) -> dict[str, Any]:
     if tool.get("type") not in (None, "custom"):
-        raise Untranslatable(f"tools: the server tool {tool.get('type')!r} ({tool.get('name')}) runs only on "
-                             "Anthropic's platform")
+        raise Untranslatable(
+            f"tools: the server tool {tool.get('type')!r} ({tool.get('name')}) runs only on Anthropic's platform"
+        )
     function = {"name": tool["name"], "parameters": tool.get("input_schema") or {"type": "object"}}
     if tool.get("description"):
         function["description"] = tool["description"]
@@ -157,7 +182,7 @@ def _tool_choice(choice: Any) -> Any:
     kind = choice.get("type")
     if kind == "tool":
         return {"type": "function", "function": {"name": choice.get("name")}}
-    return {"auto": "auto", "any": "required", "none": "none"}.get(kind)
+    return {"auto": "auto", "any": "required", "none": "none"}.get(str(kind))
 
 
 def _effort(thinking: Any) -> str | None:
@@ -173,12 +198,16 @@ def _has_cache_control(body: dict[str, Any]) -> bool:
 
 # -- answers ----------------------------------------------------------------------------------------
 
+
 def anthropic_usage(usage: dict[str, Any] | None) -> dict[str, int]:
     usage = usage or {}
     cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-    return {"input_tokens": max(0, int(usage.get("prompt_tokens") or 0) - cached),
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached,
-            "output_tokens": int(usage.get("completion_tokens") or 0)}
+    return {
+        "input_tokens": max(0, int(usage.get("prompt_tokens") or 0) - cached),
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+        "output_tokens": int(usage.get("completion_tokens") or 0),
+    }
 
 
 def translate_response(answer: dict[str, Any]) -> dict[str, Any]:
@@ -188,12 +217,24 @@ def translate_response(answer: dict[str, Any]) -> dict[str, Any]:
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
     for call in message.get("tool_calls") or []:
-        content.append({"type": "tool_use", "id": call.get("id") or _tool_id(), "name": call["function"]["name"],
-                        "input": _arguments(call["function"].get("arguments"))})
-    return {"id": f"msg_{answer.get('id', secrets.token_hex(8))}", "type": "message", "role": "assistant",
-            "model": answer.get("model"), "content": content,
-            "stop_reason": _STOP_REASONS.get(choice.get("finish_reason"), "end_turn"), "stop_sequence": None,
-            "usage": anthropic_usage(answer.get("usage"))}
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id") or _tool_id(),
+                "name": call["function"]["name"],
+                "input": _arguments(call["function"].get("arguments")),
+            }
+        )
+    return {
+        "id": f"msg_{answer.get('id', secrets.token_hex(8))}",
+        "type": "message",
+        "role": "assistant",
+        "model": answer.get("model"),
+        "content": content,
+        "stop_reason": _STOP_REASONS.get(choice.get("finish_reason"), "end_turn"),
+        "stop_sequence": None,
+        "usage": anthropic_usage(answer.get("usage")),
+    }
 
 
 def _arguments(raw: Any) -> Any:
@@ -243,9 +284,16 @@ class StreamTranslator:
         out = bytearray()
         if not self.started:
             self.started = True
-            message = {"id": f"msg_{chunk.get('id', secrets.token_hex(8))}", "type": "message", "role": "assistant",
-                       "model": chunk.get("model"), "content": [], "stop_reason": None, "stop_sequence": None,
-                       "usage": {"input_tokens": self.estimated_input, "output_tokens": 0}}
+            message: dict[str, Any] = {
+                "id": f"msg_{chunk.get('id', secrets.token_hex(8))}",
+                "type": "message",
+                "role": "assistant",
+                "model": chunk.get("model"),
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": self.estimated_input, "output_tokens": 0},
+            }
             out += _event("message_start", {"message": message})
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
@@ -278,13 +326,19 @@ class StreamTranslator:
         out = b""
         function = call.get("function") or {}
         if slot not in self.tool_slots:
-            out += self._open("tool", {"type": "tool_use", "id": call.get("id") or _tool_id(),
-                                       "name": function.get("name", ""), "input": {}})
+            out += self._open(
+                "tool",
+                {"type": "tool_use", "id": call.get("id") or _tool_id(), "name": function.get("name", ""), "input": {}},
+            )
             self.tool_slots[slot] = self.index
         if function.get("arguments"):
-            out += _event("content_block_delta", {"index": self.tool_slots[slot],
-                                                  "delta": {"type": "input_json_delta",
-                                                            "partial_json": function["arguments"]}})
+            out += _event(
+                "content_block_delta",
+                {
+                    "index": self.tool_slots[slot],
+                    "delta": {"type": "input_json_delta", "partial_json": function["arguments"]},
+                },
+            )
         return out
 
     def finish(self, usage: dict[str, Any] | None, estimate: tuple[int, int] = (0, 0)) -> bytes:
@@ -298,7 +352,9 @@ class StreamTranslator:
         if not self.started:
             out += self._chunk({"choices": []})
         out += self._close()
-        out += _event("message_delta", {"delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
-                                        "usage": anthropic_usage(usage)})
+        out += _event(
+            "message_delta",
+            {"delta": {"stop_reason": self.stop_reason, "stop_sequence": None}, "usage": anthropic_usage(usage)},
+        )
         out += _event("message_stop", {})
         return bytes(out)

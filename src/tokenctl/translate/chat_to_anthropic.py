@@ -19,10 +19,26 @@ from tokenctl.metering.stream import named_events
 from tokenctl.translate.anthropic_to_chat import Untranslatable
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires an output limit; Chat does not
-_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
-           "refusal": "content_filter", "pause_turn": "stop"}
-_DROPPED = ("reasoning_effort", "frequency_penalty", "presence_penalty", "seed", "logit_bias", "parallel_tool_calls",
-            "store", "service_tier", "prompt_cache_key", "verbosity")
+_FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+    "pause_turn": "stop",
+}
+_DROPPED = (
+    "reasoning_effort",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "logit_bias",
+    "parallel_tool_calls",
+    "store",
+    "service_tier",
+    "prompt_cache_key",
+    "verbosity",
+)
 
 
 def translate_request(body: dict[str, Any], upstream_model: str) -> tuple[dict[str, Any], list[str]]:
@@ -81,8 +97,11 @@ def _messages(items: list[Any]) -> tuple[str, list[dict[str, Any]]]:
         elif role == "assistant":
             out.append({"role": "assistant", "content": _assistant_content(item)})
         elif role == "tool":
-            result = {"type": "tool_result", "tool_use_id": item.get("tool_call_id"),
-                      "content": _plain_text(item.get("content"), "tool")}
+            result = {
+                "type": "tool_result",
+                "tool_use_id": item.get("tool_call_id"),
+                "content": _plain_text(item.get("content"), "tool"),
+            }
             if out and out[-1]["role"] == "user" and all(b.get("type") == "tool_result" for b in out[-1]["content"]):
                 out[-1]["content"].append(result)  # parallel tool results go back in one user turn
             else:
@@ -159,6 +178,7 @@ def _tool_choice(choice: Any) -> dict[str, Any] | None:
 
 # -- answers ----------------------------------------------------------------------------------------
 
+
 def inclusive_input(usage: dict[str, Any]) -> tuple[int, int, int]:
     """(all input tokens, cache reads, cache writes) from Anthropic usage, whose input_tokens excludes the cache."""
     read = int(usage.get("cache_read_input_tokens") or 0)
@@ -171,22 +191,38 @@ def chat_usage(usage: dict[str, Any] | None) -> dict[str, Any]:
     usage = usage or {}
     prompt, read, written = inclusive_input(usage)
     completion = int(usage.get("output_tokens") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": read, "cache_write_tokens": written}}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": read, "cache_write_tokens": written},
+    }
 
 
 def translate_response(message: dict[str, Any]) -> dict[str, Any]:
     text = "".join(b.get("text", "") for b in message.get("content") or [] if b.get("type") == "text")
-    calls = [{"id": b.get("id"), "type": "function",
-              "function": {"name": b.get("name"), "arguments": orjson.dumps(b.get("input", {})).decode()}}
-             for b in message.get("content") or [] if b.get("type") == "tool_use"]
+    calls = [
+        {
+            "id": b.get("id"),
+            "type": "function",
+            "function": {"name": b.get("name"), "arguments": orjson.dumps(b.get("input", {})).decode()},
+        }
+        for b in message.get("content") or []
+        if b.get("type") == "tool_use"
+    ]
     reply: dict[str, Any] = {"role": "assistant", "content": text or None}
     if calls:
         reply["tool_calls"] = calls
-    return {"id": f"chatcmpl-{message.get('id', '')}", "object": "chat.completion", "created": int(time.time()),
-            "model": message.get("model"),
-            "choices": [{"index": 0, "message": reply, "finish_reason": _FINISH.get(message.get("stop_reason"), "stop")}],
-            "usage": chat_usage(message.get("usage"))}
+    return {
+        "id": f"chatcmpl-{message.get('id', '')}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": message.get("model"),
+        "choices": [
+            {"index": 0, "message": reply, "finish_reason": _FINISH.get(str(message.get("stop_reason")), "stop")}
+        ],
+        "usage": chat_usage(message.get("usage")),
+    }
 
 
 class StreamTranslator:
@@ -199,8 +235,13 @@ class StreamTranslator:
         self.finish_reason = "stop"
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        chunk = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     def feed(self, data: bytes) -> bytes:
@@ -215,15 +256,33 @@ class StreamTranslator:
             block = payload.get("content_block") or {}
             if block.get("type") == "tool_use":
                 slot = self.tool_index.setdefault(payload.get("index", 0), len(self.tool_index))
-                return self._chunk({"tool_calls": [{"index": slot, "id": block.get("id"), "type": "function",
-                                                    "function": {"name": block.get("name"), "arguments": ""}}]})
+                return self._chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": slot,
+                                "id": block.get("id"),
+                                "type": "function",
+                                "function": {"name": block.get("name"), "arguments": ""},
+                            }
+                        ]
+                    }
+                )
         elif name == b"content_block_delta":
             delta = payload.get("delta") or {}
             if delta.get("type") == "text_delta":
                 return self._chunk({"content": delta.get("text", "")})
             if delta.get("type") == "input_json_delta" and payload.get("index") in self.tool_index:
-                return self._chunk({"tool_calls": [{"index": self.tool_index[payload["index"]],
-                                                    "function": {"arguments": delta.get("partial_json", "")}}]})
+                return self._chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": self.tool_index[payload["index"]],
+                                "function": {"arguments": delta.get("partial_json", "")},
+                            }
+                        ]
+                    }
+                )
         elif name == b"message_delta":
             reason = (payload.get("delta") or {}).get("stop_reason")
             if reason:
@@ -235,7 +294,13 @@ class StreamTranslator:
             usage = {"input_tokens": estimate[0], "output_tokens": estimate[1]}
         out = self._chunk({}, self.finish_reason)
         if self.include_usage:
-            chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                     "choices": [], "usage": chat_usage(usage)}
+            chunk = {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": chat_usage(usage),
+            }
             out += b"data: " + orjson.dumps(chunk) + b"\n\n"
         return out + b"data: [DONE]\n\n"

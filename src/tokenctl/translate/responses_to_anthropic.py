@@ -20,8 +20,17 @@ from tokenctl.metering.stream import named_events
 from tokenctl.translate.anthropic_to_chat import Untranslatable
 from tokenctl.translate.chat_to_anthropic import DEFAULT_MAX_TOKENS, image_source, inclusive_input
 
-_DROPPED = ("reasoning", "store", "include", "prompt_cache_key", "parallel_tool_calls", "previous_response_id",
-            "service_tier", "client_metadata", "truncation")
+_DROPPED = (
+    "reasoning",
+    "store",
+    "include",
+    "prompt_cache_key",
+    "parallel_tool_calls",
+    "previous_response_id",
+    "service_tier",
+    "client_metadata",
+    "truncation",
+)
 
 
 def translate_request(body: dict[str, Any], upstream_model: str) -> tuple[dict[str, Any], list[str]]:
@@ -30,7 +39,9 @@ def translate_request(body: dict[str, Any], upstream_model: str) -> tuple[dict[s
         raise Untranslatable("previous_response_id: this model keeps no server-side conversation; send the input")
     text = body.get("text")
     if isinstance(text, dict) and isinstance(text.get("format"), dict) and text["format"].get("type") != "text":
-        raise Untranslatable(f"text.format {text['format'].get('type')!r}: not available on this model through tokenctl")
+        raise Untranslatable(
+            f"text.format {text['format'].get('type')!r}: not available on this model through tokenctl"
+        )
     system, messages, dropped_reasoning = _input(body.get("input"))
     if dropped_reasoning:
         notes.append(f"{dropped_reasoning} reasoning item(s)")
@@ -74,12 +85,24 @@ def _input(items: Any) -> tuple[list[str], list[dict[str, Any]], int]:
             else:
                 _append(messages, "assistant" if role == "assistant" else "user", _content(item.get("content")))
         elif kind == "function_call":
-            _append(messages, "assistant", [{"type": "tool_use", "id": item.get("call_id"), "name": item.get("name"),
-                                             "input": _arguments(item)}])
+            _append(
+                messages,
+                "assistant",
+                [{"type": "tool_use", "id": item.get("call_id"), "name": item.get("name"), "input": _arguments(item)}],
+            )
         elif kind == "function_call_output":
             output = item.get("output")
-            _append(messages, "user", [{"type": "tool_result", "tool_use_id": item.get("call_id"),
-                                        "content": output if isinstance(output, str) else _text(output)}])
+            _append(
+                messages,
+                "user",
+                [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": item.get("call_id"),
+                        "content": output if isinstance(output, str) else _text(output),
+                    }
+                ],
+            )
         else:
             raise Untranslatable(f"input: a {kind!r} item cannot be sent to this model")
     return system, messages, reasoning
@@ -132,20 +155,40 @@ def _tool(tool: dict[str, Any]) -> dict[str, Any]:
 
 # -- answers ----------------------------------------------------------------------------------------
 
+
 def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any]:
     usage = usage or {}
     prompt, read, written = inclusive_input(usage)
     output = int(usage.get("output_tokens") or 0)
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": read, "cache_write_tokens": written},
-            "output_tokens": output,
-            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + output}
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": read, "cache_write_tokens": written},
+        "output_tokens": output,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + output,
+    }
 
 
-def _response(message_id: str, model: Any, output: list[dict[str, Any]], status: str, stop: str | None,
-              usage: dict[str, Any] | None, created: int) -> dict[str, Any]:
+def _response(
+    message_id: str,
+    model: Any,
+    output: list[dict[str, Any]],
+    status: str,
+    stop: str | None,
+    usage: dict[str, Any] | None,
+    created: int,
+) -> dict[str, Any]:
     response: dict[str, Any] = {
-        "id": f"resp_{message_id}", "object": "response", "created_at": created, "status": status, "model": model,
-        "output": output, "parallel_tool_calls": False, "tool_choice": "auto", "tools": [], "error": None,
+        "id": f"resp_{message_id}",
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": False,
+        "tool_choice": "auto",
+        "tools": [],
+        "error": None,
         "incomplete_details": {"reason": "max_output_tokens"} if stop == "max_tokens" else None,
         "usage": None if usage is None else responses_usage(usage),
     }
@@ -156,22 +199,42 @@ def _output_items(blocks: list[dict[str, Any]], message_id: str) -> list[dict[st
     items: list[dict[str, Any]] = []
     text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
     if text:
-        items.append({"type": "message", "id": f"msg_{message_id}", "status": "completed", "role": "assistant",
-                      "content": [{"type": "output_text", "text": text, "annotations": []}]})
+        items.append(
+            {
+                "type": "message",
+                "id": f"msg_{message_id}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        )
     for b in blocks:
         if b.get("type") == "tool_use":
-            items.append({"type": "function_call", "id": f"fc_{b.get('id')}", "call_id": b.get("id"),
-                          "name": b.get("name"), "arguments": orjson.dumps(b.get("input", {})).decode(),
-                          "status": "completed"})
+            items.append(
+                {
+                    "type": "function_call",
+                    "id": f"fc_{b.get('id')}",
+                    "call_id": b.get("id"),
+                    "name": b.get("name"),
+                    "arguments": orjson.dumps(b.get("input", {})).decode(),
+                    "status": "completed",
+                }
+            )
     return items
 
 
 def translate_response(message: dict[str, Any]) -> dict[str, Any]:
     stop = message.get("stop_reason")
     mid = str(message.get("id", ""))
-    return _response(mid, message.get("model"), _output_items(message.get("content") or [], mid),
-                     "incomplete" if stop == "max_tokens" else "completed", stop, message.get("usage") or {},
-                     int(time.time()))
+    return _response(
+        mid,
+        message.get("model"),
+        _output_items(message.get("content") or [], mid),
+        "incomplete" if stop == "max_tokens" else "completed",
+        stop,
+        message.get("usage") or {},
+        int(time.time()),
+    )
 
 
 class StreamTranslator:
@@ -211,18 +274,35 @@ class StreamTranslator:
 
     def _start_block(self, index: int, block: dict[str, Any]) -> bytes:
         position = len(self.output)
+        item: dict[str, Any]
         if block.get("type") == "text":
-            item = {"type": "message", "id": f"msg_{self.message_id}_{index}", "status": "in_progress",
-                    "role": "assistant", "content": []}
+            item = {
+                "type": "message",
+                "id": f"msg_{self.message_id}_{index}",
+                "status": "in_progress",
+                "role": "assistant",
+                "content": [],
+            }
             self.blocks[index] = {"item": item, "position": position, "text": ""}
             self.output.append(item)
-            return (self._event("response.output_item.added", {"output_index": position, "item": item})
-                    + self._event("response.content_part.added", {
-                        "item_id": item["id"], "output_index": position, "content_index": 0,
-                        "part": {"type": "output_text", "text": "", "annotations": []}}))
+            return self._event("response.output_item.added", {"output_index": position, "item": item}) + self._event(
+                "response.content_part.added",
+                {
+                    "item_id": item["id"],
+                    "output_index": position,
+                    "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": []},
+                },
+            )
         if block.get("type") == "tool_use":
-            item = {"type": "function_call", "id": f"fc_{block.get('id')}", "call_id": block.get("id"),
-                    "name": block.get("name"), "arguments": "", "status": "in_progress"}
+            item = {
+                "type": "function_call",
+                "id": f"fc_{block.get('id')}",
+                "call_id": block.get("id"),
+                "name": block.get("name"),
+                "arguments": "",
+                "status": "in_progress",
+            }
             self.blocks[index] = {"item": item, "position": position, "text": ""}
             self.output.append(item)
             return self._event("response.output_item.added", {"output_index": position, "item": item})
@@ -235,12 +315,16 @@ class StreamTranslator:
         item, position = state["item"], state["position"]
         if delta.get("type") == "text_delta":
             state["text"] += delta.get("text", "")
-            return self._event("response.output_text.delta", {"item_id": item["id"], "output_index": position,
-                                                                "content_index": 0, "delta": delta.get("text", "")})
+            return self._event(
+                "response.output_text.delta",
+                {"item_id": item["id"], "output_index": position, "content_index": 0, "delta": delta.get("text", "")},
+            )
         if delta.get("type") == "input_json_delta":
             state["text"] += delta.get("partial_json", "")
-            return self._event("response.function_call_arguments.delta", {
-                "item_id": item["id"], "output_index": position, "delta": delta.get("partial_json", "")})
+            return self._event(
+                "response.function_call_arguments.delta",
+                {"item_id": item["id"], "output_index": position, "delta": delta.get("partial_json", "")},
+            )
         return b""
 
     def _stop_block(self, index: int) -> bytes:
@@ -252,16 +336,22 @@ class StreamTranslator:
         if item["type"] == "message":
             part = {"type": "output_text", "text": text, "annotations": []}
             item["content"] = [part]
-            return (self._event("response.output_text.done", {"item_id": item["id"], "output_index": position,
-                                                               "content_index": 0, "text": text})
-                    + self._event("response.content_part.done", {"item_id": item["id"], "output_index": position,
-                                                                 "content_index": 0, "part": part})
-                    + self._event("response.output_item.done", {"output_index": position, "item": item}))
+            return (
+                self._event(
+                    "response.output_text.done",
+                    {"item_id": item["id"], "output_index": position, "content_index": 0, "text": text},
+                )
+                + self._event(
+                    "response.content_part.done",
+                    {"item_id": item["id"], "output_index": position, "content_index": 0, "part": part},
+                )
+                + self._event("response.output_item.done", {"output_index": position, "item": item})
+            )
         item["arguments"] = text or "{}"
-        return (self._event("response.function_call_arguments.done", {"item_id": item["id"],
-                                                                       "output_index": position,
-                                                                       "arguments": item["arguments"]})
-                + self._event("response.output_item.done", {"output_index": position, "item": item}))
+        return self._event(
+            "response.function_call_arguments.done",
+            {"item_id": item["id"], "output_index": position, "arguments": item["arguments"]},
+        ) + self._event("response.output_item.done", {"output_index": position, "item": item})
 
     def finish(self, usage: dict[str, Any] | None, estimate: tuple[int, int] = (0, 0)) -> bytes:
         if usage is None:

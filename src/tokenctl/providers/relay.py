@@ -1,4 +1,4 @@
-"""Sending a prepared request upstream and relaying the answer: JSON, SSE stream, or upstream error.
+"""The provider stage: sending a prepared request upstream and relaying the answer: JSON, SSE stream, or upstream error.
 
 SSE events are written to the client as soon as each one is complete, with the upstream's
 framing. A stream that fails after it started ends with the dialect's in-stream error event.
@@ -6,19 +6,16 @@ framing. A stream that fails after it started ends with the dialect's in-stream 
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from tokenctl.errors import UpstreamError, UpstreamTimeout
+from tokenctl.gateway import Call
 from tokenctl.providers.upstream import DROP_RESPONSE_HEADERS, UpstreamRequest
-
-if TYPE_CHECKING:
-    from tokenctl.pipeline import Call
 
 
 class UpstreamAuthFailed(UpstreamError):
@@ -42,11 +39,15 @@ async def forward(call: Call, up: UpstreamRequest, retry_allowed: bool = False) 
     """Send and relay. With ``retry_allowed``, failures before the first byte raise FallbackNeeded instead."""
     provider = call.entry.route.provider  # type: ignore[union-attr]
     try:
-        resp = await call.gw.http.post(up.url, data=up.body, headers=up.headers, timeout=up.timeout, allow_redirects=False)
-    except asyncio.TimeoutError as exc:
+        resp = await call.gw.http.post(
+            up.url, data=up.body, headers=up.headers, timeout=up.timeout, allow_redirects=False
+        )
+    except TimeoutError as exc:
         if retry_allowed:
             raise FallbackNeeded("timed out before answering") from exc
-        raise UpstreamTimeout(f"provider {provider.name!r} did not answer within {provider.timeout_seconds:g}s") from exc
+        raise UpstreamTimeout(
+            f"provider {provider.name!r} did not answer within {provider.timeout_seconds:g}s"
+        ) from exc
     except aiohttp.ClientError as exc:
         if retry_allowed:
             raise FallbackNeeded(f"unreachable ({type(exc).__name__})") from exc
@@ -77,7 +78,7 @@ def response_headers(resp: aiohttp.ClientResponse, request_id: str) -> dict[str,
 async def _read_all(call: Call, resp: aiohttp.ClientResponse) -> bytes:
     try:
         return await resp.read()
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         raise UpstreamTimeout(f"provider {resp.url.host} stopped answering mid-response") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamError(f"provider connection failed mid-response ({type(exc).__name__})") from exc
@@ -199,7 +200,7 @@ async def _pump(call: Call, resp: aiohttp.ClientResponse, out: web.StreamRespons
             chunk = await chunks.__anext__()
         except StopAsyncIteration:
             break
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return "upstream stopped sending (read timeout)"
         except aiohttp.ClientError as exc:
             return f"upstream connection failed mid-stream ({type(exc).__name__})"
@@ -211,7 +212,7 @@ async def _pump(call: Call, resp: aiohttp.ClientResponse, out: web.StreamRespons
         if cut < 0:
             pending = chunk
             continue
-        pending = chunk[cut + 2:]
+        pending = chunk[cut + 2 :]
         if call.entry.ttft_ms is None:
             call.entry.ttft_ms = (time.perf_counter() - call.started) * 1000
         relayed = meter.feed(chunk[: cut + 2])
@@ -228,4 +229,3 @@ async def _write(out: web.StreamResponse, data: bytes) -> None:
         await out.write(data)
     except (ConnectionError, RuntimeError) as exc:  # aiohttp: closing transport / closed response
         raise _ClientGone() from exc
-

@@ -1,0 +1,43 @@
+"""Deciding a held request: approve or deny, with its audit entry. Shared by the admin API, the dashboard and
+the CLI."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from tokenctl.ledger import approvals as approval_store
+from tokenctl.ledger.audit import AuditEvent, write_audit
+from tokenctl.validate import ConfigError, money
+
+
+def decide_approval(db: Any, approval_id: str, approve: bool, body: dict[str, Any]) -> dict[str, Any]:
+    """Approve or deny, with the audit entry; shared by the admin API and the CLI."""
+    by = str(body.get("by") or "admin")
+    hours = body.get("for_user_hours")
+    if hours is not None and (isinstance(hours, bool) or not isinstance(hours, (int, float)) or hours <= 0):
+        raise ConfigError("for_user_hours: must be a positive number")
+    amount: Decimal | None = money(body, "for_user_usd", "approval")
+    seconds = None if hours is None else float(hours) * 3600
+    if approve and amount is not None and seconds is None:
+        seconds = 86_400.0
+    result = approval_store.decide(
+        db, approval_id, approve=approve, by=by, note=body.get("note"), for_user_seconds=seconds, for_user_usd=amount
+    )
+    grant = ""
+    if result["grant_scope"] == "user":
+        grant = f" for user {result['user'] or result['key_id']} until {result['grant_until']:.0f}"
+        if result["grant_usd"]:
+            grant += f" up to ${result['grant_usd']}"
+    write_audit(
+        db,
+        AuditEvent(
+            by,
+            "approval.approve" if approve else "approval.deny",
+            result["rule"],
+            approval_id,
+            None,
+            (body.get("note") or "") + grant,
+        ),
+    )
+    return result
