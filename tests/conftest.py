@@ -7,6 +7,7 @@ synchronous SDK clients exactly as users do.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sqlite3
 import threading
@@ -25,6 +26,22 @@ from tokenctl.gateway import GATEWAY, Gateway
 from tokenctl.identity.keys import create_key
 from tokenctl.ledger.db import connect
 from tokenctl.testing.fake_provider import FakeProvider
+
+
+def _travel_in_time() -> None:
+    """``TOKENCTL_TEST_NOW=2031-07-15T12:00:00Z pytest`` runs the whole suite, child processes included, under
+    that wall clock (ticking from there): proof that no test depends on today's date."""
+    when = os.environ.get("TOKENCTL_TEST_NOW")
+    if not when:
+        return
+    import time_machine
+
+    time_machine.travel(when, tick=True).start()
+    here = str(Path(__file__).parent / "timetravel")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+
+
+_travel_in_time()
 
 
 def free_port() -> int:
