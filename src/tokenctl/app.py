@@ -67,6 +67,9 @@ async def _gateway_lifecycle(
         queue_max=config.ledger_queue_max,
         batch_max=config.ledger_batch_max,
         tz=ZoneInfo(config.enforcement.timezone),
+        fsync=config.ledger_fsync,
+        max_lag_seconds=config.ledger_max_lag_seconds,
+        max_lag_rows=config.ledger_max_lag_rows,
     )
     ledger.start()
     keys_db = connect(config.ledger_path)
@@ -84,7 +87,16 @@ async def _gateway_lifecycle(
     desk = ApprovalDesk(config.ledger_path)
     notifier = Notifier(http, config.enforcement.webhook_timeout_seconds)
     enforcer = Enforcer(
-        config, combined_rules(config, rules_db), catalog, prices, store, desk, notifier, ledger.record, clock
+        config,
+        combined_rules(config, rules_db),
+        catalog,
+        prices,
+        store,
+        desk,
+        notifier,
+        ledger.record,
+        clock,
+        ledger_health=ledger.health,
     )
     await seed_budgets(enforcer, rules_db)
     gateway = Gateway(

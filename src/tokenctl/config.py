@@ -27,7 +27,7 @@ from tokenctl.policy.rules import (
     parse_rule_list,
 )
 from tokenctl.routing.settings import RoutingConfig, parse_routing
-from tokenctl.validate import ConfigError, integer, money, number, reject_unknown, resolve_path, section
+from tokenctl.validate import ConfigError, boolean, integer, money, number, reject_unknown, resolve_path, section
 
 __all__ = ["Config", "ConfigError", "ProviderConfig", "load_config", "parse_config"]
 
@@ -80,6 +80,9 @@ class Config:
     key_refresh_seconds: float = 2.0
     ledger_queue_max: int = 100_000
     ledger_batch_max: int = 2_000
+    ledger_fsync: bool = False
+    ledger_max_lag_seconds: float = 15.0
+    ledger_max_lag_rows: int = 200_000
     shutdown_grace_seconds: float = 30.0
     providers: tuple[ProviderConfig, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)
@@ -126,7 +129,7 @@ SECTIONS: dict[str, set[str]] = {
         "routing",
     },
     "server": {"host", "port", "max_body_bytes", "shutdown_grace_seconds", "admin_key_env", "tags_header"},
-    "ledger": {"path", "queue_max", "batch_max"},
+    "ledger": {"path", "queue_max", "batch_max", "fsync", "max_lag_seconds", "max_lag_rows"},
     "pricing": {"overrides"},
     "identity": {"key_refresh_seconds"},
     "providers[]": {
@@ -224,6 +227,9 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
         ledger_path=ledger_path,
         ledger_queue_max=integer(ledger, "queue_max", 100_000, "ledger"),
         ledger_batch_max=integer(ledger, "batch_max", 2_000, "ledger"),
+        ledger_fsync=boolean(ledger, "fsync", False, "ledger"),
+        ledger_max_lag_seconds=number(ledger, "max_lag_seconds", 15.0, "ledger"),
+        ledger_max_lag_rows=integer(ledger, "max_lag_rows", 200_000, "ledger"),
         price_overrides_path=overrides,
         key_refresh_seconds=number(identity, "key_refresh_seconds", 2.0, "identity"),
         providers=providers,
@@ -294,6 +300,6 @@ def _parse_provider(raw: Any, index: int) -> ProviderConfig:
         pricing_provider=raw.get("pricing_provider", _DEFAULT_PRICING_PROVIDER[kind]),
         timeout_seconds=number(raw, "timeout_seconds", 600.0, where),
         connect_timeout_seconds=number(raw, "connect_timeout_seconds", 10.0, where),
-        inject_stream_usage=bool(raw.get("inject_stream_usage", True)),
+        inject_stream_usage=boolean(raw, "inject_stream_usage", True, where),
         headers=tuple((str(k), str(v)) for k, v in headers.items()),
     )

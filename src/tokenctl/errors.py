@@ -168,6 +168,15 @@ class RateLimited(GatewayError):
         return {"retry-after": str(max(1, math.ceil(self.retry_after)))}
 
 
+class LedgerUnavailable(GatewayError):
+    """The ledger cannot record spend right now; requests are refused rather than served unmetered."""
+
+    status = 503
+    kind = "api_error"
+    code = "ledger_unavailable"
+    retryable = True
+
+
 class BudgetStoreUnavailable(GatewayError):
     """The budget store failed; requests under budgets are refused rather than let through unchecked."""
 

@@ -4,6 +4,7 @@ per request in flight. Every stage reads these; none of them imports another sta
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from tokenctl.identity.keys import KeyCache
 from tokenctl.ingress.dialect import Dialect
 from tokenctl.ledger.record import LedgerEntry
 from tokenctl.ledger.writer import LedgerWriter
+from tokenctl.metering.meter import settle
 from tokenctl.metering.pricing import PriceBook
 from tokenctl.policy.enforce import Admission, Enforcer
 from tokenctl.policy.reload import reload_rules
@@ -51,6 +53,8 @@ class Gateway:
 
 GATEWAY = web.AppKey("gateway", Gateway)
 
+log = logging.getLogger("tokenctl")
+
 
 _ID_PREFIX = "req_tk_" + os.urandom(6).hex()  # random per process, so ids stay unique across restarts
 _id_counter = itertools.count(1)
@@ -69,6 +73,7 @@ class Call:
         "dialect",
         "entry",
         "fallbacks",
+        "finished",
         "gw",
         "meter",
         "request",
@@ -90,6 +95,32 @@ class Call:
         self.body_size = 0
         self.admission: Admission | None = None
         self.fallbacks: tuple[Route, ...] = ()  # deployments to try if the first fails before answering
+        self.finished = False  # metered, settled and recorded (finish() ran)
         self.upstream_dialect = dialect  # the API the provider answers in (another one when translating)
         self.translation: Translation | None = None
         self.translator: StreamTranslator | None = None
+
+    async def finish(self) -> None:
+        """Meter, settle budgets and record the request, once. Runs for every outcome, client disconnects
+        included; a stream calls it before its last bytes are sent, so an answered request is journaled."""
+        if self.finished:
+            return
+        self.finished = True
+        entry = self.entry
+        entry.duration_ms = (time.perf_counter() - self.started) * 1000
+        meter = self.meter
+        estimated_output = None
+        if meter is not None and not meter.output_known and (entry.partial or entry.status < 400):
+            # cut short, or a server that never reports stream usage (llama.cpp): estimated and marked so
+            estimated_output = meter.estimated_output_tokens()
+        try:
+            settle(entry, self.upstream_dialect.extract_usage, self.gw.prices, self.body_size // 4, estimated_output)
+        except Exception:  # metering must never lose the row
+            log.exception("metering failed for request %s; recorded without cost", self.request_id)
+            entry.error = (entry.error or "") + " [metering failed]"
+        if self.admission is not None:
+            try:
+                await self.gw.enforcer.settle(self.admission, entry)
+            except Exception:  # settling must never lose the row either
+                log.exception("settling budgets failed for request %s", self.request_id)
+        self.gw.ledger.record(entry)

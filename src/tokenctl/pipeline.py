@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import orjson
@@ -20,11 +19,11 @@ from tokenctl.identity.attribution import attribute
 from tokenctl.identity.authenticate import authenticate, client_key
 from tokenctl.ingress.dialect import DIALECTS, Dialect
 from tokenctl.ingress.request import parse_body, read_body
-from tokenctl.metering.meter import settle
 from tokenctl.policy.access import authorize, check_caller
 from tokenctl.providers.relay import FallbackNeeded, forward
 from tokenctl.providers.upstream import UpstreamRequest
 from tokenctl.routing.router import ROUTE_HEADER, Facts, last_user_text, request_kind
+from tokenctl.text import header_text
 from tokenctl.translate import TRANSLATIONS
 from tokenctl.translate.anthropic_to_chat import Untranslatable
 from tokenctl.types import Route
@@ -45,7 +44,7 @@ async def handle(gw: Gateway, request: web.Request, dialect: Dialect) -> web.Str
         log.exception("unexpected error in request %s", call.request_id)
         return reject(call, GatewayError("tokenctl hit an internal error; the request id identifies it in the logs"))
     finally:
-        await _finish(call)
+        await call.finish()
 
 
 async def _proxy(call: Call) -> web.StreamResponse:
@@ -58,7 +57,7 @@ async def _proxy(call: Call) -> web.StreamResponse:
     entry.requested_model = body["model"]
     entry.stream = body.get("stream") is True
     entry.attribution = attribute(request.headers, body, gw.config.tags_header)
-    entry.anthropic_beta = request.headers.get("anthropic-beta")
+    entry.anthropic_beta = header_text(request.headers.get("anthropic-beta"), 1024)
     try:
         entry.route = gw.catalog.resolve(body["model"], api)
     except UnsupportedRoute:
@@ -83,7 +82,7 @@ def _route(call: Call, body: dict[str, Any]) -> None:
         request_kind(body, api),
         call.body_size // 4,
         last_user_text(body, api),
-        call.request.headers.get(ROUTE_HEADER),
+        header_text(call.request.headers.get(ROUTE_HEADER), 64),
     )
     decision = router.choose(entry.route, api, facts)
     if decision is None:
@@ -177,25 +176,3 @@ def reject(call: Call, exc: GatewayError) -> web.Response:
         content_type="application/json",
         headers=headers,
     )
-
-
-async def _finish(call: Call) -> None:
-    """Meter, settle budgets and record the request. Runs for every outcome, including client disconnects."""
-    entry = call.entry
-    entry.duration_ms = (time.perf_counter() - call.started) * 1000
-    meter = call.meter
-    estimated_output = None
-    if meter is not None and not meter.output_known and (entry.partial or entry.status < 400):
-        # cut short, or a server that never reports stream usage (llama.cpp): estimated and marked so
-        estimated_output = meter.estimated_output_tokens()
-    try:
-        settle(entry, call.upstream_dialect.extract_usage, call.gw.prices, call.body_size // 4, estimated_output)
-    except Exception:  # metering must never lose the row
-        log.exception("metering failed for request %s; recorded without cost", call.request_id)
-        entry.error = (entry.error or "") + " [metering failed]"
-    if call.admission is not None:
-        try:
-            await call.gw.enforcer.settle(call.admission, entry)
-        except Exception:  # settling must never lose the row either
-            log.exception("settling budgets failed for request %s", call.request_id)
-    call.gw.ledger.record(entry)

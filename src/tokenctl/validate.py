@@ -28,6 +28,13 @@ def reject_unknown(raw: dict[str, Any], allowed: set[str], where: str) -> None:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
 
 
+def boolean(raw: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key}: must be true or false")
+    return value
+
+
 def integer(raw: dict[str, Any], key: str, default: int, where: str) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:

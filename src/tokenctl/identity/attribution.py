@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from tokenctl.text import header_text
 from tokenctl.types import Attribution
 
 _UA_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -84,17 +85,20 @@ def parse_tags(header: str | None) -> dict[str, str]:
 
 def attribute(headers: Any, body: dict[str, Any], tags_header: str) -> Attribution:
     """Build the attribution from request headers (a case-insensitive mapping) and the parsed body."""
-    tool, version = detect_tool(headers.get("user-agent", ""), headers.get("originator"))
+    user_agent = header_text(headers.get("user-agent"), 512) or ""
+    tool, version = detect_tool(user_agent, header_text(headers.get("originator"), 64))
     device_id = None
-    session_id = headers.get("x-claude-code-session-id") or headers.get("session-id")
+    session_id = header_text(headers.get("x-claude-code-session-id"), 200) or header_text(
+        headers.get("session-id"), 200
+    )
     metadata = body.get("metadata")
     if isinstance(metadata, dict):
         device_id, meta_session = parse_claude_user_id(metadata.get("user_id"))
         session_id = session_id or meta_session
     return Attribution(
         tool=tool,
-        tool_version=version,
+        tool_version=version[:64] if version else None,
         session_id=session_id[:200] if session_id else None,
-        device_id=device_id,
-        tags=parse_tags(headers.get(tags_header)),
+        device_id=device_id[:200] if device_id else None,
+        tags=parse_tags(header_text(headers.get(tags_header), 4096)),
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from tokenctl.text import storable, storable_json
 from tokenctl.types import Attribution, Cost, Principal, Route, Usage
 
 _NANO = Decimal("1e9")
@@ -138,7 +139,7 @@ def to_row(e: LedgerEntry, tz: tzinfo = UTC) -> tuple[Any, ...]:
         a.tool_version if a else None,
         a.session_id if a else None,
         a.device_id if a else None,
-        orjson.dumps(a.tags).decode() if a and a.tags else None,
+        _json_text(a.tags) if a and a.tags else None,
         r.provider.name if r else None,
         e.requested_model,
         r.upstream_model if r else None,
@@ -158,7 +159,7 @@ def to_row(e: LedgerEntry, tz: tzinfo = UTC) -> tuple[Any, ...]:
         int(c.priced if c else True),
         e.price_version,
         e.anthropic_beta,
-        None if e.raw_usage is None else orjson.dumps(e.raw_usage).decode(),
+        None if e.raw_usage is None else _json_text(e.raw_usage),
         None if e.reserved_usd is None else str(e.reserved_usd),
         e.funding,
         "; ".join(e.policy) if e.policy else None,
@@ -168,3 +169,33 @@ def to_row(e: LedgerEntry, tz: tzinfo = UTC) -> tuple[Any, ...]:
         nanos(e.counterfactual_cost),
         e.saving_source,
     )
+
+
+_ERROR_COLUMN = COLUMNS.index("error")
+REPAIRED = " [ledger: invalid text or numbers in this row were replaced]"
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # lone surrogates, integers beyond 64 bits, objects orjson does not know
+        return orjson.dumps(storable_json(value)).decode()
+
+
+def repair_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row every column of which SQLite and the journal can store, flagged in ``error`` when anything changed."""
+    fixed = tuple(_storable_value(v) for v in row)
+    if fixed != row and len(fixed) == len(COLUMNS):
+        error = fixed[_ERROR_COLUMN]
+        fixed = (*fixed[:_ERROR_COLUMN], (error or "") + REPAIRED, *fixed[_ERROR_COLUMN + 1 :])
+    return fixed
+
+
+def _storable_value(value: Any) -> Any:
+    if value is None or isinstance(value, (float, bool)):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**63 else None
+    if isinstance(value, str):
+        return storable(value)
+    return storable(str(value))

@@ -1,23 +1,28 @@
-"""The single ledger writer: requests hand over entries without waiting; one thread writes them in batches.
+"""The single ledger writer: requests hand over entries without touching the database; one thread writes them.
 
-Guarantees:
-- ``record()`` never blocks and never touches the database (an append to a deque).
-- Writes are batched (one transaction per batch) and idempotent on ``request_id``
-  (``INSERT OR IGNORE``), so a replayed entry changes nothing.
-- Memory is bounded: if the database cannot keep up or is failing, entries beyond
-  ``queue_max`` are appended to a spill file next to the database and written back
-  on the next start (or as soon as the database accepts writes again).
-- ``close()`` writes everything that was recorded before returning.
+Guarantees (README, "Ledger"):
+- ``record()`` never waits on the database. It turns the entry into its row (any text or number the
+  database could refuse is replaced and the row flagged, so no row can stop the writer) and appends it to
+  the journal with one ``write()``. The gateway records a request before the answer's last bytes are sent.
+- Memory is bounded by ``queue_max`` rows: beyond it, rows live only in the journal and the writer reads
+  them back from there.
+- Writes are batched and idempotent on ``request_id`` (``INSERT OR IGNORE``): replaying a journal segment
+  that was already written changes nothing.
+- At start, segments left by an earlier run (kill -9, a crash, a database outage) are written before
+  anything reads the ledger.
+- The writer thread survives any error and is restarted if it dies; ``health()`` says when it is behind
+  or the journal cannot be written, and the gateway then fails closed (README).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any
@@ -26,26 +31,32 @@ import orjson
 
 from tokenctl.ledger.audit import AUDIT_INSERT_SQL, AuditEvent
 from tokenctl.ledger.db import connect, transaction
-from tokenctl.ledger.record import COLUMNS, INSERT_SQL, LedgerEntry, to_row
+from tokenctl.ledger.journal import Journal
+from tokenctl.ledger.record import COLUMNS, INSERT_SQL, LedgerEntry, repair_row, to_row
 
 Item = LedgerEntry | AuditEvent
 Row = tuple[Any, ...]
 _AUDIT_TAG = "audit"
 
+log = logging.getLogger("tokenctl.ledger")
 
-def _row(item: Item, tz: tzinfo) -> Row:
-    """Requests rows as they are; audit rows tagged, so both can share one queue and one spill file."""
-    return (_AUDIT_TAG, *item.to_row()) if isinstance(item, AuditEvent) else to_row(item, tz)
+
+@dataclass(slots=True)
+class Segment:
+    """Rows recorded during one writer cycle: in one journal file, and in memory unless beyond ``queue_max``."""
+
+    fd: int | None  # open while this is the segment being appended to
+    path: Path | None  # None: not journaled (in-memory ledger, or the journal is failing)
+    rows: list[Row] | None = field(default_factory=list)  # None: only in the file
+    count: int = 0
+    first_at: float = 0.0  # when its first row was recorded (monotonic)
 
 
 def _current_width(row: Row) -> Row:
-    """A requests row spilled by an older version has fewer columns: the newer ones are left empty."""
+    """A requests row journaled by an older version has fewer columns: the newer ones are left empty."""
     if row and row[0] != _AUDIT_TAG and len(row) < len(COLUMNS):
         return (*row, *([None] * (len(COLUMNS) - len(row))))
     return row
-
-
-log = logging.getLogger("tokenctl.ledger")
 
 
 class LedgerWriter:
@@ -57,36 +68,182 @@ class LedgerWriter:
         batch_max: int = 2_000,
         interval_seconds: float = 0.02,
         tz: tzinfo = UTC,
+        fsync: bool = False,
+        max_lag_seconds: float = 15.0,
+        max_lag_rows: int = 200_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``tz`` is the reporting timezone: each row's ``day`` (what the dashboard's daily rollups use)."""
         self.path = path
         self.tz = tz
-        self.spill_path = Path(f"{path}.spill.jsonl") if path != ":memory:" else None
-        self._queue: deque[Item] = deque()
+        self.journal = Journal(path, fsync=fsync) if path != ":memory:" else None
+        self.spill_path = Path(f"{path}.spill.jsonl") if path != ":memory:" else None  # written by versions < 0.2
         self._queue_max = queue_max
         self._batch_max = batch_max
         self._interval = interval_seconds
-        self._wake = threading.Event()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._max_lag_seconds = max_lag_seconds
+        self._max_lag_rows = max_lag_rows
+        self._clock = clock
+        self._lock = threading.Lock()  # the current segment and the sealed ones, between requests and the thread
+        self._current = Segment(None, None)
+        self._sealed: deque[Segment] = deque()
+        self._in_memory = 0
         self._recorded = 0
         self._written = 0
         self._progress = threading.Condition()
-        self.failures = 0
-        self.spilled = 0
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._journal_error: str | None = None
+        self._journal_retry_at = 0.0
+        self._write_error: str | None = None
+        self.failures = 0  # failed database writes (each retried)
+        self.repaired = 0  # rows whose text or numbers had to be replaced
+        self.restarts = 0  # writer threads restarted after dying
 
     # -- request path -------------------------------------------------------------------------------
 
-    def record(self, entry: Item) -> None:
-        """Queue a ledger entry or an audit event for writing. Never blocks."""
-        self._recorded += 1
-        self._queue.append(entry)
+    def record(self, item: Item) -> None:
+        """Journal a ledger entry or an audit event and queue it for the database. Never waits on the database."""
+        row = self._row(item)
+        line = self._line(row)
+        with self._lock:
+            segment = self._journaled(line)
+            if segment.count == 0:
+                segment.first_at = self._clock()
+            segment.count += 1
+            self._recorded += 1
+            self._keep(segment, row)
+
+    def _row(self, item: Item) -> Row:
+        if isinstance(item, AuditEvent):
+            return (_AUDIT_TAG, *item.to_row())
+        try:
+            return to_row(item, self.tz)
+        except Exception:  # a value to_row cannot convert: recorded with what can be, flagged
+            log.exception("ledger row for %s could not be built as recorded; storing a repaired row", item.request_id)
+            self.repaired += 1
+            item.raw_usage, item.error = None, (item.error or "") + " [ledger: row rebuilt]"
+            return repair_row(to_row(item, self.tz))
+
+    def _line(self, row: Row) -> bytes:
+        try:
+            return orjson.dumps(row) + b"\n"
+        except TypeError:  # text the journal cannot hold (lone surrogates): replaced and flagged
+            return orjson.dumps(repair_row(row)) + b"\n"
+
+    def _journaled(self, line: bytes) -> Segment:
+        """Append the line to the journal; the segment now holding the row (a memory-only one if that failed)."""
+        if self.journal is None:
+            return self._current  # an in-memory ledger has no journal: memory is all there is
+        if self._current.fd is None and not self._reopen_journal():
+            return self._memory_only_segment()
+        segment = self._current
+        try:
+            Journal.append(segment.fd, line)  # type: ignore[arg-type]
+        except OSError as exc:
+            self._journal_failed(exc)
+            return self._memory_only_segment()
+        return segment
+
+    def _reopen_journal(self) -> bool:
+        """While the journal is failing, try again at most once a second (disk space may have come back)."""
+        now = self._clock()
+        if now < self._journal_retry_at:
+            return False
+        self._journal_retry_at = now + 1.0
+        try:
+            fd, path = self.journal.open_segment()  # type: ignore[union-attr]
+        except OSError:
+            return False
+        self._seal(self._current)
+        self._current = Segment(fd, path)
+        if self._journal_error is not None:
+            log.warning("ledger journal writable again (%s); recording resumes normally", path)
+        self._journal_error = None
+        return True
+
+    def _journal_failed(self, exc: OSError) -> None:
+        if self._journal_error is None:
+            log.error(
+                "LEDGER JOURNAL CANNOT BE WRITTEN (%s): rows are held in memory; requests under budgets "
+                "are refused until it recovers",
+                exc,
+            )
+        self._journal_error = f"{exc.strerror or exc}"
+        self._journal_retry_at = self._clock() + 1.0
+
+    def _memory_only_segment(self) -> Segment:
+        """The segment for rows that did not reach the journal: they must stay in memory, whatever the bound."""
+        segment = self._current
+        if segment.path is None:
+            return segment
+        self._seal(segment)
+        self._current = Segment(None, None)
+        return self._current
+
+    def _keep(self, segment: Segment, row: Row) -> None:
+        if segment.rows is None:
+            return
+        if self._in_memory < self._queue_max or segment.path is None:
+            segment.rows.append(row)
+            self._in_memory += 1
+        else:  # beyond the memory bound: this segment's rows are read back from its journal file
+            self._in_memory -= len(segment.rows)
+            segment.rows = None
+
+    # -- health ------------------------------------------------------------------------------------
+
+    def health(self) -> str | None:
+        """None when the ledger keeps up; otherwise why not (the gateway then refuses requests under budgets)."""
+        self._ensure_thread()
+        if self._journal_error is not None:
+            return f"the ledger journal cannot be written ({self._journal_error})"
+        behind = self._recorded - self._written
+        if behind > self._max_lag_rows:
+            return f"the ledger writer is {behind:,} rows behind"
+        oldest = self._oldest_unwritten()
+        if oldest is not None and self._clock() - oldest > self._max_lag_seconds:
+            detail = f": {self._write_error}" if self._write_error else ""
+            return f"the ledger writer is {self._clock() - oldest:.0f} s behind{detail}"
+        return None
+
+    def accepting(self) -> bool:
+        """False when a new row could only be kept in memory beyond the bound: every request is then refused."""
+        return self._journal_error is None or self._in_memory < self._queue_max
+
+    def _oldest_unwritten(self) -> float | None:
+        try:
+            return self._sealed[0].first_at
+        except IndexError:
+            current = self._current
+            return current.first_at if current.count else None
+
+    def _ensure_thread(self) -> None:
+        thread = self._thread
+        if thread is not None and not thread.is_alive() and not self._stopping:
+            self.restarts += 1
+            log.error("the ledger writer thread died; restarting it (restart %d)", self.restarts)
+            self._start_thread()
+
+    @property
+    def pending(self) -> int:
+        """Rows recorded and not yet written."""
+        return self._recorded - self._written
+
+    @property
+    def in_memory(self) -> int:
+        return self._in_memory
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._db = connect(self.path)
-        self._replay_spill()
+        self._replay()
+        self._current = self._new_segment()
+        self._start_thread()
+
+    def _start_thread(self) -> None:
         self._thread = threading.Thread(target=self._run, name="tokenctl-ledger-writer", daemon=True)
         self._thread.start()
 
@@ -105,7 +262,7 @@ class LedgerWriter:
         return True
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write everything still queued, then stop the thread. Anything that still cannot be written is spilled."""
+        """Write everything still recorded, then stop. What cannot be written stays in the journal for next start."""
         if self._thread is None:
             return
         self.flush(timeout)
@@ -113,14 +270,36 @@ class LedgerWriter:
         self._wake.set()
         self._thread.join(timeout)
         self._thread = None
-        if self._queue:
-            self._spill(list(self._queue))
-            self._queue.clear()
+        with self._lock:
+            current, self._current = self._current, Segment(None, None)
+            self._seal(current)
+            left = list(self._sealed)
+        if not current.count and current.path is not None:
+            Journal.remove(current.path)
+        for segment in left:
+            self._close(segment)
+        self._keep_for_next_start(left)
         self._db.close()
 
-    @property
-    def pending(self) -> int:
-        return len(self._queue)
+    def _keep_for_next_start(self, segments: list[Segment]) -> None:
+        unjournaled = [row for s in segments if s.path is None for row in (s.rows or ())]
+        if not unjournaled:
+            if segments:
+                log.warning(
+                    "%d ledger rows not yet written stay in the journal for the next start",
+                    sum(s.count for s in segments),
+                )
+            return
+        if self.journal is None:
+            log.error("ledger is in memory: %d unwritten rows lost at close", len(unjournaled))
+            return
+        try:
+            fd, path = self.journal.open_segment()
+            Journal.append(fd, b"".join(orjson.dumps(r) + b"\n" for r in unjournaled))
+            self.journal.close_segment(fd)
+            log.warning("%d unwritten ledger rows saved to %s for the next start", len(unjournaled), path)
+        except OSError as exc:
+            log.error("LEDGER ROWS LOST: %d rows could be neither written nor journaled (%s)", len(unjournaled), exc)
 
     # -- writer thread ------------------------------------------------------------------------------
 
@@ -128,78 +307,141 @@ class LedgerWriter:
         while not self._stopping:
             self._wake.wait(self._interval)
             self._wake.clear()
-            self._drain()
-        self._drain()
+            self._cycle_safely()
+        self._cycle_safely()
 
-    def _drain(self) -> None:
-        while self._queue:
-            batch = [self._queue.popleft() for _ in range(min(self._batch_max, len(self._queue)))]
-            rows = [_row(e, self.tz) for e in batch]
-            if not self._write(rows):
-                self._hold_back(batch, rows)
-                return
-            self._advance(len(batch))
-
-    def _write(self, rows: list[Row]) -> bool:
-        requests = [r for r in rows if r[0] != _AUDIT_TAG]
-        audit = [r[1:] for r in rows if r[0] == _AUDIT_TAG]
+    def _cycle_safely(self) -> None:
         try:
-            with transaction(self._db):
-                if requests:
-                    self._db.executemany(INSERT_SQL, requests)
-                if audit:
-                    self._db.executemany(AUDIT_INSERT_SQL, audit)
-        except sqlite3.Error as exc:
+            self._cycle()
+        except Exception:  # the thread must outlive any error: what was not written is retried
             self.failures += 1
-            log.error("ledger write failed (%s); %d entries kept for retry", exc, len(rows))
-            return False
-        return True
-
-    def _hold_back(self, batch: list[Item], rows: list[Row]) -> None:
-        """A failed batch goes back to the front of the queue, or to the spill file when the queue is full."""
-        if len(self._queue) + len(batch) > self._queue_max:
-            rest = [self._queue.popleft() for _ in range(len(self._queue))]
-            self._spill_rows(rows + [_row(e, self.tz) for e in rest])
-            self._advance(len(batch) + len(rest))
-        else:
-            self._queue.extendleft(reversed(batch))
-        if not self._stopping:
+            log.exception("ledger writer cycle failed; retrying")
             time.sleep(min(1.0, 0.05 * self.failures))
 
-    def _advance(self, n: int) -> None:
+    def _cycle(self) -> None:
+        self._rotate()
+        while self._sealed:
+            segment = self._sealed[0]
+            rows = segment.rows if segment.rows is not None else self._read_back(segment)
+            if not self._write_all(rows):
+                if not self._stopping:
+                    time.sleep(min(1.0, 0.05 * self.failures))
+                return
+            self._done(segment)
+
+    def _rotate(self) -> None:
+        """Seal the current segment for writing and start a new one: every cycle while the writer keeps up;
+        while it is behind, only once the current one is large (few files during a long outage)."""
+        current = self._current
+        if not current.count or (self._sealed and current.count < 4 * self._batch_max):
+            return
+        fresh = self._new_segment()  # opened outside the lock
+        with self._lock:
+            old, self._current = self._current, fresh
+            self._sealed.append(old)
+        self._close(old)  # closed (and synced, with fsync on) outside the lock too
+
+    def _read_back(self, segment: Segment) -> list[Row]:
+        assert segment.path is not None
+        try:
+            return [_current_width(r) for r in Journal.read(segment.path)]
+        except FileNotFoundError:
+            log.error("LEDGER ROWS LOST: journal segment %s was removed before it was written", segment.path)
+            return []
+
+    def _done(self, segment: Segment) -> None:
+        with self._lock:
+            self._sealed.popleft()
+            self._in_memory -= len(segment.rows or ())
+        if segment.path is not None:
+            Journal.remove(segment.path)
+        self._write_error = None
         with self._progress:
-            self._written += n
+            self._written += segment.count
             self._progress.notify_all()
 
-    # -- spill file ---------------------------------------------------------------------------------
+    def _seal(self, segment: Segment) -> None:
+        """Close the segment's file and queue it for writing if it holds rows (called with the lock held)."""
+        self._close(segment)
+        if segment.count and segment not in self._sealed:
+            self._sealed.append(segment)
 
-    def _spill(self, entries: list[Item]) -> None:
-        self._spill_rows([_row(e, self.tz) for e in entries])
-
-    def _spill_rows(self, rows: list[Row]) -> None:
-        if self.spill_path is None:
-            log.error("ledger is in memory and failing: %d entries lost", len(rows))
-            return
-        with self.spill_path.open("ab") as f:
-            for row in rows:
-                f.write(orjson.dumps(row) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.spilled += len(rows)
-        log.error(
-            "ledger unavailable: %d entries spilled to %s (written back on next start)", len(rows), self.spill_path
-        )
-
-    def _replay_spill(self) -> None:
-        if self.spill_path is None or not self.spill_path.exists():
-            return
-        rows = []
-        for line in self.spill_path.read_bytes().splitlines():
+    def _close(self, segment: Segment) -> None:
+        if segment.fd is not None:
+            fd, segment.fd = segment.fd, None
             try:
-                rows.append(_current_width(tuple(orjson.loads(line))))
-            except orjson.JSONDecodeError:
-                log.error("skipping a corrupt line in %s", self.spill_path)
-        if rows and not self._write(rows):
-            return  # keep the spill file; try again on the next start
-        self.spill_path.unlink()
-        log.info("replayed %d spilled ledger entries from %s", len(rows), self.spill_path)
+                self.journal.close_segment(fd)  # type: ignore[union-attr]
+            except OSError as exc:
+                self._journal_failed(exc)
+
+    def _new_segment(self) -> Segment:
+        if self.journal is None:
+            return Segment(None, None)
+        if self._journal_error is not None:
+            return Segment(None, None)
+        try:
+            fd, path = self.journal.open_segment()
+        except OSError as exc:
+            self._journal_failed(exc)
+            return Segment(None, None)
+        return Segment(fd, path)
+
+    # -- database -----------------------------------------------------------------------------------
+
+    def _write_all(self, rows: list[Row]) -> bool:
+        batches = (rows[start : start + self._batch_max] for start in range(0, len(rows), self._batch_max))
+        return all(self._write(batch) for batch in batches)
+
+    def _write(self, rows: list[Row]) -> bool:
+        try:
+            self._insert(rows)
+        except sqlite3.OperationalError as exc:  # locked, disk full, I/O: the whole batch is retried later
+            self.failures += 1
+            self._write_error = str(exc)
+            log.error("ledger write failed (%s); %d rows kept in the journal for retry", exc, len(rows))
+            return False
+        except Exception:  # a row the database refuses: written one by one, the offending ones repaired
+            return self._write_one_by_one(rows)
+        return True
+
+    def _write_one_by_one(self, rows: list[Row]) -> bool:
+        for row in rows:
+            try:
+                self._insert([row])
+            except sqlite3.OperationalError:
+                return False
+            except Exception:
+                self.repaired += 1
+                try:
+                    self._insert([repair_row(row)])
+                except sqlite3.OperationalError:
+                    return False
+                except Exception:
+                    log.exception("LEDGER ROW REFUSED even after repair: %s", orjson.dumps(repair_row(row))[:200])
+        return True
+
+    def _insert(self, rows: list[Row]) -> None:
+        requests = [r for r in rows if r[0] != _AUDIT_TAG]
+        audit = [r[1:] for r in rows if r[0] == _AUDIT_TAG]
+        with transaction(self._db):
+            if requests:
+                self._db.executemany(INSERT_SQL, requests)
+            if audit:
+                self._db.executemany(AUDIT_INSERT_SQL, audit)
+
+    # -- rows left by an earlier run -------------------------------------------------------------------
+
+    def _replay(self) -> None:
+        """Write journal segments (and the spill file of older versions) left on disk, before anything reads."""
+        paths = [self.spill_path] if self.spill_path and self.spill_path.exists() else []
+        paths += self.journal.existing() if self.journal else []
+        for path in paths:
+            rows = [_current_width(r) for r in Journal.read(path)]
+            if rows and not self._write_all(rows):
+                log.error("ledger unavailable at start: %s stays on disk and is written when it recovers", path)
+                self._sealed.append(Segment(None, path, rows=None, count=len(rows), first_at=self._clock()))
+                self._recorded += len(rows)
+                continue
+            Journal.remove(path)
+            if rows:
+                log.info("replayed %d ledger rows from %s", len(rows), path)

@@ -24,6 +24,7 @@ from tokenctl.errors import (
     BudgetExceeded,
     BudgetStoreUnavailable,
     GatewayError,
+    LedgerUnavailable,
     PolicyDenied,
     RateLimited,
 )
@@ -76,6 +77,7 @@ class Enforcer:
         notifier: Notifier,
         audit: Recorder,
         clock: Callable[[], float] = time.time,
+        ledger_health: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.settings = config.enforcement
         self.catalog = catalog
@@ -85,6 +87,7 @@ class Enforcer:
         self.notifier = notifier
         self.audit = audit
         self.clock = clock
+        self.ledger_health = ledger_health
         self.tz = ZoneInfo(self.settings.timezone)
         self.budgets = Budgets(rules.budgets, self.tz, store, self.settings.reservation_ttl_seconds)
         self.rules = rules
@@ -130,6 +133,8 @@ class Enforcer:
                 self._decide(entry, "clamp", ", ".join(changes), rule=_rule_names(changes))
             await self._rate_limit(entry, policies, in_tokens, now, admission)
         charges = self.budgets.charges_for(principal, session, now) if self.rules.budgets else []
+        if charges:
+            self._check_ledger()
         if any(c.rule.action == "downgrade" for c in charges):
             await self._maybe_downgrade(entry, body, api, charges, session, now)
         if not (charges or self.rules.approvals):
@@ -150,6 +155,15 @@ class Enforcer:
             if budget is not None and budget.pool:
                 entry.funding = budget.pool
                 self._decide(entry, "pool", f"drew on pool {budget.pool}", rule=budget.pool, quiet=True)
+
+    def _check_ledger(self) -> None:
+        """Budgets hold only while spend is recorded: fail closed when the ledger is behind or cannot write."""
+        reason = self.ledger_health()
+        if reason is not None:
+            raise LedgerUnavailable(
+                f"tokenctl cannot record spend right now ({reason}); requests under budgets are refused until "
+                "it recovers"
+            )
 
     def _rewrite(self, entry: LedgerEntry, policies: Sequence[ModelPolicy], api: str) -> None:
         assert entry.route is not None and entry.principal is not None

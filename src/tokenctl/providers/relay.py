@@ -15,7 +15,9 @@ from aiohttp import web
 
 from tokenctl.errors import UpstreamError, UpstreamTimeout
 from tokenctl.gateway import Call
+from tokenctl.metering.stream import StreamMeter
 from tokenctl.providers.upstream import DROP_RESPONSE_HEADERS, UpstreamRequest
+from tokenctl.text import header_text
 
 
 class UpstreamAuthFailed(UpstreamError):
@@ -53,7 +55,9 @@ async def forward(call: Call, up: UpstreamRequest, retry_allowed: bool = False) 
             raise FallbackNeeded(f"unreachable ({type(exc).__name__})") from exc
         raise UpstreamError(f"provider {provider.name!r} is unreachable ({type(exc).__name__})") from exc
     try:
-        call.entry.upstream_request_id = resp.headers.get("request-id") or resp.headers.get("x-request-id")
+        call.entry.upstream_request_id = header_text(
+            resp.headers.get("request-id") or resp.headers.get("x-request-id"), 200
+        )
         if retry_allowed and resp.status in RETRY_ELSEWHERE:
             raise FallbackNeeded(f"answered {resp.status}")
         if resp.status >= 400:
@@ -163,9 +167,9 @@ async def _relay_stream(call: Call, resp: aiohttp.ClientResponse, injected_usage
     headers = response_headers(resp, call.request_id)
     headers["cache-control"] = "no-cache"
     out = web.StreamResponse(status=resp.status, headers=headers)
-    await out.prepare(call.request)
     entry.status = resp.status
     try:
+        await _prepare(out, call)
         failure = await _pump(call, resp, out)
         if failure is None and not meter.terminal:
             failure = "upstream closed the stream before it was complete"
@@ -173,20 +177,49 @@ async def _relay_stream(call: Call, resp: aiohttp.ClientResponse, injected_usage
             entry.outcome, entry.partial, entry.error = "stream_failed", True, failure
             await _write(out, call.dialect.stream_error_event(failure, meter, call.request_id))
         elif meter.upstream_error is not None:
-            entry.outcome, entry.error = "upstream_error", meter.upstream_error
             if call.translator is not None:
+                await _record_before_last_bytes(call, meter)
                 await _write(out, call.dialect.stream_error_event(meter.upstream_error, meter, call.request_id))
         elif call.translator is not None:
             estimate = (call.body_size // 4, meter.estimated_output_tokens())  # what the ledger records then
-            await _write(out, call.translator.finish(meter.raw_usage, estimate))
-        await out.write_eof()
+            ending = call.translator.finish(meter.raw_usage, estimate)
+            await _record_before_last_bytes(call, meter)
+            await _write(out, ending)
+        await _end(out, complete=failure is None)
     except _ClientGone:
-        entry.outcome, entry.partial = "client_disconnected", True
-        entry.error = "client disconnected mid-stream"
+        if not call.finished:  # once recorded complete, a client that closes on the last event changes nothing
+            entry.outcome, entry.partial = "client_disconnected", True
+            entry.error = "client disconnected mid-stream"
     finally:
         entry.raw_usage = meter.raw_usage
         entry.response_model = meter.response_model
     return out
+
+
+async def _prepare(out: web.StreamResponse, call: Call) -> None:
+    try:
+        await out.prepare(call.request)
+    except (ConnectionError, RuntimeError) as exc:  # the client left before the first byte
+        raise _ClientGone() from exc
+
+
+async def _end(out: web.StreamResponse, complete: bool) -> None:
+    """The end of the chunked body. A client that closes right after the final event already has the answer."""
+    try:
+        await out.write_eof()
+    except (ConnectionError, RuntimeError) as exc:
+        if not complete:
+            raise _ClientGone() from exc
+
+
+async def _record_before_last_bytes(call: Call, meter: StreamMeter) -> None:
+    """The answer is complete upstream: meter, settle and journal it now, before the client has its last bytes,
+    so a gateway killed at this moment still has the request in its ledger."""
+    entry = call.entry
+    entry.raw_usage, entry.response_model = meter.raw_usage, meter.response_model
+    if meter.upstream_error is not None:
+        entry.outcome, entry.error = "upstream_error", meter.upstream_error
+    await call.finish()
 
 
 async def _pump(call: Call, resp: aiohttp.ClientResponse, out: web.StreamResponse) -> str | None:
@@ -216,9 +249,16 @@ async def _pump(call: Call, resp: aiohttp.ClientResponse, out: web.StreamRespons
         if call.entry.ttft_ms is None:
             call.entry.ttft_ms = (time.perf_counter() - call.started) * 1000
         relayed = meter.feed(chunk[: cut + 2])
-        await _write(out, relayed if call.translator is None else call.translator.feed(relayed))
+        if call.translator is not None:
+            relayed = call.translator.feed(relayed)
+        elif meter.terminal and not call.finished:
+            await _record_before_last_bytes(call, meter)
+        await _write(out, relayed)
     if pending.strip():
-        await _write(out, meter.feed(pending + b"\n\n"))
+        relayed = meter.feed(pending + b"\n\n")
+        if call.translator is None and meter.terminal and not call.finished:
+            await _record_before_last_bytes(call, meter)
+        await _write(out, relayed)
     return None
 
 
