@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tokenctl.app import create_app
+from tokenctl.app import CONFIG, create_app, runner_settings
 from tokenctl.config import Config, parse_config
 from tokenctl.gateway import GATEWAY, Gateway
 from tokenctl.identity.keys import create_key
@@ -71,7 +71,9 @@ class ServerThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5)
+        config = self.app.get(CONFIG)
+        settings = {**runner_settings(config), "shutdown_timeout": 5} if config else {"access_log": None}
+        self.runner = web.AppRunner(self.app, **settings)
         try:
             self.loop.run_until_complete(self.runner.setup())
             self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())

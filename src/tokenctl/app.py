@@ -8,6 +8,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -37,6 +38,16 @@ from tokenctl.routing.router import Router
 log = logging.getLogger("tokenctl")
 
 CONFIG = web.AppKey("config", Config)
+
+
+def runner_settings(config: Config) -> dict[str, Any]:
+    """How the HTTP server treats connections: an idle keep-alive connection, or one that has not sent a
+    complete request head, is closed after ``server.idle_timeout_seconds``."""
+    return {
+        "access_log": None,
+        "keepalive_timeout": config.idle_timeout_seconds,
+        "shutdown_timeout": config.shutdown_grace_seconds,
+    }
 
 
 def create_app(

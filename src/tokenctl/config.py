@@ -84,6 +84,8 @@ class Config:
     ledger_max_lag_seconds: float = 15.0
     ledger_max_lag_rows: int = 200_000
     shutdown_grace_seconds: float = 30.0
+    idle_timeout_seconds: float = 75.0
+    body_timeout_seconds: float = 120.0
     providers: tuple[ProviderConfig, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)
     enforcement: EnforcementConfig = field(default_factory=lambda: EnforcementConfig())
@@ -128,7 +130,16 @@ SECTIONS: dict[str, set[str]] = {
         "approvals",
         "routing",
     },
-    "server": {"host", "port", "max_body_bytes", "shutdown_grace_seconds", "admin_key_env", "tags_header"},
+    "server": {
+        "host",
+        "port",
+        "max_body_bytes",
+        "shutdown_grace_seconds",
+        "admin_key_env",
+        "tags_header",
+        "idle_timeout_seconds",
+        "body_timeout_seconds",
+    },
     "ledger": {"path", "queue_max", "batch_max", "fsync", "max_lag_seconds", "max_lag_rows"},
     "pricing": {"overrides"},
     "identity": {"key_refresh_seconds"},
@@ -222,6 +233,8 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
         port=integer(server, "port", 8080, "server"),
         max_body_bytes=integer(server, "max_body_bytes", 32 * 1024 * 1024, "server"),
         shutdown_grace_seconds=number(server, "shutdown_grace_seconds", 30.0, "server"),
+        idle_timeout_seconds=number(server, "idle_timeout_seconds", 75.0, "server"),
+        body_timeout_seconds=number(server, "body_timeout_seconds", 120.0, "server"),
         admin_key_env=str(server.get("admin_key_env", "TOKENCTL_ADMIN_KEY")),
         tags_header=str(server.get("tags_header", "x-tokenctl-tags")).lower(),
         ledger_path=ledger_path,

@@ -168,6 +168,21 @@ class RateLimited(GatewayError):
         return {"retry-after": str(max(1, math.ceil(self.retry_after)))}
 
 
+class RequestTimeout(BadRequest):
+    """The client did not send its whole request body in time."""
+
+    status = 408
+    retryable = False
+
+
+class ClientGone(GatewayError):
+    """The client closed the connection before its request was read or answered (nobody sees this answer)."""
+
+    status = 499
+    kind = "api_error"
+    retryable = False
+
+
 class LedgerUnavailable(GatewayError):
     """The ledger cannot record spend right now; requests are refused rather than served unmetered."""
 

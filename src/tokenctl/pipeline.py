@@ -13,7 +13,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tokenctl.errors import BadRequest, GatewayError, UnsupportedRoute
+from tokenctl.errors import (
+    BadRequest,
+    ClientGone,
+    GatewayError,
+    LedgerUnavailable,
+    UnsupportedRoute,
+    UpstreamError,
+)
 from tokenctl.gateway import Call, Gateway
 from tokenctl.identity.attribution import attribute
 from tokenctl.identity.authenticate import authenticate, client_key
@@ -42,6 +49,7 @@ async def handle(gw: Gateway, request: web.Request, dialect: Dialect) -> web.Str
         return reject(call, exc)
     except Exception:  # the one outermost handler: log, answer in dialect, never crash
         log.exception("unexpected error in request %s", call.request_id)
+        call.entry.outcome = "internal_error"
         return reject(call, GatewayError("tokenctl hit an internal error; the request id identifies it in the logs"))
     finally:
         await call.finish()
@@ -49,9 +57,14 @@ async def handle(gw: Gateway, request: web.Request, dialect: Dialect) -> web.Str
 
 async def _proxy(call: Call) -> web.StreamResponse:
     gw, request, entry, api = call.gw, call.request, call.entry, call.dialect.api
+    if not gw.ledger.accepting():  # nothing is served that could not be recorded
+        raise LedgerUnavailable(
+            "tokenctl cannot record requests right now (the ledger and its journal are "
+            "failing); the request was not sent"
+        )
     entry.principal = await authenticate(gw.keys, client_key(request.headers))
     check_caller(entry.principal)
-    raw = await read_body(request, gw.config.max_body_bytes)
+    raw = await read_body(request, gw.config.max_body_bytes, gw.config.body_timeout_seconds)
     call.body_size = len(raw)
     body = parse_body(raw, api)
     entry.requested_model = body["model"]
@@ -160,12 +173,15 @@ def _id_headers(call: Call) -> dict[str, str]:
     return {"request-id": call.request_id, "x-request-id": call.request_id}
 
 
+_OUTCOMES: dict[type[GatewayError], str] = {ClientGone: "client_disconnected"}
+
+
 def reject(call: Call, exc: GatewayError) -> web.Response:
     entry = call.entry
     entry.status = exc.status
     entry.error = exc.message
     if entry.outcome == "ok":
-        entry.outcome = "upstream_error" if exc.status >= 500 else "rejected"
+        entry.outcome = _OUTCOMES.get(type(exc)) or ("upstream_error" if isinstance(exc, UpstreamError) else "rejected")
     headers = _id_headers(call)
     headers.update(exc.headers())
     if not exc.retryable:

@@ -146,7 +146,9 @@ def test_responses_carry_a_strict_content_security_policy(seeded: Seeded) -> Non
 
 
 def test_rollups_equal_the_requests_table(seeded: Seeded) -> None:
-    db = sqlite3.connect(seeded.live.db_path)
+    assert seeded.live.gw.ledger.flush(10)
+    db = sqlite3.connect(seeded.live.db_path, isolation_level=None)
+    db.execute("BEGIN")  # one snapshot for both sides, whatever the writer does meanwhile
     by_detail = db.execute(
         "SELECT day, COALESCE(team, ''), COALESCE(model, ''), SUM(cost_nanousd), COUNT(*),"
         " SUM(cache_read_tokens)"

@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
-from tokenctl.app import create_app
+from tokenctl.app import create_app, runner_settings
 from tokenctl.cli.governance import GovernanceError, add_governance_commands
 from tokenctl.cli.listen import ListenError, bind_listener
 from tokenctl.cli.parsing import finish_parser
@@ -39,6 +39,7 @@ from tokenctl.ledger.db import connect
 from tokenctl.ledger.migrations import applied, migrate
 from tokenctl.ledger.report import FILTER_COLUMNS, GROUPINGS, ReportRow, spend_report, total
 from tokenctl.metering.pricing import PriceFileError
+from tokenctl.runtime import raise_fd_limit, tune_for_many_streams
 
 
 def main(argv: Sequence[str] | None = None, *, clock: Callable[[], float] = time.time) -> int:
@@ -192,6 +193,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = _config(args)
     _install_uvloop()
+    raise_fd_limit()
     try:
         asyncio.run(_run_server(config))
     except ListenError as exc:
@@ -222,10 +224,9 @@ def _install_uvloop() -> None:
 
 async def _run_server(config: Config) -> None:
     sock = bind_listener(config.host, config.port)  # before anything is created: a taken port changes nothing
-    runner = web.AppRunner(
-        create_app(config), handle_signals=False, access_log=None, shutdown_timeout=config.shutdown_grace_seconds
-    )
+    runner = web.AppRunner(create_app(config), handle_signals=False, **runner_settings(config))
     await runner.setup()
+    tune_for_many_streams()
     await web.SockSite(runner, sock, backlog=2048).start()
     log = logging.getLogger("tokenctl")
     log.info(

@@ -13,12 +13,13 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from tokenctl.errors import AuthError
+from tokenctl.errors import AuthError, PermissionDenied
 from tokenctl.gateway import GATEWAY, Gateway, new_request_id
 from tokenctl.identity.authenticate import authenticate, client_key
 from tokenctl.ingress import dialect as d
+from tokenctl.ledger.record import LedgerEntry
 from tokenctl.pipeline import handle
-from tokenctl.policy.access import may_use
+from tokenctl.policy.access import check_caller, may_use
 
 Handler = Callable[[Gateway, web.Request], Awaitable[web.StreamResponse]]
 
@@ -43,7 +44,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     path, method = request.path, request.method
     if request.headers.get("upgrade", "").lower() == "websocket":
-        return _error(
+        return _refuse(
+            gw,
             d.OPENAI_RESPONSES,
             426,
             "invalid_request_error",
@@ -52,16 +54,48 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     for route_method, ending, dialect in PROXY_ROUTES:
         if path.endswith(ending):
             if method != route_method:
-                return _error(
-                    dialect, 405, "invalid_request_error", f"{method} is not allowed on {ending}; use {route_method}"
+                return _refuse(
+                    gw,
+                    dialect,
+                    405,
+                    "invalid_request_error",
+                    f"{method} is not allowed on {ending}; use {route_method}",
                 )
             return await handle(gw, request, dialect)
     if path.endswith(("/v1/models", "/models")) and method == "GET":
         return await list_models(gw, request)
+    if path.endswith("/ready") and method in ("HEAD", "GET"):
+        return readiness(gw)
     if path in _HEALTH_PATHS and method in ("HEAD", "GET"):
         return web.Response(status=200, headers=_id_headers(), text="" if method == "HEAD" else "ok")
     family = d.ANTHROPIC_MESSAGES if "anthropic-version" in request.headers else d.OPENAI_CHAT
-    return _error(family, 404, "not_found_error", f"no such endpoint: {method} {path}", code="unknown_url")
+    return _refuse(gw, family, 404, "not_found_error", f"no such endpoint: {method} {path[:200]}", code="unknown_url")
+
+
+def _refuse(
+    gw: Gateway, dialect: d.Dialect, status: int, kind: str, message: str, code: str | None = None
+) -> web.Response:
+    """An error answered before any handler ran, recorded in the ledger like every request with an id."""
+    response = _error(dialect, status, kind, message, code)
+    entry = LedgerEntry(
+        request_id=response.headers["request-id"],
+        started_at=time.time(),
+        api=dialect.api,
+        status=status,
+        outcome="rejected",
+        error=message,
+    )
+    gw.ledger.record(entry)
+    return response
+
+
+def readiness(gw: Gateway) -> web.Response:
+    """``/ready``: 200 while the ledger keeps up, else 503 with the reason (take the replica out of rotation)."""
+    reason = gw.ledger.health()
+    body: dict[str, object] = {"ready": reason is None, "ledger_pending": gw.ledger.pending}
+    if reason is not None:
+        body["reason"] = reason
+    return web.json_response(body, status=200 if reason is None else 503, headers=_id_headers())
 
 
 def _error(dialect: d.Dialect, status: int, kind: str, message: str, code: str | None = None) -> web.Response:
@@ -77,8 +111,9 @@ async def list_models(gw: Gateway, request: web.Request) -> web.Response:
     dialect = d.ANTHROPIC_MODELS if anthropic else d.OPENAI_MODELS
     try:
         principal = await authenticate(gw.keys, client_key(request.headers))
-    except AuthError as exc:
-        return _error(dialect, exc.status, exc.kind, exc.message)
+        check_caller(principal)
+    except (AuthError, PermissionDenied) as exc:
+        return _refuse(gw, dialect, exc.status, exc.kind, exc.message)
     now = int(time.time())
     models = [(m, owner) for m, owner in gw.catalog.listed_models() if may_use(principal, m)]
     if anthropic:

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from tokenctl.errors import BadRequest, PayloadTooLarge
+from tokenctl.errors import BadRequest, ClientGone, PayloadTooLarge, RequestTimeout
 
 _TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_OBJECT_FIELDS = ("stream_options", "metadata", "thinking")
 _MESSAGES_APIS = ("anthropic.messages", "anthropic.count_tokens", "openai.chat")
 
 
-async def read_body(request: web.Request, max_bytes: int) -> bytes:
+async def read_body(request: web.Request, max_bytes: int, timeout: float) -> bytes:
+    """The whole body, within ``timeout`` seconds (a body that never ends does not hold a connection forever)."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise _too_large(request.content_length, max_bytes)
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError as exc:
+        raise RequestTimeout(f"the request body was not received within {timeout:g} s") from exc
     except web.HTTPRequestEntityTooLarge as exc:
         raise _too_large(None, max_bytes) from exc
+    except web.RequestPayloadError as exc:  # e.g. a body that is not what its Content-Encoding says
+        encoding = request.headers.get("content-encoding")
+        how = f" with Content-Encoding {encoding!r}" if encoding else ""
+        raise BadRequest(f"the request body could not be read{how}: {exc.args[0] if exc.args else exc}") from exc
+    except ConnectionError as exc:  # the client left during the upload
+        raise ClientGone("client disconnected while sending the request body") from exc
 
 
 def _too_large(size: int | None, max_bytes: int) -> PayloadTooLarge:
@@ -37,6 +50,7 @@ def parse_body(raw: bytes, api: str) -> dict[str, Any]:
         raise BadRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    _refuse_duplicate_keys(raw)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise BadRequest("'model' is required and must be a non-empty string")
@@ -47,8 +61,42 @@ def parse_body(raw: bytes, api: str) -> dict[str, Any]:
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise BadRequest(f"'{name}' must be a non-negative integer")
+    for name in _OBJECT_FIELDS:
+        if name in body and body[name] is not None and not isinstance(body[name], dict):
+            raise BadRequest(f"'{name}' must be an object")
     if api in _MESSAGES_APIS and not isinstance(body.get("messages"), list):
         raise BadRequest("'messages' is required and must be an array")
     if api == "openai.responses" and "input" in body and not isinstance(body["input"], (str, list)):
         raise BadRequest("'input' must be a string or an array")
     return body
+
+
+# Top-level fields tokenctl decides on. A body that names one twice is refused: tokenctl (orjson) reads the
+# last, a provider might read the first, and the body is forwarded byte for byte.
+_DECIDED_FIELDS = (
+    "model",
+    "stream",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "metadata",
+    "service_tier",
+    "stream_options",
+    "thinking",
+    "reasoning",
+    "n",
+)
+_QUOTED_FIELDS = tuple(f'"{name}"'.encode() for name in _DECIDED_FIELDS)
+
+
+def _refuse_duplicate_keys(raw: bytes) -> None:
+    """Cheap when nothing repeats (a substring count per field); a full key check only when one might."""
+    if not any(raw.count(quoted) > 1 for quoted in _QUOTED_FIELDS):
+        return
+    top: list[tuple[str, Any]] = json.loads(raw, object_pairs_hook=lambda pairs: pairs)
+    names = [name for name, _ in top]
+    repeated = sorted({name for name in names if name in _DECIDED_FIELDS and names.count(name) > 1})
+    if repeated:
+        raise BadRequest(
+            f"the request body names {', '.join(repr(n) for n in repeated)} more than once; send each field once"
+        )

@@ -6,6 +6,8 @@ framing. A stream that fails after it started ends with the dialect's in-stream 
 
 from __future__ import annotations
 
+import errno
+import re
 import time
 from typing import Any
 
@@ -51,6 +53,11 @@ async def forward(call: Call, up: UpstreamRequest, retry_allowed: bool = False) 
             f"provider {provider.name!r} did not answer within {provider.timeout_seconds:g}s"
         ) from exc
     except aiohttp.ClientError as exc:
+        if _out_of_descriptors(exc):
+            raise UpstreamError(
+                "tokenctl has run out of file descriptors (too many open connections for its open-file limit); "
+                "the gateway's administrator must raise `ulimit -n`"
+            ) from exc
         if retry_allowed:
             raise FallbackNeeded(f"unreachable ({type(exc).__name__})") from exc
         raise UpstreamError(f"provider {provider.name!r} is unreachable ({type(exc).__name__})") from exc
@@ -67,6 +74,17 @@ async def forward(call: Call, up: UpstreamRequest, retry_allowed: bool = False) 
         return await _relay_json(call, resp)
     finally:
         resp.close()
+
+
+def _out_of_descriptors(exc: BaseException) -> bool:
+    """The gateway's own descriptor limit, not the provider, is why the connection failed."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
 
 
 def response_headers(resp: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
@@ -120,7 +138,8 @@ async def _relay_upstream_error(call: Call, resp: aiohttp.ClientResponse) -> web
     data = await _read_all(call, resp)
     entry = call.entry
     entry.outcome = "upstream_error"
-    entry.error = data[:500].decode("utf-8", "replace")
+    parsed = _load_object(data)
+    entry.error = _redacted_error(resp.status, parsed)
     if resp.status in (401, 403):
         name = entry.route.provider.name if entry.route else "?"
         raise UpstreamAuthFailed(
@@ -129,14 +148,26 @@ async def _relay_upstream_error(call: Call, resp: aiohttp.ClientResponse) -> web
         )
     entry.status = resp.status
     headers = response_headers(resp, call.request_id)
-    parsed = _load_object(data)
     if parsed is not None and _in_dialect(parsed, call.dialect.family):
         return web.Response(body=data, status=resp.status, headers=headers)
-    message = _error_message(parsed) or entry.error or f"upstream returned HTTP {resp.status}"
+    message = _error_message(parsed) or data[:500].decode("utf-8", "replace") or f"upstream returned HTTP {resp.status}"
     kind = "invalid_request_error" if resp.status < 500 else "api_error"
     headers["content-type"] = "application/json"
     body = call.dialect.error_body(kind, f"upstream error {resp.status}: {message}", call.request_id)
     return web.Response(body=body, status=resp.status, headers=headers)
+
+
+_QUOTED = re.compile(r"""(["'`]).*?\1|\{.*\}""", re.S)
+
+
+def _redacted_error(status: int, parsed: dict[str, Any] | None) -> str:
+    """What the ledger keeps of an upstream error: its type and a short message with quoted parts removed
+    (a provider that echoes the request would otherwise put prompt text in the ledger)."""
+    error = parsed.get("error") if parsed else None
+    kind = error.get("type") or error.get("code") if isinstance(error, dict) else None
+    message = _error_message(parsed) or ""
+    message = _QUOTED.sub("…", message)[:160]
+    return f"upstream {status}" + (f" {kind}" if isinstance(kind, str) else "") + (f": {message}" if message else "")
 
 
 def _in_dialect(parsed: dict[str, Any], family: str) -> bool:

@@ -47,6 +47,8 @@ _DROP_REQUEST_HEADERS = frozenset(
         "accept-encoding",
         "cookie",
         "expect",
+        "content-encoding",  # aiohttp decoded the body; what goes upstream is the plain one
+        "x-tokenctl-route",  # tokenctl's own routing hint
     }
 )
 # Upstream headers that are not relayed to the client: framing and identifiers we set ourselves.

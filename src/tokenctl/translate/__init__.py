@@ -31,9 +31,7 @@ TRANSLATIONS = {
     ("openai.chat", "anthropic.messages"): Translation(
         chat_to_anthropic.translate_request,
         chat_to_anthropic.translate_response,
-        lambda estimated, body: chat_to_anthropic.StreamTranslator(
-            estimated, bool((body.get("stream_options") or {}).get("include_usage"))
-        ),
+        lambda estimated, body: chat_to_anthropic.StreamTranslator(estimated, _include_usage(body)),
     ),
     ("openai.responses", "anthropic.messages"): Translation(
         responses_to_anthropic.translate_request,
@@ -41,3 +39,8 @@ TRANSLATIONS = {
         lambda estimated, body: responses_to_anthropic.StreamTranslator(estimated),
     ),
 }
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
