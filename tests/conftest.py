@@ -130,7 +130,10 @@ def gateway_config(fake_url: str, tmp: Path, **extra: Any) -> Config:
         ],
         "aliases": {"team-default": "claude-sonnet-4-5", "cheap": "local/llama-3.1-8b"},
     }
-    raw.update(extra)
+    for section, value in extra.items():  # a section given in part keeps the test defaults for the rest
+        raw[section] = (
+            {**raw[section], **value} if isinstance(raw.get(section), dict) and isinstance(value, dict) else value
+        )
     return parse_config(raw, source="test")
 
 

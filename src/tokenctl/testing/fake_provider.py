@@ -15,7 +15,7 @@ API key). Requests are scripted with headers, which tokenctl forwards like any u
     connection abruptly after n events, or mid-body when not streaming), ``eof:<n>`` (end the stream
     cleanly after n events without its final event), ``error-event:<n>`` (the API's in-stream error
     event after n events), ``text-error:<code>`` (a non-JSON error body), ``stall:<ms>`` (pause
-    between events).
+    between events), ``echo:<code>`` (an error whose message quotes the request body).
 ``x-fake-fault-model: <model>``
     Apply ``x-fake-fault`` only to requests for this model (fallback tests: one deployment fails).
 
@@ -142,6 +142,9 @@ class FakeProvider:
             await asyncio.sleep(script.fault_after / 1000)
         if script.fault == "status":
             return _error_response(int(script.fault_arg or 500), family)
+        if script.fault == "echo":  # a provider whose error message quotes the request, prompt and all
+            text = (await request.read()).decode("utf-8", "replace")[:300]
+            return _error_response(int(script.fault_arg or 400), family, f"invalid request: '{text}' at messages.0")
         if script.fault == "text-error":
             return web.Response(status=int(script.fault_arg or 502), text="Bad Gateway (upstream proxy)")
         return None
@@ -490,9 +493,9 @@ _ANTHROPIC_TYPES = {
 }
 
 
-def _error_response(status: int, family: str) -> web.Response:
+def _error_response(status: int, family: str, message: str | None = None) -> web.Response:
     headers = {"retry-after": "1"} if status in (429, 529) else {}
-    message = f"fake provider error {status}"
+    message = message or f"fake provider error {status}"
     if family == "anthropic":
         body = {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
     else:
