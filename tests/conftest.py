@@ -24,6 +24,7 @@ from tokenctl.app import CONFIG, create_app, runner_settings
 from tokenctl.config import Config, parse_config
 from tokenctl.gateway import GATEWAY, Gateway
 from tokenctl.identity.keys import create_key
+from tokenctl.ingress.server import GatewayRunner
 from tokenctl.ledger.db import connect
 from tokenctl.testing.fake_provider import FakeProvider
 
@@ -73,7 +74,7 @@ class ServerThread:
         asyncio.set_event_loop(self.loop)
         config = self.app.get(CONFIG)
         settings = {**runner_settings(config), "shutdown_timeout": 5} if config else {"access_log": None}
-        self.runner = web.AppRunner(self.app, **settings)
+        self.runner = (GatewayRunner if config else web.AppRunner)(self.app, **settings)
         try:
             self.loop.run_until_complete(self.runner.setup())
             self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())

@@ -35,6 +35,7 @@ from tokenctl.cli.reports import (
 from tokenctl.cli.router import add_router_commands
 from tokenctl.config import Config, ConfigError, find_config_path, load_config
 from tokenctl.identity.keys import KeyInfo, KeyNotFound, create_key, list_keys, revoke_key
+from tokenctl.ingress.server import GatewayRunner
 from tokenctl.ledger.db import connect
 from tokenctl.ledger.migrations import applied, migrate
 from tokenctl.ledger.report import FILTER_COLUMNS, GROUPINGS, ReportRow, spend_report, total
@@ -224,7 +225,7 @@ def _install_uvloop() -> None:
 
 async def _run_server(config: Config) -> None:
     sock = bind_listener(config.host, config.port)  # before anything is created: a taken port changes nothing
-    runner = web.AppRunner(create_app(config), handle_signals=False, **runner_settings(config))
+    runner = GatewayRunner(create_app(config), handle_signals=False, **runner_settings(config))
     await runner.setup()
     tune_for_many_streams()
     await web.SockSite(runner, sock, backlog=2048).start()
