@@ -332,6 +332,9 @@ class LedgerWriter:
     def _rotate(self) -> None:
         """Seal the current segment for writing and start a new one: every cycle while the writer keeps up;
         while it is behind, only once the current one is large (few files during a long outage)."""
+        if self._journal_error is not None and self._clock() >= self._journal_retry_at:
+            with self._lock:  # the disk may have space again: journal the next rows as usual
+                self._reopen_journal()
         current = self._current
         if not current.count or (self._sealed and current.count < 4 * self._batch_max):
             return
