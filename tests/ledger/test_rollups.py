@@ -1,4 +1,4 @@
-"""The dashboard rollups: kept in step with the requests table by a trigger, built on upgrade, never double-counted."""
+"""The dashboard rollups: added by the writer once per batch, built on upgrade, never double-counted."""
 
 from __future__ import annotations
 
@@ -119,3 +119,38 @@ def test_pruning_inside_a_budget_window_is_refused(tmp_path: Path, capsys: pytes
     assert main(["--config", str(config), "migrate"]) == 0
     assert main(["--config", str(config), "prune", "--older-than-days", "30"]) == 2
     assert "budget 'forever' (lifetime) still counts spend" in capsys.readouterr().err
+
+
+def _session_entry(request_id: str, when: float, model: str) -> LedgerEntry:
+    from tokenctl.config import ProviderConfig
+    from tokenctl.types import Attribution, Route
+
+    provider = ProviderConfig("anthropic", "anthropic", "https://x", None, (), "anthropic")
+    return LedgerEntry(
+        request_id,
+        when,
+        "anthropic.messages",
+        status=200,
+        route=Route(provider, model, model),
+        attribution=Attribution("claude-code", None, "sess-1", None, {}),
+    )
+
+
+def test_a_sessions_model_is_the_one_it_used_last_in_every_batch_and_after_a_rebuild(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = str(tmp_path / "sessions.db")
+    writer = LedgerWriter(path)
+    writer.start()
+    writer.record(_session_entry("r1", START, "claude-sonnet-4-5"))
+    writer.record(_session_entry("r2", START + 60, "claude-haiku-4-5"))  # same batch: the later one wins
+    assert writer.flush(10)
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT model, requests FROM rollup_sessions").fetchone() == ("claude-haiku-4-5", 2)
+    writer.record(_session_entry("r3", START + 120, "claude-opus-4-1"))  # a later batch: upserted
+    writer.record(_session_entry("r0", START - 60, "claude-sonnet-4-5"))  # arrives late, started earlier
+    assert writer.flush(10)
+    writer.close()
+    assert db.execute("SELECT model, requests FROM rollup_sessions").fetchone() == ("claude-opus-4-1", 4)
+    assert main(["rebuild-rollups", "--ledger", path]) == 0
+    assert db.execute("SELECT model, requests FROM rollup_sessions").fetchone() == ("claude-opus-4-1", 4)

@@ -360,15 +360,82 @@ def _session_trigger_sql() -> str:
 
 
 def rebuild_sessions(db: sqlite3.Connection) -> None:
+    db.execute(_sessions_sql("", upsert=False))
+
+
+_SESSION_COLUMNS = (
+    "session_id",
+    "team",
+    "user",
+    "project",
+    "tool",
+    "model",
+    "first_ts",
+    "last_ts",
+    "first_day",
+    "last_day",
+    *SESSION_MEASURES,
+)
+
+
+def _sessions_sql(where: str, *, upsert: bool) -> str:
+    """Sessions of the requests rows matching ``where``; ``model`` is the one the session used last."""
     m = _measure_values("r")
     sums = ", ".join(f"SUM({m[k]})" for k in SESSION_MEASURES)
-    db.execute(
-        f"INSERT INTO rollup_sessions (session_id, team, user, project, tool, model, first_ts, last_ts, first_day,"
-        f" last_day, {', '.join(SESSION_MEASURES)})"
-        f" SELECT session_id, max(team), max(user), max(project), max(tool), max(model), min(ts), max(ts),"
-        f" min(day), max(day), {sums} FROM requests r WHERE session_id IS NOT NULL AND day IS NOT NULL"
-        " GROUP BY session_id"
+    last_model = (
+        "(SELECT r2.model FROM requests r2 WHERE r2.session_id = r.session_id AND r2.day IS NOT NULL"
+        f" {where.replace('r.', 'r2.')} ORDER BY r2.ts DESC, r2.rowid DESC LIMIT 1)"
     )
+    sql = (
+        f"INSERT INTO rollup_sessions ({', '.join(_SESSION_COLUMNS)})"
+        f" SELECT r.session_id, max(r.team), max(r.user), max(r.project), max(r.tool), {last_model}, min(r.ts),"
+        f" max(r.ts), min(r.day), max(r.day), {sums} FROM requests r"
+        f" WHERE r.session_id IS NOT NULL AND r.day IS NOT NULL {where} GROUP BY r.session_id"
+    )
+    if not upsert:
+        return sql
+    added = ", ".join(f"{k} = {k} + excluded.{k}" for k in SESSION_MEASURES)
+    return (
+        f"{sql} ON CONFLICT (session_id) DO UPDATE SET {added},"
+        " first_ts = min(first_ts, excluded.first_ts), first_day = min(first_day, excluded.first_day),"
+        " model = CASE WHEN excluded.last_ts >= last_ts THEN excluded.model ELSE model END,"
+        " last_ts = max(last_ts, excluded.last_ts), last_day = max(last_day, excluded.last_day)"
+    )
+
+
+def _cells_sql(table: str, columns: tuple[str, ...], where: str) -> str:
+    """Add the requests rows matching ``where`` to ``table``: one upsert per distinct cell, not per row."""
+    dims = _dimension_values("r")
+    values = [dims[c] for c in columns]
+    sums = [f"SUM({v})" for v in _measure_values("r").values()]
+    added = ", ".join(f"{m} = {m} + excluded.{m}" for m in ROLLUP_MEASURES)
+    return (
+        f"INSERT INTO {table} ({', '.join((*columns, *ROLLUP_MEASURES))})"
+        f" SELECT {', '.join(values + sums)} FROM requests r WHERE r.day IS NOT NULL {where}"
+        f" GROUP BY {', '.join(values)} ON CONFLICT ({', '.join(columns)}) DO UPDATE SET {added}"
+    )
+
+
+_NEW_ROWS = "AND r.rowid > ?1"
+BATCH_ROLLUP_SQL: tuple[str, ...] = (
+    _cells_sql("rollup_daily", ROLLUP_DIMENSIONS, _NEW_ROWS),
+    *(_cells_sql(table, columns, _NEW_ROWS) for table, columns in SMALL_ROLLUPS.items()),
+    _sessions_sql(_NEW_ROWS, upsert=True),
+)
+
+
+def add_to_rollups(db: sqlite3.Connection, after_rowid: int) -> None:
+    """Add every requests row inserted after ``after_rowid`` to the rollups (inside the inserting transaction)."""
+    for sql in BATCH_ROLLUP_SQL:
+        db.execute(sql, (after_rowid,))
+
+
+def m007_batch_rollups(db: sqlite3.Connection) -> None:
+    """Rollups are added once per batch by the writer (``add_to_rollups``), one upsert per distinct cell, instead
+    of by a trigger per row; and a session's model is the one it used last."""
+    db.execute("DROP TRIGGER IF EXISTS requests_rollup")
+    db.execute("DELETE FROM rollup_sessions")
+    rebuild_sessions(db)
 
 
 @contextmanager
@@ -390,6 +457,7 @@ MIGRATIONS: list[Migration] = [
     m004_enforcement,
     m005_rollups,
     m006_small_rollups,
+    m007_batch_rollups,
 ]
 
 

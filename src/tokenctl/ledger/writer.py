@@ -32,6 +32,7 @@ import orjson
 from tokenctl.ledger.audit import AUDIT_INSERT_SQL, AuditEvent
 from tokenctl.ledger.db import connect, transaction
 from tokenctl.ledger.journal import Journal
+from tokenctl.ledger.migrations import add_to_rollups
 from tokenctl.ledger.record import COLUMNS, INSERT_SQL, LedgerEntry, repair_row, to_row
 
 Item = LedgerEntry | AuditEvent
@@ -428,7 +429,9 @@ class LedgerWriter:
         audit = [r[1:] for r in rows if r[0] == _AUDIT_TAG]
         with transaction(self._db):
             if requests:
+                last = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM requests").fetchone()[0]
                 self._db.executemany(INSERT_SQL, requests)
+                add_to_rollups(self._db, last)
             if audit:
                 self._db.executemany(AUDIT_INSERT_SQL, audit)
 
