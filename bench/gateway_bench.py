@@ -101,6 +101,15 @@ def wrk(url: str, body_file: Path, headers: dict[str, str], conns: int, seconds:
     return result
 
 
+def ledger_backlog(gateway: str) -> tuple[int, float]:
+    """Rows recorded but not yet written the moment the load stops, and how long the writer takes to catch up."""
+    started = time.monotonic()
+    behind = httpx.get(gateway + "/ready").json()["ledger_pending"]
+    while httpx.get(gateway + "/ready").json()["ledger_pending"] and time.monotonic() - started < 120:
+        time.sleep(0.05)
+    return behind, round(time.monotonic() - started, 2)
+
+
 def cpu_seconds(proc: psutil.Process) -> float:
     t = proc.cpu_times()
     return t.user + t.system
@@ -224,7 +233,11 @@ def main() -> None:
                 before = cpu_seconds(gproc)
                 g = wrk(gw_url, path, base_headers, conns, secs)
                 cpu = cpu_seconds(gproc) - before
+                behind, drain = ledger_backlog(f"http://127.0.0.1:{GW_PORT}")
                 throughput[f"{name}/c{conns}"] = {
+                    "ledger_rows_behind_at_end": behind,
+                    "ledger_drain_seconds": drain,
+                    "ledger_rows_per_second_written": round((g["requests"] - behind) / secs),
                     "direct": d,
                     "aiohttp_floor": f,
                     "tokenctl": g,

@@ -25,7 +25,7 @@ from tokenctl.gateway import Call, Gateway
 from tokenctl.identity.attribution import attribute
 from tokenctl.identity.authenticate import authenticate, client_key
 from tokenctl.ingress.dialect import DIALECTS, Dialect
-from tokenctl.ingress.request import parse_body, read_body
+from tokenctl.ingress.request import decided_body, parse_body, read_body
 from tokenctl.policy.access import authorize, check_caller
 from tokenctl.providers.relay import FallbackNeeded, forward
 from tokenctl.providers.upstream import UpstreamRequest
@@ -67,6 +67,7 @@ async def _proxy(call: Call) -> web.StreamResponse:
     raw = await read_body(request, gw.config.max_body_bytes, gw.config.body_timeout_seconds)
     call.body_size = len(raw)
     body = parse_body(raw, api)
+    raw = decided_body(raw, body)
     entry.requested_model = body["model"]
     entry.stream = body.get("stream") is True
     entry.attribution = attribute(request.headers, body, gw.config.tags_header)

@@ -128,9 +128,9 @@ def test_malformed_objects_are_the_clients_400(gateway: LiveGateway, field: str,
         assert f"'{field}' must be an object" in response.text
 
 
-def test_duplicate_decided_keys_are_refused(gateway: LiveGateway) -> None:
-    """A haiku-only key must not get opus by naming the model twice (tokenctl reads the last, a provider may
-    read the first)."""
+def test_a_field_named_twice_is_forwarded_as_tokenctl_read_it(gateway: LiveGateway) -> None:
+    """A haiku-only key must not get opus by naming the model twice: tokenctl reads the last value, and the
+    provider (which might read the first) gets the body with that value only."""
     raw = (
         b'{"model":"claude-opus-4-1","max_tokens":5,"messages":[{"role":"user","content":"say \\"model\\""}],'
         b'"model":"claude-haiku-4-5"}'
@@ -140,11 +140,27 @@ def test_duplicate_decided_keys_are_refused(gateway: LiveGateway) -> None:
         content=raw,
         headers={"x-api-key": gateway.keys["limited"], "content-type": "application/json"},
     )
-    assert response.status_code == 400 and "'model' more than once" in response.text
-    assert gateway.fake.received == []
-    once = b'{"model":"claude-haiku-4-5","max_tokens":5,"messages":[{"role":"user","content":"\\"model\\": x"}]}'
-    ok = httpx.post(gateway.url + "/v1/messages", content=once, headers={"x-api-key": gateway.keys["limited"]})
-    assert ok.status_code == 200
+    assert response.status_code == 200
+    forwarded = gateway.last_upstream().body
+    assert forwarded.count(b'"model"') == 1 and orjson.loads(forwarded)["model"] == "claude-haiku-4-5"
+    assert gateway.row(response.headers["request-id"])["model"] == "claude-haiku-4-5"
+    refused = httpx.post(
+        gateway.url + "/v1/messages",
+        content=raw.replace(b"haiku-4-5", b"opus-4-1x"),
+        headers={"x-api-key": gateway.keys["limited"]},
+    )
+    assert refused.status_code == 403  # the value tokenctl read is the one authorised
+
+
+def test_compact_bodies_go_upstream_byte_for_byte(gateway: LiveGateway) -> None:
+    compact = orjson.dumps({**MESSAGES, "unknown_field": {"kept": [1, 2.5, "é"]}})
+    spaced = b'{"model": "claude-haiku-4-5", "max_tokens": 5,\n "messages": [{"role": "user", "content": "hi"}]}'
+    for raw in (compact, spaced):
+        assert (
+            httpx.post(gateway.url + "/v1/messages", content=raw, headers={"x-api-key": gateway.key}).status_code == 200
+        )
+        forwarded = gateway.last_upstream().body
+        assert forwarded == raw if raw is compact else orjson.loads(forwarded) == orjson.loads(raw)
 
 
 def test_a_client_that_leaves_during_upload_is_recorded_as_gone(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import orjson
@@ -50,7 +49,6 @@ def parse_body(raw: bytes, api: str) -> dict[str, Any]:
         raise BadRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
-    _refuse_duplicate_keys(raw)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise BadRequest("'model' is required and must be a non-empty string")
@@ -71,32 +69,10 @@ def parse_body(raw: bytes, api: str) -> dict[str, Any]:
     return body
 
 
-# Top-level fields tokenctl decides on. A body that names one twice is refused: tokenctl (orjson) reads the
-# last, a provider might read the first, and the body is forwarded byte for byte.
-_DECIDED_FIELDS = (
-    "model",
-    "stream",
-    "max_tokens",
-    "max_completion_tokens",
-    "max_output_tokens",
-    "metadata",
-    "service_tier",
-    "stream_options",
-    "thinking",
-    "reasoning",
-    "n",
-)
-_QUOTED_FIELDS = tuple(f'"{name}"'.encode() for name in _DECIDED_FIELDS)
-
-
-def _refuse_duplicate_keys(raw: bytes) -> None:
-    """Cheap when nothing repeats (a substring count per field); a full key check only when one might."""
-    if not any(raw.count(quoted) > 1 for quoted in _QUOTED_FIELDS):
-        return
-    top: list[tuple[str, Any]] = json.loads(raw, object_pairs_hook=lambda pairs: pairs)
-    names = [name for name, _ in top]
-    repeated = sorted({name for name in names if name in _DECIDED_FIELDS and names.count(name) > 1})
-    if repeated:
-        raise BadRequest(
-            f"the request body names {', '.join(repr(n) for n in repeated)} more than once; send each field once"
-        )
+def decided_body(raw: bytes, body: dict[str, Any]) -> bytes:
+    """The body as tokenctl read it: the bytes received when the client sent compact JSON naming each field
+    once (Claude Code, Codex and the JS SDKs do), else the same JSON re-serialised compactly. So a provider can
+    never read another value than the one tokenctl authorised and metered: a body naming ``model`` twice is
+    read (and forwarded) with its last value. Costs one ``orjson.dumps`` (about 12 µs for 50 KB)."""
+    canonical = orjson.dumps(body)
+    return raw if canonical == raw else canonical

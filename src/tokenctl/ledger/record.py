@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
@@ -104,12 +105,40 @@ INSERT_SQL = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS)}) VALUES ({',
 
 
 def iso_utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """``2026-11-20T15:00:00.123Z``: milliseconds cut, as ``datetime`` rounds the microseconds (half to even)."""
+    whole = int(ts // 1)
+    micros = round((ts - whole) * 1_000_000)
+    if micros == 1_000_000:
+        whole, micros = whole + 1, 0
+    second, prefix = _last_second
+    if second != whole:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _set_last_second(whole, prefix)
+    return f"{prefix}.{micros // 1000:03d}Z"
+
+
+_last_second: tuple[int, str] = (-1, "")  # requests arriving in the same second share the formatting
+
+
+def _set_last_second(second: int, prefix: str) -> None:
+    global _last_second
+    _last_second = (second, prefix)
+
+
+_QUARTER = 900  # every time zone's offset, and so every local midnight, falls on a quarter hour
+_day_cache: dict[tuple[tzinfo, int], str] = {}
 
 
 def local_day(ts: float, tz: tzinfo) -> str:
     """The date a request counts on in reports: its start in the reporting timezone."""
-    return datetime.fromtimestamp(ts, tz).date().isoformat()
+    quarter = int(ts // _QUARTER)
+    key = (tz, quarter)
+    day = _day_cache.get(key)
+    if day is None:
+        if len(_day_cache) > 4096:
+            _day_cache.clear()
+        day = _day_cache[key] = datetime.fromtimestamp(quarter * _QUARTER, tz).date().isoformat()
+    return day
 
 
 def nanos(amount: Decimal | None) -> int | None:
