@@ -85,6 +85,7 @@ class Config:
     ledger_max_lag_rows: int = 200_000
     shutdown_grace_seconds: float = 30.0
     idle_timeout_seconds: float = 75.0
+    banner: str | None = None  # shown at the top of every dashboard page (the demo labels its data with it)
     body_timeout_seconds: float = 120.0
     providers: tuple[ProviderConfig, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)
@@ -139,6 +140,7 @@ SECTIONS: dict[str, set[str]] = {
         "tags_header",
         "idle_timeout_seconds",
         "body_timeout_seconds",
+        "banner",
     },
     "ledger": {"path", "queue_max", "batch_max", "fsync", "max_lag_seconds", "max_lag_rows"},
     "pricing": {"overrides"},
@@ -234,6 +236,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
         max_body_bytes=integer(server, "max_body_bytes", 32 * 1024 * 1024, "server"),
         shutdown_grace_seconds=number(server, "shutdown_grace_seconds", 30.0, "server"),
         idle_timeout_seconds=number(server, "idle_timeout_seconds", 75.0, "server"),
+        banner=str(server["banner"]) if server.get("banner") else None,
         body_timeout_seconds=number(server, "body_timeout_seconds", 120.0, "server"),
         admin_key_env=str(server.get("admin_key_env", "TOKENCTL_ADMIN_KEY")),
         tags_header=str(server.get("tags_header", "x-tokenctl-tags")).lower(),

@@ -135,6 +135,13 @@ def _parser() -> argparse.ArgumentParser:
     add_governance_commands(sub, _config)
     add_router_commands(sub)
 
+    dm = sub.add_parser("demo", help="a full dashboard on synthetic data, with the fake provider: no provider key")
+    dm.add_argument("--dir", default="tokenctl-demo", help="folder for the demo's ledger and config (emptied first)")
+    dm.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    dm.add_argument("--port", type=int, default=8080, help="port to listen on")
+    dm.add_argument("--rows", type=int, default=30_000, help="synthetic requests to generate")
+    dm.set_defaults(run=_demo)
+
     f = sub.add_parser("fake-provider", help="run the fake LLM provider (tests, demos, benchmarks)")
     f.add_argument("--host", default="127.0.0.1", help="address to listen on")
     f.add_argument("--port", type=int, default=9090, help="port to listen on")
@@ -389,6 +396,20 @@ def _migrate(args: argparse.Namespace) -> int:
     newly = migrate(db)
     for name in applied(db):
         print(f"{name}{'  (applied now)' if name in newly else ''}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tokenctl.demo import run
+
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _install_uvloop()
+    try:
+        bind_listener(args.host, args.port).close()  # a taken port is one clear line, before any work
+    except ListenError as exc:
+        print(f"tokenctl: error: {exc}", file=sys.stderr)
+        return 1
+    asyncio.run(run(Path(args.dir), args.host, args.port, args.rows))
     return 0
 
 

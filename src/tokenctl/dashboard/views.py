@@ -288,6 +288,7 @@ async def _me(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[
         "timezone": str(dash.tz),
         "today": dash.now().date().isoformat(),
         "content_logging": False,
+        "banner": dash.gw.config.banner,
     }
 
 

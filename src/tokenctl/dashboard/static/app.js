@@ -520,6 +520,8 @@ async function render() {
 
 async function start() {
   me = await api("me");
+  if (me.banner) document.body.insertBefore(h("div", { class: "banner", role: "status" }, me.banner),
+                                            document.body.firstChild);
   document.getElementById("who").textContent = me.role === "admin" ? "admin" : `team ${me.team}`;
   document.getElementById("tz").textContent = me.timezone;
   document.body.classList.toggle("is-admin", me.role === "admin");
