@@ -22,7 +22,7 @@ from tokenctl.metering.meter import settle
 from tokenctl.metering.pricing import PriceBook
 from tokenctl.policy.enforce import Admission, Enforcer
 from tokenctl.policy.reload import reload_rules
-from tokenctl.providers.upstream import Upstream
+from tokenctl.providers.upstream import Upstream, UpstreamRequest
 from tokenctl.routing.catalog import Catalog
 from tokenctl.routing.router import Router
 from tokenctl.translate import StreamTranslator, Translation
@@ -64,6 +64,18 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):012x}"
 
 
+@dataclass(slots=True)
+class RequestBody:
+    """The client's body, raw and parsed: kept while it may still be sent (a fallback needs it), dropped once
+    the provider has answered, so a 20-minute stream does not keep a 300 KB prompt alive."""
+
+    raw: bytes
+    parsed: dict[str, Any]
+
+    def drop(self) -> None:
+        self.raw, self.parsed = b"", {}
+
+
 class Call:
     """One request in flight: its id, timers and the ledger entry being filled in."""
 
@@ -77,6 +89,7 @@ class Call:
         "gw",
         "meter",
         "request",
+        "request_body",
         "request_id",
         "started",
         "translation",
@@ -96,9 +109,16 @@ class Call:
         self.admission: Admission | None = None
         self.fallbacks: tuple[Route, ...] = ()  # deployments to try if the first fails before answering
         self.finished = False  # metered, settled and recorded (finish() ran)
+        self.request_body: RequestBody | None = None
         self.upstream_dialect = dialect  # the API the provider answers in (another one when translating)
         self.translation: Translation | None = None
         self.translator: StreamTranslator | None = None
+
+    def answer_started(self, sent: UpstreamRequest) -> None:
+        """The provider answered: no fallback will send the body again, so nothing needs to hold it."""
+        if self.request_body is not None:
+            self.request_body.drop()
+        sent.release()
 
     async def finish(self) -> None:
         """Meter, settle budgets and record the request, once. Runs for every outcome, client disconnects

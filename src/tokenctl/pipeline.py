@@ -21,7 +21,7 @@ from tokenctl.errors import (
     UnsupportedRoute,
     UpstreamError,
 )
-from tokenctl.gateway import Call, Gateway
+from tokenctl.gateway import Call, Gateway, RequestBody
 from tokenctl.identity.attribution import attribute
 from tokenctl.identity.authenticate import authenticate, client_key
 from tokenctl.ingress.dialect import DIALECTS, Dialect
@@ -81,7 +81,9 @@ async def _proxy(call: Call) -> web.StreamResponse:
     authorize(entry.principal, entry.route)
     _route(call, body)
     call.admission = admission = await gw.enforcer.admit(entry, body, raw, api)
-    return await _send(call, raw, body, admission.body_changed)
+    call.request_body = RequestBody(raw, body)
+    del raw, body  # the call holds them now, and drops them once the provider answers
+    return await _send(call, admission.body_changed)
 
 
 def _route(call: Call, body: dict[str, Any]) -> None:
@@ -109,14 +111,14 @@ def _route(call: Call, body: dict[str, Any]) -> None:
     entry.policy = [*(entry.policy or []), f"route {decision.tier} -> {first.upstream_model}: {decision.reason}"]
 
 
-async def _send(call: Call, raw: bytes, body: dict[str, Any], body_changed: bool) -> web.StreamResponse:
+async def _send(call: Call, body_changed: bool) -> web.StreamResponse:
     """Forward to the route; on 429/5xx/529, a timeout or no connection before any byte, try the next deployment."""
     entry = call.entry
     pending = list(call.fallbacks)
     while True:
         assert entry.route is not None
         try:
-            upstream = _prepare(call, raw, body, body_changed)
+            upstream = _prepare(call, body_changed)
         except Untranslatable as exc:  # this deployment cannot take the request; another one may
             if not pending:
                 raise
@@ -134,10 +136,11 @@ async def _send(call: Call, raw: bytes, body: dict[str, Any], body_changed: bool
             ]
 
 
-def _prepare(call: Call, raw: bytes, body: dict[str, Any], body_changed: bool) -> UpstreamRequest:
+def _prepare(call: Call, body_changed: bool) -> UpstreamRequest:
     """The upstream request for the current route, translated when the provider speaks another API."""
     route = call.entry.route
-    assert route is not None
+    assert route is not None and call.request_body is not None
+    raw, body = call.request_body.raw, call.request_body.parsed
     upstream = call.gw.upstreams[route.provider.name]
     if route.upstream_api is None:
         call.upstream_dialect, call.translation, call.translator = call.dialect, None, None

@@ -268,3 +268,30 @@ def test_a_stuck_ledger_fails_budgeted_requests_closed_and_recovers(make_gateway
     assert httpx.post(live.url + "/v1/messages", json=MESSAGES, headers=headers).status_code == 200
     rows = live.wait_rows(4)
     assert [r["status"] for r in rows] == [200, 200, 503, 200]
+
+
+def test_a_long_stream_does_not_keep_its_request_body(gateway: LiveGateway) -> None:
+    """Once the provider answers, nothing in tokenctl holds the client's body (2 MB here) for the stream's life."""
+    import tracemalloc
+
+    body = orjson.dumps({**MESSAGES, "stream": True, "messages": [{"role": "user", "content": "x" * 2_000_000}]})
+    gateway.fake.keep_requests = False  # type: ignore[attr-defined]
+    tracemalloc.start(30)
+    try:
+        host, port = gateway.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=20) as sock:
+            sock.sendall(messages_head(gateway, body, b"x-fake-chunks: 30", b"x-fake-fault: stall:60") + body)
+            del body
+            assert b"text/event-stream" in sock.recv(4096)  # the answer has started
+            time.sleep(0.3)  # mid-stream
+            big = [
+                s
+                for s in tracemalloc.take_snapshot().statistics("traceback")
+                if s.size >= 1_000_000 and not any("fake_provider" in frame.filename for frame in s.traceback)
+            ]  # the provider's copy
+            while sock.recv(65536):
+                pass
+    finally:
+        tracemalloc.stop()
+        gateway.fake.keep_requests = True  # type: ignore[attr-defined]
+    assert big == [], [str(s.traceback) for s in big]

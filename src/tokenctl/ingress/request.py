@@ -21,7 +21,7 @@ async def read_body(request: web.Request, max_bytes: int, timeout: float) -> byt
         raise _too_large(request.content_length, max_bytes)
     try:
         async with asyncio.timeout(timeout):
-            return await request.read()
+            return await _read(request, max_bytes)
     except TimeoutError as exc:
         raise RequestTimeout(f"the request body was not received within {timeout:g} s") from exc
     except web.HTTPRequestEntityTooLarge as exc:
@@ -32,6 +32,17 @@ async def read_body(request: web.Request, max_bytes: int, timeout: float) -> byt
         raise BadRequest(f"the request body could not be read{how}: {exc.args[0] if exc.args else exc}") from exc
     except ConnectionError as exc:  # the client left during the upload
         raise ClientGone("client disconnected while sending the request body") from exc
+
+
+async def _read(request: web.Request, max_bytes: int) -> bytes:
+    """The body, read from the stream (``request.read()`` would also keep a copy for the request's life)."""
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(None, max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _too_large(size: int | None, max_bytes: int) -> PayloadTooLarge:

@@ -67,6 +67,7 @@ async def forward(call: Call, up: UpstreamRequest, retry_allowed: bool = False) 
         )
         if retry_allowed and resp.status in RETRY_ELSEWHERE:
             raise FallbackNeeded(f"answered {resp.status}")
+        call.answer_started(up)
         if resp.status >= 400:
             return await _relay_upstream_error(call, resp)
         if resp.content_type == "text/event-stream" and call.upstream_dialect.new_meter is not None:

@@ -78,13 +78,17 @@ class ProviderKeyMissing(UpstreamError):
     retryable = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpstreamRequest:
     url: str
     headers: dict[str, str]
     body: bytes
     injected_stream_usage: bool
     timeout: aiohttp.ClientTimeout
+
+    def release(self) -> None:
+        """Sent and answered: the body is not needed any more."""
+        self.body = b""
 
 
 class Upstream:
