@@ -238,3 +238,45 @@ def test_pool_draws_are_recorded_and_reported_by_funding(make_gateway: Any, caps
     report = orjson.loads(capsys.readouterr().out)
     groups = {g["group"]: g for g in report}
     assert "team-pool" in groups and "own budget" in groups
+
+
+def test_status_shows_the_reservations_of_members_with_no_ledger_row_yet(make_gateway: Any) -> None:
+    """A member's first request, still streaming: its reservation is in the status before any row exists."""
+    import threading
+
+    from tests.conftest import ADMIN_KEY
+
+    live = make_gateway({"budgets": [{"name": "per-user", "scope": "user", "limit_usd": 50}]})
+    body = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 100,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    streaming = threading.Thread(
+        target=lambda: httpx.post(
+            live.url + "/v1/messages",
+            json=body,
+            timeout=30,
+            headers={"x-api-key": live.key, "x-fake-chunks": "20", "x-fake-fault": "stall:60"},
+        )
+    )
+    streaming.start()
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    try:
+        deadline = time.monotonic() + 5
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            rows = httpx.get(live.url + "/admin/budgets/status", headers=admin).json()["data"]
+            if any(r["member"] == "alice" for r in rows):
+                break
+            time.sleep(0.05)
+        alice = next(r for r in rows if r["member"] == "alice")
+        assert Decimal(alice["reserved_usd"]) > 0 and Decimal(alice["spent_usd"]) == 0
+        assert live.rows() == []  # no ledger row yet
+    finally:
+        streaming.join(30)
+    after = next(
+        r for r in httpx.get(live.url + "/admin/budgets/status", headers=admin).json()["data"] if r["member"] == "alice"
+    )
+    assert Decimal(after["reserved_usd"]) == 0 and Decimal(after["spent_usd"]) > 0

@@ -1,6 +1,7 @@
 """``budgets status``: spent, reserved, limit and reset time of every budget's current window.
 
-Members come from the ledger (who spent in the window) plus each budget's fixed ``match``;
+Members come from the ledger (who spent in the window), the store (who has requests in flight, ledger row or
+not) and each budget's fixed ``match``;
 spent and reserved come from the store, so spend not yet flushed to the ledger is included.
 """
 
@@ -11,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from tokenctl.ledger.spend import spend_by_member
-from tokenctl.policy.budget import Budgets, Charge, to_nanos, to_usd
+from tokenctl.policy.budget import Budgets, Charge, counter_name, to_nanos, to_usd
 from tokenctl.policy.period import current_window
 from tokenctl.policy.rules import BudgetRule
 from tokenctl.policy.seed import ledger_seeds
@@ -36,13 +37,30 @@ def budget_members(db: sqlite3.Connection, rule: BudgetRule, tz: Any, now: float
 
 
 async def budget_status(budgets: Budgets, db: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
+    reserved = await budgets.store.reserved_counters(now)
     rows = []
     for rule in budgets.rules:
-        members = budget_members(db, rule, budgets.tz, now) or [("*", None)]  # "*": every member, none spent yet
+        members = budget_members(db, rule, budgets.tz, now)
+        known = {m for m, u in members if u is None}
+        members += [(m, None) for m in _reserving_members(budgets, rule, reserved, now) if m not in known]
+        members = members or [("*", None)]  # "*": every member, none spent yet
         for member, user in members:
             charge = budgets.charge(rule, member, now, slice_member=user)
             rows.append(await status_row(budgets, charge, now))
     return rows
+
+
+def _reserving_members(budgets: Budgets, rule: BudgetRule, reserved: list[str], now: float) -> list[str]:
+    """Members with requests in flight in the current window, whether or not the ledger has a row for them yet."""
+    found = set()
+    for bucket in current_window(rule.period, now, budgets.tz).buckets:
+        prefix, suffix = counter_name(rule, "\0", bucket).split("\0")
+        found |= {
+            name[len(prefix) : -len(suffix)]
+            for name in reserved
+            if name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix) + len(suffix)
+        }
+    return sorted(found)
 
 
 async def offline_status(budgets: Budgets, db: sqlite3.Connection, now: float) -> list[dict[str, Any]]:

@@ -57,6 +57,8 @@ class SpendStore(Protocol):
 
     async def open_reservations(self, now: float) -> int: ...
 
+    async def reserved_counters(self, now: float) -> list[str]: ...
+
 
 class _Counter:
     __slots__ = ("drop_after", "reserved", "settled")
@@ -136,6 +138,11 @@ class MemoryStore:
     async def open_reservations(self, now: float) -> int:
         self._expire(now)
         return len(self._reservations)
+
+    async def reserved_counters(self, now: float) -> list[str]:
+        """Counters holding reservations of requests in flight (status shows their members too)."""
+        self._expire(now)
+        return [name for name, c in self._counters.items() if c.reserved]
 
     # -- internals --------------------------------------------------------------------------------
 
