@@ -60,6 +60,12 @@ def _current_width(row: Row) -> Row:
     return row
 
 
+def _yield_the_gil() -> None:
+    """After releasing the lock, let a request that waited for it run now: without this, the writer would keep
+    the GIL for up to the interpreter's switch interval (5 ms), and that request would wait that long."""
+    time.sleep(0)
+
+
 class LedgerWriter:
     def __init__(
         self,
@@ -343,6 +349,7 @@ class LedgerWriter:
         with self._lock:
             old, self._current = self._current, fresh
             self._sealed.append(old)
+        _yield_the_gil()
         self._close(old)  # closed (and synced, with fsync on) outside the lock too
 
     def _read_back(self, segment: Segment) -> list[Row]:
@@ -357,6 +364,7 @@ class LedgerWriter:
         with self._lock:
             self._sealed.popleft()
             self._in_memory -= len(segment.rows or ())
+        _yield_the_gil()
         if segment.path is not None:
             Journal.remove(segment.path)
         self._write_error = None
