@@ -82,7 +82,7 @@ async def _gateway_lifecycle(
         max_lag_seconds=config.ledger_max_lag_seconds,
         max_lag_rows=config.ledger_max_lag_rows,
     )
-    ledger.start()
+    ledger.start(wait_for_lock_seconds=config.shutdown_grace_seconds + 5)
     keys_db = connect(config.ledger_path)
     keys = KeyCache(keys_db, config.key_refresh_seconds)
     keys.refresh()

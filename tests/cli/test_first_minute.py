@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,3 +204,47 @@ def test_report_into_head_has_no_broken_pipe(ledger: str, tmp_path: Path) -> Non
         cwd=tmp_path,
     )
     assert len(head.stdout.splitlines()) == 2 and b"Traceback" not in head.stderr
+
+
+def _serve_proc(tmp_path: Path, port: int, ledger: Path, grace: int = 2) -> subprocess.Popen[bytes]:
+    config = tmp_path / f"gw{port}.yaml"
+    config.write_text(f"server: {{port: {port}, shutdown_grace_seconds: {grace}}}\nledger: {{path: {ledger}}}\n")
+    return _cli("--config", str(config), "serve", cwd=tmp_path)
+
+
+def _wait_http(port: int, timeout: float = 30) -> bool:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def test_a_second_gateway_on_the_same_ledger_refuses_to_start(tmp_path: Path) -> None:
+    """Two gateways on one ledger would each enforce every budget alone (double the cap)."""
+    from tests.conftest import free_port
+
+    ledger = tmp_path / "shared.db"
+    first_port, second_port = free_port(), free_port()
+    first = _serve_proc(tmp_path, first_port, ledger)
+    try:
+        assert _wait_http(first_port)
+        second = _serve_proc(tmp_path, second_port, ledger, grace=0)  # waits grace + 5 s for the lock, then gives up
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 1
+        last = err.decode().strip().splitlines()[-1]
+        assert last.startswith("tokenctl: error: another tokenctl process (pid") and str(first.pid) in last
+    finally:
+        first.terminate()
+        first.wait(30)
+    restarted = _serve_proc(tmp_path, second_port, ledger)  # the lock went with the first process
+    try:
+        assert _wait_http(second_port)
+    finally:
+        restarted.terminate()
+        restarted.wait(30)

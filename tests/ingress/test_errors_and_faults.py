@@ -71,16 +71,22 @@ def test_oversized_body_is_a_413(gateway, fake, tmp_path, monkeypatch) -> None:
 
     from tests.conftest import ServerThread
     from tokenctl.app import create_app
+    from tokenctl.identity.keys import create_key
+    from tokenctl.ledger.db import connect
 
-    small = ServerThread(create_app(replace(gateway.config, max_body_bytes=1000))).start()
+    ledger = str(tmp_path / "small.db")  # its own ledger: one gateway per ledger
+    db = connect(ledger)
+    _, key = create_key(db, user="alice", team="payments")
+    db.close()
+    small = ServerThread(create_app(replace(gateway.config, max_body_bytes=1000, ledger_path=ledger))).start()
     try:
         body = {**MESSAGES, "messages": [{"role": "user", "content": "x" * 5000}]}
-        response = httpx.post(small.url + "/v1/messages", json=body, headers={"x-api-key": gateway.key})
+        response = httpx.post(small.url + "/v1/messages", json=body, headers={"x-api-key": key})
         assert "at most 1,000 bytes" in assert_anthropic_error(response, 413, "request_too_large")
         chunked = httpx.post(
             small.url + "/v1/chat/completions",
             content=iter([b"{" + b" " * 3000 + b"}"]),
-            headers={"authorization": f"Bearer {gateway.key}"},
+            headers={"authorization": f"Bearer {key}"},
         )
         assert_openai_error(chunked, 413, "request_too_large")
     finally:

@@ -37,6 +37,7 @@ from tokenctl.config import Config, ConfigError, find_config_path, load_config
 from tokenctl.identity.keys import KeyInfo, KeyNotFound, create_key, list_keys, revoke_key
 from tokenctl.ingress.server import GatewayRunner
 from tokenctl.ledger.db import connect
+from tokenctl.ledger.journal import LedgerInUse
 from tokenctl.ledger.migrations import applied, migrate
 from tokenctl.ledger.report import FILTER_COLUMNS, GROUPINGS, ReportRow, spend_report, total
 from tokenctl.metering.pricing import PriceFileError
@@ -204,7 +205,7 @@ def _serve(args: argparse.Namespace) -> int:
     raise_fd_limit()
     try:
         asyncio.run(_run_server(config))
-    except ListenError as exc:
+    except (ListenError, LedgerInUse) as exc:
         print(f"tokenctl: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -93,3 +93,51 @@ class Journal:
             path.unlink()
         except FileNotFoundError:
             pass
+
+
+class LedgerInUse(RuntimeError):
+    """Another process is writing this ledger: two gateways on one ledger would each enforce budgets alone."""
+
+
+class LedgerLock:
+    """An exclusive lock on ``{ledger}.lock`` for the process that writes the ledger, with its pid inside.
+
+    Held from start to close; the kernel releases it when the process dies, however it dies.
+    """
+
+    def __init__(self, ledger_path: str) -> None:
+        self.path = Path(f"{ledger_path}.lock")
+        self._fd: int | None = None
+
+    def acquire(self, wait_seconds: float = 0.0) -> None:
+        import fcntl
+        import time
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        deadline = time.monotonic() + wait_seconds
+        announced = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise LedgerInUse(
+                        f"another tokenctl process (pid {holder}) is using the ledger {self.path.name[:-5]}; "
+                        "two gateways on one ledger would each enforce budgets alone. Stop it first (a "
+                        "restarted gateway waits for the old one to finish its in-flight requests)"
+                    ) from None
+                if not announced:
+                    log.warning("waiting for tokenctl pid %s to finish with the ledger", holder)
+                    announced = True
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing drops the lock

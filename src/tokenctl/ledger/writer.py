@@ -31,7 +31,7 @@ import orjson
 
 from tokenctl.ledger.audit import AUDIT_INSERT_SQL, AuditEvent
 from tokenctl.ledger.db import connect, transaction
-from tokenctl.ledger.journal import Journal
+from tokenctl.ledger.journal import Journal, LedgerLock
 from tokenctl.ledger.migrations import add_to_rollups
 from tokenctl.ledger.record import COLUMNS, INSERT_SQL, LedgerEntry, repair_row, to_row
 
@@ -84,6 +84,7 @@ class LedgerWriter:
         self.path = path
         self.tz = tz
         self.journal = Journal(path, fsync=fsync) if path != ":memory:" else None
+        self._lock_file = LedgerLock(path) if path != ":memory:" else None
         self.spill_path = Path(f"{path}.spill.jsonl") if path != ":memory:" else None  # written by versions < 0.2
         self._queue_max = queue_max
         self._batch_max = batch_max
@@ -244,7 +245,11 @@ class LedgerWriter:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, wait_for_lock_seconds: float = 0.0) -> None:
+        """Lock the ledger for this process (raises ``LedgerInUse`` if another one has it, after waiting up to
+        ``wait_for_lock_seconds`` for it to finish), replay what an earlier run left, start the thread."""
+        if self._lock_file is not None:
+            self._lock_file.acquire(wait_for_lock_seconds)
         self._db = connect(self.path)
         self._replay()
         self._current = self._new_segment()
@@ -287,6 +292,8 @@ class LedgerWriter:
             self._close(segment)
         self._keep_for_next_start(left)
         self._db.close()
+        if self._lock_file is not None:
+            self._lock_file.release()
 
     def _keep_for_next_start(self, segments: list[Segment]) -> None:
         unjournaled = [row for s in segments if s.path is None for row in (s.rows or ())]
