@@ -115,13 +115,17 @@ async def _gateway_lifecycle(
     )
     app[GATEWAY] = gateway
     app[DASHBOARD] = dashboard = Dashboard(gateway)
-    refresher = asyncio.create_task(_refresh(gateway, rules_db, config.key_refresh_seconds))
+    background = [
+        asyncio.create_task(_refresh(gateway, rules_db, config.key_refresh_seconds)),
+        asyncio.create_task(enforcer.budgets.keep_live_reservations(enforcer.clock)),
+    ]
     try:
         yield
     finally:
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await notifier.drain()
         await http.close()
         ledger.close(timeout=config.shutdown_grace_seconds)

@@ -280,3 +280,41 @@ def test_status_shows_the_reservations_of_members_with_no_ledger_row_yet(make_ga
         r for r in httpx.get(live.url + "/admin/budgets/status", headers=admin).json()["data"] if r["member"] == "alice"
     )
     assert Decimal(after["reserved_usd"]) == 0 and Decimal(after["spent_usd"]) > 0
+
+
+def test_a_running_request_keeps_its_reservation_past_the_ttl(make_gateway: Any) -> None:
+    """A request that runs longer than reservation_ttl_seconds (a long stream) is renewed while it runs: its
+    reservation never expires, so requests arriving meanwhile cannot take its share and pass the cap."""
+    import threading
+
+    cap = Decimal("0.025")  # room for two of these requests in flight (each reserves and costs about $0.0101)
+    live = make_gateway(
+        {
+            "budgets": [{"name": "cap", "scope": "user", "match": "alice", "limit_usd": str(cap)}],
+            "enforcement": {"reservation_ttl_seconds": 1},
+        }
+    )
+    usage = "input=60,output=2000"
+    statuses: list[int] = []
+    slow = threading.Thread(
+        target=lambda: statuses.append(
+            httpx.post(
+                f"{live.url}/v1/messages",
+                json=_messages_body(),
+                timeout=30,
+                headers=_headers(live.key, usage, fault="slow:2500"),
+            ).status_code
+        )
+    )
+    slow.start()
+    time.sleep(1.5)  # past the TTL: without renewal the first request's reservation would be gone
+    with httpx.Client(timeout=30) as client:
+        for _ in range(3):
+            statuses.append(
+                client.post(
+                    f"{live.url}/v1/messages", json=_messages_body(), headers=_headers(live.key, usage)
+                ).status_code
+            )
+    slow.join(30)
+    assert sorted(statuses) == [200, 200, 402, 402]
+    assert _settled(live) <= cap

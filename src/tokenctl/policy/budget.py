@@ -10,7 +10,9 @@ when it is exhausted, within the member's slice of that pool.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -22,6 +24,8 @@ from tokenctl.policy.period import Window, WindowCache
 from tokenctl.policy.rules import BudgetRule
 from tokenctl.policy.store import Claim, Refusal, SpendStore
 from tokenctl.types import Principal
+
+log = logging.getLogger("tokenctl")
 
 NANO = Decimal("1e9")
 
@@ -94,6 +98,7 @@ class Budgets:
         self.tz = tz
         self.store = store
         self.reservation_ttl = reservation_ttl
+        self.live: set[str] = set()  # reservations of requests still running in this process
         self._windows = WindowCache(tz)
         self.set_rules(rules)
 
@@ -162,6 +167,7 @@ class Budgets:
         expires = now + self.reservation_ttl
         refusal = await self.store.reserve(reservation_id, [c.claim for c in charges], amount, expires, now)
         if refusal is None:
+            self.live.add(reservation_id)
             return BudgetAdmission(reservation_id, amount, charges)
         refused = charges[refusal.claim]
         pool = self.pools.get(refused.rule.overflow_to or "")
@@ -193,6 +199,7 @@ class Budgets:
             reservation_id, [c.claim for c in attempt], amount, now + self.reservation_ttl, now
         )
         if refusal is None:
+            self.live.add(reservation_id)
             return BudgetAdmission(reservation_id, amount, attempt, pool=pool.name)
         refused = attempt[refusal.claim]
         raise self._exceeded(refused, refusal, amount, allowance=exhausted)
@@ -228,7 +235,22 @@ class Budgets:
         )
 
     async def settle(self, admission: BudgetAdmission, actual: int) -> None:
+        self.live.discard(admission.reservation_id)
         await self.store.settle(admission.reservation_id, admission.claims, actual)
+
+    async def keep_live_reservations(self, clock: Callable[[], float]) -> None:
+        """Renew the reservations of requests still running, a third of the TTL before they would expire: a
+        20-minute stream keeps its reservation whatever ``reservation_ttl_seconds`` is; only a reservation
+        whose request is gone (a dead process, for a store shared by several) runs out."""
+        interval = max(0.05, self.reservation_ttl / 3)
+        while True:
+            await asyncio.sleep(interval)
+            if not self.live:
+                continue
+            try:
+                await self.store.renew(list(self.live), clock() + self.reservation_ttl)
+            except Exception:  # a store that fails now is retried at the next interval
+                log.exception("renewing %d live reservations failed", len(self.live))
 
     async def spent_share(self, charge: Charge, now: float) -> Decimal:
         """(settled + reserved) / limit for a budget's current window."""

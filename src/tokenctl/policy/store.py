@@ -9,7 +9,8 @@ for several replicas) adds exactly. The enforcement logic (``policy.budget``) on
   once, else change nothing and say which claim refused.
 - ``settle``: drop the reservation (if it has not expired) and add the actual amount to the
   settled part of each claim's first counter. Settling an expired reservation still counts the spend.
-- reservations expire at ``expires_at``, so a crashed request cannot hold budget forever.
+- reservations expire at ``expires_at``, so a crashed request cannot hold budget forever; ``renew`` moves
+  the expiry of the reservations of requests still running, so a live request's never expires.
 - ``seed`` sets a counter's settled amount only if the store does not have that counter yet
   (idempotent, so N replicas seeding at once cannot multiply spend).
 """
@@ -59,6 +60,8 @@ class SpendStore(Protocol):
 
     async def reserved_counters(self, now: float) -> list[str]: ...
 
+    async def renew(self, reservation_ids: Sequence[str], expires_at: float) -> None: ...
+
 
 class _Counter:
     __slots__ = ("drop_after", "reserved", "settled")
@@ -78,6 +81,7 @@ class MemoryStore:
         self._counters: dict[str, _Counter] = {}
         self._reservations: dict[str, tuple[tuple[str, ...], int]] = {}  # id -> (first counters, amount)
         self._expiry: list[tuple[float, str]] = []
+        self._deadline: dict[str, float] = {}  # reservation id -> when it expires (latest renewal)
         self._markers: set[str] = set()
         self._rates: dict[str, tuple[float, float]] = {}  # bucket -> (tokens, last refill time)
         self._next_prune = 0.0
@@ -96,8 +100,15 @@ class MemoryStore:
         for claim in claims:
             self._counter(claim.counters[0], claim.drop_after).reserved += amount
         self._reservations[reservation_id] = (heads, amount)
+        self._deadline[reservation_id] = expires_at
         heapq.heappush(self._expiry, (expires_at, reservation_id))
         return None
+
+    async def renew(self, reservation_ids: Sequence[str], expires_at: float) -> None:
+        for reservation_id in reservation_ids:
+            if reservation_id in self._reservations:
+                self._deadline[reservation_id] = expires_at
+                heapq.heappush(self._expiry, (expires_at, reservation_id))
 
     async def settle(self, reservation_id: str, claims: Sequence[Claim], amount: int) -> None:
         self._release(reservation_id)
@@ -162,6 +173,7 @@ class MemoryStore:
         return c
 
     def _release(self, reservation_id: str) -> None:
+        self._deadline.pop(reservation_id, None)
         held = self._reservations.pop(reservation_id, None)
         if held is None:
             return
@@ -173,8 +185,9 @@ class MemoryStore:
 
     def _expire(self, now: float) -> None:
         while self._expiry and self._expiry[0][0] <= now:
-            _, reservation_id = heapq.heappop(self._expiry)
-            self._release(reservation_id)
+            due, reservation_id = heapq.heappop(self._expiry)
+            if self._deadline.get(reservation_id, due) <= due:  # not renewed since this entry was pushed
+                self._release(reservation_id)
         if now >= self._next_prune:
             self._next_prune = now + self.PRUNE_EVERY_SECONDS
             self._prune(now)
