@@ -154,3 +154,25 @@ def test_a_sessions_model_is_the_one_it_used_last_in_every_batch_and_after_a_reb
     assert db.execute("SELECT model, requests FROM rollup_sessions").fetchone() == ("claude-opus-4-1", 4)
     assert main(["rebuild-rollups", "--ledger", path]) == 0
     assert db.execute("SELECT model, requests FROM rollup_sessions").fetchone() == ("claude-opus-4-1", 4)
+
+
+def test_rollups_written_in_many_small_batches_equal_a_rebuild_exactly(tmp_path: Path) -> None:
+    """Batch boundaries must not change a single sum (durations are summed in whole milliseconds)."""
+    path = str(tmp_path / "batches.db")
+    writer = LedgerWriter(path, batch_max=7, interval_seconds=0.001)
+    writer.start()
+    for i, e in enumerate(synthetic_entries(1500, start=START, days=3)):
+        e.duration_ms += i / 7  # fractional durations, as measured
+        writer.record(e)
+        if i % 97 == 0:
+            assert writer.flush(10)  # batches of every size
+    writer.close()
+    db = sqlite3.connect(path)
+    tables = ("rollup_daily", "rollup_team_daily", "rollup_user_daily", "rollup_sessions")
+
+    def snapshot() -> list[list[tuple[object, ...]]]:
+        return [db.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3, 4, 5, 6").fetchall() for t in tables]
+
+    before = snapshot()
+    assert main(["rebuild-rollups", "--ledger", path]) == 0
+    assert snapshot() == before and before[0]

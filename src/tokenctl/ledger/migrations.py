@@ -200,7 +200,7 @@ def _measure_values(row: str) -> dict[str, str]:
         f" THEN {row}.counterfactual_nanousd - {row}.cost_nanousd ELSE 0 END",
         "unpriced": f"1 - {row}.priced",
         "blocked": f"CASE WHEN {row}.status IN (402, 403, 429) AND {row}.outcome = 'rejected' THEN 1 ELSE 0 END",
-        "duration_ms": f"{row}.duration_ms",
+        "duration_ms": f"ROUND({row}.duration_ms)",  # whole ms: sums of integers are exact in any order
     }
 
 
@@ -379,26 +379,35 @@ _SESSION_COLUMNS = (
 
 
 def _sessions_sql(where: str, *, upsert: bool) -> str:
-    """Sessions of the requests rows matching ``where``; ``model`` is the one the session used last."""
+    """Sessions of the requests rows matching ``where``. Team, user, project, tool and model are those of the
+    session's latest request (an agent that changes model mid-session shows the one it uses now)."""
     m = _measure_values("r")
-    sums = ", ".join(f"SUM({m[k]})" for k in SESSION_MEASURES)
-    last_model = (
-        "(SELECT r2.model FROM requests r2 WHERE r2.session_id = r.session_id AND r2.day IS NOT NULL"
+    sums = ", ".join(f"SUM({m[k]}) AS {k}" for k in SESSION_MEASURES)
+    latest = (
+        "(SELECT r2.rowid FROM requests r2 WHERE r2.session_id = r.session_id AND r2.day IS NOT NULL"
         f" {where.replace('r.', 'r2.')} ORDER BY r2.ts DESC, r2.rowid DESC LIMIT 1)"
+    )
+    grouped = (
+        f"SELECT r.session_id, min(r.ts) AS first_ts, max(r.ts) AS last_ts, min(r.day) AS first_day,"
+        f" max(r.day) AS last_day, {sums}, {latest} AS latest FROM requests r"
+        f" WHERE r.session_id IS NOT NULL AND r.day IS NOT NULL {where} GROUP BY r.session_id"
     )
     sql = (
         f"INSERT INTO rollup_sessions ({', '.join(_SESSION_COLUMNS)})"
-        f" SELECT r.session_id, max(r.team), max(r.user), max(r.project), max(r.tool), {last_model}, min(r.ts),"
-        f" max(r.ts), min(r.day), max(r.day), {sums} FROM requests r"
-        f" WHERE r.session_id IS NOT NULL AND r.day IS NOT NULL {where} GROUP BY r.session_id"
+        f" SELECT g.session_id, l.team, l.user, l.project, l.tool, l.model, g.first_ts, g.last_ts, g.first_day,"
+        f" g.last_day, {', '.join('g.' + k for k in SESSION_MEASURES)} FROM ({grouped}) g"
+        " JOIN requests l ON l.rowid = g.latest WHERE true"
     )
     if not upsert:
         return sql
     added = ", ".join(f"{k} = {k} + excluded.{k}" for k in SESSION_MEASURES)
+    newer = ", ".join(
+        f"{c} = CASE WHEN excluded.last_ts >= last_ts THEN excluded.{c} ELSE {c} END"
+        for c in ("team", "user", "project", "tool", "model")
+    )
     return (
-        f"{sql} ON CONFLICT (session_id) DO UPDATE SET {added},"
+        f"{sql} ON CONFLICT (session_id) DO UPDATE SET {added}, {newer},"
         " first_ts = min(first_ts, excluded.first_ts), first_day = min(first_day, excluded.first_day),"
-        " model = CASE WHEN excluded.last_ts >= last_ts THEN excluded.model ELSE model END,"
         " last_ts = max(last_ts, excluded.last_ts), last_day = max(last_day, excluded.last_day)"
     )
 
@@ -432,9 +441,13 @@ def add_to_rollups(db: sqlite3.Connection, after_rowid: int) -> None:
 
 def m007_batch_rollups(db: sqlite3.Connection) -> None:
     """Rollups are added once per batch by the writer (``add_to_rollups``), one upsert per distinct cell, instead
-    of by a trigger per row; and a session's model is the one it used last."""
+    of by a trigger per row; a session's model is the one it used last; durations are summed in whole
+    milliseconds, so batches and a rebuild give identical sums. The rollups are rebuilt once."""
     db.execute("DROP TRIGGER IF EXISTS requests_rollup")
-    db.execute("DELETE FROM rollup_sessions")
+    for table in ("rollup_daily", *SMALL_ROLLUPS, "rollup_sessions"):  # durations now summed as whole ms
+        db.execute(f"DELETE FROM {table}")
+    rebuild_daily(db)
+    rebuild_small_rollups(db)
     rebuild_sessions(db)
 
 
