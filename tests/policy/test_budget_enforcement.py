@@ -318,3 +318,60 @@ def test_a_running_request_keeps_its_reservation_past_the_ttl(make_gateway: Any)
     slow.join(30)
     assert sorted(statuses) == [200, 200, 402, 402]
     assert _settled(live) <= cap
+
+
+def test_a_budget_set_live_under_traffic_starts_from_the_spend_already_in_its_window(make_gateway: Any) -> None:
+    """`budgets set` while requests flow, on a ledger with 60k rows: requests arriving while the new budget's
+    counter is read from the ledger must not create it at $0 (the seed would then be skipped)."""
+    import threading
+
+    from tests.conftest import ADMIN_KEY
+    from tokenctl.ledger.writer import LedgerWriter
+    from tokenctl.testing.synthetic import synthetic_entries
+
+    live = make_gateway()
+    live.server.stop()  # one writer per ledger: fill it while the gateway is down, as history
+    writer = LedgerWriter(live.db_path)
+    writer.start()
+    for entry in synthetic_entries(60_000, start=time.time() - 3 * 3600, days=0.1):
+        writer.record(entry)
+    writer.close()
+    from tests.conftest import ServerThread
+    from tokenctl.app import create_app
+
+    live.server = ServerThread(create_app(live.config)).start()
+    live.url = live.server.url
+    import sqlite3
+
+    db = sqlite3.connect(live.db_path)
+    history = Decimal(db.execute("SELECT SUM(cost_nanousd) FROM requests WHERE team = 'payments'").fetchone()[0])
+    history /= 10**9
+    db.close()
+    assert history > 1
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                client.post(f"{live.url}/v1/messages", json=_messages_body(), headers=_headers(live.key))
+
+    threads = [threading.Thread(target=traffic) for _ in range(8)]
+    for t in threads:
+        t.start()
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    try:
+        time.sleep(0.3)
+        put = httpx.put(
+            f"{live.url}/admin/budgets/team-live",
+            headers=admin,
+            json={"scope": "team", "limit_usd": str(history * 10), "period": "lifetime"},
+        )
+        assert put.status_code == 200, put.text
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    rows = httpx.get(f"{live.url}/admin/budgets/status", headers=admin).json()["data"]
+    spent = Decimal(next(r for r in rows if r["budget"] == "team-live" and r["member"] == "payments")["spent_usd"])
+    assert spent >= history  # the window's spend before the budget existed, plus what came after

@@ -21,8 +21,15 @@ async def seed_budgets(enforcer: Enforcer, db: Any) -> None:
 
 
 async def reload_rules(config: Config, enforcer: Enforcer, rules_db: Any) -> None:
-    """The config's rules plus the live ones in the ledger database, applied and seeded."""
+    """The config's rules plus the live ones in the ledger database, seeded and applied at once.
+
+    The new rules' counters are read from the ledger *before* the rules apply, then seeded and applied in
+    one step of the event loop: no request can create a new budget's counter at $0 in between (which the
+    set-if-absent seed would then keep, forgetting the spend already in the window)."""
     loop = asyncio.get_running_loop()
     rules = await loop.run_in_executor(None, combined_rules, config, rules_db)
+    settled, drops = await loop.run_in_executor(
+        None, ledger_seeds, rules_db, rules.budgets, enforcer.tz, enforcer.clock()
+    )
+    await enforcer.store.seed(settled, drops)  # the in-process store seeds without yielding to requests
     enforcer.set_rules(rules)
-    await seed_budgets(enforcer, rules_db)
