@@ -59,7 +59,8 @@ def create_app(
     so tests can move budget windows.
     """
     # Checked now, so a bad price file stops start-up with a clear message instead of failing later.
-    prices = PriceBook.from_file(config.price_overrides_path)
+    policy = config.enforcement.unpriced_models
+    prices = PriceBook.from_file(config.price_overrides_path, None if policy in ("refuse", "allow") else policy)
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[body_limit_errors])
     app[CONFIG] = config
     app.router.add_route("*", "/admin/{tail:.*}", admin_dispatch)

@@ -66,6 +66,7 @@ class EnforcementConfig:
     webhook_url: str | None = None  # Slack-compatible: POST {"text": ...}
     approvals_webhook_url: str | None = None  # defaults to webhook_url
     webhook_timeout_seconds: float = 5.0
+    unpriced_models: str = "refuse"  # under a blocking budget: "refuse", "allow", or a model to price them as
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +166,7 @@ SECTIONS: dict[str, set[str]] = {
         "webhook_url",
         "approvals_webhook_url",
         "webhook_timeout_seconds",
+        "unpriced_models",
     },
 }
 
@@ -284,7 +286,15 @@ def _parse_enforcement(raw: dict[str, Any]) -> EnforcementConfig:
         webhook_url=urls["webhook_url"],
         approvals_webhook_url=urls["approvals_webhook_url"] or urls["webhook_url"],
         webhook_timeout_seconds=number(raw, "webhook_timeout_seconds", 5.0, where),
+        unpriced_models=_unpriced_models(raw, where),
     )
+
+
+def _unpriced_models(raw: dict[str, Any], where: str) -> str:
+    value = raw.get("unpriced_models", "refuse")
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}.unpriced_models: 'refuse', 'allow' or the name of a priced model to price them as")
+    return value.strip()
 
 
 def _parse_provider(raw: Any, index: int) -> ProviderConfig:

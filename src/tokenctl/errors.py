@@ -175,6 +175,15 @@ class RequestTimeout(BadRequest):
     retryable = False
 
 
+class UnpricedModel(GatewayError):
+    """A budget that blocks cannot be enforced on a model without a price: refused, never let through at $0."""
+
+    status = 403
+    kind = "permission_error"
+    code = "model_unpriced"
+    retryable = False
+
+
 class ClientGone(GatewayError):
     """The client closed the connection before its request was read or answered (nobody sees this answer)."""
 

@@ -375,3 +375,64 @@ def test_a_budget_set_live_under_traffic_starts_from_the_spend_already_in_its_wi
     rows = httpx.get(f"{live.url}/admin/budgets/status", headers=admin).json()["data"]
     spent = Decimal(next(r for r in rows if r["budget"] == "team-live" and r["member"] == "payments")["spent_usd"])
     assert spent >= history  # the window's spend before the budget existed, plus what came after
+
+
+UNPRICED = "claude-unpriced-9"  # a model genai-prices does not know, served like any claude-*
+
+
+def _unpriced_gateway(make_gateway: Any, policy: str | None) -> LiveGateway:
+    extra: dict[str, Any] = {"budgets": [{"name": "team-cap", "scope": "team", "limit_usd": 1}]}
+    if policy is not None:
+        extra["enforcement"] = {"unpriced_models": policy}
+    return make_gateway(extra)
+
+
+def test_an_unpriced_model_is_refused_under_a_blocking_budget_by_default(make_gateway: Any) -> None:
+    live = _unpriced_gateway(make_gateway, None)
+    response = httpx.post(
+        f"{live.url}/v1/messages", json={**_messages_body(), "model": UNPRICED}, headers=_headers(live.key)
+    )
+    assert response.status_code == 403
+    message = response.json()["error"]["message"]
+    assert UNPRICED in message and "team-cap" in message and "pricing.overrides" in message
+    assert live.fake.received == []  # never sent
+    priced = httpx.post(f"{live.url}/v1/messages", json=_messages_body(), headers=_headers(live.key))
+    assert priced.status_code == 200
+
+
+def test_without_a_blocking_budget_an_unpriced_model_is_served_and_flagged(
+    make_gateway: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tokenctl.cli.main import main
+
+    live = make_gateway()
+    response = httpx.post(
+        f"{live.url}/v1/messages", json={**_messages_body(), "model": UNPRICED}, headers=_headers(live.key)
+    )
+    assert response.status_code == 200
+    row = live.row(response.headers["request-id"])
+    assert (row["priced"], row["cost_usd"]) == (0, "0")
+    assert main(["report", "--ledger", live.db_path]) == 0
+    assert "1 request(s) used models without a price" in capsys.readouterr().err
+
+
+def test_an_unpriced_model_can_be_priced_as_a_stand_in(make_gateway: Any) -> None:
+    live = _unpriced_gateway(make_gateway, "claude-opus-4-1")
+    response = httpx.post(
+        f"{live.url}/v1/messages",
+        json={**_messages_body(), "model": UNPRICED},
+        headers=_headers(live.key, "input=1000,output=1000"),
+    )
+    assert response.status_code == 200
+    row = live.row(response.headers["request-id"])
+    assert row["priced"] == 0 and row["cost_source"] == "priced as claude-opus-4-1"
+    assert Decimal(row["cost_usd"]) == Decimal("0.09")  # opus: $15 in + $75 out per million
+    assert Decimal(row["reserved_usd"]) > 0  # reserved at the stand-in's price, so the cap holds
+
+
+def test_unpriced_models_can_be_allowed_explicitly(make_gateway: Any) -> None:
+    live = _unpriced_gateway(make_gateway, "allow")
+    response = httpx.post(
+        f"{live.url}/v1/messages", json={**_messages_body(), "model": UNPRICED}, headers=_headers(live.key)
+    )
+    assert response.status_code == 200

@@ -370,9 +370,13 @@ def _report(args: argparse.Namespace) -> int:
         header = [args.by, "requests", "input", "cache read", "cache write", "output", "reasoning", "cost (USD)"]
         body = [_table_row(r) for r in rows]
         print(render_table(header, body, footer=_table_row(total(rows)) if rows else None))
-        unpriced = sum(r.unpriced_requests for r in rows)
-        if unpriced:
-            print(f"note: {unpriced} request(s) had no price (cost counted as 0); add them to the price override file")
+    unpriced = sum(r.unpriced_requests for r in rows)
+    if unpriced:  # in every format, on stderr so CSV and JSON stay clean
+        print(
+            f"warning: {unpriced} request(s) used models without a price (counted at $0, or at the stand-in of "
+            "enforcement.unpriced_models); add the models to the price override file",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -226,8 +226,16 @@ def _decimal(value: Any, where: str) -> Decimal:
 class PriceBook:
     """Turns (provider, model, usage) into a ``Cost``. Lookups are cached; warnings for unpriced models once."""
 
-    def __init__(self, overrides: list[OverrideRule] | None = None, overrides_digest: str | None = None) -> None:
+    def __init__(
+        self,
+        overrides: list[OverrideRule] | None = None,
+        overrides_digest: str | None = None,
+        unpriced_fallback: str | None = None,
+    ) -> None:
+        """``unpriced_fallback``: a model whose prices stand in for a model that has none (``enforcement.
+        unpriced_models``); such costs are marked unpriced and estimated, with the stand-in named as source."""
         self._rules = overrides or []
+        self.unpriced_fallback = unpriced_fallback
         self._snapshot = data_snapshot.get_snapshot()
         self._cache: dict[tuple[str, str, str | None], tuple[int, TokenPrices | None, OverrideRule | None]] = {}
         self._warned: set[tuple[str, str]] = set()
@@ -235,9 +243,14 @@ class PriceBook:
         self.version = GENAI_PRICES_SOURCE + suffix
 
     @classmethod
-    def from_file(cls, path: str | None) -> PriceBook:
+    def from_file(cls, path: str | None, unpriced_fallback: str | None = None) -> PriceBook:
         rules, digest = load_overrides(path)
-        return cls(rules, digest)
+        return cls(rules, digest, unpriced_fallback)
+
+    def knows(self, provider: ProviderConfig, model: str) -> bool:
+        """Whether the model has a price of its own (genai-prices or the override file)."""
+        list_prices, rule = self._lookup(provider, model)
+        return list_prices is not None or (rule is not None and rule.prices is not None)
 
     def cost(self, provider: ProviderConfig, model: str, usage: Usage) -> Cost:
         list_prices, rule = self._lookup(provider, model)
@@ -246,6 +259,12 @@ class PriceBook:
             return Cost(total=total, list_total=total, priced=True, source="override")
         if list_prices is None:
             self._warn_unpriced(provider.name, model)
+            fallback = self.unpriced_fallback
+            if fallback is not None and fallback != model and self.knows(provider, fallback):
+                stand_in = self.cost(provider, fallback, usage)
+                return Cost(
+                    stand_in.total, stand_in.list_total, priced=False, source=f"priced as {fallback}", is_estimate=True
+                )
             return Cost(total=_ZERO, list_total=_ZERO, priced=False, source="unpriced", is_estimate=True)
         list_total = list_prices.cost(usage)
         if rule is not None and rule.discount is not None:

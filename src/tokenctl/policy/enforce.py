@@ -27,6 +27,7 @@ from tokenctl.errors import (
     LedgerUnavailable,
     PolicyDenied,
     RateLimited,
+    UnpricedModel,
 )
 from tokenctl.ledger.approvals import HeldRequest
 from tokenctl.ledger.audit import AuditEvent
@@ -135,6 +136,7 @@ class Enforcer:
         charges = self.budgets.charges_for(principal, session, now) if self.rules.budgets else []
         if charges:
             self._check_ledger()
+            self._check_priced(entry.route, charges)
         if any(c.rule.action == "downgrade" for c in charges):
             await self._maybe_downgrade(entry, body, api, charges, session, now)
         if not (charges or self.rules.approvals):
@@ -155,6 +157,20 @@ class Enforcer:
             if budget is not None and budget.pool:
                 entry.funding = budget.pool
                 self._decide(entry, "pool", f"drew on pool {budget.pool}", rule=budget.pool, quiet=True)
+
+    def _check_priced(self, route: Route, charges: Sequence[Charge]) -> None:
+        """A hard cap holds only if the request has a price: an unknown model is refused under a blocking
+        budget (``enforcement.unpriced_models: refuse``, the default) instead of being counted at $0."""
+        if self.settings.unpriced_models != "refuse" or self.prices.knows(route.provider, route.upstream_model):
+            return
+        blocking = next((c.rule.name for c in charges if c.claim.limit is not None), None)
+        if blocking is None:
+            return
+        raise UnpricedModel(
+            f"tokenctl has no price for model {route.upstream_model!r}, so budget {blocking!r} cannot be enforced "
+            "on it; the request was not sent. An administrator can add the model to the price override file "
+            "(pricing.overrides), or set enforcement.unpriced_models to a model to price it as"
+        )
 
     def _check_ledger(self) -> None:
         """Budgets hold only while spend is recorded: fail closed when the ledger is behind or cannot write."""

@@ -37,7 +37,7 @@ def output_limit(body: dict[str, Any], api: str, default: int) -> int:
 
 
 def worst_case_cost(prices: PriceBook, route: Route, in_tokens: int, out_tokens: int) -> Decimal:
-    """USD; 0 for an unpriced model (its spend is recorded as unpriced, never silently blocked)."""
+    """USD; 0 for an unpriced model without a stand-in (the enforcer refuses those under a blocking budget)."""
     as_input = prices.cost(
         route.provider, route.upstream_model, Usage(input_tokens=in_tokens, output_tokens=out_tokens)
     )
