@@ -124,6 +124,7 @@ async def _send(call: Call, body_changed: bool) -> web.StreamResponse:
                 raise
             skipped, entry.route = entry.route, pending.pop(0)
             entry.policy = [*(entry.policy or []), f"skipped {skipped.upstream_model}: {exc.message}"]
+            await _readmit(call)
             continue
         try:
             return await forward(call, upstream, retry_allowed=bool(pending))
@@ -134,6 +135,15 @@ async def _send(call: Call, body_changed: bool) -> web.StreamResponse:
                 f"fallback: {failed.provider.name}/{failed.upstream_model} "
                 f"{exc.reason}; trying {entry.route.upstream_model}",
             ]
+            await _readmit(call)
+
+
+async def _readmit(call: Call) -> None:
+    """Every attempt is admitted at its own price: the reservation follows the deployment tried next."""
+    if call.admission is not None and call.request_body is not None:
+        await call.gw.enforcer.readmit(
+            call.admission, call.entry, call.request_body.parsed, call.body_size, call.dialect.api
+        )
 
 
 def _prepare(call: Call, body_changed: bool) -> UpstreamRequest:

@@ -436,3 +436,39 @@ def test_unpriced_models_can_be_allowed_explicitly(make_gateway: Any) -> None:
         f"{live.url}/v1/messages", json={**_messages_body(), "model": UNPRICED}, headers=_headers(live.key)
     )
     assert response.status_code == 200
+
+
+def _fallback_config(limit: str) -> dict[str, Any]:
+    return {
+        "aliases": {"auto": "claude-haiku-4-5"},
+        "routing": {
+            "routed_models": ["auto"],
+            "tiers": {"economy": {"models": ["claude-haiku-4-5", "claude-opus-4-1"]}},
+            "rules": [{"tier": "economy"}],
+            "default_tier": "economy",
+        },
+        "budgets": [{"name": "team-cap", "scope": "team", "limit_usd": limit}],
+    }
+
+
+def test_a_fallback_to_a_dearer_deployment_is_admitted_at_its_own_price(make_gateway: Any) -> None:
+    """Haiku answers 529, Opus would serve: Opus's worst case (~$0.15) must fit the budget, not Haiku's (~$0.01)."""
+    faults = {"x-fake-fault": "status:529", "x-fake-fault-model": "claude-haiku-4-5"}
+    tight = make_gateway(_fallback_config("0.05"))
+    refused = httpx.post(
+        f"{tight.url}/v1/messages",
+        json={**_messages_body(), "model": "auto"},
+        headers={**_headers(tight.key), **faults},
+    )
+    assert refused.status_code == 402 and "team-cap" in refused.json()["error"]["message"]
+    assert [orjson.loads(r.body)["model"] for r in tight.fake.received] == ["claude-haiku-4-5"]  # opus never sent
+    roomy = make_gateway(_fallback_config("1"))
+    served = httpx.post(
+        f"{roomy.url}/v1/messages",
+        json={**_messages_body(), "model": "auto"},
+        headers={**_headers(roomy.key), **faults},
+    )
+    assert served.status_code == 200
+    row = roomy.row(served.headers["request-id"])
+    assert row["model"] == "claude-opus-4-1" and Decimal(row["reserved_usd"]) > Decimal("0.1")
+    assert _settled(roomy) <= Decimal(1)

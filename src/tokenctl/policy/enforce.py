@@ -116,6 +116,32 @@ class Enforcer:
             ) from exc
         return admission
 
+    async def readmit(
+        self, admission: Admission, entry: LedgerEntry, body: dict[str, Any], body_size: int, api: str
+    ) -> None:
+        """A fallback to another deployment: its reservation is made again at that deployment's price (the
+        cheap tier's reservation would not cover a dearer one). Raises BudgetExceeded if it does not fit."""
+        if admission.budget is None:
+            return
+        assert entry.principal is not None and entry.route is not None
+        old, admission.budget = admission.budget, None
+        await self.budgets.settle(old, 0)  # released: nothing was spent on the failed attempt
+        self._check_priced(entry.route, old.charges)
+        now = self.clock()
+        out_tokens = estimate.output_limit(body, api, self.settings.default_max_output_tokens)
+        worst = estimate.worst_case_cost(self.prices, entry.route, estimate.input_tokens(body_size), out_tokens)
+        reserved = min(worst, self.settings.reservation_ceiling_usd)
+        session = entry.attribution.session_id if entry.attribution else None
+        try:
+            admission.budget = await self.budgets.admit(
+                entry.request_id, entry.principal, session, to_nanos(reserved), now
+            )
+        except GatewayError as exc:
+            self._audit_stop(entry, exc)
+            raise
+        entry.reserved_usd = reserved
+        entry.funding = admission.budget.pool if admission.budget is not None else None
+
     async def _admit(
         self, entry: LedgerEntry, body: dict[str, Any], raw: bytes, api: str, admission: Admission
     ) -> None:
