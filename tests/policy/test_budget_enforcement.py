@@ -472,3 +472,54 @@ def test_a_fallback_to_a_dearer_deployment_is_admitted_at_its_own_price(make_gat
     row = roomy.row(served.headers["request-id"])
     assert row["model"] == "claude-opus-4-1" and Decimal(row["reserved_usd"]) > Decimal("0.1")
     assert _settled(roomy) <= Decimal(1)
+
+
+def test_input_the_body_does_not_show_reserves_the_ceiling(make_gateway: Any) -> None:
+    """previous_response_id (server-held context) and documents fetched by URL can be 100k+ tokens from a
+    250-byte body: they reserve the stated worst case, reservation_ceiling_usd."""
+    live = make_gateway(
+        {
+            "budgets": [{"name": "user-cap", "scope": "user", "limit_usd": "0.5"}],
+            "enforcement": {"reservation_ceiling_usd": "0.4"},
+        }
+    )
+    continued = {
+        "model": "gpt-5-mini",
+        "input": "and then?",
+        "previous_response_id": "resp_abc",
+        "max_output_tokens": 50,
+    }
+    linked = {
+        **_messages_body(max_tokens=50),
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "document", "source": {"type": "url", "url": "https://example.com/big.pdf"}},
+                    {"type": "text", "text": "summarise"},
+                ],
+            }
+        ],
+    }
+    first = httpx.post(
+        f"{live.url}/v1/responses",
+        json=continued,
+        headers={"authorization": f"Bearer {live.key}", "x-fake-usage": "input=10,output=5"},
+    )
+    assert first.status_code == 200
+    assert Decimal(live.row(first.headers["request-id"])["reserved_usd"]) == Decimal("0.4")
+    second = httpx.post(f"{live.url}/v1/messages", json=linked, headers=_headers(live.key, "input=10,output=5"))
+    assert second.status_code == 200 and Decimal(live.row(second.headers["request-id"])["reserved_usd"]) == Decimal(
+        "0.4"
+    )
+    plain = httpx.post(f"{live.url}/v1/messages", json=_messages_body(max_tokens=50), headers=_headers(live.key))
+    assert Decimal(live.row(plain.headers["request-id"])["reserved_usd"]) < Decimal("0.01")
+
+
+def test_chat_n_choices_reserve_each_choices_output() -> None:
+    from tokenctl.policy import estimate
+
+    body = {"model": "gpt-5-mini", "messages": [], "max_completion_tokens": 1000, "n": 8}
+    assert estimate.output_limit(body, "openai.chat", 16384) == 8000
+    assert estimate.output_limit({**body, "n": 1}, "openai.chat", 16384) == 1000
+    assert estimate.output_limit({"messages": [], "n": 3}, "openai.chat", 100) == 300

@@ -130,7 +130,7 @@ class Enforcer:
         now = self.clock()
         out_tokens = estimate.output_limit(body, api, self.settings.default_max_output_tokens)
         worst = estimate.worst_case_cost(self.prices, entry.route, estimate.input_tokens(body_size), out_tokens)
-        reserved = min(worst, self.settings.reservation_ceiling_usd)
+        reserved = self._reservation(entry, body, api, worst)
         session = entry.attribution.session_id if entry.attribution else None
         try:
             admission.budget = await self.budgets.admit(
@@ -175,7 +175,7 @@ class Enforcer:
         )  # counting tokens is not billed
         if self.rules.approvals:
             await self._approval_gate(entry, worst, in_tokens, raw)
-        reserved = min(worst, self.settings.reservation_ceiling_usd)
+        reserved = self._reservation(entry, body, api, worst)
         if charges:
             budget = await self.budgets.admit(entry.request_id, principal, session, to_nanos(reserved), now, charges)
             admission.budget = budget
@@ -183,6 +183,15 @@ class Enforcer:
             if budget is not None and budget.pool:
                 entry.funding = budget.pool
                 self._decide(entry, "pool", f"drew on pool {budget.pool}", rule=budget.pool, quiet=True)
+
+    def _reservation(self, entry: LedgerEntry, body: dict[str, Any], api: str, worst: Decimal) -> Decimal:
+        """What budgets reserve: the worst case, at most the ceiling; the ceiling itself (the stated worst case)
+        when part of the input is not in the body (server-held context, files fetched by URL or id)."""
+        ceiling = self.settings.reservation_ceiling_usd
+        if worst and estimate.input_unknown(body, api):
+            self._decide(entry, "reserve", f"input not in the body: reserved the ceiling ${ceiling}", quiet=True)
+            return ceiling
+        return min(worst, ceiling)
 
     def _check_priced(self, route: Route, charges: Sequence[Charge]) -> None:
         """A hard cap holds only if the request has a price: an unknown model is refused under a blocking

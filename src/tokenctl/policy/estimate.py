@@ -29,11 +29,47 @@ def input_tokens(body_size: int) -> int:
 
 
 def output_limit(body: dict[str, Any], api: str, default: int) -> int:
+    """The most output the request can produce: its own limit (else ``default``), times Chat's ``n`` choices."""
+    limit = 0 if api == "anthropic.count_tokens" else default
     for name in _OUTPUT_FIELDS.get(api, ()):
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return 0 if api == "anthropic.count_tokens" else default
+            limit = value
+            break
+    choices = body.get("n") if api == "openai.chat" else None
+    if isinstance(choices, int) and not isinstance(choices, bool) and choices > 1:
+        limit *= choices  # each choice is billed its own output
+    return limit
+
+
+_SERVER_STATE = ("previous_response_id", "conversation")  # Responses: context the provider holds
+
+
+def input_unknown(body: dict[str, Any], api: str) -> bool:
+    """Input the body does not show: server-held context, or documents and images the provider fetches by URL
+    or file id. Such a request reserves the stated worst case (``reservation_ceiling_usd``)."""
+    if api == "openai.responses" and any(body.get(k) for k in _SERVER_STATE):
+        return True
+    turns = body.get("messages") if api != "openai.responses" else body.get("input")
+    if not isinstance(turns, list):
+        return False
+    for turn in turns:
+        content = turn.get("content") if isinstance(turn, dict) else None
+        if isinstance(content, list) and any(_fetched(part) for part in content if isinstance(part, dict)):
+            return True
+    return False
+
+
+def _fetched(part: dict[str, Any]) -> bool:
+    source = part.get("source")
+    if isinstance(source, dict) and source.get("type") in ("url", "file"):  # Anthropic image/document
+        return True
+    if part.get("file_id") or part.get("file_url"):  # Responses input_file / input_image, Chat file
+        return True
+    url = part.get("image_url")
+    if isinstance(url, dict):
+        url = url.get("url")
+    return isinstance(url, str) and not url.startswith("data:")  # a link, not inline bytes
 
 
 def worst_case_cost(prices: PriceBook, route: Route, in_tokens: int, out_tokens: int) -> Decimal:
@@ -44,4 +80,7 @@ def worst_case_cost(prices: PriceBook, route: Route, in_tokens: int, out_tokens:
     as_cache_write = prices.cost(
         route.provider, route.upstream_model, Usage(cache_write_5m_tokens=in_tokens, output_tokens=out_tokens)
     )
-    return max(as_input.total, as_cache_write.total)
+    as_long_cache_write = prices.cost(  # 1-hour cache writes cost more than 5-minute ones
+        route.provider, route.upstream_model, Usage(cache_write_1h_tokens=in_tokens, output_tokens=out_tokens)
+    )
+    return max(as_input.total, as_cache_write.total, as_long_cache_write.total)
