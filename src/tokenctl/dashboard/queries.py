@@ -179,13 +179,17 @@ def daily(db: sqlite3.Connection, view: View) -> dict[str, dict[str, Any]]:
 
 
 def concentration(db: sqlite3.Connection, view: View, top: int = 10) -> dict[str, Any]:
-    """How concentrated spend is across users: the top 20 %'s share, the Lorenz curve and a leaderboard."""
+    """How concentrated spend is across users: the top 20 %'s share, the Lorenz curve and a leaderboard.
+
+    Spend of keys without a user is not one more "user": it is reported beside, as ``unattributed``."""
     where, params = view.rollup_where()
-    rows = db.execute(
+    every = db.execute(
         f"SELECT user, MAX(team), SUM(requests), SUM(cost_nanousd) FROM {view.table('user')} WHERE {where}"
         " GROUP BY user ORDER BY SUM(cost_nanousd) DESC, user",
         params,
     ).fetchall()
+    rows = [r for r in every if r[0] != NONE]
+    unattributed = next((r for r in every if r[0] == NONE), None)
     total = sum(r[3] or 0 for r in rows)
     top_count = max(1, -(-len(rows) // 5)) if rows else 0  # ceil(20 %)
     top_spend = sum(r[3] or 0 for r in rows[:top_count])
@@ -199,6 +203,8 @@ def concentration(db: sqlite3.Connection, view: View, top: int = 10) -> dict[str
         "top_share": round(top_spend / total, 4) if total else 0.0,
         "total_usd": usd(total),
         "top_usd": usd(top_spend),
+        "unattributed_usd": usd(unattributed[3] if unattributed else 0),
+        "unattributed_requests": unattributed[2] if unattributed else 0,
         "curve": curve if len(curve) <= 200 else curve[:: max(1, len(curve) // 200)] + curve[-1:],
         "leaderboard": [
             {

@@ -242,7 +242,9 @@ async function pageConcentration(params) {
     h("div", { class: "cards" },
       card("Top 20% of users", h("span", { id: "top-share" }, pct(c.top_share)),
            `${int(c.top_users)} of ${int(c.users)} users spent ${usd(c.top_usd)} of ${usd(c.total_usd)}`),
-      card("Users with spend", int(c.users))),
+      card("Users with spend", int(c.users),
+           c.unattributed_requests ? `not counted: keys without a user, ${usd(c.unattributed_usd)} in ` +
+             `${int(c.unattributed_requests)} requests` : "every request had a user")),
     section("Share of spend by share of users (the 80/20 curve)",
       lineChart([{ points: curve, cls: "lorenz" }, { points: [[0, 0], [1, 1]], cls: "even" }],
                 { maxY: 1, width: 360, height: 240 }),
