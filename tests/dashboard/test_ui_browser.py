@@ -245,3 +245,28 @@ def test_team_viewer_sees_only_its_team(seeded: Seeded, browser: Any) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def _fresh_screenshots() -> None:
     shutil.rmtree(SHOTS, ignore_errors=True)
+
+
+def test_unpriced_requests_are_flagged_not_shown_as_plain_zero(make_gateway: Any, browser: Any) -> None:
+    import httpx2 as httpx
+
+    live = make_gateway()
+    body = {"max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+    for model in ("claude-unpriced-9", "claude-unpriced-9", "claude-haiku-4-5"):
+        assert (
+            httpx.post(
+                live.url + "/v1/messages", json={**body, "model": model}, headers={"x-api-key": live.key}
+            ).status_code
+            == 200
+        )
+    live.wait_rows(3)
+    tab = Page(browser, live.url, ADMIN_KEY)
+    page = tab.open("breakdown?by=model")
+    row = page.locator("tr", has_text="claude-unpriced-9")
+    assert row.locator(".unpriced").inner_text() == "⚠ 2 unpriced"
+    assert page.locator("tr", has_text="claude-haiku-4-5").locator(".unpriced").count() == 0
+    overview = tab.open("overview")
+    assert "2 without a price" in overview.locator("#kpi-month").inner_text()
+    assert overview.locator("tr", has_text="claude-unpriced-9").locator(".unpriced").inner_text() == "⚠ 2 unpriced"
+    tab.shot("unpriced-breakdown")
+    tab.close()

@@ -36,6 +36,7 @@ def overview(db: sqlite3.Connection, view: View, now: datetime) -> dict[str, Any
         "today_requests": days.get(today.isoformat(), {}).get("requests", 0),
         "month_usd": str(month_to_date),
         "month_requests": month["requests"],
+        "month_unpriced_requests": month["unpriced_requests"],
         "last_month_usd": str(_sum_between(spend, last_month_start, month_start - timedelta(days=1))),
         "daily_rate_usd": str(rate.quantize(Decimal("0.000001"))),
         "rate_basis": f"average of the last {RATE_DAYS} complete days"
@@ -63,4 +64,12 @@ def _trend_point(days: dict[str, dict[str, Any]], day: date) -> dict[str, Any]:
 
 
 def _top(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"group": r["group"], "cost_usd": r["cost_usd"], "requests": r["requests"]} for r in rows]
+    return [
+        {
+            "group": r["group"],
+            "cost_usd": r["cost_usd"],
+            "requests": r["requests"],
+            "unpriced_requests": r["unpriced_requests"],
+        }
+        for r in rows
+    ]

@@ -35,6 +35,14 @@ function usd(value) {
   return new Intl.NumberFormat("en-US", { style: "currency", currency: "USD", minimumFractionDigits: digits,
                                           maximumFractionDigits: digits }).format(n);
 }
+// A row's cost, flagged when some of its requests used a model without a price (counted at $0 or a stand-in).
+function cost(row) {
+  const unpriced = Number(row.unpriced_requests || 0);
+  if (!unpriced) return money(row.cost_usd);
+  return h("span", {}, money(row.cost_usd), " ",
+           h("span", { class: "unpriced", title: `${unpriced} request(s) used models without a price: counted at ` +
+                       "$0 or at the stand-in of enforcement.unpriced_models" }, `⚠ ${int(unpriced)} unpriced`));
+}
 function money(value, cls) { return h("span", { class: "usd " + (cls || ""), "data-usd": value }, usd(value)); }
 function int(n) { return new Intl.NumberFormat("en-US").format(Number(n || 0)); }
 function pct(share) { return (Number(share || 0) * 100).toFixed(1) + "%"; }
@@ -167,7 +175,9 @@ async function pageOverview(params) {
   return [
     h("div", { class: "cards" },
       card("Today", money(o.today_usd), `${int(o.today_requests)} requests`, { id: "kpi-today" }),
-      card("This month", money(o.month_usd), `${int(o.month_requests)} requests in ${o.month}`, { id: "kpi-month" }),
+      card("This month", money(o.month_usd), o.month_unpriced_requests
+        ? `${int(o.month_requests)} requests in ${o.month}; ⚠ ${int(o.month_unpriced_requests)} without a price`
+        : `${int(o.month_requests)} requests in ${o.month}`, { id: "kpi-month" }),
       card("Month-end forecast", money(o.forecast_usd), `${usd(o.daily_rate_usd)}/day: ${o.rate_basis}`,
            { id: "kpi-forecast" }),
       card("Last month", money(o.last_month_usd), null, { id: "kpi-last-month" }),
@@ -188,7 +198,7 @@ function topTable(rows, dim) {
   return table([
     { title: dim, render: (r) => none(r.group) },
     { title: "requests", num: true, render: (r) => int(r.requests) },
-    { title: "cost", num: true, key: "cost", render: (r) => money(r.cost_usd) },
+    { title: "cost", num: true, key: "cost", render: (r) => cost(r) },
   ], rows, { onclick: (r) => { location.hash = link("breakdown", new URLSearchParams(),
                                                     { by: DRILL_NEXT[dim], [dim]: r.group }); } });
 }
@@ -220,7 +230,7 @@ async function pageBreakdown(params) {
     section(`Spend by ${by}` + (rows.length === 200 ? " (the 200 highest; the total covers all)" : ""), table([
       { title: by, key: "group", render: (r) => none(r.group) },
       { title: "share", render: (r) => shareBar(Number(r.cost_usd) / total) },
-      { title: "cost", key: "cost", num: true, render: (r) => money(r.cost_usd) },
+      { title: "cost", key: "cost", num: true, render: (r) => cost(r) },
       { title: "requests", num: true, render: (r) => int(r.requests) },
       { title: "errors", num: true, render: (r) => int(r.errors) },
       { title: "input", num: true, render: (r) => int(r.input_tokens) },
@@ -254,7 +264,7 @@ async function pageConcentration(params) {
       { title: "user", render: (r) => none(r.user) },
       { title: "team", render: (r) => none(r.team) },
       { title: "requests", num: true, render: (r) => int(r.requests) },
-      { title: "cost", num: true, key: "cost", render: (r) => money(r.cost_usd) },
+      { title: "cost", num: true, key: "cost", render: (r) => cost(r) },
       { title: "share", render: (r) => shareBar(r.share) },
     ], c.leaderboard, { id: "leaderboard",
                         onclick: (r) => { location.hash = link("sessions", params, { user: r.user }); } })),
@@ -265,7 +275,7 @@ async function pageSavings(params) {
   const s = await api("savings", scopeParams(params));
   const cols = (dim) => [
     { title: dim, render: (r) => none(r.group) },
-    { title: "spent", num: true, render: (r) => money(r.cost_usd) },
+    { title: "spent", num: true, render: (r) => cost(r) },
     { title: "caching saved", num: true, render: (r) => money(r.cache_saved_usd) },
     { title: "policies saved", num: true, render: (r) => money(r.policy_saved_usd) },
     { title: "routing saved", num: true, render: (r) => money(r.routing_saved_usd) },
@@ -299,7 +309,7 @@ async function pageSessions(params, arg) {
     { title: "requests", num: true, render: (r) => int(r.requests) },
     { title: "errors", num: true, render: (r) => int(r.errors) },
     { title: "cache share", num: true, render: (r) => pct(r.cache_read_share) },
-    { title: "cost", num: true, key: "cost", render: (r) => money(r.cost_usd) },
+    { title: "cost", num: true, key: "cost", render: (r) => cost(r) },
     { title: "last active", render: (r) => time(r.last_ts) },
   ], data.rows, { id: "sessions-table",
                   onclick: (r) => { location.hash = link("sessions/" + encodeURIComponent(r.session_id), params); } }))];
@@ -337,7 +347,7 @@ function requestTable(rows, params) {
     { title: "prompt", num: true, render: (r) => int(r.prompt_tokens) },
     { title: "cache read", num: true, render: (r) => pct(r.cache_read_share) },
     { title: "output", num: true, render: (r) => int(r.output_tokens) },
-    { title: "cost", num: true, key: "cost", render: (r) => money(r.cost_usd) },
+    { title: "cost", num: true, key: "cost", render: (r) => cost(r) },
     { title: "latency", num: true, render: (r) => `${int(Math.round(r.duration_ms))} ms` },
     { title: "policy", render: (r) => r.policy || "" },
   ], rows, { id: "requests-table",
