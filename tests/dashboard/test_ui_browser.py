@@ -270,3 +270,41 @@ def test_unpriced_requests_are_flagged_not_shown_as_plain_zero(make_gateway: Any
     assert overview.locator("tr", has_text="claude-unpriced-9").locator(".unpriced").inner_text() == "⚠ 2 unpriced"
     tab.shot("unpriced-breakdown")
     tab.close()
+
+
+def test_tables_sort_by_any_column_and_export_csv_with_exact_amounts(seeded: Seeded, browser: Any) -> None:
+    import csv
+    import io
+
+    expected = dict(
+        seeded.sql(
+            "SELECT team, SUM(cost_nanousd) FROM requests WHERE ts >= '2026-10-01' AND ts < '2026-11-01' GROUP BY team"
+        )
+    )
+    tab = Page(browser, seeded.url, ADMIN_KEY)
+    page = tab.open("breakdown?by=team&start=2026-10-01&end=2026-10-31")
+    grid = page.locator("#breakdown-table")
+
+    def costs() -> list[Decimal]:
+        cells = grid.locator("tbody td[data-col=cost] .usd")
+        return [Decimal(cells.nth(i).get_attribute("data-usd")) for i in range(cells.count())]
+
+    def teams() -> list[str]:
+        cells = grid.locator("tbody tr td:first-child")
+        return [cells.nth(i).inner_text() for i in range(cells.count())]
+
+    cost_header = grid.locator("th", has_text="cost")
+    cost_header.click()
+    assert costs() == sorted(costs()) and cost_header.get_attribute("aria-sort") == "ascending"
+    cost_header.click()
+    assert costs() == sorted(costs(), reverse=True)
+    grid.locator("th").first.click()
+    assert teams() == sorted(teams())
+    with page.expect_download() as download:
+        page.locator(".table-wrap", has=grid).locator("button.csv").click()
+    rows = list(csv.reader(io.StringIO(Path(download.value.path()).read_text())))
+    header, body = rows[0], rows[1:]
+    assert header[0] == "team" and "cost" in header
+    exported = {r[0]: Decimal(r[header.index("cost")]) for r in body}
+    assert exported == {team: exact(nanos) for team, nanos in expected.items()}
+    tab.close()

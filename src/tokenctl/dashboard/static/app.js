@@ -152,15 +152,58 @@ function card(title, value, note, attrs) {
 
 function table(columns, rows, { onclick = null, empty = "Nothing here for this period.", id = null } = {}) {
   if (!rows.length) return h("p", { class: "empty muted" }, empty);
-  return h("table", { class: "grid", id },
-    h("thead", {}, h("tr", {}, columns.map((c) => h("th", { class: c.num ? "num" : "" }, c.title)))),
-    h("tbody", {}, rows.map((r) => {
-      const tr = h("tr", { class: onclick ? "clickable" : "" },
-                   columns.map((c) => h("td", { class: c.num ? "num" : "", "data-col": c.key || null },
-                                        c.render ? c.render(r) : r[c.key])));
-      if (onclick) tr.addEventListener("click", () => onclick(r));
-      return tr;
-    })));
+  const body = h("tbody", {}, rows.map((r) => {
+    const tr = h("tr", { class: onclick ? "clickable" : "" },
+                 columns.map((c) => h("td", { class: c.num ? "num" : "", "data-col": c.key || null },
+                                      c.render ? c.render(r) : r[c.key])));
+    if (onclick) tr.addEventListener("click", () => onclick(r));
+    return tr;
+  }));
+  const heads = columns.map((c, i) => h("th", { class: c.num ? "num sortable" : "sortable", "aria-sort": "none",
+                                               title: "sort by " + c.title,
+                                               onclick: (e) => sortBy(body, heads, i, e.currentTarget) }, c.title));
+  const grid = h("table", { class: "grid", id }, h("thead", {}, h("tr", {}, heads)), body);
+  const csv = h("button", { type: "button", class: "link csv", title: "download this table as CSV",
+                            onclick: () => downloadCsv(grid, id || "table") }, "CSV");
+  return h("div", { class: "table-wrap" }, h("div", { class: "table-tools" }, csv), grid);
+}
+
+// The value a cell sorts and exports by: the exact amount for money, a number for numbers, else its text.
+function cellValue(td) {
+  const amount = td.querySelector(".usd[data-usd]");
+  if (amount) return Number(amount.getAttribute("data-usd"));
+  const text = td.textContent.trim();
+  const number = text.replace(/[,%\s]|ms$/g, "");
+  return number !== "" && !Number.isNaN(Number(number)) ? Number(number) : text.toLowerCase();
+}
+
+function sortBy(body, heads, index, th) {
+  const ascending = th.getAttribute("aria-sort") !== "ascending";
+  for (const other of heads) other.setAttribute("aria-sort", "none");
+  th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
+  const rows = [...body.rows].map((tr) => [cellValue(tr.cells[index]), tr]);
+  rows.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0) * (ascending ? 1 : -1));
+  for (const [, tr] of rows) body.append(tr);
+}
+
+function csvField(value) {
+  const text = String(value);
+  return /[",\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+function downloadCsv(grid, name) {
+  const lines = [[...grid.tHead.rows[0].cells].map((th) => th.textContent)];
+  for (const tr of grid.tBodies[0].rows) {
+    lines.push([...tr.cells].map((td) => {
+      const amount = td.querySelector(".usd[data-usd]");
+      return amount ? amount.getAttribute("data-usd") : td.textContent.trim();  // exact dollars, not rounded
+    }));
+  }
+  const blob = new Blob([lines.map((l) => l.map(csvField).join(",")).join("\n") + "\n"], { type: "text/csv" });
+  const a = h("a", { href: URL.createObjectURL(blob), download: `tokenctl-${name}.csv` });
+  document.body.append(a);
+  a.click();
+  a.remove();
 }
 
 function section(title, ...children) { return h("section", { class: "panel" }, h("h2", {}, title), ...children); }
