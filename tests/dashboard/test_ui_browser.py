@@ -308,3 +308,15 @@ def test_tables_sort_by_any_column_and_export_csv_with_exact_amounts(seeded: See
     exported = {r[0]: Decimal(r[header.index("cost")]) for r in body}
     assert exported == {team: exact(nanos) for team, nanos in expected.items()}
     tab.close()
+
+
+def test_a_cut_list_says_so(seeded: Seeded, browser: Any) -> None:
+    sessions = seeded.sql("SELECT COUNT(*) FROM rollup_sessions WHERE last_day >= '2026-10-01'")[0][0]
+    assert sessions > 100  # the seeded ledger has more sessions than a page shows
+    tab = Page(browser, seeded.url, ADMIN_KEY)
+    page = tab.open("sessions?start=2026-10-01&end=2026-11-20")
+    assert page.locator("#sessions-table tbody tr").count() == 100
+    assert "Showing the first 100 sessions only" in page.locator(".cut-note").inner_text()
+    few = tab.open("sessions?start=2026-11-20&end=2026-11-20&team=payments")
+    assert few.locator(".cut-note").count() == 0
+    tab.close()

@@ -347,7 +347,8 @@ async def _list_or_one(
             raise ApiError(404, f"no {noun} {rest[0]!r} that you may see")
         return found
     limit = _limit(request, 100)
-    return {"rows": await dash.reader.run(lambda db: listing(db, view, limit))}
+    rows = await dash.reader.run(lambda db: listing(db, view, limit + 1))  # one more tells whether it is cut
+    return {"rows": rows[:limit], "limit": limit, "more": len(rows) > limit}
 
 
 async def _sessions(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:

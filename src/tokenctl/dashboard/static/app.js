@@ -355,7 +355,15 @@ async function pageSessions(params, arg) {
     { title: "cost", num: true, key: "cost", render: (r) => cost(r) },
     { title: "last active", render: (r) => time(r.last_ts) },
   ], data.rows, { id: "sessions-table",
-                  onclick: (r) => { location.hash = link("sessions/" + encodeURIComponent(r.session_id), params); } }))];
+                  onclick: (r) => { location.hash = link("sessions/" + encodeURIComponent(r.session_id), params); } }),
+    cutNote(data, "sessions"))];
+}
+
+// Says when a list shows only its first rows, instead of stopping silently.
+function cutNote(data, noun) {
+  return data.more ? h("p", { class: "muted small cut-note" },
+                       `Showing the first ${int(data.limit)} ${noun} only: narrow the dates or filters to see the rest.`)
+                   : null;
 }
 
 async function sessionDetail(id, params) {
@@ -400,7 +408,7 @@ function requestTable(rows, params) {
 async function pageRequests(params, arg) {
   if (arg) return requestDetail(decodeURIComponent(arg), params);
   const data = await api("requests", scopeParams(params));
-  return [section("Latest requests", requestTable(data.rows, params))];
+  return [section("Latest requests", requestTable(data.rows, params), cutNote(data, "requests"))];
 }
 
 const DETAIL_FIELDS = [
