@@ -320,3 +320,81 @@ def test_a_cut_list_says_so(seeded: Seeded, browser: Any) -> None:
     few = tab.open("sessions?start=2026-11-20&end=2026-11-20&team=payments")
     assert few.locator(".cut-note").count() == 0
     tab.close()
+
+
+def _context_page(browser: Any, base: str, **context: Any) -> tuple[Any, Any, list[str]]:
+    ctx = browser.new_context(**context)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return ctx, page, errors
+
+
+def _sign_in(page: Any, base: str, fragment: str = "") -> None:
+    page.goto(f"{base}/ui/{fragment}")
+    page.wait_for_url("**/ui/login**")
+    page.fill("#key", ADMIN_KEY)
+    page.click("button[type=submit]")
+
+
+def test_a_shared_link_survives_sign_in(seeded: Seeded, browser: Any) -> None:
+    ctx, page, errors = _context_page(browser, seeded.url, viewport={"width": 1440, "height": 900})
+    _sign_in(page, seeded.url, "#/breakdown?by=model&start=2026-10-01&end=2026-10-31")
+    page.wait_for_selector("main[data-page='breakdown'][aria-busy='false']")
+    assert page.url.endswith("/ui/#/breakdown?by=model&start=2026-10-01&end=2026-10-31")
+    assert page.locator("#breakdown-table").count() == 1
+    ctx.close()
+    assert not errors
+    forged = httpx_post_login(seeded.url, "https://evil.example/")
+    assert forged == "/ui/"  # anything but a dashboard page link is dropped
+
+
+def httpx_post_login(base: str, next_value: str) -> str:
+    import httpx2 as httpx
+
+    response = httpx.post(
+        f"{base}/ui/login",
+        data={"key": ADMIN_KEY, "next": next_value},
+        headers={"origin": base},
+        follow_redirects=False,
+    )
+    return response.headers["location"]
+
+
+@pytest.mark.parametrize("page_name", ["overview", "breakdown?by=team", "sessions", "budgets", "requests"])
+def test_phone_width_has_a_menu_and_no_page_wide_overflow(seeded: Seeded, browser: Any, page_name: str) -> None:
+    ctx, page, errors = _context_page(browser, seeded.url, viewport={"width": 390, "height": 844})
+    _sign_in(page, seeded.url)
+    page.wait_for_url(seeded.url + "/ui/")
+    page.goto(f"{seeded.url}/ui/#/{page_name}")
+    page.wait_for_selector(f"main[data-page='{page_name.split('?')[0]}'][aria-busy='false']")
+    wide = page.evaluate("""[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > 391
+        && !e.closest('.table-wrap, .panel')).map(e => e.tagName + '.' + e.className).slice(0, 5)""")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, wide
+    assert not page.locator("#nav").is_visible()
+    page.click("#menu")
+    assert page.locator("#nav").is_visible() and page.locator("#menu").get_attribute("aria-expanded") == "true"
+    if page_name == "overview":
+        page.screenshot(path=str(SHOTS / "phone-overview-menu.png"), full_page=True)
+    page.locator("#nav a[data-page='savings']").click()
+    page.wait_for_selector("main[data-page='savings'][aria-busy='false']")
+    assert not page.locator("#nav").is_visible()  # the menu closes once a page is chosen
+    ctx.close()
+    assert not errors
+
+
+def test_dark_mode_follows_the_system_setting(seeded: Seeded, browser: Any) -> None:
+    backgrounds = {}
+    for scheme in ("light", "dark"):
+        ctx, page, errors = _context_page(
+            browser, seeded.url, color_scheme=scheme, viewport={"width": 1440, "height": 900}
+        )
+        _sign_in(page, seeded.url)
+        page.wait_for_selector("main[data-page='overview'][aria-busy='false']")
+        backgrounds[scheme] = page.evaluate("getComputedStyle(document.documentElement).backgroundColor")
+        if scheme == "dark":
+            page.screenshot(path=str(SHOTS / "dark-overview.png"))
+        ctx.close()
+        assert not errors
+    assert backgrounds["light"] == "rgb(246, 247, 249)" and backgrounds["dark"] == "rgb(15, 19, 27)"

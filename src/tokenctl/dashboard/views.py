@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import html
 import queue
+import re
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -168,9 +169,17 @@ async def login(request: web.Request) -> web.Response:
     except NotSignedIn as exc:
         return await login_page(request, f"Sign-in failed: {exc}.", 401)
     cookie, _ = dash.auth.issue(viewer)
-    response = _redirect("/ui/")
+    response = _redirect("/ui/" + _page_to_return_to(str(form.get("next", ""))))
     set_session_cookie(response, request, cookie)
     return response
+
+
+_PAGE_LINK = re.compile(r"#/[\w./?&=%:+,~-]{0,500}")
+
+
+def _page_to_return_to(fragment: str) -> str:
+    """The dashboard page a shared link pointed at (``#/sessions?team=web``), kept across sign-in; nothing else."""
+    return fragment if _PAGE_LINK.fullmatch(fragment) else ""
 
 
 async def logout(request: web.Request) -> web.Response:

@@ -599,7 +599,16 @@ async function start() {
     document.getElementById(id).addEventListener("change", () =>
       setRange(document.getElementById("start").value, document.getElementById("end").value));
   }
-  window.addEventListener("hashchange", render);
+  const menu = document.getElementById("menu");
+  menu.addEventListener("click", () => {
+    const open = document.body.classList.toggle("menu-open");
+    menu.setAttribute("aria-expanded", String(open));
+  });
+  window.addEventListener("hashchange", () => {
+    document.body.classList.remove("menu-open");
+    menu.setAttribute("aria-expanded", "false");
+    render();
+  });
   await render();
 }
 
