@@ -398,3 +398,16 @@ def test_dark_mode_follows_the_system_setting(seeded: Seeded, browser: Any) -> N
         ctx.close()
         assert not errors
     assert backgrounds["light"] == "rgb(246, 247, 249)" and backgrounds["dark"] == "rgb(15, 19, 27)"
+
+
+def test_the_overview_follows_the_date_range(seeded: Seeded, browser: Any) -> None:
+    (october,) = seeded.sql("SELECT SUM(cost_nanousd) FROM requests WHERE day >= '2026-10-01' AND day <= '2026-10-31'")
+    tab = Page(browser, seeded.url, ADMIN_KEY)
+    page = tab.open("overview?start=2026-10-01&end=2026-10-31")
+    card = page.locator("#kpi-range")
+    assert "2026-10-01 to 2026-10-31" in card.inner_text().lower()
+    assert Decimal(card.locator(".usd").get_attribute("data-usd")) == exact(october[0])
+    page.click("[data-preset='last-month']")  # the picker's presets change it too
+    page.wait_for_selector("main[data-page='overview'][aria-busy='false']")
+    assert "2026-10-01 to 2026-10-31" in page.locator("#kpi-range").inner_text().lower()
+    tab.close()

@@ -302,9 +302,24 @@ async def _me(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[
 
 
 async def _overview(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:
+    """Today, this month and last month whatever the picker says, plus the range the picker selects."""
     now = dash.now()
-    view = replace(view_of(request, viewer, now.date()), start=None, end=None)
-    return await dash.reader.run(lambda db: overview(db, view, now))
+    chosen = view_of(request, viewer, now.date())
+    view = replace(chosen, start=None, end=None)
+
+    def work(db: Any) -> dict[str, Any]:
+        data = overview(db, view, now)
+        picked = queries.totals(db, chosen)
+        data["range"] = {
+            "start": str(chosen.start),
+            "end": str(chosen.end),
+            "cost_usd": picked["cost_usd"],
+            "requests": picked["requests"],
+            "unpriced_requests": picked["unpriced_requests"],
+        }
+        return data
+
+    return await dash.reader.run(work)
 
 
 async def _breakdown(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:

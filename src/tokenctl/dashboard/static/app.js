@@ -225,7 +225,11 @@ async function pageOverview(params) {
            { id: "kpi-forecast" }),
       card("Last month", money(o.last_month_usd), null, { id: "kpi-last-month" }),
       card("Cache read share", pct(o.cache_read_share), "of prompt tokens this month", { id: "kpi-cache" }),
-      card("Saved this month", money(o.month_saved_usd), "caching, policies and routing", { id: "kpi-saved" })),
+      card("Saved this month", money(o.month_saved_usd), "caching, policies and routing", { id: "kpi-saved" }),
+      card(`Selected: ${o.range.start} to ${o.range.end}`, money(o.range.cost_usd),
+           `${int(o.range.requests)} requests` +
+             (o.range.unpriced_requests ? `; ⚠ ${int(o.range.unpriced_requests)} without a price` : ""),
+           { id: "kpi-range" })),
     section("Spend per day, last 30 days",
       barChart(trend, { onclick: (p) => { location.hash = link("breakdown", new URLSearchParams(),
                                                                { by: "team", start: p.day, end: p.day }); } })),
