@@ -208,16 +208,25 @@ def test_approve_from_the_page(seeded: Seeded, browser: Any) -> None:
     tab = Page(browser, seeded.url, ADMIN_KEY)
     page = tab.open("approvals")
     tab.shot("admin-approvals-pending")
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))
     row = page.locator("#approvals-table tr", has_text=held["approval_id"])
+    row.locator("input.note").fill("ok for the migration")
+    row.locator("select.grant").select_option("8")
+    row.locator("input.up-to").fill("40")
     row.locator("button.approve").click()
     page.wait_for_selector(f"#approvals-table >> text={held['approval_id']}", state="detached")
     page.locator("#approvals-table tr", has_text=denied["approval_id"]).locator("button.deny").click()
     page.wait_for_selector(f"text={denied['approval_id']}", state="detached")
     assert approvals.get_approval(db, held["approval_id"])["status"] == "approved"
     assert approvals.get_approval(db, denied["approval_id"])["status"] == "denied"
-    assert approvals.get_approval(db, held["approval_id"])["decided_by"] == "admin (dashboard)"
+    decided = approvals.get_approval(db, held["approval_id"])
+    assert decided["decided_by"] == "admin (dashboard)" and decided["grant_scope"] == "user"
+    assert Decimal(decided["grant_usd"]) == 40 and decided["note"] == "ok for the migration"
+    assert "for 8 h up to $40" in dialogs[0]  # the confirmation says what the grant does
     page = tab.open("audit")
-    assert page.locator("#audit-table", has_text=held["approval_id"]).count() == 1
+    audit_row = page.locator("#audit-table tr", has_text=held["approval_id"]).first
+    assert "ok for the migration" in audit_row.inner_text() and " UTC" in audit_row.inner_text()
     db.close()
     tab.close()
 

@@ -3,6 +3,7 @@ the CLI."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -26,7 +27,8 @@ def decide_approval(db: Any, approval_id: str, approve: bool, body: dict[str, An
     )
     grant = ""
     if result["grant_scope"] == "user":
-        grant = f" for user {result['user'] or result['key_id']} until {result['grant_until']:.0f}"
+        until = datetime.fromtimestamp(result["grant_until"], UTC).strftime("%Y-%m-%d %H:%M UTC")
+        grant = f" for user {result['user'] or result['key_id']} until {until}"
         if result["grant_usd"]:
             grant += f" up to ${result['grant_usd']}"
     write_audit(

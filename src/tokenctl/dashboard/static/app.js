@@ -482,15 +482,37 @@ async function pageApprovals(params) {
   const tabs = h("div", { class: "tabs" }, ["pending", "approved", "denied", "used", "all"].map((s) =>
     h("a", { href: link("approvals", new URLSearchParams(), { status: s }), class: s === status ? "active" : "" }, s)));
   const decide = async (row, verdict, button) => {
+    const box = button.closest(".decision");
+    const note = box.querySelector("input.note").value.trim();
+    const hours = Number(box.querySelector("select.grant").value);
+    const upTo = box.querySelector("input.up-to").value.trim();
+    const body = { note: note || "from the dashboard" };
+    let what = `${verdict === "approve" ? "Approve" : "Deny"} ${row.approval_id} (${none(row.user)}, ${row.model}, ` +
+               `estimated ${usd(row.estimated_usd)})`;
+    if (verdict === "approve" && hours) {
+      body.for_user_hours = hours;
+      if (upTo) body.for_user_usd = upTo;
+      what += ` and let ${none(row.user)}'s held requests through for ${hours} h` + (upTo ? ` up to $${upTo}` : "");
+    }
+    if (!window.confirm(what + "?")) return;
     button.disabled = true;
     try {
-      await post(`approvals/${encodeURIComponent(row.approval_id)}/${verdict}`, { note: "from the dashboard" });
+      await post(`approvals/${encodeURIComponent(row.approval_id)}/${verdict}`, body);
       render();
     } catch (err) {
       button.disabled = false;
       button.parentElement.append(h("span", { class: "error" }, " " + err.message));
     }
   };
+  const decision = (r) => h("span", { class: "actions decision" },
+    h("input", { class: "note", type: "text", placeholder: "note (audit log)", "aria-label": "note" }),
+    h("select", { class: "grant", "aria-label": "grant" },
+      h("option", { value: "0" }, "this request"), h("option", { value: "1" }, "+ user 1 h"),
+      h("option", { value: "8" }, "+ user 8 h"), h("option", { value: "24" }, "+ user 24 h")),
+    h("input", { class: "up-to", type: "text", inputmode: "decimal", placeholder: "up to $", "aria-label": "up to USD",
+                 size: "6" }),
+    h("button", { type: "button", class: "approve", onclick: (e) => decide(r, "approve", e.target) }, "Approve"),
+    h("button", { type: "button", class: "deny", onclick: (e) => decide(r, "deny", e.target) }, "Deny"));
   return [tabs, section("Requests held for approval", table([
     { title: "id", render: (r) => h("code", {}, r.approval_id) },
     { title: "asked", render: (r) => new Date(r.created_at * 1000).toISOString().slice(0, 16).replace("T", " ") },
@@ -501,10 +523,7 @@ async function pageApprovals(params) {
     { title: "rule", render: (r) => r.rule },
     { title: "reason", render: (r) => r.reason },
     { title: "status", render: (r) => h("span", { class: "status-" + r.status }, r.status) },
-    { title: "", render: (r) => r.status === "pending" && data.can_decide
-      ? h("span", { class: "actions" },
-          h("button", { type: "button", class: "approve", onclick: (e) => decide(r, "approve", e.target) }, "Approve"),
-          h("button", { type: "button", class: "deny", onclick: (e) => decide(r, "deny", e.target) }, "Deny"))
+    { title: "", render: (r) => r.status === "pending" && data.can_decide ? decision(r)
       : (r.decided_by ? `by ${r.decided_by}` : "") },
   ], data.rows, { id: "approvals-table", empty: "No requests are waiting." }))];
 }
