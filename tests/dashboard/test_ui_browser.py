@@ -420,3 +420,17 @@ def test_the_overview_follows_the_date_range(seeded: Seeded, browser: Any) -> No
     page.wait_for_selector("main[data-page='overview'][aria-busy='false']")
     assert "2026-10-01 to 2026-10-31" in page.locator("#kpi-range").inner_text().lower()
     tab.close()
+
+
+def test_request_detail_shows_durations_and_flags_in_words(seeded: Seeded, browser: Any) -> None:
+    request_id, duration_ms, stream = seeded.sql(
+        "SELECT request_id, duration_ms, stream FROM requests WHERE duration_ms BETWEEN 1500 AND 59000 AND status = 200"
+        " LIMIT 1"
+    )[0]
+    tab = Page(browser, seeded.url, ADMIN_KEY)
+    page = tab.open(f"requests/{request_id}")
+    shown = page.locator("#request-detail dd[data-field=duration_ms]")
+    assert shown.inner_text() == f"{duration_ms / 1000:.1f} s"
+    assert float(shown.get_attribute("data-value")) == duration_ms  # the exact value stays on the element
+    assert page.locator("#request-detail dd[data-field=stream]").inner_text() == ("yes" if stream else "no")
+    tab.close()

@@ -425,8 +425,26 @@ const DETAIL_FIELDS = [
   ["reasoning_tokens", "of which reasoning"], ["cost_usd", "Cost"], ["cache_saved_usd", "Saved by caching"],
   ["model_saved_usd", "Saved by serving another model"], ["reserved_usd", "Reserved by budgets"],
   ["funding", "Paid from pool"], ["policy", "Policy decisions"], ["approval_id", "Approval"],
-  ["duration_ms", "Duration (ms)"], ["ttft_ms", "Time to first token (ms)"], ["cost_is_estimate", "Cost estimated"],
+  ["duration_ms", "Duration"], ["ttft_ms", "Time to first token"], ["cost_is_estimate", "Cost estimated"],
 ];
+
+// Durations in ms, s or min; yes/no for flags; exact dollars for money (the raw value stays in data-value).
+function duration(ms) {
+  const n = Number(ms);
+  if (n < 1000) return `${Math.round(n)} ms`;
+  if (n < 60000) return `${(n / 1000).toFixed(1)} s`;
+  return `${Math.floor(n / 60000)} min ${Math.round((n % 60000) / 1000)} s`;
+}
+
+const FLAG_FIELDS = ["stream", "partial", "cost_is_estimate", "priced"];
+
+function detailValue(k, value, moneyFields) {
+  if (value === null || value === "") return "—";
+  if (moneyFields.includes(k)) return money(value);
+  if (k === "duration_ms" || k === "ttft_ms") return duration(value);
+  if (FLAG_FIELDS.includes(k)) return Number(value) ? "yes" : "no";
+  return String(value);
+}
 
 async function requestDetail(id, params) {
   const r = await api("requests/" + encodeURIComponent(id), scopeParams(params));
@@ -436,8 +454,7 @@ async function requestDetail(id, params) {
                                            : link("requests", params) }, "← back")),
     section("Request", h("dl", { class: "detail", id: "request-detail" }, DETAIL_FIELDS.flatMap(([k, label]) => [
       h("dt", {}, label),
-      h("dd", { "data-field": k }, money_fields.includes(k) && r[k] !== null ? money(r[k])
-                                    : r[k] === null || r[k] === "" ? "—" : String(r[k])),
+      h("dd", { "data-field": k, "data-value": r[k] === null ? null : String(r[k]) }, detailValue(k, r[k], money_fields)),
     ]))),
     h("p", { class: "muted small" }, "Prompt and response text are not recorded by tokenctl."),
   ];
