@@ -295,3 +295,29 @@ def test_a_long_stream_does_not_keep_its_request_body(gateway: LiveGateway) -> N
         tracemalloc.stop()
         gateway.fake.keep_requests = True  # type: ignore[attr-defined]
     assert big == [], [str(s.traceback) for s in big]
+
+
+@pytest.mark.parametrize(
+    "path, body, last",
+    [
+        ("/v1/messages", {**MESSAGES, "stream": True}, b"message_stop"),
+        ("/v1/responses", {"model": "gpt-5-mini", "input": "hi", "stream": True}, b"response.completed"),
+    ],
+)
+def test_a_client_that_closes_on_the_final_event_is_a_complete_answer(
+    gateway: LiveGateway, caplog: pytest.LogCaptureFixture, path: str, body: dict[str, Any], last: bytes
+) -> None:
+    """Codex closes as soon as it has response.completed: the request is recorded complete, without a traceback."""
+    raw = orjson.dumps(body)
+    head = messages_head(gateway, raw).replace(b"POST /v1/messages", b"POST " + path.encode())
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + raw)
+        seen = b""
+        while last not in seen:
+            chunk = sock.recv(65536)
+            assert chunk, "the stream ended before its final event"
+            seen += chunk
+    (row,) = gateway.wait_rows(1)
+    assert (row["status"], row["outcome"], row["partial"]) == (200, "ok", 0)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
