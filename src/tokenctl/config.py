@@ -50,6 +50,7 @@ class ProviderConfig:
     connect_timeout_seconds: float = 10.0
     inject_stream_usage: bool = True
     headers: tuple[tuple[str, str], ...] = ()
+    chat_fields: frozenset[str] = frozenset()  # optional Chat fields it accepts in translated requests
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
@@ -157,6 +158,7 @@ SECTIONS: dict[str, set[str]] = {
         "connect_timeout_seconds",
         "inject_stream_usage",
         "headers",
+        "chat_fields",
     },
     "enforcement": {
         "timezone",
@@ -328,4 +330,14 @@ def _parse_provider(raw: Any, index: int) -> ProviderConfig:
         connect_timeout_seconds=number(raw, "connect_timeout_seconds", 10.0, where),
         inject_stream_usage=boolean(raw, "inject_stream_usage", True, where),
         headers=tuple((str(k), str(v)) for k, v in headers.items()),
+        chat_fields=_chat_fields(raw, kind, where),
     )
+
+
+def _chat_fields(raw: dict[str, Any], kind: str, where: str) -> frozenset[str]:
+    from tokenctl.translate.fit import OPTIONAL_FIELDS
+
+    value = raw.get("chat_fields", list(OPTIONAL_FIELDS) if kind == "openai" else [])
+    if not isinstance(value, list) or not all(v in OPTIONAL_FIELDS for v in value):
+        raise ConfigError(f"{where}.chat_fields: a list of {', '.join(OPTIONAL_FIELDS)}")
+    return frozenset(value)

@@ -33,6 +33,7 @@ from tokenctl.routing.router import ROUTE_HEADER, Facts, last_user_text, request
 from tokenctl.text import header_text
 from tokenctl.translate import TRANSLATIONS
 from tokenctl.translate.anthropic_to_chat import Untranslatable
+from tokenctl.translate.fit import fit_chat
 from tokenctl.types import Route
 
 log = logging.getLogger("tokenctl")
@@ -162,6 +163,8 @@ def _prepare(call: Call, body_changed: bool) -> UpstreamRequest:
         raise BadRequest(
             f"the request cannot be translated for {route.upstream_model}: malformed {type(exc).__name__} {exc}"
         ) from exc
+    if route.upstream_api == "openai.chat":
+        dropped = [*dropped, *fit_chat(translated, route.provider.chat_fields)]
     call.upstream_dialect = DIALECTS[route.upstream_api]
     call.translator = translation.stream(call.body_size // 4, body)
     note = f"translated {call.dialect.api} -> {route.upstream_api}" + (f" ({'; '.join(dropped)})" if dropped else "")

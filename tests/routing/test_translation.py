@@ -63,7 +63,8 @@ def test_a_tool_conversation_translates_to_chat_messages() -> None:
     out, dropped = translate_request(body, "llama-3.1-8b")
     assert dropped == ["top_k", "cache_control"]
     assert out["model"] == "llama-3.1-8b" and out["max_tokens"] == 300 and out["stop"] == ["END"]
-    assert out["temperature"] == 0.2 and out["user"] == "user_abc" and out["tool_choice"] == "required"
+    assert out["temperature"] == 0.2 and out["tool_choice"] == "required"
+    assert out["user"].startswith("tk-") and "user_abc" not in out["user"]  # an opaque digest, not the raw id
     assert out["stream_options"] == {"include_usage": True}
     assert out["tools"] == [
         {
@@ -528,3 +529,39 @@ def test_translated_answers_validate_strictly_against_the_sdk_models() -> None:
     assert chat.choices[0].message.tool_calls[0].function.arguments == '{"cmd":"pwd"}'
     response = openai.types.responses.Response.model_validate(responses_translate_response(message))
     assert response.output_text == "Ok." and response.usage.input_tokens_details.cached_tokens == 20
+
+
+def test_a_claude_code_request_to_a_local_chat_server_carries_only_what_it_accepts(gateway: Any) -> None:
+    """Claude Code's shape (system messages between turns, metadata.user_id JSON with a device id, thinking)
+    translated for an OpenAI-compatible server: no user, no reasoning_effort, one system message first."""
+    body = {
+        "model": "local/llama-3.1-8b",
+        "max_tokens": 200,
+        "stream": False,
+        "thinking": {"type": "enabled", "budget_tokens": 2000},
+        "metadata": {"user_id": '{"device_id":"' + "d" * 64 + '","account_uuid":"","session_id":"5b0c"}'},
+        "system": [{"type": "text", "text": "You are Claude Code."}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "fix the bug"}]},
+            {"role": "system", "content": "<system-reminder>plan mode is off</system-reminder>"},
+            {"role": "assistant", "content": [{"type": "text", "text": "Looking."}]},
+            {"role": "user", "content": [{"type": "text", "text": "go on"}]},
+        ],
+    }
+    import httpx2 as httpx
+    import orjson as json_
+
+    response = httpx.post(
+        gateway.url + "/v1/messages", json=body, headers={"x-api-key": gateway.key, "anthropic-version": "2023-06-01"}
+    )
+    assert response.status_code == 200, response.text
+    sent = json_.loads(gateway.last_upstream().body)
+    assert "user" not in sent and "reasoning_effort" not in sent
+    assert [m["role"] for m in sent["messages"]] == ["system", "user", "assistant", "user"]
+    assert (
+        "plan mode is off" in sent["messages"][0]["content"]
+        and "You are Claude Code." in sent["messages"][0]["content"]
+    )
+    assert "d" * 64 not in gateway.last_upstream().body.decode()  # the device id never leaves
+    row = gateway.row(response.headers["request-id"])
+    assert "user dropped" in row["policy"] and "system messages moved to the start" in row["policy"]

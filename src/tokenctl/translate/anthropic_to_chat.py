@@ -11,6 +11,7 @@ another model, documents, server tools, images inside tool results). Parameters 
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from typing import Any
 
@@ -56,8 +57,8 @@ def translate_request(body: dict[str, Any], upstream_model: str) -> tuple[dict[s
     if effort:
         out["reasoning_effort"] = effort
     user = (body.get("metadata") or {}).get("user_id") if isinstance(body.get("metadata"), dict) else None
-    if isinstance(user, str) and user:
-        out["user"] = user[:256]
+    if isinstance(user, str) and user:  # Claude Code's is JSON with a device and session id: sent as a digest
+        out["user"] = "tk-" + hashlib.sha256(user.encode()).hexdigest()[:32]
     if body.get("stream") is True:
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
