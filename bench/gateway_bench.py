@@ -110,6 +110,24 @@ def ledger_backlog(gateway: str) -> tuple[int, float]:
     return behind, round(time.monotonic() - started, 2)
 
 
+def create_key(config: Path) -> str:
+    """A client key on the benchmark's ledger, created as a user would (the CLI)."""
+    command = [
+        sys.executable,
+        "-m",
+        "tokenctl",
+        "--config",
+        str(config),
+        "keys",
+        "create",
+        "--user",
+        "bench",
+        "--team",
+        "perf",
+    ]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def cpu_seconds(proc: psutil.Process) -> float:
     t = proc.cpu_times()
     return t.user + t.system
@@ -149,24 +167,7 @@ def main() -> None:
         f"providers:\n  - {{name: a, kind: anthropic, base_url: 'http://127.0.0.1:{FAKE_PORT}', models: ['claude-*']}}\n"
         + (GOVERNED if args.governed else "")
     )
-    key = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tokenctl",
-            "--config",
-            str(config),
-            "keys",
-            "create",
-            "--user",
-            "bench",
-            "--team",
-            "perf",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    key = create_key(config)
     fake = start([sys.executable, "-m", "tokenctl", "fake-provider", "--port", str(FAKE_PORT)], 0, env)
     gw = start([sys.executable, "-m", "tokenctl", "--config", str(config), "serve", "--log-level", "WARNING"], 1, env)
     floor_cmd = [sys.executable, str(ROOT / "baseline_proxy.py"), str(FLOOR_PORT), f"http://127.0.0.1:{FAKE_PORT}"]

@@ -28,7 +28,7 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_bench import claude_code_body, wait_up
+from gateway_bench import claude_code_body, create_key, wait_up
 
 ROOT = Path(__file__).resolve().parent
 FAKE_PORT, GW_PORT, FLOOR_PORT = 19390, 19380, 19370
@@ -135,24 +135,7 @@ def main() -> None:
         f"providers:\n  - {{name: a, kind: anthropic, base_url: 'http://127.0.0.1:{FAKE_PORT}', models: ['claude-*'],"
         " timeout_seconds: 60}\n"
     )
-    key = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tokenctl",
-            "--config",
-            str(config),
-            "keys",
-            "create",
-            "--user",
-            "bench",
-            "--team",
-            "perf",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    key = create_key(config)
     fake = _start([sys.executable, "-m", "tokenctl", "fake-provider", "--port", str(FAKE_PORT)], 0)
     results: dict[str, object] = {
         "python": sys.version.split()[0],

@@ -13,19 +13,11 @@ from decimal import Decimal
 from typing import Any
 
 from tokenctl.ledger.migrations import SMALL_ROLLUPS
+from tokenctl.ledger.report import FILTER_COLUMNS
 
 # Breakdown dimensions: the rollup column for each.
-DIMENSIONS = {
-    "team": "team",
-    "user": "user",
-    "project": "project",
-    "model": "model",
-    "tool": "tool",
-    "key": "key_id",
-    "provider": "provider",
-    "day": "day",
-}
-FILTERS = ("team", "user", "project", "model", "tool", "key", "provider")
+DIMENSIONS = {**FILTER_COLUMNS, "day": "day"}
+FILTERS = tuple(FILTER_COLUMNS)
 NONE = ""  # the rollups store a missing team/user/… as ''; shown as "(none)"
 
 _NANO = Decimal(10**9)

@@ -318,23 +318,26 @@ def rebuild_small_rollups(db: sqlite3.Connection) -> None:
         )
 
 
+_SESSION_COLUMNS = (
+    "session_id",
+    "team",
+    "user",
+    "project",
+    "tool",
+    "model",
+    "first_ts",
+    "last_ts",
+    "first_day",
+    "last_day",
+    *SESSION_MEASURES,
+)
+
+
 def _session_trigger_sql() -> str:
     """Add one new requests row (NEW) to its session's rollup_sessions row."""
     row = "NEW"
     m = _measure_values(row)
-    cols = [
-        "session_id",
-        "team",
-        "user",
-        "project",
-        "tool",
-        "model",
-        "first_ts",
-        "last_ts",
-        "first_day",
-        "last_day",
-        *SESSION_MEASURES,
-    ]
+    cols = _SESSION_COLUMNS
     values = [
         f"{row}.session_id",
         f"{row}.team",
@@ -361,21 +364,6 @@ def _session_trigger_sql() -> str:
 
 def rebuild_sessions(db: sqlite3.Connection) -> None:
     db.execute(_sessions_sql("", upsert=False))
-
-
-_SESSION_COLUMNS = (
-    "session_id",
-    "team",
-    "user",
-    "project",
-    "tool",
-    "model",
-    "first_ts",
-    "last_ts",
-    "first_day",
-    "last_day",
-    *SESSION_MEASURES,
-)
 
 
 def _sessions_sql(where: str, *, upsert: bool) -> str:

@@ -22,7 +22,8 @@ GROUPINGS = {
     "funding": "COALESCE(funding, 'own budget')",  # pool draws: which pool paid
 }
 
-# Filters the breakdown takes (the dashboard's drill-down names) and their columns in the requests table.
+# The filters reports take (the dashboard's drill-down names) and their column, the same in the requests table
+# and the rollups; the dashboard's queries use this map too.
 FILTER_COLUMNS = {
     "team": "team",
     "user": "user",
