@@ -28,7 +28,8 @@ from tokenctl.policy.approval import ApprovalDesk
 from tokenctl.policy.enforce import Enforcer
 from tokenctl.policy.manage import combined_rules, last_change
 from tokenctl.policy.notify import Notifier
-from tokenctl.policy.reload import seed_budgets
+from tokenctl.policy.redis_store import RedisStore
+from tokenctl.policy.reload import ledger_seeder, seed_budgets
 from tokenctl.policy.store import MemoryStore, SpendStore
 from tokenctl.providers.upstream import Upstream
 from tokenctl.routing.catalog import Catalog
@@ -66,8 +67,21 @@ def create_app(
     app.router.add_route("*", "/admin/{tail:.*}", admin_dispatch)
     app.router.add_routes(dashboard_routes())
     app.router.add_route("*", "/{tail:.*}", dispatch)
-    app.cleanup_ctx.append(lambda a: _gateway_lifecycle(a, prices, store or MemoryStore(), clock))
+    app.cleanup_ctx.append(lambda a: _gateway_lifecycle(a, prices, store or spend_store(config), clock))
     return app
+
+
+def spend_store(config: Config) -> SpendStore:
+    """Budget counters in this process, or in the Redis every replica shares (``store.redis_url``)."""
+    settings = config.store
+    if settings.redis_url is None:
+        return MemoryStore()
+    return RedisStore(
+        settings.redis_url,
+        timeout=settings.timeout_ms / 1000,
+        prefix=settings.key_prefix,
+        reseed_wait=settings.reseed_wait_seconds,
+    )
 
 
 async def _gateway_lifecycle(
@@ -110,6 +124,7 @@ async def _gateway_lifecycle(
         clock,
         ledger_health=ledger.health,
     )
+    store.on_lost_state(ledger_seeder(enforcer, rules_db, ledger))
     await seed_budgets(enforcer, rules_db)
     gateway = Gateway(
         config, keys, catalog, upstreams, prices, ledger, http, enforcer, _router(config, catalog, prices)
@@ -130,6 +145,7 @@ async def _gateway_lifecycle(
         await notifier.drain()
         await http.close()
         ledger.close(timeout=config.shutdown_grace_seconds)
+        await store.close()
         keys_db.close()
         rules_db.close()
         desk.close()
@@ -152,7 +168,7 @@ async def _refresh(gw: Gateway, rules_db: sqlite3.Connection, interval: float) -
             await loop.run_in_executor(None, gw.keys.refresh)
             changed = await loop.run_in_executor(None, last_change, rules_db)
             if changed != seen:
-                seen = changed
                 await gw.reload_rules(rules_db)
+                seen = changed  # only once applied: a reload that failed is tried again
         except Exception:  # a locked or missing database must not stop refreshing
             log.exception("refreshing keys or rules failed; keeping what is loaded")

@@ -71,6 +71,17 @@ class EnforcementConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where budget counters, reservations and rate buckets live: this process's memory, or a Redis that
+    every replica shares."""
+
+    redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0; None = in this process
+    timeout_ms: int = 1000  # the longest any request waits for Redis before it is refused (fail closed)
+    key_prefix: str = "tokenctl:"
+    reseed_wait_seconds: float = 0.5  # after Redis lost its data: time for the ledger writers to catch up
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -92,6 +103,7 @@ class Config:
     providers: tuple[ProviderConfig, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)
     enforcement: EnforcementConfig = field(default_factory=lambda: EnforcementConfig())
+    store: StoreConfig = field(default_factory=lambda: StoreConfig())
     budgets: tuple[BudgetRule, ...] = ()
     policies: tuple[ModelPolicy, ...] = ()
     approvals: tuple[ApprovalRule, ...] = ()
@@ -128,6 +140,7 @@ SECTIONS: dict[str, set[str]] = {
         "aliases",
         "identity",
         "enforcement",
+        "store",
         "budgets",
         "policies",
         "approvals",
@@ -160,6 +173,7 @@ SECTIONS: dict[str, set[str]] = {
         "headers",
         "chat_fields",
     },
+    "store": {"redis_url", "timeout_ms", "key_prefix", "reseed_wait_seconds"},
     "enforcement": {
         "timezone",
         "reservation_ceiling_usd",
@@ -255,6 +269,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
         providers=providers,
         aliases=dict(aliases),
         enforcement=_parse_enforcement(section(raw, "enforcement")),
+        store=_parse_store(section(raw, "store")),
         budgets=budgets,
         policies=parse_rule_list(raw.get("policies"), "policies", parse_policy),
         approvals=parse_rule_list(raw.get("approvals"), "approvals", parse_approval),
@@ -289,6 +304,26 @@ def _parse_enforcement(raw: dict[str, Any]) -> EnforcementConfig:
         approvals_webhook_url=urls["approvals_webhook_url"] or urls["webhook_url"],
         webhook_timeout_seconds=number(raw, "webhook_timeout_seconds", 5.0, where),
         unpriced_models=_unpriced_models(raw, where),
+    )
+
+
+def _parse_store(raw: dict[str, Any]) -> StoreConfig:
+    where = "store"
+    reject_unknown(raw, SECTIONS["store"], where)
+    url = raw.get("redis_url")
+    if url is not None and (not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://"))):
+        raise ConfigError(f"{where}.redis_url: a redis://, rediss:// or unix:// URL (got {url!r})")
+    prefix = raw.get("key_prefix", "tokenctl:")
+    if not isinstance(prefix, str) or not prefix:
+        raise ConfigError(f"{where}.key_prefix: a non-empty string")
+    timeout = integer(raw, "timeout_ms", 1000, where)
+    if timeout < 1:
+        raise ConfigError(f"{where}.timeout_ms: at least 1")
+    return StoreConfig(
+        redis_url=url,
+        timeout_ms=timeout,
+        key_prefix=prefix,
+        reseed_wait_seconds=number(raw, "reseed_wait_seconds", 0.5, where),
     )
 
 

@@ -114,7 +114,7 @@ def _overview(db: Any, view: queries.View, now: datetime, config: Config) -> dic
     settled, drops = ledger_seeds(db, budgets.rules, budgets.tz, stamp)
 
     async def board() -> list[dict[str, Any]]:
-        await budgets.store.seed(settled, drops)
+        await budgets.store.seed(settled, drops, stamp)
         return await budget_board(budgets, _direct(db), queries.View(), stamp)
 
     data["budgets"] = asyncio.run(board())

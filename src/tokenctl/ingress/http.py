@@ -65,7 +65,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if path.endswith(("/v1/models", "/models")) and method == "GET":
         return await list_models(gw, request)
     if path.endswith("/ready") and method in ("HEAD", "GET"):
-        return readiness(gw)
+        return await readiness(gw)
     if path in _HEALTH_PATHS and method in ("HEAD", "GET"):
         return web.Response(status=200, headers=_id_headers(), text="" if method == "HEAD" else "ok")
     family = d.ANTHROPIC_MESSAGES if "anthropic-version" in request.headers else d.OPENAI_CHAT
@@ -89,9 +89,13 @@ def _refuse(
     return response
 
 
-def readiness(gw: Gateway) -> web.Response:
-    """``/ready``: 200 while the ledger keeps up, else 503 with the reason (take the replica out of rotation)."""
+async def readiness(gw: Gateway) -> web.Response:
+    """``/ready``: 200 while the ledger keeps up and the budget store answers, else 503 with the reason (take
+    the replica out of rotation). ``/health`` only says the process serves."""
     reason = gw.ledger.health()
+    if reason is None:
+        store = await gw.enforcer.store.ping()
+        reason = None if store is None else f"budget store unavailable: {store}"
     body: dict[str, object] = {"ready": reason is None, "ledger_pending": gw.ledger.pending}
     if reason is not None:
         body["reason"] = reason

@@ -234,9 +234,10 @@ class Budgets:
             resets_at=resets,
         )
 
-    async def settle(self, admission: BudgetAdmission, actual: int) -> None:
+    async def settle(self, admission: BudgetAdmission, actual: int, now: float) -> list[int] | None:
+        """Settle the actual cost; each charge's settled total afterwards (None if the store could not say)."""
         self.live.discard(admission.reservation_id)
-        await self.store.settle(admission.reservation_id, admission.claims, actual)
+        return await self.store.settle(admission.reservation_id, admission.claims, actual, now)
 
     async def keep_live_reservations(self, clock: Callable[[], float]) -> None:
         """Renew the reservations of requests still running, a third of the TTL before they would expire: a
@@ -248,7 +249,8 @@ class Budgets:
             if not self.live:
                 continue
             try:
-                await self.store.renew(list(self.live), clock() + self.reservation_ttl)
+                now = clock()
+                await self.store.renew(list(self.live), now + self.reservation_ttl, now)
             except Exception:  # a store that fails now is retried at the next interval
                 log.exception("renewing %d live reservations failed", len(self.live))
 
@@ -259,14 +261,15 @@ class Budgets:
         limit = to_nanos(charge.rule.limit)
         return Decimal(used) / limit if limit else Decimal(1)
 
-    async def crossed_thresholds(self, admission: BudgetAdmission, now: float) -> list[tuple[Charge, int, int]]:
-        """(charge, percent, settled nanos) for each notification threshold this request's settlement crossed first."""
+    async def crossed_thresholds(
+        self, admission: BudgetAdmission, settled_totals: Sequence[int]
+    ) -> list[tuple[Charge, int, int]]:
+        """(charge, percent, settled nanos) for each notification threshold this request's settlement crossed
+        first; ``settled_totals`` is what the store's settlement answered, one total per charge."""
         out = []
-        for charge in admission.charges:
+        for charge, settled in zip(admission.charges, settled_totals):
             if charge.slice_of or not charge.rule.notify_at:
                 continue
-            totals = await self.store.totals(charge.claim.counters, now)
-            settled = sum(s for s, _ in totals)
             limit = to_nanos(charge.rule.limit)
             for pct in charge.rule.notify_at:
                 if limit and settled * 100 >= limit * pct:

@@ -125,7 +125,7 @@ class Enforcer:
             return
         assert entry.principal is not None and entry.route is not None
         old, admission.budget = admission.budget, None
-        await self.budgets.settle(old, 0)  # released: nothing was spent on the failed attempt
+        await self.budgets.settle(old, 0, self.clock())  # released: nothing was spent on the failed attempt
         self._check_priced(entry.route, old.charges)
         now = self.clock()
         out_tokens = estimate.output_limit(body, api, self.settings.default_max_output_tokens)
@@ -408,8 +408,8 @@ class Enforcer:
         actual = to_nanos(entry.cost.total) if entry.cost is not None else 0
         now = self.clock()
         if admission.budget is not None:
-            await self.budgets.settle(admission.budget, actual)
-            for charge, pct, settled in await self.budgets.crossed_thresholds(admission.budget, now):
+            totals = await self.budgets.settle(admission.budget, actual, now)
+            for charge, pct, settled in await self.budgets.crossed_thresholds(admission.budget, totals or ()):
                 self._threshold_reached(charge, pct, settled, entry)
         output = entry.usage.output_tokens
         for bucket, per_minute in admission.token_buckets:

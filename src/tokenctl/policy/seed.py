@@ -13,8 +13,7 @@ from tokenctl.ledger.spend import spend_by_member
 from tokenctl.policy.budget import counter_name, drop_time
 from tokenctl.policy.period import current_window, rolling_bucket_seconds
 from tokenctl.policy.rules import BudgetRule
-
-Seeds = tuple[dict[str, int], dict[str, float | None]]
+from tokenctl.policy.store import Seeds
 
 
 def ledger_seeds(db: sqlite3.Connection, rules: Sequence[BudgetRule], tz: ZoneInfo, now: float) -> Seeds:

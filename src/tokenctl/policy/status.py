@@ -66,7 +66,7 @@ def _reserving_members(budgets: Budgets, rule: BudgetRule, reserved: list[str], 
 async def offline_status(budgets: Budgets, db: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
     """Status from the ledger alone (no running gateway to ask): reservations in flight are unknown."""
     settled, drops = ledger_seeds(db, budgets.rules, budgets.tz, now)
-    await budgets.store.seed(settled, drops)
+    await budgets.store.seed(settled, drops, now)
     return await budget_status(budgets, db, now)
 
 

@@ -9,18 +9,29 @@ for several replicas) adds exactly. The enforcement logic (``policy.budget``) on
   once, else change nothing and say which claim refused.
 - ``settle``: drop the reservation (if it has not expired) and add the actual amount to the
   settled part of each claim's first counter. Settling an expired reservation still counts the spend.
+  It answers each claim's settled total afterwards (for notification thresholds), or None when the
+  store could not be reached and the settlement is kept to be applied when it can.
 - reservations expire at ``expires_at``, so a crashed request cannot hold budget forever; ``renew`` moves
   the expiry of the reservations of requests still running, so a live request's never expires.
 - ``seed`` sets a counter's settled amount only if the store does not have that counter yet
   (idempotent, so N replicas seeding at once cannot multiply spend).
+- ``on_lost_state`` gives a shared store the way to rebuild its counters from the ledger should it lose
+  them (a Redis restart); the in-process store lives and dies with the process, so it never needs it.
+
+``now`` is the gateway's clock (budget windows follow it); a shared store keeps reservation deadlines by
+its own clock, so replicas whose clocks differ agree on when a reservation expires.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+
+class StoreUnavailable(Exception):
+    """A shared store could not be reached in time, or lost its counters and cannot rebuild them yet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,16 +50,22 @@ class Refusal:
     reserved: int
 
 
+Seeds = tuple[dict[str, int], dict[str, float | None]]  # settled nanos and drop-after time, by counter
+Seeder = Callable[[], Awaitable[tuple[Seeds, float]]]  # the seeds from the ledger, and the clock they were read at
+
+
 class SpendStore(Protocol):
     async def reserve(
         self, reservation_id: str, claims: Sequence[Claim], amount: int, expires_at: float, now: float
     ) -> Refusal | None: ...
 
-    async def settle(self, reservation_id: str, claims: Sequence[Claim], amount: int) -> None: ...
+    async def settle(
+        self, reservation_id: str, claims: Sequence[Claim], amount: int, now: float
+    ) -> list[int] | None: ...
 
     async def totals(self, counters: Sequence[str], now: float) -> list[tuple[int, int]]: ...
 
-    async def seed(self, settled: Mapping[str, int], drop_after: Mapping[str, float | None]) -> None: ...
+    async def seed(self, settled: Mapping[str, int], drop_after: Mapping[str, float | None], now: float) -> None: ...
 
     async def first_crossing(self, marker: str) -> bool: ...
 
@@ -60,7 +77,13 @@ class SpendStore(Protocol):
 
     async def reserved_counters(self, now: float) -> list[str]: ...
 
-    async def renew(self, reservation_ids: Sequence[str], expires_at: float) -> None: ...
+    async def renew(self, reservation_ids: Sequence[str], expires_at: float, now: float) -> None: ...
+
+    def on_lost_state(self, seeder: Seeder) -> None: ...
+
+    async def ping(self) -> str | None: ...  # None when reachable, else why not
+
+    async def close(self) -> None: ...
 
 
 class _Counter:
@@ -104,16 +127,17 @@ class MemoryStore:
         heapq.heappush(self._expiry, (expires_at, reservation_id))
         return None
 
-    async def renew(self, reservation_ids: Sequence[str], expires_at: float) -> None:
+    async def renew(self, reservation_ids: Sequence[str], expires_at: float, now: float) -> None:
         for reservation_id in reservation_ids:
             if reservation_id in self._reservations:
                 self._deadline[reservation_id] = expires_at
                 heapq.heappush(self._expiry, (expires_at, reservation_id))
 
-    async def settle(self, reservation_id: str, claims: Sequence[Claim], amount: int) -> None:
+    async def settle(self, reservation_id: str, claims: Sequence[Claim], amount: int, now: float) -> list[int]:
         self._release(reservation_id)
         for claim in claims:
             self._counter(claim.counters[0], claim.drop_after).settled += amount
+        return [self._sum(claim.counters)[0] for claim in claims]
 
     async def totals(self, counters: Sequence[str], now: float) -> list[tuple[int, int]]:
         self._expire(now)
@@ -123,7 +147,7 @@ class MemoryStore:
             out.append((c.settled, c.reserved) if c else (0, 0))
         return out
 
-    async def seed(self, settled: Mapping[str, int], drop_after: Mapping[str, float | None]) -> None:
+    async def seed(self, settled: Mapping[str, int], drop_after: Mapping[str, float | None], now: float) -> None:
         for name, amount in settled.items():
             if name not in self._counters:
                 self._counters[name] = _Counter(amount, drop_after.get(name))
@@ -154,6 +178,15 @@ class MemoryStore:
         """Counters holding reservations of requests in flight (status shows their members too)."""
         self._expire(now)
         return [name for name, c in self._counters.items() if c.reserved]
+
+    def on_lost_state(self, seeder: Seeder) -> None:
+        """Nothing to do: these counters cannot be lost while the process that uses them lives."""
+
+    async def ping(self) -> str | None:
+        return None
+
+    async def close(self) -> None:
+        return None
 
     # -- internals --------------------------------------------------------------------------------
 

@@ -1,0 +1,358 @@
+"""Gateways sharing one Redis: caps hold across replicas in separate processes, a replica SIGKILLed mid-run
+leaves the budgets exact, and an unreachable Redis fails requests closed, fast, in the client's dialect."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx2 as httpx
+import openai
+import pytest
+import redis
+import yaml
+
+from tests.conftest import ADMIN_KEY, free_port
+from tokenctl.identity.keys import create_key
+from tokenctl.ledger.db import connect
+from tokenctl.ledger.writer import LedgerWriter
+from tokenctl.policy.budget import to_nanos
+from tokenctl.policy.redis_store import RedisStore
+from tokenctl.testing.fake_provider import FakeProvider
+
+ROOT = Path(__file__).resolve().parents[2]
+USERS = [f"u{i}" for i in range(6)]
+CAPS = {"org": Decimal("0.40"), "team": Decimal("0.30"), "allowance": Decimal("0.03"), "pool": Decimal("0.12")}
+SLICE = Decimal("0.05")
+BUDGETS = [
+    {"name": "org-cap", "scope": "org", "limit_usd": str(CAPS["org"])},
+    {"name": "team-cap", "scope": "team", "match": "payments", "limit_usd": str(CAPS["team"])},
+    {"name": "allowance", "scope": "user", "limit_usd": str(CAPS["allowance"]), "overflow_to": "team-pool"},
+    {
+        "name": "team-pool",
+        "scope": "team",
+        "limit_usd": str(CAPS["pool"]),
+        "pool": True,
+        "member_cap_usd": str(SLICE),
+    },
+]
+_BLOCK = re.compile(
+    r"spent \$(\d+(?:\.\d+)?) \+ \$(\d+(?:\.\d+)?) reserved for requests in flight of \$(\d+(?:\.\d+)?); "
+    r"this request needs up to \$(\d+(?:\.\d+)?)"
+)
+
+
+@dataclass
+class Replica:
+    proc: subprocess.Popen[bytes]
+    url: str
+    ledger: str
+    config: Path
+    keys: dict[str, str]
+    answered: int = 0  # requests it answered in full to the test's clients
+
+    def rows(self) -> list[dict[str, Any]]:
+        db = sqlite3.connect(self.ledger)
+        db.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in db.execute("SELECT * FROM requests")]
+        finally:
+            db.close()
+
+
+def _config(tmp: Path, fake_url: str, redis_url: str, prefix: str, **store: Any) -> dict[str, Any]:
+    return {
+        "server": {"port": free_port(), "shutdown_grace_seconds": 2},
+        "ledger": {"path": str(tmp / "ledger.db")},
+        "identity": {"key_refresh_seconds": 0.2},
+        "store": {
+            "redis_url": redis_url,
+            "key_prefix": prefix,
+            "timeout_ms": 3000,
+            "reseed_wait_seconds": 0.2,
+            **store,
+        },
+        "enforcement": {"reservation_ttl_seconds": 3},
+        "providers": [
+            {"name": "anthropic", "kind": "anthropic", "base_url": fake_url, "models": ["claude-*"]},
+            {"name": "openai", "kind": "openai", "base_url": fake_url + "/v1", "models": ["gpt-*"]},
+        ],
+        "budgets": BUDGETS,
+    }
+
+
+def _start(tmp: Path, raw: dict[str, Any], keys: dict[str, str] | None = None) -> Replica:
+    """``tokenctl serve`` in its own process; keys made on first start (each replica here has its own ledger)."""
+    tmp.mkdir(exist_ok=True)
+    path = tmp / "tokenctl.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    if keys is None:
+        db = connect(raw["ledger"]["path"])
+        keys = {u: create_key(db, user=u, team="payments")[1] for u in USERS}
+        db.close()
+    env = {**os.environ, "TOKENCTL_ADMIN_KEY": ADMIN_KEY}
+    with (tmp / "replica.log").open("ab") as log:  # kept with the test's files for a failure's post-mortem
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tokenctl", "--config", str(path), "serve"],
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
+    url = f"http://127.0.0.1:{raw['server']['port']}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("replica did not start")
+    return Replica(proc, url, raw["ledger"]["path"], path, keys)
+
+
+def _stop(replica: Replica) -> None:
+    if replica.proc.poll() is None:
+        replica.proc.send_signal(signal.SIGTERM)
+        try:
+            replica.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            replica.proc.kill()
+
+
+Clients = dict[tuple[str, str], Any]
+
+
+async def _one(replica: Replica, user: str, i: int, spread: float, clients: Clients) -> tuple[int, str]:
+    """One request through an official SDK: Anthropic streaming or not, OpenAI Chat streaming or not; sent
+    ``i * spread`` seconds after the first."""
+    await asyncio.sleep(i * spread)
+    try:
+        if i % 2 == 0:
+            body: dict[str, Any] = {
+                "model": "claude-haiku-4-5",
+                "max_tokens": 1000,
+                "messages": [{"role": "user", "content": f"hello {i}"}],
+            }
+            client = clients[(replica.url, user)][0]
+            if i % 4 == 0:
+                async with client.messages.stream(**body) as stream:
+                    await stream.get_final_message()
+            else:
+                await client.messages.create(**body)
+        else:
+            chat: dict[str, Any] = {
+                "model": "gpt-4.1-mini",
+                "max_completion_tokens": 1000,
+                "messages": [{"role": "user", "content": f"hello {i}"}],
+            }
+            oai = clients[(replica.url, user)][1]
+            if i % 4 == 1:
+                async for _ in await oai.chat.completions.create(**chat, stream=True):
+                    pass
+            else:
+                await oai.chat.completions.create(**chat)
+    except (anthropic.APIStatusError, openai.APIStatusError) as exc:
+        return exc.status_code, exc.message
+    except (anthropic.APIConnectionError, openai.APIConnectionError) as exc:
+        return 0, str(exc)  # the replica was killed under it
+    replica.answered += 1
+    return 200, ""
+
+
+async def _traffic(replicas: list[Replica], count: int, spread: float = 0.0) -> list[tuple[int, str]]:
+    usage = {"x-fake-usage": "input=60,output=600"}
+    clients: Clients = {
+        (r.url, user): (
+            anthropic.AsyncAnthropic(api_key=r.keys[user], base_url=r.url, max_retries=0, default_headers=usage),
+            openai.AsyncOpenAI(api_key=r.keys[user], base_url=r.url + "/v1", max_retries=0, default_headers=usage),
+        )
+        for r in replicas
+        for user in USERS
+    }
+    try:
+        return await asyncio.gather(
+            *(_one(replicas[i % len(replicas)], USERS[i % len(USERS)], i, spread, clients) for i in range(count))
+        )
+    finally:
+        for pair in clients.values():
+            for client in pair:
+                await client.close()
+
+
+def _ledger_spend(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Nano-USD by budget member, computed from ledger rows as the budgets define them."""
+    out: dict[str, int] = {}
+
+    def add(name: str, nanos: int) -> None:
+        out[name] = out.get(name, 0) + nanos
+
+    for r in rows:
+        if r["cost_usd"] is None:
+            continue
+        nanos = to_nanos(Decimal(r["cost_usd"]))
+        add("org-cap:org", nanos)
+        add("team-cap:payments", nanos)
+        if r["funding"] == "team-pool":
+            add("team-pool:payments", nanos)
+            add(f"team-pool:payments:{r['user']}", nanos)
+        else:
+            add(f"allowance:{r['user']}", nanos)
+    return out
+
+
+def _redis_spend(redis_url: str, prefix: str) -> tuple[dict[str, int], int]:
+    """Settled nano-USD by budget member straight from the Redis counters, and the total still reserved (after
+    the sweep that any store operation makes: expiry is applied lazily)."""
+    store = RedisStore(redis_url, prefix=prefix)
+    asyncio.run(store.open_reservations(time.time()))
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    settled: dict[str, int] = {}
+    reserved = 0
+    for key in client.scan_iter(f"{prefix}c:*"):
+        kind, rule, _label, member, *rest = key[len(prefix) + 2 :].split(":")
+        name = f"{rule}:{member}" + (f":{rest[0]}" if kind == "s" else "")
+        values = client.hgetall(key)
+        settled[name] = settled.get(name, 0) + int(values.get("s", 0))
+        reserved += int(values.get("r", 0))
+    client.close()
+    return settled, reserved
+
+
+def _check_caps(spend: dict[str, int]) -> None:
+    assert spend.get("org-cap:org", 0) <= to_nanos(CAPS["org"])
+    assert spend.get("team-cap:payments", 0) <= to_nanos(CAPS["team"])
+    assert spend.get("team-pool:payments", 0) <= to_nanos(CAPS["pool"])
+    for user in USERS:
+        assert spend.get(f"allowance:{user}", 0) <= to_nanos(CAPS["allowance"])
+        assert spend.get(f"team-pool:payments:{user}", 0) <= to_nanos(SLICE)
+
+
+def _check_blocks(results: list[tuple[int, str]]) -> None:
+    for status, message in results:
+        assert status in (200, 402), (status, message)
+        if status == 402:  # nobody was turned away while the budget still had room for them
+            spent, reserved, limit, needed = (Decimal(x) for x in _BLOCK.search(message).groups())  # type: ignore[union-attr]
+            assert spent + reserved + needed > limit, message
+
+
+@pytest.fixture
+def fleet_env(fake: FakeProvider, redis_server: Any, prefix: str, tmp_path: Path) -> Any:
+    started: list[Replica] = []
+
+    def start(name: str, keys: dict[str, str] | None = None, **store: Any) -> Replica:
+        raw = _config(tmp_path / name, fake.url, redis_server.url, prefix, **store)  # type: ignore[attr-defined]
+        if keys is not None:  # a restart: the same port and ledger
+            raw = yaml.safe_load((tmp_path / name / "tokenctl.yaml").read_text())
+        replica = _start(tmp_path / name, raw, keys)
+        started.append(replica)
+        return replica
+
+    yield start
+    for replica in started:
+        _stop(replica)
+
+
+def test_three_replicas_hold_shared_user_team_org_and_pool_caps_to_the_nano_dollar(
+    fleet_env: Any, redis_server: Any, prefix: str
+) -> None:
+    replicas = [fleet_env(f"r{i}") for i in range(3)]
+    results = asyncio.run(_traffic(replicas, 300))
+    assert sum(1 for s, _ in results if s == 200) >= 30  # plenty admitted …
+    assert sum(1 for s, _ in results if s == 402) >= 30  # … and the caps were contended
+    _check_blocks(results)
+    for replica in replicas:
+        _stop(replica)  # every row written
+    rows = [row for replica in replicas for row in replica.rows()]
+    assert len(rows) == 300
+    ledger = _ledger_spend(rows)
+    _check_caps(ledger)
+    assert any(r["funding"] == "team-pool" for r in rows)  # the pool was drawn on
+    counters, reserved = _redis_spend(redis_server.url, prefix)
+    assert reserved == 0
+    assert {k: v for k, v in counters.items() if v} == {k: v for k, v in ledger.items() if v}
+
+
+def test_a_replica_sigkilled_mid_run_leaves_the_budgets_exact(fleet_env: Any, redis_server: Any, prefix: str) -> None:
+    replicas = [fleet_env(f"r{i}") for i in range(3)]
+    victim = replicas[0]
+
+    async def run() -> list[tuple[int, str]]:
+        traffic = asyncio.ensure_future(_traffic(replicas, 300, spread=0.01))  # over 3 s
+        while victim.answered < 15:
+            await asyncio.sleep(0.01)
+        victim.proc.send_signal(signal.SIGKILL)
+        result = await traffic
+        victim.proc.wait(10)
+        return result
+
+    results = asyncio.run(run())
+    survivors = [(s, m) for s, m in results if s != 0]
+    _check_blocks([(s, m) for s, m in survivors if s in (200, 402)])
+    restarted = LedgerWriter(victim.ledger)  # what the victim does when it starts again: replay its journal
+    restarted.start()
+    restarted.close()
+    time.sleep(3.5)  # the victim's reservations outlive it by reservation_ttl_seconds at most
+    for replica in replicas[1:]:
+        _stop(replica)
+    rows = [row for replica in replicas for row in replica.rows()]
+    cut = sum(1 for s, _ in results if s == 0)
+    assert len(victim.rows()) >= 15 and cut  # it had answered requests, and died with others on the way
+    ledger = _ledger_spend(rows)
+    _check_caps(ledger)
+    counters, reserved = _redis_spend(redis_server.url, prefix)
+    assert reserved == 0  # the dead replica's reservations expired
+    _check_caps(counters)
+    for name, nanos in ledger.items():
+        # A request killed between settling and journaling counts in Redis but not in the ledger (the safe side).
+        assert 0 <= counters.get(name, 0) - nanos <= to_nanos(Decimal("0.004")) * 4, name
+
+
+def test_an_unreachable_redis_refuses_budgeted_requests_fast_in_each_dialect(make_gateway: Any, prefix: str) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    live = make_gateway(
+        {
+            "store": {"redis_url": dead, "key_prefix": prefix, "timeout_ms": 200},
+            "budgets": [{"name": "team-cap", "scope": "team", "match": "payments", "limit_usd": 1}],
+        }
+    )  # it starts: Redis being down is a 503 per request, not a crash
+    with httpx.Client(timeout=10) as client:
+        start = time.monotonic()
+        r = client.post(
+            f"{live.url}/v1/messages",
+            json={"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"x-api-key": live.key, "anthropic-version": "2023-06-01"},
+        )
+        took = time.monotonic() - start
+        assert r.status_code == 503 and took < 1.0
+        assert r.json()["type"] == "error" and r.json()["error"]["type"] == "api_error"
+        assert "budget store unavailable" in r.json()["error"]["message"]
+        r = client.post(
+            f"{live.url}/v1/chat/completions",
+            json={"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"authorization": f"Bearer {live.key}"},
+        )
+        assert r.status_code == 503 and r.json()["error"]["code"] == "budget_store_unavailable"
+        # A key no budget covers does not need the store.
+        r = client.post(
+            f"{live.url}/v1/messages",
+            json={"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"x-api-key": live.keys["limited"], "anthropic-version": "2023-06-01"},
+        )
+        assert r.status_code == 200
+        ready = client.get(f"{live.url}/ready")
+        assert ready.status_code == 503 and "budget store unavailable" in ready.json()["reason"]
+    rows = live.wait_rows(3)
+    assert sorted(r["status"] for r in rows) == [200, 503, 503]  # the refusals are in the ledger too

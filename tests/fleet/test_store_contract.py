@@ -1,0 +1,103 @@
+"""The budget store interface, the same tests against the in-process store and the Redis one (a real server):
+enforcement cannot tell which it talks to."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tokenctl.policy.redis_store import RedisStore
+from tokenctl.policy.store import Claim, MemoryStore, SpendStore
+
+
+async def _no_seeds() -> Any:
+    return ({}, {}), time.time()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, redis_server: Any, prefix: str) -> AsyncIterator[SpendStore]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    shared = RedisStore(redis_server.url, prefix=prefix, timeout=1.0)
+    shared.on_lost_state(_no_seeds)
+    await shared.seed({}, {}, time.time())
+    yield shared
+    await shared.close()
+
+
+async def test_refuses_atomically_when_any_claim_would_go_over(store: SpendStore) -> None:
+    now = time.time()
+    claims = [Claim(("a",), 100), Claim(("b",), 50), Claim(("c",), None)]
+    assert await store.reserve("r1", claims, 40, now + 60, now) is None
+    refusal = await store.reserve("r2", claims, 20, now + 60, now)
+    assert refusal is not None and (refusal.claim, refusal.settled, refusal.reserved) == (1, 0, 40)
+    assert await store.totals(["a", "b", "c"], now) == [(0, 40), (0, 40), (0, 40)]  # r2 took nothing
+
+
+async def test_settle_moves_the_reservation_to_the_actual_spend_and_answers_the_totals(store: SpendStore) -> None:
+    now = time.time()
+    claims = [Claim(("day:2", "day:1"), 1_000), Claim(("team",), None)]
+    await store.seed({"day:1": 300}, {}, now)  # an earlier bucket of a rolling window
+    assert await store.reserve("r1", claims, 500, now + 60, now) is None
+    refusal = await store.reserve("r2", claims, 201, now + 60, now)
+    assert refusal is not None and (refusal.settled, refusal.reserved) == (300, 500)
+    assert await store.settle("r1", claims, 120, now) == [420, 120]
+    assert await store.totals(["day:2", "day:1", "team"], now) == [(120, 0), (300, 0), (120, 0)]
+    assert await store.open_reservations(now) == 0
+    assert await store.reserve("r2", claims, 580, now + 60, now) is None  # exactly to the limit
+    assert await store.reserve("r3", claims, 1, now + 60, now) is not None
+
+
+async def test_settling_an_expired_reservation_still_counts_the_spend(store: SpendStore) -> None:
+    now = time.time()
+    claims = [Claim(("x",), 1_000)]
+    assert await store.reserve("gone", claims, 800, now + 0.2, now) is None
+    await asyncio.sleep(0.4)
+    later = time.time()
+    assert await store.totals(["x"], later) == [(0, 0)]  # expired: its budget is free again
+    assert await store.open_reservations(later) == 0
+    await store.settle("gone", claims, 30, later)  # the request finished after all
+    assert await store.totals(["x"], later) == [(30, 0)]
+
+
+async def test_renewed_reservations_outlive_their_first_deadline(store: SpendStore) -> None:
+    now = time.time()
+    claims = [Claim(("x",), 1_000)]
+    await store.reserve("live", claims, 100, now + 0.3, now)
+    await store.reserve("dead", claims, 200, now + 0.3, now)
+    for _ in range(4):
+        await asyncio.sleep(0.15)
+        t = time.time()
+        await store.renew(["live"], t + 0.3, t)
+    t = time.time()
+    assert await store.totals(["x"], t) == [(0, 100)]
+    assert sorted(await store.reserved_counters(t)) == ["x"]
+    assert await store.open_reservations(t) == 1
+
+
+async def test_seed_sets_only_counters_the_store_does_not_have(store: SpendStore) -> None:
+    now = time.time()
+    await store.seed({"a": 5, "b": 7}, {"a": now + 3600, "b": None}, now)
+    await store.seed({"a": 50, "b": 70, "c": 9}, {}, now)  # a second replica seeding: adds only c
+    assert await store.totals(["a", "b", "c", "d"], now) == [(5, 0), (7, 0), (9, 0), (0, 0)]
+
+
+async def test_a_notification_marker_fires_once(store: SpendStore) -> None:
+    assert await store.first_crossing("n:b:x:80") is True
+    assert await store.first_crossing("n:b:x:80") is False
+    assert await store.first_crossing("n:b:x:100") is True
+
+
+async def test_rate_bucket_refills_continuously_and_forced_takes_go_negative(store: SpendStore) -> None:
+    now = 1_000.0
+    assert await store.take_rate("tpm:x", 600, 600, now) == 0  # full bucket
+    wait = await store.take_rate("tpm:x", 600, 100, now)
+    assert wait == pytest.approx(10.0)  # 10 tokens a second
+    assert await store.take_rate("tpm:x", 600, 100, now + 10) == 0
+    assert await store.take_rate("tpm:x", 600, 300, now + 10, force=True) == 0  # output counted after the fact
+    assert await store.take_rate("tpm:x", 600, 1, now + 10) == pytest.approx(30.1)
