@@ -19,11 +19,12 @@ from tokenctl.dashboard.views import DASHBOARD, Dashboard
 from tokenctl.dashboard.views import routes as dashboard_routes
 from tokenctl.gateway import GATEWAY, Gateway
 from tokenctl.identity.keys import KeyCache
-from tokenctl.ingress.admin import admin_dispatch
+from tokenctl.ingress.admin import admin_dispatch, metrics_endpoint
 from tokenctl.ingress.http import body_limit_errors, dispatch
 from tokenctl.ledger.db import connect
 from tokenctl.ledger.writer import LedgerWriter
 from tokenctl.metering.pricing import PriceBook
+from tokenctl.observe.metrics import Metrics
 from tokenctl.policy.approval import ApprovalDesk
 from tokenctl.policy.enforce import Enforcer
 from tokenctl.policy.manage import combined_rules, last_change
@@ -65,6 +66,7 @@ def create_app(
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[body_limit_errors])
     app[CONFIG] = config
     app.router.add_route("*", "/admin/{tail:.*}", admin_dispatch)
+    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_routes(dashboard_routes())
     app.router.add_route("*", "/{tail:.*}", dispatch)
     app.cleanup_ctx.append(lambda a: _gateway_lifecycle(a, prices, store or spend_store(config), clock))
@@ -126,8 +128,11 @@ async def _gateway_lifecycle(
     )
     store.on_lost_state(ledger_seeder(enforcer, rules_db, ledger))
     await seed_budgets(enforcer, rules_db)
+    metrics = Metrics()
+    if isinstance(store, RedisStore):
+        store.observe = metrics.store_call
     gateway = Gateway(
-        config, keys, catalog, upstreams, prices, ledger, http, enforcer, _router(config, catalog, prices)
+        config, keys, catalog, upstreams, prices, ledger, http, enforcer, _router(config, catalog, prices), metrics
     )
     app[GATEWAY] = gateway
     app[DASHBOARD] = dashboard = Dashboard(gateway)

@@ -82,6 +82,17 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ObservabilityConfig:
+    """Metrics, traces and logs for operating a fleet."""
+
+    metrics_public: bool = False  # GET /metrics without the admin key (a scraper on a private network)
+    log_format: str = "text"  # or "json": one JSON object per line
+    otlp_endpoint: str | None = None  # e.g. http://collector:4318: traces and metrics over OTLP/HTTP; None = off
+    otlp_headers: tuple[tuple[str, str], ...] = ()
+    service_name: str = "tokenctl"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -104,6 +115,7 @@ class Config:
     aliases: dict[str, str] = field(default_factory=dict)
     enforcement: EnforcementConfig = field(default_factory=lambda: EnforcementConfig())
     store: StoreConfig = field(default_factory=lambda: StoreConfig())
+    observability: ObservabilityConfig = field(default_factory=lambda: ObservabilityConfig())
     budgets: tuple[BudgetRule, ...] = ()
     policies: tuple[ModelPolicy, ...] = ()
     approvals: tuple[ApprovalRule, ...] = ()
@@ -141,6 +153,7 @@ SECTIONS: dict[str, set[str]] = {
         "identity",
         "enforcement",
         "store",
+        "observability",
         "budgets",
         "policies",
         "approvals",
@@ -174,6 +187,7 @@ SECTIONS: dict[str, set[str]] = {
         "chat_fields",
     },
     "store": {"redis_url", "timeout_ms", "key_prefix", "reseed_wait_seconds"},
+    "observability": {"metrics_public", "log_format", "otlp_endpoint", "otlp_headers", "service_name"},
     "enforcement": {
         "timezone",
         "reservation_ceiling_usd",
@@ -270,6 +284,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
         aliases=dict(aliases),
         enforcement=_parse_enforcement(section(raw, "enforcement")),
         store=_parse_store(section(raw, "store")),
+        observability=_parse_observability(section(raw, "observability")),
         budgets=budgets,
         policies=parse_rule_list(raw.get("policies"), "policies", parse_policy),
         approvals=parse_rule_list(raw.get("approvals"), "approvals", parse_approval),
@@ -324,6 +339,27 @@ def _parse_store(raw: dict[str, Any]) -> StoreConfig:
         timeout_ms=timeout,
         key_prefix=prefix,
         reseed_wait_seconds=number(raw, "reseed_wait_seconds", 0.5, where),
+    )
+
+
+def _parse_observability(raw: dict[str, Any]) -> ObservabilityConfig:
+    where = "observability"
+    reject_unknown(raw, SECTIONS["observability"], where)
+    log_format = raw.get("log_format", "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"{where}.log_format: 'text' or 'json' (got {log_format!r})")
+    endpoint = raw.get("otlp_endpoint")
+    if endpoint is not None and (not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))):
+        raise ConfigError(f"{where}.otlp_endpoint: an http(s) URL of an OTLP/HTTP receiver, e.g. http://collector:4318")
+    headers = raw.get("otlp_headers", {}) or {}
+    if not isinstance(headers, dict):
+        raise ConfigError(f"{where}.otlp_headers: a mapping of header names to values")
+    return ObservabilityConfig(
+        metrics_public=boolean(raw, "metrics_public", False, where),
+        log_format=log_format,
+        otlp_endpoint=endpoint.rstrip("/") if endpoint else None,
+        otlp_headers=tuple((str(k), str(v)) for k, v in headers.items()),
+        service_name=str(raw.get("service_name", "tokenctl")),
     )
 
 

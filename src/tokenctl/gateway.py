@@ -20,6 +20,7 @@ from tokenctl.ledger.record import LedgerEntry
 from tokenctl.ledger.writer import LedgerWriter
 from tokenctl.metering.meter import settle
 from tokenctl.metering.pricing import PriceBook
+from tokenctl.observe.metrics import Metrics
 from tokenctl.policy.enforce import Admission, Enforcer
 from tokenctl.policy.reload import reload_rules
 from tokenctl.providers.upstream import Upstream, UpstreamRequest
@@ -45,6 +46,7 @@ class Gateway:
     http: aiohttp.ClientSession
     enforcer: Enforcer
     router: Router
+    metrics: Metrics
 
     async def reload_rules(self, rules_db: Any) -> None:
         """Apply budgets, policies and approval rules changed in the ledger database (CLI or admin API)."""
@@ -144,3 +146,4 @@ class Call:
             except Exception:  # settling must never lose the row either
                 log.exception("settling budgets failed for request %s", self.request_id)
         self.gw.ledger.record(entry)
+        self.gw.metrics.request_done(entry)

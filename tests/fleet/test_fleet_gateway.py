@@ -356,3 +356,45 @@ def test_an_unreachable_redis_refuses_budgeted_requests_fast_in_each_dialect(mak
         assert ready.status_code == 503 and "budget store unavailable" in ready.json()["reason"]
     rows = live.wait_rows(3)
     assert sorted(r["status"] for r in rows) == [200, 503, 503]  # the refusals are in the ledger too
+
+
+def test_redis_restarted_empty_mid_traffic_is_rebuilt_from_the_ledger_and_the_cap_still_holds(
+    make_gateway: Any, redis_server: Any, prefix: str
+) -> None:
+    cap = Decimal("0.05")
+    live = make_gateway(
+        {
+            "store": {"redis_url": redis_server.url, "key_prefix": prefix, "timeout_ms": 300, "reseed_wait_seconds": 0.1},
+            "budgets": [{"name": "team-cap", "scope": "team", "match": "payments", "limit_usd": str(cap)}],
+        }
+    )
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    body = {"model": "claude-haiku-4-5", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"x-api-key": live.key, "anthropic-version": "2023-06-01", "x-fake-usage": "input=60,output=600"}
+
+    def send(client: httpx.Client, count: int) -> list[int]:
+        return [client.post(f"{live.url}/v1/messages", json=body, headers=headers).status_code for _ in range(count)]
+
+    def spent(client: httpx.Client) -> Decimal:
+        status = client.get(f"{live.url}/admin/budgets/status", headers=admin).json()["data"]
+        return Decimal(next(s for s in status if s["budget"] == "team-cap")["spent_usd"])
+
+    def ledger_total() -> Decimal:
+        return sum((Decimal(r["cost_usd"]) for r in live.rows() if r["cost_usd"]), Decimal(0))
+
+    with httpx.Client(timeout=10) as client:
+        assert send(client, 6) == [200] * 6
+        before = ledger_total()
+        assert spent(client) == before.quantize(Decimal("0.000001"))
+        redis_server.kill()
+        start = time.monotonic()
+        assert send(client, 2) == [503, 503]  # fails closed while Redis is down …
+        assert time.monotonic() - start < 2.0  # … fast
+        redis_server.start()  # back, and empty
+        assert send(client, 1) == [200]  # the counters were rebuilt from the ledger first
+        assert spent(client) == ledger_total().quantize(Decimal("0.000001"))
+        assert ledger_total() > before
+        statuses = send(client, 30)
+    assert 402 in statuses  # the cap binds at its true level, not $0.05 above what was spent before the restart
+    assert ledger_total() <= cap
+    assert cap - ledger_total() < Decimal("0.0052")  # and stopped within one reservation of it

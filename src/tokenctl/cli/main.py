@@ -41,6 +41,7 @@ from tokenctl.ledger.journal import LedgerInUse
 from tokenctl.ledger.migrations import applied, migrate
 from tokenctl.ledger.report import FILTER_COLUMNS, GROUPINGS, ReportRow, spend_report, total
 from tokenctl.metering.pricing import PriceFileError
+from tokenctl.observe.logs import configure_logging
 from tokenctl.runtime import raise_fd_limit, tune_for_many_streams
 
 
@@ -199,8 +200,9 @@ def _check_ledger(config: Config, args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     config = _config(args)
+    configure_logging(args.log_level, config.observability.log_format)
     _install_uvloop()
     raise_fd_limit()
     try:
@@ -407,7 +409,7 @@ def _migrate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from tokenctl.demo import run
 
-    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("WARNING")
     _install_uvloop()
     try:
         bind_listener(args.host, args.port).close()  # a taken port is one clear line, before any work

@@ -29,6 +29,7 @@ from tokenctl.gateway import GATEWAY, Gateway
 from tokenctl.ledger import approvals as approval_store
 from tokenctl.ledger.audit import read_audit
 from tokenctl.ledger.db import connect
+from tokenctl.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenctl.policy.decisions import decide_approval
 from tokenctl.policy.manage import RuleError, delete_rule, put_rule
 from tokenctl.policy.status import budget_status
@@ -82,6 +83,18 @@ async def admin_dispatch(request: web.Request) -> web.StreamResponse:
         return _error(404, str(exc))
     except approval_store.ApprovalStateError as exc:
         return _error(409, str(exc))
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """``GET /metrics`` in Prometheus's text format; the admin key is needed unless ``metrics_public``."""
+    gw = request.app[GATEWAY]
+    if not gw.config.observability.metrics_public:
+        try:
+            check_admin(gw, request.headers)
+        except AdminError as exc:
+            return _error(exc.status, exc.message)
+    body = await gw.metrics.render(gw.ledger, gw.enforcer.budgets, gw.enforcer.clock())
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 async def _route(gw: Gateway, request: web.Request, parts: list[str]) -> web.StreamResponse:

@@ -216,6 +216,11 @@ class LedgerWriter:
             return f"the ledger writer is {self._clock() - oldest:.0f} s behind{detail}"
         return None
 
+    def lag_seconds(self) -> float:
+        """How long the oldest row not yet in the database has waited (0 when none waits)."""
+        oldest = self._oldest_unwritten()
+        return 0.0 if oldest is None else max(0.0, self._clock() - oldest)
+
     def accepting(self) -> bool:
         """False when a new row could only be kept in memory beyond the bound: every request is then refused."""
         return self._journal_error is None or self._in_memory < self._queue_max

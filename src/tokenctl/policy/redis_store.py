@@ -33,7 +33,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -263,6 +263,7 @@ class RedisStore:
         self._pending: list[_PendingSettlement] = []
         self._pending_lock = asyncio.Lock()
         self.round_trips = 0  # calls sent to Redis (bench and tests count them)
+        self.observe: Callable[[str, float], None] = lambda op, seconds: None  # each call's latency (metrics)
 
     # -- the interface ----------------------------------------------------------------------------
 
@@ -348,11 +349,14 @@ class RedisStore:
 
     # -- calls ------------------------------------------------------------------------------------
 
-    async def _bounded(self, awaitable: Any) -> Any:
+    async def _bounded(self, awaitable: Any, op: str = "other") -> Any:
         self.round_trips += 1
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
-                return await awaitable
+                answer = await awaitable
+            self.observe(op, time.perf_counter() - started)
+            return answer
         except TimeoutError as exc:
             raise StoreUnavailable(f"Redis at {_where(self.url)} did not answer within {self.timeout:g} s") from exc
         except (OSError, RedisConnectionError) as exc:
@@ -361,7 +365,7 @@ class RedisStore:
             raise StoreUnavailable(f"Redis at {_where(self.url)} failed: {exc}") from exc
 
     async def _call(self, script: str, args: list[Any]) -> Any:
-        return await self._bounded(self._scripts[script](keys=[], args=[self.prefix, *args]))
+        return await self._bounded(self._scripts[script](keys=[], args=[self.prefix, *args]), script)
 
     async def _seeded(self, script: str, args: list[Any]) -> Any:
         """A call that needs the counters: if Redis has lost them, rebuild them from the ledger and call again.

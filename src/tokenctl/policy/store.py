@@ -81,6 +81,8 @@ class SpendStore(Protocol):
 
     def on_lost_state(self, seeder: Seeder) -> None: ...
 
+    def pending(self) -> int: ...  # settlements kept until the store can be reached
+
     async def ping(self) -> str | None: ...  # None when reachable, else why not
 
     async def close(self) -> None: ...
@@ -181,6 +183,9 @@ class MemoryStore:
 
     def on_lost_state(self, seeder: Seeder) -> None:
         """Nothing to do: these counters cannot be lost while the process that uses them lives."""
+
+    def pending(self) -> int:
+        return 0
 
     async def ping(self) -> str | None:
         return None
