@@ -364,7 +364,12 @@ def test_redis_restarted_empty_mid_traffic_is_rebuilt_from_the_ledger_and_the_ca
     cap = Decimal("0.05")
     live = make_gateway(
         {
-            "store": {"redis_url": redis_server.url, "key_prefix": prefix, "timeout_ms": 300, "reseed_wait_seconds": 0.1},
+            "store": {
+                "redis_url": redis_server.url,
+                "key_prefix": prefix,
+                "timeout_ms": 300,
+                "reseed_wait_seconds": 0.1,
+            },
             "budgets": [{"name": "team-cap", "scope": "team", "match": "payments", "limit_usd": str(cap)}],
         }
     )
