@@ -8,7 +8,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -36,6 +36,9 @@ from tokenctl.providers.upstream import Upstream
 from tokenctl.routing.catalog import Catalog
 from tokenctl.routing.classifier import Classifier
 from tokenctl.routing.router import Router
+
+if TYPE_CHECKING:
+    from tokenctl.observe.otel import Telemetry
 
 log = logging.getLogger("tokenctl")
 
@@ -132,7 +135,17 @@ async def _gateway_lifecycle(
     if isinstance(store, RedisStore):
         store.observe = metrics.store_call
     gateway = Gateway(
-        config, keys, catalog, upstreams, prices, ledger, http, enforcer, _router(config, catalog, prices), metrics
+        config,
+        keys,
+        catalog,
+        upstreams,
+        prices,
+        ledger,
+        http,
+        enforcer,
+        _router(config, catalog, prices),
+        metrics,
+        _telemetry(config),
     )
     app[GATEWAY] = gateway
     app[DASHBOARD] = dashboard = Dashboard(gateway)
@@ -148,6 +161,8 @@ async def _gateway_lifecycle(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await notifier.drain()
+        if gateway.telemetry is not None:
+            await asyncio.get_running_loop().run_in_executor(None, gateway.telemetry.shutdown)
         await http.close()
         ledger.close(timeout=config.shutdown_grace_seconds)
         await store.close()
@@ -155,6 +170,15 @@ async def _gateway_lifecycle(
         rules_db.close()
         desk.close()
         dashboard.reader.close()
+
+
+def _telemetry(config: Config) -> Telemetry | None:
+    """OpenTelemetry export when ``observability.otlp_endpoint`` is set; no exporter is loaded otherwise."""
+    if config.observability.otlp_endpoint is None:
+        return None
+    from tokenctl.observe.otel import Telemetry
+
+    return Telemetry(config.observability)
 
 
 def _router(config: Config, catalog: Catalog, prices: PriceBook) -> Router:

@@ -31,6 +31,7 @@ from tokenctl.types import Route
 
 if TYPE_CHECKING:
     from tokenctl.metering.stream import StreamMeter
+    from tokenctl.observe.otel import Telemetry
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Gateway:
     enforcer: Enforcer
     router: Router
     metrics: Metrics
+    telemetry: Telemetry | None = None  # OpenTelemetry export, when configured
 
     async def reload_rules(self, rules_db: Any) -> None:
         """Apply budgets, policies and approval rules changed in the ledger database (CLI or admin API)."""
@@ -147,3 +149,8 @@ class Call:
                 log.exception("settling budgets failed for request %s", self.request_id)
         self.gw.ledger.record(entry)
         self.gw.metrics.request_done(entry)
+        if self.gw.telemetry is not None:
+            try:
+                self.gw.telemetry.request_done(entry, self.request.headers)
+            except Exception:  # tracing must never cost a request
+                log.exception("exporting the trace of request %s failed", self.request_id)

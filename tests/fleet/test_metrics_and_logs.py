@@ -137,3 +137,107 @@ def test_json_logs_are_one_object_per_line(fake: FakeProvider, tmp_path: Path) -
     lines = [json.loads(line) for line in err.splitlines() if line.strip()]
     assert lines and all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
     assert any("listening on" in line["message"] for line in lines)
+
+
+class OtlpReceiver:
+    """A small OTLP/HTTP collector: decodes what the exporter posts to /v1/traces and /v1/metrics."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+        self.metrics: list[Any] = []
+
+    def app(self) -> Any:
+        from aiohttp import web
+
+        async def traces(request: web.Request) -> web.Response:
+            from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+            message = ExportTraceServiceRequest.FromString(await self._body(request))
+            for resource in message.resource_spans:
+                service = {a.key: a.value.string_value for a in resource.resource.attributes}["service.name"]
+                for scope in resource.scope_spans:
+                    self.spans += [(service, span) for span in scope.spans]
+            return web.Response(status=200, content_type="application/x-protobuf")
+
+        async def metrics(request: web.Request) -> web.Response:
+            from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+            message = ExportMetricsServiceRequest.FromString(await self._body(request))
+            for resource in message.resource_metrics:
+                for scope in resource.scope_metrics:
+                    self.metrics += list(scope.metrics)
+            return web.Response(status=200, content_type="application/x-protobuf")
+
+        app = web.Application()
+        app.router.add_post("/v1/traces", traces)
+        app.router.add_post("/v1/metrics", metrics)
+        return app
+
+    @staticmethod
+    async def _body(request: Any) -> bytes:
+        import gzip
+
+        raw = await request.read()
+        return gzip.decompress(raw) if request.headers.get("content-encoding") == "gzip" else raw
+
+
+def test_otlp_export_sends_gen_ai_spans_and_metrics_to_a_collector(
+    fake: FakeProvider, tmp_path: Path, provider_env: None
+) -> None:
+    from tests.conftest import ServerThread, start_gateway
+
+    receiver = OtlpReceiver()
+    collector = ServerThread(receiver.app()).start()
+    live = start_gateway(
+        fake,
+        tmp_path,
+        {"observability": {"otlp_endpoint": collector.url, "service_name": "tk-test", "otlp_headers": {"x-t": "1"}}},
+    )
+    parent_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    try:
+        headers = {"x-api-key": live.key, "anthropic-version": "2023-06-01", "x-fake-usage": "input=100,output=40"}
+        traced = {**headers, "traceparent": f"00-{parent_trace}-00f067aa0ba902b7-01"}
+        with httpx.Client(timeout=10) as client:
+            secret = {**MESSAGES, "messages": [{"role": "user", "content": "the secret plan"}]}
+            assert client.post(f"{live.url}/v1/messages", json=secret, headers=traced).status_code == 200
+            failed = {**headers, "x-fake-fault": "status:529"}
+            assert client.post(f"{live.url}/v1/messages", json=MESSAGES, headers=failed).status_code == 529
+    finally:
+        live.server.stop()  # the gateway's shutdown exports what is still batched
+        collector.stop()
+    assert len(receiver.spans) == 2
+    by_status = {}
+    for service, span in receiver.spans:
+        assert service == "tk-test" and span.name == "chat claude-haiku-4-5"
+        attrs = {a.key: a.value for a in span.attributes}
+        by_status[attrs["http.response.status_code"].int_value] = (span, attrs)
+    span, attrs = by_status[200]
+    assert span.trace_id.hex() == parent_trace  # the client's trace continues through the gateway
+    assert attrs["gen_ai.provider.name"].string_value == "anthropic"
+    assert attrs["gen_ai.usage.input_tokens"].int_value == 100
+    assert attrs["gen_ai.usage.output_tokens"].int_value == 40
+    assert attrs["tokenctl.cost_usd"].double_value == pytest.approx(100 * 1e-6 + 40 * 5e-6)
+    assert "secret plan" not in str(span)  # no prompt text
+    failed_span, failed_attrs = by_status[529]
+    assert failed_attrs["error.type"].string_value == "529" and failed_span.status.code == 2  # ERROR
+    names = {m.name for m in receiver.metrics}
+    assert {"gen_ai.client.token.usage", "gen_ai.client.operation.duration", "tokenctl.cost"} <= names
+    usage = [m for m in receiver.metrics if m.name == "gen_ai.client.token.usage"][-1]
+    by_type = {
+        {a.key: a.value.string_value for a in p.attributes}["gen_ai.token.type"]: p.sum
+        for p in usage.histogram.data_points
+    }
+    assert by_type == {"input": 100, "output": 40}
+
+
+def test_without_an_otlp_endpoint_no_exporter_is_built_or_loaded(gateway: Any) -> None:
+    assert gateway.gw.telemetry is None  # the request path pays one None check
+    code = (
+        "import sys\n"
+        "from tokenctl.app import create_app\n"
+        "from tokenctl.config import parse_config\n"
+        "create_app(parse_config({}))\n"
+        "print([m for m in sys.modules if m.startswith(('opentelemetry.exporter', 'tokenctl.observe.otel'))])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
