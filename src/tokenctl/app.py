@@ -86,6 +86,7 @@ def spend_store(config: Config) -> SpendStore:
         timeout=settings.timeout_ms / 1000,
         prefix=settings.key_prefix,
         reseed_wait=settings.reseed_wait_seconds,
+        max_connections=settings.max_connections,
     )
 
 

@@ -79,6 +79,7 @@ class StoreConfig:
     timeout_ms: int = 1000  # the longest any request waits for Redis before it is refused (fail closed)
     key_prefix: str = "tokenctl:"
     reseed_wait_seconds: float = 0.5  # after Redis lost its data: time for the ledger writers to catch up
+    max_connections: int = 64  # per process; more concurrent store calls wait their turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +187,7 @@ SECTIONS: dict[str, set[str]] = {
         "headers",
         "chat_fields",
     },
-    "store": {"redis_url", "timeout_ms", "key_prefix", "reseed_wait_seconds"},
+    "store": {"redis_url", "timeout_ms", "key_prefix", "reseed_wait_seconds", "max_connections"},
     "observability": {"metrics_public", "log_format", "otlp_endpoint", "otlp_headers", "service_name"},
     "enforcement": {
         "timezone",
@@ -339,6 +340,7 @@ def _parse_store(raw: dict[str, Any]) -> StoreConfig:
         timeout_ms=timeout,
         key_prefix=prefix,
         reseed_wait_seconds=number(raw, "reseed_wait_seconds", 0.5, where),
+        max_connections=max(1, integer(raw, "max_connections", 64, where)),
     )
 
 

@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -229,19 +229,23 @@ class RedisStore:
         timeout: float = 1.0,
         prefix: str = "tokenctl:",
         reseed_wait: float = 0.5,
+        max_connections: int = 64,
     ) -> None:
         self.url = url
         self.timeout = timeout
         self.prefix = prefix
         self.reseed_wait = reseed_wait  # before rebuilding: lets replicas' ledger writers catch up
-        self.redis = Redis.from_url(
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,  # more requests than that wait their turn (within the timeout)
+            timeout=None,
             decode_responses=True,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),  # a retry would double the wait; the caller fails closed instead
             health_check_interval=0,
         )
+        self.redis = Redis(connection_pool=pool)
         self._scripts = {
             name: self.redis.register_script(_PRELUDE + body)
             for name, body in (
