@@ -22,6 +22,7 @@ from tokenctl.identity.keys import KeyCache
 from tokenctl.ingress.admin import admin_dispatch, metrics_endpoint
 from tokenctl.ingress.http import body_limit_errors, dispatch
 from tokenctl.ledger.db import connect
+from tokenctl.ledger.loop_resumes import resumes
 from tokenctl.ledger.writer import LedgerWriter
 from tokenctl.metering.pricing import PriceBook
 from tokenctl.observe.metrics import Metrics
@@ -132,6 +133,7 @@ async def _gateway_lifecycle(
     )
     store.on_lost_state(ledger_seeder(enforcer, rules_db, ledger))
     await seed_budgets(enforcer, rules_db)
+    enforcer.loop_resumes = resumes(rules_db)
     metrics = Metrics()
     if isinstance(store, RedisStore):
         store.observe = metrics.store_call
@@ -196,6 +198,7 @@ async def _refresh(gw: Gateway, rules_db: sqlite3.Connection, interval: float) -
         await asyncio.sleep(interval)
         try:
             await loop.run_in_executor(None, gw.keys.refresh)
+            gw.enforcer.loop_resumes = await loop.run_in_executor(None, resumes, rules_db)
             changed = await loop.run_in_executor(None, last_change, rules_db)
             if changed != seen:
                 await gw.reload_rules(rules_db)

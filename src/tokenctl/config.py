@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from tokenctl.policy.loops import LoopRule, parse_loops
 from tokenctl.policy.rules import (
     ApprovalRule,
     BudgetRule,
@@ -120,6 +121,7 @@ class Config:
     budgets: tuple[BudgetRule, ...] = ()
     policies: tuple[ModelPolicy, ...] = ()
     approvals: tuple[ApprovalRule, ...] = ()
+    loops: tuple[LoopRule, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     source: str = "<defaults>"
 
@@ -158,6 +160,7 @@ SECTIONS: dict[str, set[str]] = {
         "budgets",
         "policies",
         "approvals",
+        "loops",
         "routing",
     },
     "server": {
@@ -289,6 +292,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
         budgets=budgets,
         policies=parse_rule_list(raw.get("policies"), "policies", parse_policy),
         approvals=parse_rule_list(raw.get("approvals"), "approvals", parse_approval),
+        loops=parse_loops(raw.get("loops")),
         routing=parse_routing(section(raw, "routing")),
         source=source,
     )

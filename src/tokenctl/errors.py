@@ -11,6 +11,7 @@ Anthropic or OpenAI error body. Nothing else decides status codes.
     │   └── PolicyDenied      403  a model policy forbids this request (model, size)
     ├── BudgetExceeded        402  a hard budget cannot take this request's worst-case cost
     ├── ApprovalRequired      402  the request is held until an approver lets it through
+    ├── LoopPaused            402  a loop rule paused this session (same tool call repeated)
     ├── RateLimited           429  requests/tokens per minute; Retry-After says when to retry
     ├── BudgetStoreUnavailable 503 budgets cannot be checked: fail closed, never unmetered
     ├── NotFound              404  unknown model or endpoint
@@ -150,6 +151,22 @@ class ApprovalRequired(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"x-tokenctl-approval-id": self.approval_id}
+
+
+class LoopPaused(GatewayError):
+    """A loop rule paused the session: shown once by Claude Code (402), not retried by the SDKs."""
+
+    status = 402
+    kind = "billing_error"
+    code = "loop_paused"
+    retryable = False
+
+    def __init__(self, message: str, *, rule: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+    def headers(self) -> dict[str, str]:
+        return {"x-tokenctl-loop-rule": self.rule}
 
 
 class RateLimited(GatewayError):

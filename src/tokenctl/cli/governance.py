@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from tokenctl.cli.loops import add_loop_commands
 from tokenctl.cli.render import render_table
 from tokenctl.config import Config
 from tokenctl.ledger import approvals as approval_store
@@ -41,6 +42,7 @@ def add_governance_commands(sub: Any, load: ConfigLoader) -> None:
     _budget_commands(sub, load)
     _policy_commands(sub, load)
     _approval_commands(sub, load)
+    add_loop_commands(sub, load)
     a = sub.add_parser("audit", help="the audit log: policy decisions and changes, newest first")
     a.add_argument("--limit", type=int, default=50, help="most events to show")
     a.add_argument("--action", help="only this action, e.g. block, downgrade, clamp, approval.*, budget.*")

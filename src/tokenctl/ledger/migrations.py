@@ -439,6 +439,22 @@ def m007_batch_rollups(db: sqlite3.Connection) -> None:
     rebuild_sessions(db)
 
 
+def m008_loop_resumes(db: sqlite3.Connection) -> None:
+    """Sessions an operator let go on after a loop rule paused them (``tokenctl loops resume``)."""
+    db.execute(
+        """
+        CREATE TABLE loop_resumes (
+            subject         TEXT NOT NULL,      -- a session id, or key:<key id> for requests without one
+            rule            TEXT NOT NULL,
+            repeats_allowed INTEGER NOT NULL,   -- paused again only beyond this many repeats
+            resumed_at      REAL NOT NULL,
+            resumed_by      TEXT,
+            PRIMARY KEY (subject, rule)
+        )
+        """
+    )
+
+
 @contextmanager
 def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE … COMMIT on an autocommit connection, rolled back on error."""
@@ -459,6 +475,7 @@ MIGRATIONS: list[Migration] = [
     m005_rollups,
     m006_small_rollups,
     m007_batch_rollups,
+    m008_loop_resumes,
 ]
 
 

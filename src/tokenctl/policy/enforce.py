@@ -25,6 +25,7 @@ from tokenctl.errors import (
     BudgetStoreUnavailable,
     GatewayError,
     LedgerUnavailable,
+    LoopPaused,
     PolicyDenied,
     RateLimited,
     UnpricedModel,
@@ -36,6 +37,7 @@ from tokenctl.metering.pricing import PriceBook
 from tokenctl.policy import estimate, models
 from tokenctl.policy.approval import ApprovalDesk, fingerprint, triggered_rule
 from tokenctl.policy.budget import BudgetAdmission, Budgets, Charge, covers, to_nanos, to_usd
+from tokenctl.policy.loops import trailing_repeats
 from tokenctl.policy.notify import Notifier
 from tokenctl.policy.rules import ApprovalRule, BudgetRule, ModelPolicy
 from tokenctl.policy.store import SpendStore
@@ -92,6 +94,8 @@ class Enforcer:
         self.tz = ZoneInfo(self.settings.timezone)
         self.budgets = Budgets(rules.budgets, self.tz, store, self.settings.reservation_ttl_seconds)
         self.rules = rules
+        self.loop_rules = config.loops
+        self.loop_resumes: dict[tuple[str, str], int] = {}  # (subject, rule) -> repeats allowed (refreshed)
         self._session_models: OrderedDict[str, str] = OrderedDict()  # session -> model it was downgraded to
 
     def set_rules(self, rules: RuleSet) -> None:
@@ -102,7 +106,7 @@ class Enforcer:
 
     async def admit(self, entry: LedgerEntry, body: dict[str, Any], raw: bytes, api: str) -> Admission:
         admission = Admission()
-        if not (self.rules.policies or self.rules.budgets or self.rules.approvals):
+        if not (self.rules.policies or self.rules.budgets or self.rules.approvals or self.loop_rules):
             return admission
         try:
             await self._admit(entry, body, raw, api, admission)
@@ -149,6 +153,8 @@ class Enforcer:
         principal, now, body_size = entry.principal, self.clock(), len(raw)
         session = entry.attribution.session_id if entry.attribution else None
         in_tokens = estimate.input_tokens(body_size)
+        if self.loop_rules:
+            await self._check_loops(entry, body, api, session)
         policies = models.applicable(self.rules.policies, principal, session)
         if policies:
             models.check_model(policies, entry.route.requested_model, entry.route.upstream_model)
@@ -183,6 +189,42 @@ class Enforcer:
             if budget is not None and budget.pool:
                 entry.funding = budget.pool
                 self._decide(entry, "pool", f"drew on pool {budget.pool}", rule=budget.pool, quiet=True)
+
+    async def _check_loops(self, entry: LedgerEntry, body: dict[str, Any], api: str, session: str | None) -> None:
+        """Pause (or flag) an agent repeating one tool call with the same arguments ``repeated_tool_calls`` times."""
+        run, tool = trailing_repeats(body, api)
+        if run < 2:
+            return
+        assert entry.principal is not None
+        subject = session or f"key:{entry.principal.key_id}"
+        for rule in self.loop_rules:
+            allowed = self.loop_resumes.get((subject, rule.name), 0)
+            if run < rule.repeated_tool_calls or run <= allowed or covers(rule, entry.principal, session) is None:
+                continue
+            evidence = f"{tool} called {run} times in a row with the same arguments"
+            event = AuditEvent(
+                entry.principal.key_id,
+                f"loop_{rule.action}",
+                rule.name,
+                subject,
+                entry.request_id,
+                evidence,
+                self.clock(),
+            )
+            if rule.action == "alert":
+                if await self.store.first_crossing(f"loop:{rule.name}:{subject}:{allowed}"):
+                    self.audit(event)
+                    self.notifier.send(
+                        self.settings.webhook_url, f"tokenctl: loop rule {rule.name} ({subject}): {evidence}"
+                    )
+                self._decide(entry, "loop", f"{rule.name}: {evidence}", rule=rule.name, quiet=True)
+                continue
+            self.audit(event)
+            raise LoopPaused(
+                f"tokenctl: loop rule {rule.name!r} paused this session: {evidence}. If the agent is not stuck, "
+                f"resume it with `tokenctl loops resume {subject}` (or ask your administrator).",
+                rule=rule.name,
+            )
 
     def _reservation(self, entry: LedgerEntry, body: dict[str, Any], api: str, worst: Decimal) -> Decimal:
         """What budgets reserve: the worst case, at most the ceiling; the ceiling itself (the stated worst case)

@@ -1,0 +1,116 @@
+"""Runaway loops: an agent calling the same tool with the same arguments over and over.
+
+Every turn of an agent resends its whole history, so the loop is visible in the request itself: the trailing
+run of identical tool calls (same name, same arguments) at the end of the conversation. A ``loops:`` rule
+acts when that run reaches ``repeated_tool_calls``:
+
+- ``alert``: an audit entry and a webhook, once per session and run length reached;
+- ``pause``: the request is refused (402, shown once by Claude Code) with a message naming the rule and the
+  command that resumes the session. ``tokenctl loops resume SESSION`` lets it go on for another
+  ``repeated_tool_calls`` repeats, so a real loop is paused again and a false alarm costs one command.
+
+Evidence kept in the audit log: the rule, the tool's name and the count, never arguments or prompt text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tokenctl.validate import ConfigError, choice, reject_unknown
+
+LOOP_ACTIONS = ("alert", "pause")
+_FIELDS = {"name", "scope", "match", "repeated_tool_calls", "action"}
+_SCOPES = ("org", "team", "user", "project", "key")
+
+
+@dataclass(frozen=True, slots=True)
+class LoopRule:
+    name: str
+    scope: str
+    match: str | None
+    repeated_tool_calls: int
+    action: str = "pause"
+
+
+def parse_loop(raw: Any, where: str) -> LoopRule:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping")
+    reject_unknown(raw, _FIELDS, where)
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}.name: required")
+    count = raw.get("repeated_tool_calls")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 2:
+        raise ConfigError(f"{where}.repeated_tool_calls: a whole number, at least 2")
+    match = raw.get("match")
+    return LoopRule(
+        name=name,
+        scope=choice(raw, "scope", _SCOPES, "org", where),
+        match=None if match is None else str(match),
+        repeated_tool_calls=count,
+        action=choice(raw, "action", LOOP_ACTIONS, "pause", where),
+    )
+
+
+def parse_loops(raw: Any) -> tuple[LoopRule, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("loops: must be a list of rules")
+    rules = tuple(parse_loop(r, f"loops[{i}]") for i, r in enumerate(raw))
+    names = [r.name for r in rules]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"loops: duplicate rule names in {names}")
+    return rules
+
+
+# -- what the request shows ------------------------------------------------------------------------
+
+
+def _canonical(arguments: Any) -> str:
+    """The same arguments give the same digest whatever their key order or spacing."""
+    if isinstance(arguments, str):
+        try:
+            arguments = orjson.loads(arguments)
+        except orjson.JSONDecodeError:
+            return hashlib.sha256(arguments.encode()).hexdigest()[:16]
+    return hashlib.sha256(orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def tool_calls(body: dict[str, Any], api: str) -> Iterator[tuple[str, str]]:
+    """(tool name, digest of its arguments) for each tool call in the history, oldest first."""
+    if api == "openai.responses":
+        items = body.get("input")
+        for item in items if isinstance(items, list) else ():
+            if isinstance(item, dict) and item.get("type") in ("function_call", "custom_tool_call"):
+                args = item.get("arguments") if item.get("type") == "function_call" else item.get("input")
+                yield str(item.get("name")), _canonical(args)
+        return
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        content = message.get("content")
+        for block in content if isinstance(content, list) else ():
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                yield str(block.get("name")), _canonical(block.get("input"))
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                yield str(function.get("name")), _canonical(function.get("arguments"))
+
+
+def trailing_repeats(body: dict[str, Any], api: str) -> tuple[int, str | None]:
+    """How many times the latest tool call was made in a row with the same arguments, and the tool's name."""
+    last: tuple[str, str] | None = None
+    run = 0
+    for call in tool_calls(body, api):
+        run = run + 1 if call == last else 1
+        last = call
+    return run, (last[0] if last else None)

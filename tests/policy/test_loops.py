@@ -1,0 +1,156 @@
+"""Runaway loops: an agent repeating one tool call is paused at the configured count, in Claude Code's, Codex's
+and Chat's request shapes; a pause is shown once (402, not retried), audited with evidence and no arguments,
+and `tokenctl loops resume` lets the session go on until it repeats as often again."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+
+from tests.conftest import LiveGateway
+
+CAPTURES = Path(__file__).resolve().parents[3] / "shared" / "captures"
+LOOPS = {"loops": [{"name": "same-tool", "repeated_tool_calls": 4, "action": "pause"}]}
+
+
+def _claude_code_turn(
+    repeats: int, command: str = "ls /tmp", vary: bool = False
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Claude Code's captured tool turn, its history extended to ``repeats`` identical Bash calls."""
+    capture = json.loads((CAPTURES / "claude-code-cc_tool.json").read_text())
+    request = next(r for r in capture["requests"] if any(m["role"] == "assistant" for m in r["body"]["messages"]))
+    body = copy.deepcopy(request["body"])
+    first = [m for m in body["messages"] if m["role"] != "assistant" and not _is_tool_result(m)]
+    messages = list(first)
+    for i in range(repeats):
+        args = {"command": command + (f" {i}" if vary else ""), "description": "list"}
+        messages.append(
+            {"role": "assistant", "content": [{"type": "tool_use", "id": f"toolu_{i}", "name": "Bash", "input": args}]}
+        )
+        messages.append(
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"toolu_{i}", "content": "same"}]}
+        )
+    body["messages"] = messages
+    body["model"] = "claude-haiku-4-5"
+    body["max_tokens"] = 100
+    body.pop("thinking", None)
+    headers = {
+        k: v for k, v in request["headers"].items() if k.startswith(("x-claude", "anthropic-version", "user-agent"))
+    }
+    headers["x-claude-code-session-id"] = "sess-loop-1"
+    return body, headers
+
+
+def _is_tool_result(message: dict[str, Any]) -> bool:
+    content = message.get("content")
+    return isinstance(content, list) and any(b.get("type") == "tool_result" for b in content if isinstance(b, dict))
+
+
+def _send(live: LiveGateway, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(f"{live.url}/v1/messages", json=body, headers={**headers, "x-api-key": live.key}, timeout=10)
+
+
+def test_claude_code_repeating_one_tool_call_is_paused_at_the_count_and_resumed(
+    make_gateway: Any, tmp_path: Path
+) -> None:
+    live = make_gateway(LOOPS)
+    body, headers = _claude_code_turn(3)
+    assert _send(live, body, headers).status_code == 200  # 3 repeats: below the rule
+    varied, _ = _claude_code_turn(8, vary=True)
+    assert _send(live, varied, headers).status_code == 200  # 8 calls, each with other arguments: no loop
+    body, headers = _claude_code_turn(4)
+    paused = _send(live, body, headers)
+    assert paused.status_code == 402 and paused.headers["x-should-retry"] == "false"
+    message = paused.json()["error"]["message"]
+    assert "loop rule 'same-tool'" in message and "Bash called 4 times" in message
+    assert "tokenctl loops resume sess-loop-1" in message
+    assert paused.headers["x-tokenctl-loop-rule"] == "same-tool"
+    rows = live.wait_rows(3)
+    assert sorted(r["status"] for r in rows) == [200, 200, 402]  # the pause is in the ledger too
+
+    config = tmp_path / "tokenctl.yaml"
+    config.write_text(f"ledger: {{path: {live.db_path}}}\nloops: [{{name: same-tool, repeated_tool_calls: 4}}]\n")
+    cli = [sys.executable, "-m", "tokenctl", "--config", str(config), "loops"]
+    listed = json.loads(
+        subprocess.run([*cli, "list", "--format", "json"], capture_output=True, text=True, check=True).stdout
+    )
+    assert listed[0]["subject"] == "sess-loop-1" and listed[0]["action"] == "pause" and listed[0]["repeats"] == 4
+    assert "ls /tmp" not in json.dumps(listed)  # evidence names the tool, never its arguments
+    out = subprocess.run([*cli, "resume", "sess-loop-1", "--by", "ops"], capture_output=True, text=True, check=True)
+    assert "beyond 7 repeats" in out.stdout
+
+    deadline = time.monotonic() + 5  # the gateway picks up the resume within key_refresh_seconds
+    while _send(live, body, headers).status_code != 200:
+        assert time.monotonic() < deadline, "the resume was not picked up"
+        time.sleep(0.1)
+    more, _ = _claude_code_turn(7)
+    assert _send(live, more, headers).status_code == 200
+    again, _ = _claude_code_turn(8)
+    assert _send(live, again, headers).status_code == 402  # still looping: paused again
+    missing = subprocess.run([*cli, "resume", "no-such-session"], capture_output=True, text=True)
+    assert missing.returncode != 0 and "no loop rule paused 'no-such-session'" in missing.stderr
+
+
+def test_codex_and_chat_tool_loops_are_paused_too(make_gateway: Any) -> None:
+    live = make_gateway(LOOPS)
+    call = {"type": "function_call", "name": "shell", "arguments": '{"cmd": ["ls"]}', "call_id": "c"}
+    spaced = {**call, "arguments": '{ "cmd" : [ "ls" ] }'}  # the same arguments, spelled differently
+    items: list[dict[str, Any]] = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "go"}]}
+    ]
+    for i in range(4):
+        items += [call if i % 2 else spaced, {"type": "function_call_output", "call_id": "c", "output": "same"}]
+    r = httpx.post(
+        f"{live.url}/v1/responses",
+        json={"model": "gpt-4.1-mini", "input": items, "stream": True},
+        headers={"authorization": f"Bearer {live.key}"},
+        timeout=10,
+    )
+    assert r.status_code == 402 and r.json()["error"]["code"] == "loop_paused"
+    assert "shell called 4 times" in r.json()["error"]["message"]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "go"}]
+    for i in range(4):
+        tool_call = {"id": f"t{i}", "type": "function", "function": {"name": "read", "arguments": '{"path": "a"}'}}
+        messages += [
+            {"role": "assistant", "content": None, "tool_calls": [tool_call]},
+            {"role": "tool", "tool_call_id": f"t{i}", "content": "same"},
+        ]
+    r = httpx.post(
+        f"{live.url}/v1/chat/completions",
+        json={"model": "gpt-4.1-mini", "messages": messages},
+        headers={"authorization": f"Bearer {live.key}"},
+        timeout=10,
+    )
+    assert r.status_code == 402 and "read called 4 times" in r.json()["error"]["message"]
+
+
+def test_an_alert_rule_lets_the_request_through_and_alerts_once(make_gateway: Any) -> None:
+    from tests.conftest import ADMIN_KEY
+
+    live = make_gateway({"loops": [{"name": "watch", "repeated_tool_calls": 3, "action": "alert"}]})
+    for repeats in (3, 4, 5):
+        body, headers = _claude_code_turn(repeats)
+        assert _send(live, body, headers).status_code == 200
+    live.wait_rows(3)
+    audit = httpx.get(
+        f"{live.url}/admin/audit?action=loop_alert", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10
+    ).json()["data"]
+    assert len(audit) == 1 and audit[0]["subject"] == "sess-loop-1" and "Bash called 3 times" in audit[0]["detail"]
+    rows = live.rows()
+    assert all("loop: watch" in (r["policy"] or "") for r in rows)  # each flagged on its ledger row
+
+
+@pytest.mark.parametrize("bad", [{"repeated_tool_calls": 1}, {"repeated_tool_calls": 3, "action": "kill"}])
+def test_bad_loop_rules_are_refused_with_the_field_named(bad: dict[str, Any]) -> None:
+    from tokenctl.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=r"loops\[0\]\."):
+        parse_config({"loops": [{"name": "x", **bad}]})
