@@ -127,14 +127,18 @@ def test_sigterm_finishes_in_flight_streams_and_loses_no_ledger_row(served) -> N
     body = {"model": "claude-sonnet-4-5", "max_tokens": 5, "stream": True, "messages": []}
     results: list[bytes] = []
 
+    streaming = threading.Semaphore(0)
+
     def slow_stream() -> None:  # 30 deltas, 20 ms apart: still streaming when SIGTERM arrives
-        r = httpx.post(
+        with httpx.stream(
+            "POST",
             url + "/v1/messages",
             json=body,
             timeout=30,
             headers={"x-api-key": key, "x-fake-chunks": "30", "x-fake-fault": "stall:20"},
-        )
-        results.append(r.content)
+        ) as r:
+            streaming.release()  # the answer has started: SIGTERM may come now
+            results.append(r.read())
 
     for _ in range(20):
         assert (
@@ -144,7 +148,8 @@ def test_sigterm_finishes_in_flight_streams_and_loses_no_ledger_row(served) -> N
     threads = [threading.Thread(target=slow_stream) for _ in range(5)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    for _ in threads:  # every stream in flight (on a loaded machine a fixed sleep may not be enough)
+        assert streaming.acquire(timeout=15)
     proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(30)
