@@ -154,3 +154,23 @@ def test_bad_loop_rules_are_refused_with_the_field_named(bad: dict[str, Any]) ->
 
     with pytest.raises(ConfigError, match=r"loops\[0\]\."):
         parse_config({"loops": [{"name": "x", **bad}]})
+
+
+def test_the_admin_api_lists_and_resumes_paused_sessions(make_gateway: Any) -> None:
+    from tests.conftest import ADMIN_KEY
+
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    live = make_gateway(LOOPS)
+    body, headers = _claude_code_turn(5)
+    assert _send(live, body, headers).status_code == 402
+    live.wait_rows(1)
+    listed = httpx.get(f"{live.url}/admin/loops", headers=admin, timeout=10).json()["data"]
+    assert [(d["subject"], d["rule"], d["repeats"]) for d in listed] == [("sess-loop-1", "same-tool", 5)]
+    assert httpx.get(f"{live.url}/admin/loops", timeout=10).status_code == 401
+    r = httpx.post(f"{live.url}/admin/loops/sess-loop-1/resume", json={"by": "lead"}, headers=admin, timeout=10)
+    assert r.status_code == 200 and r.json()["data"]["repeats_allowed"] == 8
+    assert _send(live, body, headers).status_code == 200  # at once on this replica
+    r = httpx.post(f"{live.url}/admin/loops/nobody/resume", headers=admin, timeout=10)
+    assert r.status_code == 404 and "no loop rule paused 'nobody'" in r.json()["error"]["message"]
+    audit = httpx.get(f"{live.url}/admin/audit?action=loop_resume", headers=admin, timeout=10).json()["data"]
+    assert audit[0]["actor"] == "lead" and audit[0]["subject"] == "sess-loop-1"

@@ -10,6 +10,8 @@
     POST   /admin/approvals/{id}/approve      {"by", "note", "for_user_hours", "for_user_usd"}
     POST   /admin/approvals/{id}/deny         {"by", "note"}
     GET    /admin/audit?limit=100&action=block
+    GET    /admin/loops                       latest loop detection per session and rule
+    POST   /admin/loops/{session}/resume      {"by", "rule"}: let a paused session go on
 
 Errors are ``{"error": {"message", "type"}}`` with 400/401/403/404/409.
 """
@@ -29,6 +31,7 @@ from tokenctl.gateway import GATEWAY, Gateway
 from tokenctl.ledger import approvals as approval_store
 from tokenctl.ledger.audit import read_audit
 from tokenctl.ledger.db import connect
+from tokenctl.ledger.loop_resumes import NotPaused, detections, resume_paused, resumes
 from tokenctl.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenctl.policy.decisions import decide_approval
 from tokenctl.policy.manage import RuleError, delete_rule, put_rule
@@ -105,6 +108,8 @@ async def _route(gw: Gateway, request: web.Request, parts: list[str]) -> web.Str
         return await _rules(gw, request, _KINDS[parts[0]], parts[1:])
     if parts and parts[0] == "approvals":
         return await _approvals(gw, request, parts[1:])
+    if parts and parts[0] == "loops":
+        return await _loops(gw, request, parts[1:])
     if parts == ["audit"] and method == "GET":
         q = request.query
         limit = _int_param(q.get("limit", "100"), "limit")
@@ -153,6 +158,28 @@ async def _approvals(gw: Gateway, request: web.Request, rest: list[str]) -> web.
         approval_id, approve = rest[0], rest[1] == "approve"
         result = await _in_db(gw, lambda db: decide_approval(db, approval_id, approve, body))
         return _json({"data": result})
+    raise AdminError(404, f"no admin endpoint {request.method} {request.path}")
+
+
+async def _loops(gw: Gateway, request: web.Request, rest: list[str]) -> web.Response:
+    """``GET /admin/loops``: latest detection per session and rule; ``POST /admin/loops/{session}/resume``."""
+    if not rest and request.method == "GET":
+        limit = _int_param(request.query.get("limit", "100"), "limit")
+        return _json({"data": await _in_db(gw, lambda db: detections(db, limit))})
+    if len(rest) == 2 and rest[1] == "resume" and request.method == "POST":
+        body = await _body(request, allow_empty=True)
+        subject, rule = rest[0], body.get("rule")
+        by = str(body.get("by") or "admin-api")
+
+        def go(db: Any) -> dict[str, Any]:
+            name, allowed = resume_paused(db, gw.config.loops, subject, rule, by)
+            gw.enforcer.loop_resumes = resumes(db)  # in force here at once; other replicas at their next refresh
+            return {"subject": subject, "rule": name, "repeats_allowed": allowed}
+
+        try:
+            return _json({"data": await _in_db(gw, go)})
+        except NotPaused as exc:
+            raise AdminError(404, str(exc)) from exc
     raise AdminError(404, f"no admin endpoint {request.method} {request.path}")
 
 

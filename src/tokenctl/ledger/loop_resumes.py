@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
+from collections.abc import Sequence
+from typing import Any
 
+from tokenctl.ledger.audit import AuditEvent, read_audit, write_audit
 from tokenctl.ledger.migrations import transaction
+from tokenctl.policy.loops import LoopRule
+
+_COUNT = re.compile(r"called (\d+) times")
+
+
+class NotPaused(LookupError):
+    """No loop rule paused that session."""
 
 
 def resume(db: sqlite3.Connection, subject: str, rule: str, repeats_allowed: int, by: str) -> None:
@@ -22,3 +33,52 @@ def resume(db: sqlite3.Connection, subject: str, rule: str, repeats_allowed: int
 def resumes(db: sqlite3.Connection) -> dict[tuple[str, str], int]:
     rows = db.execute("SELECT subject, rule, repeats_allowed FROM loop_resumes").fetchall()
     return {(subject, rule): allowed for subject, rule, allowed in rows}
+
+
+def detections(db: Any, limit: int) -> list[dict[str, Any]]:
+    """The latest pause or alert per (session, rule), with how often it fired and whether it was resumed."""
+    events = read_audit(db, limit=10_000, action="loop_*")
+    resumed = resumes(db)
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for event in events:  # newest first
+        if event["action"] not in ("loop_pause", "loop_alert"):
+            continue
+        key = (event["subject"], event["rule"])
+        if key not in latest:
+            latest[key] = {**event, "times": 0}
+        latest[key]["times"] += 1
+    out = []
+    for (subject, rule), event in latest.items():
+        count = _COUNT.search(event["detail"] or "")
+        allowed = resumed.get((subject, rule))
+        out.append(
+            {
+                "subject": subject,
+                "rule": rule,
+                "action": event["action"].removeprefix("loop_"),
+                "repeats": int(count.group(1)) if count else None,
+                "last_seen": event["ts"],
+                "times": event["times"],
+                "resumed": allowed is not None and count is not None and allowed >= int(count.group(1)),
+                "evidence": event["detail"],
+            }
+        )
+    return out[:limit]
+
+
+def resume_paused(
+    db: sqlite3.Connection, rules: Sequence[LoopRule], subject: str, rule_name: str | None, by: str
+) -> tuple[str, int]:
+    """Let a paused session go on until it repeats its rule's count again; (rule, repeats now allowed)."""
+    paused = [d for d in detections(db, 10_000) if d["subject"] == subject and d["action"] == "pause"]
+    if rule_name:
+        paused = [d for d in paused if d["rule"] == rule_name]
+    if not paused:
+        raise NotPaused(f"no loop rule paused {subject!r} (see `tokenctl loops list`)")
+    found = paused[0]
+    rule = next((r for r in rules if r.name == found["rule"]), None)
+    step = rule.repeated_tool_calls if rule is not None else 1
+    allowed = (found["repeats"] or 0) + step - 1  # paused again once it repeats `step` more times
+    resume(db, subject, found["rule"], allowed, by)
+    write_audit(db, AuditEvent(by, "loop_resume", found["rule"], subject, None, f"up to {allowed} repeats"))
+    return found["rule"], allowed
