@@ -82,35 +82,42 @@ def _canonical(arguments: Any) -> str:
     return hashlib.sha256(orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
-def tool_calls(body: dict[str, Any], api: str) -> Iterator[tuple[str, str]]:
-    """(tool name, digest of its arguments) for each tool call in the history, oldest first."""
+def _calls_newest_first(body: dict[str, Any], api: str) -> Iterator[tuple[str, Any]]:
+    """(tool name, raw arguments) for each tool call in the history, newest first."""
     if api == "openai.responses":
         items = body.get("input")
-        for item in items if isinstance(items, list) else ():
+        for item in reversed(items) if isinstance(items, list) else ():
             if isinstance(item, dict) and item.get("type") in ("function_call", "custom_tool_call"):
                 args = item.get("arguments") if item.get("type") == "function_call" else item.get("input")
-                yield str(item.get("name")), _canonical(args)
+                yield str(item.get("name")), args
         return
     messages = body.get("messages")
-    for message in messages if isinstance(messages, list) else ():
+    for message in reversed(messages) if isinstance(messages, list) else ():
         if not isinstance(message, dict) or message.get("role") != "assistant":
             continue
-        content = message.get("content")
-        for block in content if isinstance(content, list) else ():
-            if isinstance(block, dict) and block.get("type") == "tool_use":
-                yield str(block.get("name")), _canonical(block.get("input"))
         calls = message.get("tool_calls")
-        for call in calls if isinstance(calls, list) else ():
+        for call in reversed(calls) if isinstance(calls, list) else ():
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict):
-                yield str(function.get("name")), _canonical(function.get("arguments"))
+                yield str(function.get("name")), function.get("arguments")
+        content = message.get("content")
+        for block in reversed(content) if isinstance(content, list) else ():
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                yield str(block.get("name")), block.get("input")
 
 
 def trailing_repeats(body: dict[str, Any], api: str) -> tuple[int, str | None]:
-    """How many times the latest tool call was made in a row with the same arguments, and the tool's name."""
-    last: tuple[str, str] | None = None
-    run = 0
-    for call in tool_calls(body, api):
-        run = run + 1 if call == last else 1
-        last = call
-    return run, (last[0] if last else None)
+    """How many times the latest tool call was made in a row with the same arguments, and the tool's name.
+
+    Walks the history from its end and stops at the first different call, so an ordinary turn costs one or
+    two digests however long the session is."""
+    calls = _calls_newest_first(body, api)
+    latest = next(calls, None)
+    if latest is None:
+        return 0, None
+    name, digest, run = latest[0], _canonical(latest[1]), 1
+    for other_name, args in calls:
+        if other_name != name or _canonical(args) != digest:
+            break
+        run += 1
+    return run, name
