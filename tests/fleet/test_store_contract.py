@@ -101,3 +101,12 @@ async def test_rate_bucket_refills_continuously_and_forced_takes_go_negative(sto
     assert await store.take_rate("tpm:x", 600, 100, now + 10) == 0
     assert await store.take_rate("tpm:x", 600, 300, now + 10, force=True) == 0  # output counted after the fact
     assert await store.take_rate("tpm:x", 600, 1, now + 10) == pytest.approx(30.1)
+
+
+async def test_distinct_members_are_counted_within_their_window(store: SpendStore) -> None:
+    now = 5_000.0
+    assert await store.distinct_count("fp:k", "s1", 60, now) == 1
+    assert await store.distinct_count("fp:k", "s1", 60, now + 1) == 1  # the same member again
+    assert await store.distinct_count("fp:k", "s2", 60, now + 2) == 2
+    assert await store.distinct_count("fp:other", "s1", 60, now + 2) == 1
+    assert await store.distinct_count("fp:k", "s3", 60, now + 61.5) == 2  # s1 fell out of the window

@@ -174,3 +174,28 @@ def test_the_admin_api_lists_and_resumes_paused_sessions(make_gateway: Any) -> N
     assert r.status_code == 404 and "no loop rule paused 'nobody'" in r.json()["error"]["message"]
     audit = httpx.get(f"{live.url}/admin/audit?action=loop_resume", headers=admin, timeout=10).json()["data"]
     assert audit[0]["actor"] == "lead" and audit[0]["subject"] == "sess-loop-1"
+
+
+def test_a_ralph_loop_of_20_sessions_with_one_first_prompt_is_paused(make_gateway: Any) -> None:
+    now = [time.time()]
+    live = make_gateway(
+        {"loops": [{"name": "ralph", "same_first_prompt_sessions": 20, "window_minutes": 60, "action": "pause"}]},
+        clock=lambda: now[0],
+    )
+    body, headers = _claude_code_turn(0)  # the captured first turn: Claude Code's prompt, no tool calls yet
+
+    def session(i: int, prompt_body: dict[str, Any] = body) -> int:
+        return _send(live, prompt_body, {**headers, "x-claude-code-session-id": f"ralph-{i}"}).status_code
+
+    assert [session(i) for i in range(19)] == [200] * 19
+    other = copy.deepcopy(body)
+    other["messages"][0]["content"][-1]["text"] = "a different task"
+    assert session(100, other) == 200  # another first prompt is another count
+    paused = _send(live, body, {**headers, "x-claude-code-session-id": "ralph-19"})
+    assert paused.status_code == 402
+    message = paused.json()["error"]["message"]
+    assert "sessions started 20 times with the same first prompt in 60 min" in message
+    assert "tokenctl loops resume key:" in message
+    assert session(3) == 200  # a session counted before the loop was seen goes on
+    now[0] += 61 * 60  # an hour later the window holds none of them
+    assert session(200) == 200

@@ -12,7 +12,7 @@ from tokenctl.ledger.audit import AuditEvent, read_audit, write_audit
 from tokenctl.ledger.migrations import transaction
 from tokenctl.policy.loops import LoopRule
 
-_COUNT = re.compile(r"called (\d+) times")
+_COUNT = re.compile(r"(?:called|started) (\d+) times")
 
 
 class NotPaused(LookupError):
@@ -77,7 +77,7 @@ def resume_paused(
         raise NotPaused(f"no loop rule paused {subject!r} (see `tokenctl loops list`)")
     found = paused[0]
     rule = next((r for r in rules if r.name == found["rule"]), None)
-    step = rule.repeated_tool_calls if rule is not None else 1
+    step = rule.threshold if rule is not None else 1
     allowed = (found["repeats"] or 0) + step - 1  # paused again once it repeats `step` more times
     resume(db, subject, found["rule"], allowed, by)
     write_audit(db, AuditEvent(by, "loop_resume", found["rule"], subject, None, f"up to {allowed} repeats"))

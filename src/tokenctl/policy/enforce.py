@@ -37,7 +37,7 @@ from tokenctl.metering.pricing import PriceBook
 from tokenctl.policy import estimate, models
 from tokenctl.policy.approval import ApprovalDesk, fingerprint, triggered_rule
 from tokenctl.policy.budget import BudgetAdmission, Budgets, Charge, covers, to_nanos, to_usd
-from tokenctl.policy.loops import trailing_repeats
+from tokenctl.policy.loops import LoopRule, first_prompt_digest, trailing_repeats
 from tokenctl.policy.notify import Notifier
 from tokenctl.policy.rules import ApprovalRule, BudgetRule, ModelPolicy
 from tokenctl.policy.store import SpendStore
@@ -96,6 +96,7 @@ class Enforcer:
         self.rules = rules
         self.loop_rules = config.loops
         self.loop_resumes: dict[tuple[str, str], int] = {}  # (subject, rule) -> repeats allowed (refreshed)
+        self._ralph_seen: OrderedDict[tuple[str, str], int] = OrderedDict()  # (subject, session) -> count at start
         self._session_models: OrderedDict[str, str] = OrderedDict()  # session -> model it was downgraded to
 
     def set_rules(self, rules: RuleSet) -> None:
@@ -191,40 +192,69 @@ class Enforcer:
                 self._decide(entry, "pool", f"drew on pool {budget.pool}", rule=budget.pool, quiet=True)
 
     async def _check_loops(self, entry: LedgerEntry, body: dict[str, Any], api: str, session: str | None) -> None:
-        """Pause (or flag) an agent repeating one tool call with the same arguments ``repeated_tool_calls`` times."""
-        run, tool = trailing_repeats(body, api)
-        if run < 2:
-            return
+        """Pause (or flag) an agent repeating one tool call, or a script restarting it with one prompt."""
         assert entry.principal is not None
-        subject = session or f"key:{entry.principal.key_id}"
+        key = entry.principal.key_id
+        run, tool = trailing_repeats(body, api)
+        ralph: tuple[str, int] | None = None  # (subject, sessions) once counted for this request
         for rule in self.loop_rules:
+            if covers(rule, entry.principal, session) is None:
+                continue
+            if rule.repeated_tool_calls is not None:
+                if run < rule.repeated_tool_calls:
+                    continue
+                subject = session or f"key:{key}"
+                evidence = f"{tool} called {run} times in a row with the same arguments"
+                count = run
+            else:
+                if ralph is None:
+                    ralph = await self._ralph_sessions(body, api, session, key, rule.window_minutes)
+                    if ralph is None:
+                        return
+                subject, count = ralph
+                if count < (rule.same_first_prompt_sessions or 0):
+                    continue
+                evidence = f"sessions started {count} times with the same first prompt in {rule.window_minutes} min"
             allowed = self.loop_resumes.get((subject, rule.name), 0)
-            if run < rule.repeated_tool_calls or run <= allowed or covers(rule, entry.principal, session) is None:
-                continue
-            evidence = f"{tool} called {run} times in a row with the same arguments"
-            event = AuditEvent(
-                entry.principal.key_id,
-                f"loop_{rule.action}",
-                rule.name,
-                subject,
-                entry.request_id,
-                evidence,
-                self.clock(),
-            )
-            if rule.action == "alert":
-                if await self.store.first_crossing(f"loop:{rule.name}:{subject}:{allowed}"):
-                    self.audit(event)
-                    self.notifier.send(
-                        self.settings.webhook_url, f"tokenctl: loop rule {rule.name} ({subject}): {evidence}"
-                    )
-                self._decide(entry, "loop", f"{rule.name}: {evidence}", rule=rule.name, quiet=True)
-                continue
-            self.audit(event)
-            raise LoopPaused(
-                f"tokenctl: loop rule {rule.name!r} paused this session: {evidence}. If the agent is not stuck, "
-                f"resume it with `tokenctl loops resume {subject}` (or ask your administrator).",
-                rule=rule.name,
-            )
+            if count > allowed:
+                await self._loop_action(entry, rule, subject, evidence, allowed)
+
+    async def _ralph_sessions(
+        self, body: dict[str, Any], api: str, session: str | None, key: str, window_minutes: int
+    ) -> tuple[str, int] | None:
+        """(subject, distinct sessions of this key with this request's first prompt in the window)."""
+        digest = first_prompt_digest(body, api)
+        if digest is None or session is None:
+            return None
+        subject = f"key:{key}:{digest}"
+        seen = self._ralph_seen.get((subject, session))
+        if seen is not None:  # a later turn of a session already counted: its count as at its start
+            return subject, seen
+        count = await self.store.distinct_count(f"fp:{subject}", session, window_minutes * 60.0, self.clock())
+        self._ralph_seen[(subject, session)] = count
+        if len(self._ralph_seen) > self.MAX_SESSIONS:
+            self._ralph_seen.popitem(last=False)
+        return subject, count
+
+    async def _loop_action(self, entry: LedgerEntry, rule: LoopRule, subject: str, evidence: str, allowed: int) -> None:
+        assert entry.principal is not None
+        event = AuditEvent(
+            entry.principal.key_id, f"loop_{rule.action}", rule.name, subject, entry.request_id, evidence, self.clock()
+        )
+        if rule.action == "alert":
+            if await self.store.first_crossing(f"loop:{rule.name}:{subject}:{allowed}"):
+                self.audit(event)
+                self.notifier.send(
+                    self.settings.webhook_url, f"tokenctl: loop rule {rule.name} ({subject}): {evidence}"
+                )
+            self._decide(entry, "loop", f"{rule.name}: {evidence}", rule=rule.name, quiet=True)
+            return
+        self.audit(event)
+        raise LoopPaused(
+            f"tokenctl: loop rule {rule.name!r} paused this session: {evidence}. If the agent is not stuck, "
+            f"resume it with `tokenctl loops resume {subject}` (or ask your administrator).",
+            rule=rule.name,
+        )
 
     def _reservation(self, entry: LedgerEntry, body: dict[str, Any], api: str, worst: Decimal) -> Decimal:
         """What budgets reserve: the worst case, at most the ceiling; the ceiling itself (the stated worst case)

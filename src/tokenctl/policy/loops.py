@@ -1,4 +1,5 @@
-"""Runaway loops: an agent calling the same tool with the same arguments over and over.
+"""Runaway loops: an agent calling the same tool with the same arguments over and over, or a script starting
+the agent again and again with the same prompt (a "Ralph loop": ``while :; do cat PROMPT.md | claude; done``).
 
 Every turn of an agent resends its whole history, so the loop is visible in the request itself: the trailing
 run of identical tool calls (same name, same arguments) at the end of the conversation. A ``loops:`` rule
@@ -8,6 +9,11 @@ acts when that run reaches ``repeated_tool_calls``:
 - ``pause``: the request is refused (402, shown once by Claude Code) with a message naming the rule and the
   command that resumes the session. ``tokenctl loops resume SESSION`` lets it go on for another
   ``repeated_tool_calls`` repeats, so a real loop is paused again and a false alarm costs one command.
+
+A Ralph loop starts a new session each time, so nothing within one session repeats: a rule with
+``same_first_prompt_sessions: N`` counts the distinct sessions of one key whose first user message is the
+same (compared by digest) within ``window_minutes``, in the budget store (shared by a fleet), and acts on the
+Nth; its subject is ``key:<key id>:<prompt digest>``.
 
 Evidence kept in the audit log: the rule, the tool's name and the count, never arguments or prompt text.
 """
@@ -24,7 +30,7 @@ import orjson
 from tokenctl.validate import ConfigError, choice, reject_unknown
 
 LOOP_ACTIONS = ("alert", "pause")
-_FIELDS = {"name", "scope", "match", "repeated_tool_calls", "action"}
+_FIELDS = {"name", "scope", "match", "repeated_tool_calls", "same_first_prompt_sessions", "window_minutes", "action"}
 _SCOPES = ("org", "team", "user", "project", "key")
 
 
@@ -33,8 +39,14 @@ class LoopRule:
     name: str
     scope: str
     match: str | None
-    repeated_tool_calls: int
+    repeated_tool_calls: int | None  # the same tool call, same arguments, this many times in a row
     action: str = "pause"
+    same_first_prompt_sessions: int | None = None  # this many sessions of one key with one first prompt …
+    window_minutes: int = 60  # … within this window
+
+    @property
+    def threshold(self) -> int:
+        return self.repeated_tool_calls or self.same_first_prompt_sessions or 0
 
 
 def parse_loop(raw: Any, where: str) -> LoopRule:
@@ -44,16 +56,24 @@ def parse_loop(raw: Any, where: str) -> LoopRule:
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}.name: required")
-    count = raw.get("repeated_tool_calls")
+    counts = {k: raw.get(k) for k in ("repeated_tool_calls", "same_first_prompt_sessions") if k in raw}
+    if len(counts) != 1:
+        raise ConfigError(f"{where}: set one of repeated_tool_calls or same_first_prompt_sessions")
+    ((field, count),) = counts.items()
     if not isinstance(count, int) or isinstance(count, bool) or count < 2:
-        raise ConfigError(f"{where}.repeated_tool_calls: a whole number, at least 2")
+        raise ConfigError(f"{where}.{field}: a whole number, at least 2")
+    window = raw.get("window_minutes", 60)
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise ConfigError(f"{where}.window_minutes: a whole number of minutes, at least 1")
     match = raw.get("match")
     return LoopRule(
         name=name,
         scope=choice(raw, "scope", _SCOPES, "org", where),
         match=None if match is None else str(match),
-        repeated_tool_calls=count,
+        repeated_tool_calls=count if field == "repeated_tool_calls" else None,
         action=choice(raw, "action", LOOP_ACTIONS, "pause", where),
+        same_first_prompt_sessions=count if field == "same_first_prompt_sessions" else None,
+        window_minutes=window,
     )
 
 
@@ -121,3 +141,31 @@ def trailing_repeats(body: dict[str, Any], api: str) -> tuple[int, str | None]:
             break
         run += 1
     return run, name
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content if isinstance(content, list) else ():
+        if isinstance(block, dict) and isinstance(block.get("text"), str):
+            parts.append(block["text"])
+    return "\n".join(parts)
+
+
+def first_prompt_digest(body: dict[str, Any], api: str) -> str | None:
+    """A digest of the conversation's first user message (the prompt a script feeds each new session)."""
+    turns = body.get("input") if api == "openai.responses" else body.get("messages")
+    if isinstance(turns, str):
+        text = turns
+    else:
+        first = (
+            next(
+                (t for t in turns if isinstance(t, dict) and t.get("role") == "user"),
+                None,
+            )
+            if isinstance(turns, list)
+            else None
+        )
+        text = _text(first.get("content")) if first else ""
+    return hashlib.sha256(text.encode()).hexdigest()[:12] if text else None

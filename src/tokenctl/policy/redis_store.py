@@ -12,7 +12,8 @@ Keys (under ``store.key_prefix``, default ``tokenctl:``):
   reservation ids by deadline, in Redis's own clock. A replica renews the reservations of its running
   requests, so only a dead replica's run out.
 - ``d:<reservation id>``: a settlement already applied (a retried settlement is not counted twice).
-- ``m:<marker>``: a notification threshold already crossed; ``t:<bucket>``: a rate-limit bucket.
+- ``m:<marker>``: a notification threshold already crossed; ``t:<bucket>``: a rate-limit bucket;
+  ``u:<set>``: distinct members seen in a window (sessions per first prompt, for loop rules).
 
 A request costs one round trip at admission (``reserve``) and one at settlement (``settle``, which also
 answers the totals for notification thresholds); renewals of all running requests go in one call per
@@ -198,6 +199,16 @@ end
 return out
 """
 
+# ARGV: prefix, set name, member, window seconds, now. Answers the distinct members seen within the window.
+_DISTINCT = """
+local key = P .. 'u:' .. ARGV[2]
+local now, window = tonumber(ARGV[5]), tonumber(ARGV[4])
+redis.call('ZADD', key, now, ARGV[3])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+redis.call('EXPIRE', key, math.ceil(window) + 60)
+return redis.call('ZCARD', key)
+"""
+
 # ARGV: prefix, bucket, per_minute, amount, now, force. Answers the seconds to wait ('0' = taken).
 _TAKE_RATE = """
 local key = P .. 't:' .. ARGV[2]
@@ -257,6 +268,7 @@ class RedisStore:
                 ("open", _OPEN),
                 ("reserved_counters", _RESERVED_COUNTERS),
                 ("take_rate", _TAKE_RATE),
+                ("distinct", _DISTINCT),
             )
         }
         self.epoch: str | None = None  # the epoch this replica last seeded or saw
@@ -324,6 +336,9 @@ class RedisStore:
 
     async def open_reservations(self, now: float) -> int:
         return int(await self._call("open", []))
+
+    async def distinct_count(self, name: str, member: str, window: float, now: float) -> int:
+        return int(await self._call("distinct", [name, member, f"{window:.3f}", f"{now:.6f}"]))
 
     async def reserved_counters(self, now: float) -> list[str]:
         return list(await self._call("reserved_counters", [10_000]))

@@ -75,6 +75,8 @@ class SpendStore(Protocol):
 
     async def open_reservations(self, now: float) -> int: ...
 
+    async def distinct_count(self, name: str, member: str, window: float, now: float) -> int: ...
+
     async def reserved_counters(self, now: float) -> list[str]: ...
 
     async def renew(self, reservation_ids: Sequence[str], expires_at: float, now: float) -> None: ...
@@ -109,6 +111,7 @@ class MemoryStore:
         self._deadline: dict[str, float] = {}  # reservation id -> when it expires (latest renewal)
         self._markers: set[str] = set()
         self._rates: dict[str, tuple[float, float]] = {}  # bucket -> (tokens, last refill time)
+        self._sets: dict[str, dict[str, float]] = {}  # distinct members seen, with when they were last seen
         self._next_prune = 0.0
 
     async def reserve(
@@ -171,6 +174,14 @@ class MemoryStore:
             return 0.0
         self._rates[bucket] = (tokens, now)
         return (needed - tokens) / rate
+
+    async def distinct_count(self, name: str, member: str, window: float, now: float) -> int:
+        """Add ``member`` to the set ``name`` and answer how many distinct members it had within ``window``."""
+        seen = self._sets.setdefault(name, {})
+        seen[member] = now
+        for old in [m for m, at in seen.items() if at <= now - window]:
+            del seen[old]
+        return len(seen)
 
     async def open_reservations(self, now: float) -> int:
         self._expire(now)
@@ -238,6 +249,8 @@ class MemoryStore:
             del self._counters[name]
         if len(self._markers) > 100_000:
             self._markers.clear()  # worst case: a threshold notification repeats once
+        for name in [n for n, seen in self._sets.items() if not seen or max(seen.values()) < now - 86400]:
+            del self._sets[name]  # nothing seen for a day: longer than any window worth keeping
         stale = [b for b, (_, last) in self._rates.items() if now - last > 120]
         for bucket in stale:
             del self._rates[bucket]
