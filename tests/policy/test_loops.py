@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import LiveGateway
 
-CAPTURES = Path(__file__).resolve().parents[3] / "shared" / "captures"
+CAPTURE = Path(__file__).resolve().parents[1] / "data" / "claude_code_tool_turn.json"  # from shared/captures
 LOOPS = {"loops": [{"name": "same-tool", "repeated_tool_calls": 4, "action": "pause"}]}
 
 
@@ -25,8 +25,7 @@ def _claude_code_turn(
     repeats: int, command: str = "ls /tmp", vary: bool = False
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Claude Code's captured tool turn, its history extended to ``repeats`` identical Bash calls."""
-    capture = json.loads((CAPTURES / "claude-code-cc_tool.json").read_text())
-    request = next(r for r in capture["requests"] if any(m["role"] == "assistant" for m in r["body"]["messages"]))
+    request = json.loads(CAPTURE.read_text())["request"]
     body = copy.deepcopy(request["body"])
     first = [m for m in body["messages"] if m["role"] != "assistant" and not _is_tool_result(m)]
     messages = list(first)
