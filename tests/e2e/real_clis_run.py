@@ -1,0 +1,119 @@
+"""Runs inside ``unshare -n`` (only loopback exists): the fake provider, ``tokenctl serve`` and the real Claude Code
+and Codex CLIs, as a user would point them at tokenctl. Prints one JSON object with what each CLI printed and
+what the ledger recorded. Used by ``test_real_clis.py``; run by hand with
+``unshare -n python3 tests/e2e/real_clis_run.py CLI_DIR WORKDIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FAKE_PORT, GATEWAY_PORT = 18301, 18300
+
+
+def _wait(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def _tokenctl(config: Path, *args: str) -> str:
+    command = [sys.executable, "-m", "tokenctl", "--config", str(config), *args]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _claude(cli: Path, home: Path, key: str, prompt: str) -> dict[str, object]:
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{GATEWAY_PORT}",
+        "ANTHROPIC_API_KEY": key,
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_AUTOUPDATER": "1",
+    }
+    done = subprocess.run(
+        [str(cli / "claude"), "-p", prompt, "--model", "claude-haiku-4-5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    return {"rc": done.returncode, "out": done.stdout, "err": done.stderr[-2000:]}
+
+
+def _codex(cli: Path, home: Path, key: str, prompt: str) -> dict[str, object]:
+    codex_home = home / ".codex"
+    codex_home.mkdir(parents=True, exist_ok=True)
+    (codex_home / "config.toml").write_text(
+        'model_provider = "gateway"\nmodel = "gpt-5-codex"\n[model_providers.gateway]\nname = "tokenctl"\n'
+        f'base_url = "http://127.0.0.1:{GATEWAY_PORT}/v1"\nenv_key = "TOKENCTL_KEY"\nwire_api = "responses"\n'
+        'http_headers = { "x-tokenctl-tags" = "ticket=CLI-1" }\n'
+    )
+    env = {**os.environ, "HOME": str(home), "CODEX_HOME": str(codex_home), "TOKENCTL_KEY": key}
+    done = subprocess.run(
+        [str(cli / "codex"), "exec", "--skip-git-repo-check", prompt],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
+    return {"rc": done.returncode, "out": done.stdout, "err": done.stderr[-3000:]}
+
+
+def main() -> None:
+    cli, work = Path(sys.argv[1]), Path(sys.argv[2])
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    work.mkdir(parents=True, exist_ok=True)
+    ledger = work / "ledger.db"
+    config = work / "tokenctl.yaml"
+    config.write_text(
+        f"server: {{port: {GATEWAY_PORT}}}\nledger: {{path: {ledger}}}\nproviders:\n"
+        f"  - {{name: anthropic, kind: anthropic, base_url: 'http://127.0.0.1:{FAKE_PORT}', models: ['claude-*']}}\n"
+        f"  - {{name: openai, kind: openai, base_url: 'http://127.0.0.1:{FAKE_PORT}/v1', models: ['gpt-*']}}\n"
+        "budgets:\n  - {name: tiny, scope: user, match: broke, limit_usd: 0.0001}\n"
+    )
+    logs = (work / "services.log").open("ab")
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "tokenctl", "fake-provider", "--port", str(FAKE_PORT)], stdout=logs, stderr=logs
+    )
+    key = _tokenctl(config, "keys", "create", "--user", "dev", "--team", "web").splitlines()[0]
+    broke = _tokenctl(config, "keys", "create", "--user", "broke", "--team", "web").splitlines()[0]
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "tokenctl", "--config", str(config), "serve"], stdout=logs, stderr=logs
+    )
+    try:
+        _wait(FAKE_PORT)
+        _wait(GATEWAY_PORT)
+        result = {
+            "claude": _claude(cli, work / "home-claude", key, "say hi"),
+            "claude_blocked": _claude(cli, work / "home-claude-broke", broke, "say hi"),
+            "codex": _codex(cli, work / "home-codex", key, "say hi"),
+        }
+    finally:
+        gateway.terminate()
+        gateway.wait(30)
+        fake.terminate()
+        fake.wait(10)
+    db = sqlite3.connect(ledger)
+    db.row_factory = sqlite3.Row
+    result["rows"] = [dict(r) for r in db.execute("SELECT * FROM requests ORDER BY ts")]
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
