@@ -34,7 +34,7 @@ def _tokenctl(config: Path, *args: str) -> str:
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def _claude(cli: Path, home: Path, key: str, prompt: str) -> dict[str, object]:
+def _claude(cli: Path, home: Path, key: str, prompt: str, *extra: str, headers: str = "") -> dict[str, object]:
     env = {
         **os.environ,
         "HOME": str(home),
@@ -43,9 +43,10 @@ def _claude(cli: Path, home: Path, key: str, prompt: str) -> dict[str, object]:
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_TELEMETRY": "1",
         "DISABLE_AUTOUPDATER": "1",
+        "ANTHROPIC_CUSTOM_HEADERS": headers,
     }
     done = subprocess.run(
-        [str(cli / "claude"), "-p", prompt, "--model", "claude-haiku-4-5"],
+        [str(cli / "claude"), "-p", prompt, "--model", "claude-haiku-4-5", *extra],
         capture_output=True,
         text=True,
         env=env,
@@ -102,6 +103,15 @@ def main() -> None:
         result = {
             "claude": _claude(cli, work / "home-claude", key, "say hi"),
             "claude_blocked": _claude(cli, work / "home-claude-broke", broke, "say hi"),
+            "claude_tool": _claude(  # the fake asks for a Bash call; Claude Code runs it and sends the result back
+                cli,
+                work / "home-claude-tool",
+                key,
+                "run the check",
+                "--allowedTools",
+                "Bash(echo:*)",
+                headers='x-fake-tool: Bash\nx-fake-tool-input: {"command": "echo tool-ran-ok", "description": "check"}',
+            ),
             "codex": _codex(cli, work / "home-codex", key, "say hi"),
         }
     finally:

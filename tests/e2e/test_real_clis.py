@@ -60,6 +60,17 @@ def test_claude_code_answers_through_tokenctl_and_is_metered(run: dict[str, Any]
     assert rows[0]["session_id"]  # Claude Code's session id, for per-session reports
 
 
+def test_a_claude_code_tool_loop_runs_the_tool_and_sends_its_result_back(run: dict[str, Any]) -> None:
+    tool = run["claude_tool"]
+    assert tool["rc"] == 0, tool["err"]
+    assert "got: tool-ran-ok" in tool["out"]  # the fake echoes the tool result Claude Code sent back
+    sessions: dict[str, int] = {}
+    for r in run["rows"]:
+        if r["tool"] == "claude-code" and r["user"] == "dev" and r["status"] == 200:
+            sessions[r["session_id"]] = sessions.get(r["session_id"], 0) + 1
+    assert max(sessions.values()) >= 2  # the tool call and the turn with its result, one session
+
+
 def test_a_budget_stop_reaches_the_claude_code_user_once(run: dict[str, Any]) -> None:
     blocked = run["claude_blocked"]
     assert blocked["rc"] != 0

@@ -53,6 +53,9 @@ class Script:
     fault: str | None = None
     fault_arg: str | None = None
     stall_ms: int = 0
+    tool: str | None = None  # x-fake-tool: answer a fresh user turn with a call to this tool
+    tool_input: dict[str, Any] = field(default_factory=dict)  # x-fake-tool-input (JSON)
+    tool_result: str | None = None  # the tool result the request carries, echoed back as "got: …"
 
     @property
     def fault_after(self) -> int:
@@ -82,6 +85,10 @@ class FakeProvider:
         if (early := await self._early_fault(request, script, "anthropic")) is not None:
             return early
         model = body.get("model", "fake")
+        if script.tool:
+            script.tool_result = _last_tool_result(body)
+            if script.tool_result is not None:
+                script.tool = None  # the tool ran: answer its result
         if body.get("stream"):
             return await self._stream(request, script, _anthropic_events(model, script), "anthropic")
         return await self._json(request, script, _anthropic_message(model, script))
@@ -201,10 +208,27 @@ def _script(request: web.Request, body_size: int) -> Script:
     usage.setdefault("output", chunks + usage["reasoning"])
     fault, _, arg = request.headers.get("x-fake-fault", "").partition(":")
     stall = int(arg) if fault == "stall" else 0
-    return Script(usage, chunks, fault or None, arg or None, stall)
+    tool_input = orjson.loads(request.headers.get("x-fake-tool-input", "{}"))
+    return Script(usage, chunks, fault or None, arg or None, stall, request.headers.get("x-fake-tool"), tool_input)
+
+
+def _last_tool_result(body: dict[str, Any]) -> str | None:
+    """The text of the tool result in the conversation's last user turn, if it is one."""
+    messages = body.get("messages") or []
+    last = messages[-1] if messages else {}
+    content = last.get("content") if isinstance(last, dict) else None
+    for block in content if isinstance(content, list) else ():
+        if isinstance(block, dict) and block.get("type") == "tool_result":
+            inner = block.get("content")
+            if isinstance(inner, list):
+                inner = " ".join(str(b.get("text", "")) for b in inner if isinstance(b, dict))
+            return str(inner)
+    return None
 
 
 def _words(script: Script) -> list[str]:
+    if script.tool_result is not None:
+        return [f"got: {script.tool_result.strip()[:60]} ", *(f"word{i} " for i in range(1, script.chunks))]
     return [f"word{i} " for i in range(script.chunks)]
 
 
@@ -239,13 +263,17 @@ def _anthropic_message(model: str, script: Script) -> dict[str, Any]:
     if script.usage["reasoning"]:
         content.append({"type": "thinking", "thinking": "Let me think.", "signature": "sig_fake_abc"})
     content.append({"type": "text", "text": "".join(_words(script))})
+    if script.tool:
+        content.append(
+            {"type": "tool_use", "id": f"toolu_fake_{next(_ids)}", "name": script.tool, "input": script.tool_input}
+        )
     return {
         "id": f"msg_fake_{next(_ids)}",
         "type": "message",
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": "end_turn",
+        "stop_reason": "tool_use" if script.tool else "end_turn",
         "stop_sequence": None,
         "usage": _anthropic_usage(script.usage, final=True),
     }
@@ -308,6 +336,22 @@ def _anthropic_events(model: str, script: Script) -> list[bytes]:
             )
         )
     events.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
+    if script.tool:
+        tool_block = {"type": "tool_use", "id": f"toolu_fake_{next(_ids)}", "name": script.tool, "input": {}}
+        events += [
+            _sse(
+                "content_block_start", {"type": "content_block_start", "index": index + 1, "content_block": tool_block}
+            ),
+            _sse(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": index + 1,
+                    "delta": {"type": "input_json_delta", "partial_json": orjson.dumps(script.tool_input).decode()},
+                },
+            ),
+            _sse("content_block_stop", {"type": "content_block_stop", "index": index + 1}),
+        ]
     final_usage = {"output_tokens": script.usage["output"]}
     if script.usage["reasoning"]:
         final_usage["output_tokens_details"] = {"thinking_tokens": script.usage["reasoning"]}  # type: ignore[assignment]
@@ -316,7 +360,7 @@ def _anthropic_events(model: str, script: Script) -> list[bytes]:
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "delta": {"stop_reason": "tool_use" if script.tool else "end_turn", "stop_sequence": None},
                 "usage": final_usage,
             },
         )
