@@ -193,6 +193,18 @@ def _id_headers(call: Call) -> dict[str, str]:
 _OUTCOMES: dict[type[GatewayError], str] = {ClientGone: "client_disconnected"}
 
 
+def _status_for_client(call: Call, exc: GatewayError) -> int:
+    """The status sent, which a client must read as final. Codex retries a 402 or 403 five times (6 requests,
+    seconds of "Reconnecting…") but shows a 400's message once, so a policy stop (budget, loop, approval,
+    policy) is a 400 for Codex. The ledger keeps the stop's own status (402/403), noted on the row."""
+    attribution = call.entry.attribution
+    if exc.status in (402, 403) and not exc.retryable and attribution is not None and attribution.tool == "codex":
+        entry = call.entry
+        entry.policy = [*(entry.policy or []), f"answered 400 instead of {exc.status}: Codex retries {exc.status}"]
+        return 400
+    return exc.status
+
+
 def reject(call: Call, exc: GatewayError) -> web.Response:
     entry = call.entry
     entry.status = exc.status
@@ -203,9 +215,10 @@ def reject(call: Call, exc: GatewayError) -> web.Response:
     headers.update(exc.headers())
     if not exc.retryable:
         headers["x-should-retry"] = "false"
+    status = _status_for_client(call, exc)
     return web.Response(
         body=call.dialect.render_error(exc, call.request_id),
-        status=exc.status,
+        status=status,
         content_type="application/json",
         headers=headers,
     )

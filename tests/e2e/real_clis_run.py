@@ -113,6 +113,7 @@ def main() -> None:
                 headers='x-fake-tool: Bash\nx-fake-tool-input: {"command": "echo tool-ran-ok", "description": "check"}',
             ),
             "codex": _codex(cli, work / "home-codex", key, "say hi"),
+            "codex_blocked": _codex(cli, work / "home-codex-broke", broke, "say hi"),
         }
     finally:
         gateway.terminate()

@@ -1,6 +1,6 @@
 """The real Claude Code and Codex CLIs (from npm, installed by ``.ci/run``) through ``tokenctl serve`` to the fake
 provider, inside a network namespace with nothing but loopback: each answers, each request is metered and
-attributed to its tool, and a budget stop reaches the Claude Code user verbatim, once."""
+attributed to its tool, and a budget stop reaches each CLI's user, once."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_a_budget_stop_reaches_the_claude_code_user_once(run: dict[str, Any]) ->
     assert blocked["rc"] != 0
     shown = blocked["out"] + blocked["err"]
     assert "402" in shown and "budget 'tiny'" in shown  # tokenctl's own message, verbatim
-    stops = [r for r in run["rows"] if r["user"] == "broke"]
+    stops = [r for r in run["rows"] if r["user"] == "broke" and r["tool"] == "claude-code"]
     assert [r["status"] for r in stops] == [402]  # not retried
 
 
@@ -87,3 +87,11 @@ def test_codex_answers_through_tokenctl_and_is_metered(run: dict[str, Any]) -> N
     rows = [r for r in run["rows"] if r["tool"] == "codex" and r["status"] == 200]
     assert rows and all(r["api"] == "openai.responses" and "CLI-1" in (r["tags"] or "") for r in rows)
     assert all(r["input_tokens"] > 1000 and float(r["cost_usd"]) > 0 for r in rows)
+
+
+def test_a_budget_stop_reaches_the_codex_user_once(run: dict[str, Any]) -> None:
+    blocked = run["codex_blocked"]
+    assert blocked["rc"] != 0
+    assert "budget 'tiny'" in blocked["out"] + blocked["err"]  # tokenctl's message, shown
+    stops = [r for r in run["rows"] if r["user"] == "broke" and r["tool"] == "codex"]
+    assert [r["status"] for r in stops] == [402]  # one request: answered as a 400, which Codex does not retry

@@ -523,3 +523,23 @@ def test_chat_n_choices_reserve_each_choices_output() -> None:
     assert estimate.output_limit(body, "openai.chat", 16384) == 8000
     assert estimate.output_limit({**body, "n": 1}, "openai.chat", 16384) == 1000
     assert estimate.output_limit({"messages": [], "n": 3}, "openai.chat", 100) == 300
+
+
+def test_codex_gets_a_budget_stop_as_a_400_it_shows_once_and_the_ledger_keeps_the_402(make_gateway: Any) -> None:
+    """Codex 0.171 retries a 402 five times but shows a 400's message once (measured with the real CLI:
+    tests/e2e/test_real_clis.py); other clients keep the 402."""
+    live = make_gateway({"budgets": [{"name": "tiny", "scope": "user", "match": "alice", "limit_usd": "0.0001"}]})
+    body = {"model": "gpt-4.1-mini", "input": "hi", "stream": True}
+    codex = {
+        "authorization": f"Bearer {live.key}",
+        "user-agent": "codex_exec/0.171.0 (Debian 12.0.0; x86_64) dumb (codex_exec; 0.171.0)",
+        "originator": "codex_exec",
+    }
+    r = httpx.post(f"{live.url}/v1/responses", json=body, headers=codex, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "budget_exceeded"
+    assert "budget 'tiny'" in r.json()["error"]["message"] and r.headers["x-should-retry"] == "false"
+    sdk = httpx.post(f"{live.url}/v1/responses", json=body, headers={"authorization": f"Bearer {live.key}"}, timeout=10)
+    assert sdk.status_code == 402
+    rows = live.wait_rows(2)
+    assert [r["status"] for r in rows] == [402, 402]  # block counts and reports see the stop as what it is
+    assert "answered 400 instead of 402" in (rows[0]["policy"] or "")
