@@ -166,8 +166,8 @@ async def _one(replica: Replica, user: str, i: int, spread: float, clients: Clie
                 await oai.chat.completions.create(**chat)
     except (anthropic.APIStatusError, openai.APIStatusError) as exc:
         return exc.status_code, exc.message
-    except (anthropic.APIConnectionError, openai.APIConnectionError) as exc:
-        return 0, str(exc)  # the replica was killed under it
+    except (anthropic.APIConnectionError, openai.APIConnectionError, httpx.TransportError) as exc:
+        return 0, str(exc)  # the replica was killed under it (before or during the stream)
     replica.answered += 1
     return 200, ""
 
