@@ -138,6 +138,16 @@ def gateway_config(fake_url: str, tmp: Path, **extra: Any) -> Config:
     return parse_config(raw, source="test")
 
 
+def ledger_rows(path: str) -> list[dict[str, Any]]:
+    """Every row of a ledger file, oldest first."""
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM requests ORDER BY ts, rowid")]
+    finally:
+        db.close()
+
+
 @dataclass
 class LiveGateway:
     url: str
@@ -155,12 +165,7 @@ class LiveGateway:
     def rows(self) -> list[dict[str, Any]]:
         """Every ledger row, after the writer has flushed what was recorded."""
         assert self.gw.ledger.flush(10)
-        db = sqlite3.connect(self.db_path)
-        db.row_factory = sqlite3.Row
-        try:
-            return [dict(r) for r in db.execute("SELECT * FROM requests ORDER BY ts, rowid")]
-        finally:
-            db.close()
+        return ledger_rows(self.db_path)
 
     def wait_rows(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         """The ledger rows once at least ``count`` exist (a request is recorded when its handler ends)."""

@@ -34,6 +34,12 @@ def _tokenctl(config: Path, *args: str) -> str:
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
 
 
+def _run(command: list[str], env: dict[str, str]) -> dict[str, object]:
+    """A CLI run to its end, non-interactive: exit code, what it printed, the tail of its stderr."""
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180, stdin=subprocess.DEVNULL)
+    return {"rc": done.returncode, "out": done.stdout, "err": done.stderr[-3000:]}
+
+
 def _claude(cli: Path, home: Path, key: str, prompt: str, *extra: str, headers: str = "") -> dict[str, object]:
     env = {
         **os.environ,
@@ -45,15 +51,7 @@ def _claude(cli: Path, home: Path, key: str, prompt: str, *extra: str, headers: 
         "DISABLE_AUTOUPDATER": "1",
         "ANTHROPIC_CUSTOM_HEADERS": headers,
     }
-    done = subprocess.run(
-        [str(cli / "claude"), "-p", prompt, "--model", "claude-haiku-4-5", *extra],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-    return {"rc": done.returncode, "out": done.stdout, "err": done.stderr[-2000:]}
+    return _run([str(cli / "claude"), "-p", prompt, "--model", "claude-haiku-4-5", *extra], env)
 
 
 def _codex(cli: Path, home: Path, key: str, prompt: str) -> dict[str, object]:
@@ -65,15 +63,7 @@ def _codex(cli: Path, home: Path, key: str, prompt: str) -> dict[str, object]:
         'http_headers = { "x-tokenctl-tags" = "ticket=CLI-1" }\n'
     )
     env = {**os.environ, "HOME": str(home), "CODEX_HOME": str(codex_home), "TOKENCTL_KEY": key}
-    done = subprocess.run(
-        [str(cli / "codex"), "exec", "--skip-git-repo-check", prompt],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-        stdin=subprocess.DEVNULL,
-    )
-    return {"rc": done.returncode, "out": done.stdout, "err": done.stderr[-3000:]}
+    return _run([str(cli / "codex"), "exec", "--skip-git-repo-check", prompt], env)
 
 
 def main() -> None:

@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 import redis
 import yaml
 
-from tests.conftest import ADMIN_KEY, free_port
+from tests.conftest import ADMIN_KEY, free_port, ledger_rows
 from tokenctl.identity.keys import create_key
 from tokenctl.ledger.db import connect
 from tokenctl.ledger.writer import LedgerWriter
@@ -63,12 +62,7 @@ class Replica:
     answered: int = 0  # requests it answered in full to the test's clients
 
     def rows(self) -> list[dict[str, Any]]:
-        db = sqlite3.connect(self.ledger)
-        db.row_factory = sqlite3.Row
-        try:
-            return [dict(r) for r in db.execute("SELECT * FROM requests")]
-        finally:
-            db.close()
+        return ledger_rows(self.ledger)
 
 
 def _config(tmp: Path, fake_url: str, redis_url: str, prefix: str, **store: Any) -> dict[str, Any]:
