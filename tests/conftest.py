@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.ledgers import ON_POSTGRES, ledger_section
 from tokenctl.app import CONFIG, create_app, runner_settings
 from tokenctl.config import Config, parse_config
 from tokenctl.gateway import GATEWAY, Gateway
@@ -107,7 +107,7 @@ def gateway_config(fake_url: str, tmp: Path, **extra: Any) -> Config:
         "models:\n  - {match: 'llama-3.1-8b', provider: local, input_per_mtok: 0.10, output_per_mtok: 0.20}\n"
     )
     raw: dict[str, Any] = {
-        "ledger": {"path": str(tmp / "ledger.db")},
+        "ledger": ledger_section(tmp),
         "pricing": {"overrides": str(prices)},
         "identity": {"key_refresh_seconds": 0.2},
         "providers": [
@@ -138,12 +138,18 @@ def gateway_config(fake_url: str, tmp: Path, **extra: Any) -> Config:
     return parse_config(raw, source="test")
 
 
-def ledger_rows(path: str) -> list[dict[str, Any]]:
-    """Every row of a ledger file, oldest first."""
-    db = sqlite3.connect(path)
-    db.row_factory = sqlite3.Row
+def ledger_rows(target: str) -> list[dict[str, Any]]:
+    """Every row of a ledger (a SQLite file or a PostgreSQL URL), oldest first."""
+    return ledger_query(target, "SELECT * FROM requests ORDER BY ts, rowid")
+
+
+def ledger_query(target: str, sql: str, *params: Any) -> list[dict[str, Any]]:
+    """Rows of a query on a ledger, as dicts."""
+    db = connect(target, migrate_schema=False)
     try:
-        return [dict(r) for r in db.execute("SELECT * FROM requests ORDER BY ts, rowid")]
+        cursor = db.execute(sql, params)
+        names = [c[0] for c in cursor.description]
+        return [{k: v for k, v in zip(names, row, strict=True) if k != "rowid" or not ON_POSTGRES} for row in cursor]
     finally:
         db.close()
 
@@ -187,6 +193,12 @@ class LiveGateway:
             time.sleep(0.02)
         assert len(matches) == 1, f"expected one ledger row for {request_id}, found {len(matches)}"
         return matches[0]
+
+    def ledger_yaml(self) -> str:
+        """The ledger section of a config file for a CLI run against this gateway's ledger (YAML flow style)."""
+        if self.config.ledger_journal_path is None:
+            return f"{{path: '{self.db_path}'}}"
+        return f"{{url: '{self.db_path}'}}"
 
     def last_upstream(self) -> Any:
         return self.fake.received[-1]

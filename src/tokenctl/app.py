@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from tokenctl.identity.keys import KeyCache
 from tokenctl.ingress.admin import admin_dispatch, metrics_endpoint
 from tokenctl.ingress.http import body_limit_errors, dispatch
 from tokenctl.ledger.db import connect
+from tokenctl.ledger.engine import Database
 from tokenctl.ledger.loop_resumes import resumes
 from tokenctl.ledger.writer import LedgerWriter
 from tokenctl.metering.pricing import PriceBook
@@ -103,6 +103,7 @@ async def _gateway_lifecycle(
         fsync=config.ledger_fsync,
         max_lag_seconds=config.ledger_max_lag_seconds,
         max_lag_rows=config.ledger_max_lag_rows,
+        journal_path=config.ledger_journal_path,
     )
     ledger.start(wait_for_lock_seconds=config.shutdown_grace_seconds + 5)
     keys_db = connect(config.ledger_path)
@@ -190,7 +191,7 @@ def _router(config: Config, catalog: Catalog, prices: PriceBook) -> Router:
     return Router(settings, catalog, classifier, prices)
 
 
-async def _refresh(gw: Gateway, rules_db: sqlite3.Connection, interval: float) -> None:
+async def _refresh(gw: Gateway, rules_db: Database, interval: float) -> None:
     """Pick up keys and live rules changed by the CLI or the admin API."""
     loop = asyncio.get_running_loop()
     seen = await loop.run_in_executor(None, last_change, rules_db)

@@ -28,6 +28,7 @@ from tokenctl.policy.rules import (
     parse_rule_list,
 )
 from tokenctl.routing.settings import RoutingConfig, parse_routing
+from tokenctl.text import redact_url
 from tokenctl.validate import ConfigError, boolean, integer, money, number, reject_unknown, resolve_path, section
 
 __all__ = ["Config", "ConfigError", "ProviderConfig", "load_config", "parse_config"]
@@ -98,7 +99,8 @@ class ObservabilityConfig:
 class Config:
     host: str = "127.0.0.1"
     port: int = 8080
-    ledger_path: str = "tokenctl.db"
+    ledger_path: str = "tokenctl.db"  # a SQLite file, or a postgresql:// URL (ledger.url)
+    ledger_journal_path: str | None = None  # PostgreSQL: this process's local journal (``{it}.journal.N.jsonl``)
     admin_key_env: str = "TOKENCTL_ADMIN_KEY"
     price_overrides_path: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
@@ -174,7 +176,17 @@ SECTIONS: dict[str, set[str]] = {
         "body_timeout_seconds",
         "banner",
     },
-    "ledger": {"path", "queue_max", "batch_max", "fsync", "max_lag_seconds", "max_lag_rows"},
+    "ledger": {
+        "path",
+        "url",
+        "url_env",
+        "journal_dir",
+        "queue_max",
+        "batch_max",
+        "fsync",
+        "max_lag_seconds",
+        "max_lag_rows",
+    },
     "pricing": {"overrides"},
     "identity": {"key_refresh_seconds"},
     "providers[]": {
@@ -233,6 +245,32 @@ def load_config(path: str | Path | None = None) -> Config:
     return parse_config(raw, source=str(p), base_dir=base)
 
 
+def _ledger_location(ledger: dict[str, Any], base_dir: Path | None) -> tuple[str, str | None]:
+    """The ledger (a SQLite path or a PostgreSQL URL) and, for PostgreSQL, the local journal's path."""
+    url = ledger.get("url")
+    if ledger.get("url_env"):
+        if url:
+            raise ConfigError("ledger: give url or url_env, not both")
+        url = os.environ.get(str(ledger["url_env"]))
+        if not url:
+            raise ConfigError(f"ledger.url_env: the environment variable {ledger['url_env']} is not set")
+    if url is None:
+        if "journal_dir" in ledger:
+            raise ConfigError(
+                "ledger.journal_dir: only for a PostgreSQL ledger (ledger.url); a SQLite ledger's "
+                "journal is next to its file"
+            )
+        path = str(ledger.get("path", "tokenctl.db"))
+        return (path if path == ":memory:" else str(resolve_path(base_dir, path))), None
+    if "path" in ledger:
+        raise ConfigError("ledger: give path (SQLite) or url (PostgreSQL), not both")
+    url = str(url)
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"ledger.url: expected postgresql://user@host:5432/database, got {redact_url(url)!r}")
+    journal = resolve_path(base_dir, str(ledger.get("journal_dir", "tokenctl-journal")))
+    return url, str(journal / "ledger")
+
+
 def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path | None = None) -> Config:
     """Validate a config mapping (as read from YAML)."""
     reject_unknown(raw, SECTIONS["top level"], "top level")
@@ -260,9 +298,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
     overrides = pricing.get("overrides")
     if overrides is not None:
         overrides = str(resolve_path(base_dir, str(overrides)))
-    ledger_path = ledger.get("path", "tokenctl.db")
-    if ledger_path != ":memory:":
-        ledger_path = str(resolve_path(base_dir, str(ledger_path)))
+    ledger_path, journal_path = _ledger_location(ledger, base_dir)
 
     budgets = parse_rule_list(raw.get("budgets"), "budgets", parse_budget)
     check_budget_links(budgets)
@@ -277,6 +313,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
         admin_key_env=str(server.get("admin_key_env", "TOKENCTL_ADMIN_KEY")),
         tags_header=str(server.get("tags_header", "x-tokenctl-tags")).lower(),
         ledger_path=ledger_path,
+        ledger_journal_path=journal_path,
         ledger_queue_max=integer(ledger, "queue_max", 100_000, "ledger"),
         ledger_batch_max=integer(ledger, "batch_max", 2_000, "ledger"),
         ledger_fsync=boolean(ledger, "fsync", False, "ledger"),

@@ -15,7 +15,6 @@ import random
 import secrets
 import shutil
 import signal
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -32,6 +31,7 @@ from tokenctl.config import ProviderConfig, load_config
 from tokenctl.identity.keys import create_key
 from tokenctl.ingress.server import GatewayRunner
 from tokenctl.ledger.db import connect
+from tokenctl.ledger.engine import Database
 from tokenctl.ledger.record import LedgerEntry
 from tokenctl.ledger.writer import LedgerWriter
 from tokenctl.testing.fake_provider import FakeProvider
@@ -148,7 +148,7 @@ def _runaway(now: float, rng: random.Random) -> Iterator[LedgerEntry]:
         yield entry
 
 
-def _budgets_near_their_limits(db: sqlite3.Connection, now: float) -> list[dict[str, object]]:
+def _budgets_near_their_limits(db: Database, now: float) -> list[dict[str, object]]:
     """Limits set from the seeded spend, so the budgets page has some at 80–97 % of their limit."""
     week_ago = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now - 7 * 86400))
     teams = dict(

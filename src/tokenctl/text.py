@@ -30,7 +30,10 @@ def header_text(value: str | None, limit: int = 256) -> str | None:
 
 
 def storable(value: str) -> str:
-    """``value`` with anything that cannot be encoded as UTF-8 (lone surrogates) replaced by U+FFFD."""
+    """``value`` with anything that cannot be encoded as UTF-8 (lone surrogates), and NUL (which PostgreSQL
+    text cannot hold), replaced by U+FFFD."""
+    if "\x00" in value:
+        value = value.replace("\x00", _REPLACEMENT)
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -51,3 +54,8 @@ def storable_json(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [storable_json(v) for v in value]
     return storable(str(value))
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)

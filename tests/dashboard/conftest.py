@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,6 +12,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import ADMIN_KEY, LiveGateway, start_gateway
+from tests.ledgers import ledger_target
+from tokenctl.ledger.db import connect
 from tokenctl.ledger.writer import LedgerWriter
 from tokenctl.testing.fake_provider import FakeProvider
 from tokenctl.testing.synthetic import synthetic_entries
@@ -38,15 +39,15 @@ class Seeded:
         return self.live.url
 
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
-        db = sqlite3.connect(self.live.db_path)
+        db = connect(self.live.db_path, migrate_schema=False)
         try:
             return db.execute(query, params).fetchall()
         finally:
             db.close()
 
 
-def seed_ledger(path: str, n: int = SEEDED_REQUESTS) -> None:
-    writer = LedgerWriter(path)
+def seed_ledger(path: str, n: int = SEEDED_REQUESTS, journal: str | None = None) -> None:
+    writer = LedgerWriter(path, journal_path=journal)
     writer.start()
     for entry in synthetic_entries(n, start=NOW - 50 * 86400, days=50 - 0.01):
         writer.record(entry)
@@ -63,7 +64,7 @@ def seeded(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iter
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     tmp: Path = tmp_path_factory.mktemp("dashboard")
-    seed_ledger(str(tmp / "ledger.db"))
+    seed_ledger(ledger_target(tmp), journal=str(tmp / "seed" / "ledger"))
     live = start_gateway(
         fake,
         tmp,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
 import httpx2 as httpx
@@ -10,6 +9,7 @@ import pytest
 
 from tests.conftest import ADMIN_KEY
 from tests.dashboard.conftest import Seeded
+from tests.ledgers import ON_POSTGRES
 from tokenctl.identity.keys import create_key, revoke_key
 from tokenctl.ledger.db import connect
 
@@ -147,8 +147,10 @@ def test_responses_carry_a_strict_content_security_policy(seeded: Seeded) -> Non
 
 def test_rollups_equal_the_requests_table(seeded: Seeded) -> None:
     assert seeded.live.gw.ledger.flush(10)
-    db = sqlite3.connect(seeded.live.db_path, isolation_level=None)
-    db.execute("BEGIN")  # one snapshot for both sides, whatever the writer does meanwhile
+    db = connect(seeded.live.db_path, migrate_schema=False)
+    db.execute(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ" if ON_POSTGRES else "BEGIN"
+    )  # one snapshot for both sides, whatever the writer does meanwhile
     by_detail = db.execute(
         "SELECT day, COALESCE(team, ''), COALESCE(model, ''), SUM(cost_nanousd), COUNT(*),"
         " SUM(cache_read_tokens)"
@@ -177,7 +179,7 @@ def test_rollups_equal_the_requests_table(seeded: Seeded) -> None:
     ],
 )
 def test_the_small_rollups_equal_the_requests_table(seeded: Seeded, table: str, columns: tuple[str, str]) -> None:
-    db = sqlite3.connect(seeded.live.db_path)
+    db = connect(seeded.live.db_path, migrate_schema=False)
     a, b = columns
     detail = db.execute(
         f"SELECT day, COALESCE({a}, ''), COALESCE({b}, ''), SUM(cost_nanousd), COUNT(*),"

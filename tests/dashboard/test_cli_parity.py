@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import httpx2 as httpx
@@ -12,6 +11,7 @@ import pytest
 from tests.conftest import ADMIN_KEY
 from tests.dashboard.conftest import NOW, Seeded
 from tokenctl.cli.main import main as real_main
+from tokenctl.ledger.db import connect
 
 
 def main(args: list[str]) -> int:
@@ -57,7 +57,7 @@ def test_report_as_table_and_csv(seeded: Seeded, capsys: pytest.CaptureFixture[s
 
 def test_rebuilding_rollups_gives_the_same_rollups(seeded: Seeded, capsys: pytest.CaptureFixture[str]) -> None:
     def snapshot() -> list[tuple[Any, ...]]:
-        db = sqlite3.connect(seeded.live.db_path)
+        db = connect(seeded.live.db_path, migrate_schema=False)
         try:
             return db.execute("SELECT * FROM rollup_daily ORDER BY 1, 2, 3, 4, 5, 6, 7, 8").fetchall()
         finally:

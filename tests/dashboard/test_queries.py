@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -26,7 +25,7 @@ def test_keys_without_a_user_are_not_counted_as_a_user(tmp_path: Path) -> None:
     writer.close()
     db = connect(path)
     result = queries.concentration(db, queries.View())
-    detail = sqlite3.connect(path)
+    detail = connect(path, migrate_schema=False)
     users = detail.execute("SELECT COUNT(DISTINCT user) FROM requests WHERE user IS NOT NULL").fetchone()[0]
     without = detail.execute("SELECT COUNT(*), SUM(cost_nanousd) FROM requests WHERE user IS NULL").fetchone()
     assert result["users"] == users and "" not in [r["user"] for r in result["leaderboard"]]

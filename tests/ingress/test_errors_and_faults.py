@@ -78,7 +78,9 @@ def test_oversized_body_is_a_413(gateway, fake, tmp_path, monkeypatch) -> None:
     db = connect(ledger)
     _, key = create_key(db, user="alice", team="payments")
     db.close()
-    small = ServerThread(create_app(replace(gateway.config, max_body_bytes=1000, ledger_path=ledger))).start()
+    small = ServerThread(
+        create_app(replace(gateway.config, max_body_bytes=1000, ledger_path=ledger, ledger_journal_path=None))
+    ).start()
     try:
         body = {**MESSAGES, "messages": [{"role": "user", "content": "x" * 5000}]}
         response = httpx.post(small.url + "/v1/messages", json=body, headers={"x-api-key": key})
@@ -195,7 +197,7 @@ def test_provider_key_rejected_is_a_gateway_problem_not_a_client_401(gateway) ->
     assert "provider key" in message and response.headers["x-should-retry"] == "false"
 
 
-def test_unreachable_provider_is_502_and_slow_provider_504(gateway) -> None:
+def test_unreachable_provider_is_502_and_slow_provider_504(gateway, tmp_path) -> None:
 
     from tests.conftest import ServerThread, free_port
     from tokenctl.app import create_app
@@ -203,7 +205,7 @@ def test_unreachable_provider_is_502_and_slow_provider_504(gateway) -> None:
 
     dead = parse_config(
         {
-            "ledger": {"path": gateway.db_path + "2"},
+            "ledger": {"path": str(tmp_path / "dead.db")},
             "providers": [
                 {
                     "name": "down",
@@ -218,7 +220,7 @@ def test_unreachable_provider_is_502_and_slow_provider_504(gateway) -> None:
     try:
         from tokenctl.identity.keys import create_key
 
-        db = connect(gateway.db_path + "2")
+        db = connect(str(tmp_path / "dead.db"))
         _, key = create_key(db, user="x")
         db.close()
         response = httpx.post(

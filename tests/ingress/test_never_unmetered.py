@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from tests.conftest import LiveGateway
+from tests.ledgers import ON_POSTGRES
 
 MESSAGES = {"model": "claude-haiku-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
 CHAT = {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}]}
@@ -244,6 +245,7 @@ def test_slow_clients_are_cut_off(make_gateway: Any) -> None:
 BUDGET = {"budgets": [{"name": "team-cap", "scope": "team", "limit_usd": 100}], "ledger": {"max_lag_seconds": 0.5}}
 
 
+@pytest.mark.skipif(ON_POSTGRES, reason="locks the SQLite file; tests/ledger/test_postgres.py locks the table")
 def test_a_stuck_ledger_fails_budgeted_requests_closed_and_recovers(make_gateway: Any) -> None:
     live = make_gateway(BUDGET)
     headers = {"x-api-key": live.key}

@@ -227,7 +227,7 @@ def test_thresholds_notify_once_each_and_blocks_are_shown_by_both_sdks(make_gate
 def _config_file(live: LiveGateway) -> str:
     path = live.db_path + ".yaml"
     with open(path, "w") as f:
-        f.write(f"ledger: {{path: '{live.db_path}'}}\nserver: {{port: {live.server.port}}}\n")
+        f.write(f"ledger: {live.ledger_yaml()}\nserver: {{port: {live.server.port}}}\n")
     return path
 
 
@@ -272,7 +272,7 @@ def test_budgets_set_live_through_the_admin_api_and_status_from_the_cli(make_gat
 def test_config_budgets_are_read_only_from_the_cli(make_gateway: Any, capsys: Any, tmp_path: Any) -> None:
     live = make_gateway()
     path = tmp_path / "c.yaml"
-    path.write_text(f"ledger: {{path: '{live.db_path}'}}\nbudgets:\n  - {{name: org, scope: org, limit_usd: 100}}\n")
+    path.write_text(f"ledger: {live.ledger_yaml()}\nbudgets:\n  - {{name: org, scope: org, limit_usd: 100}}\n")
     assert cli(["--config", str(path), "budgets", "delete", "org"]) == 2
     assert "defined in" in capsys.readouterr().err
 

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from tests.conftest import LiveGateway
+from tokenctl.ledger.db import connect
 from tokenctl.policy.store import MemoryStore
 
 _BLOCK = re.compile(
@@ -331,7 +332,7 @@ def test_a_budget_set_live_under_traffic_starts_from_the_spend_already_in_its_wi
 
     live = make_gateway()
     live.server.stop()  # one writer per ledger: fill it while the gateway is down, as history
-    writer = LedgerWriter(live.db_path)
+    writer = LedgerWriter(live.db_path, journal_path=live.config.ledger_journal_path)
     writer.start()
     for entry in synthetic_entries(60_000, start=time.time() - 3 * 3600, days=0.1):
         writer.record(entry)
@@ -341,9 +342,7 @@ def test_a_budget_set_live_under_traffic_starts_from_the_spend_already_in_its_wi
 
     live.server = ServerThread(create_app(live.config)).start()
     live.url = live.server.url
-    import sqlite3
-
-    db = sqlite3.connect(live.db_path)
+    db = connect(live.db_path, migrate_schema=False)
     history = Decimal(db.execute("SELECT SUM(cost_nanousd) FROM requests WHERE team = 'payments'").fetchone()[0])
     history /= 10**9
     db.close()

@@ -76,7 +76,7 @@ def test_claude_code_repeating_one_tool_call_is_paused_at_the_count_and_resumed(
     assert sorted(r["status"] for r in rows) == [200, 200, 402]  # the pause is in the ledger too
 
     config = tmp_path / "tokenctl.yaml"
-    config.write_text(f"ledger: {{path: {live.db_path}}}\nloops: [{{name: same-tool, repeated_tool_calls: 4}}]\n")
+    config.write_text(f"ledger: {live.ledger_yaml()}\nloops: [{{name: same-tool, repeated_tool_calls: 4}}]\n")
     cli = [sys.executable, "-m", "tokenctl", "--config", str(config), "loops"]
     listed = json.loads(
         subprocess.run([*cli, "list", "--format", "json"], capture_output=True, text=True, check=True).stdout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from decimal import Decimal
 from typing import Any
@@ -14,6 +13,7 @@ import orjson
 import pytest
 
 from tests.conftest import ADMIN_KEY, LiveGateway
+from tokenctl.ledger.db import connect
 from tokenctl.types import Usage
 
 POLICIES = {
@@ -181,7 +181,7 @@ def test_a_rewrite_records_what_the_requested_model_would_have_cost(make_gateway
     assert row["counterfactual_nanousd"] == int(asked * 10**9) and asked > served
     assert row["uncached_nanousd"] == int(uncached * 10**9) and uncached > served
     assert row["saving_source"] == "policy"
-    db = sqlite3.connect(live.db_path)
+    db = connect(live.db_path, migrate_schema=False)
     saved = db.execute("SELECT SUM(policy_saved_nanousd), SUM(uncached_nanousd - cost_nanousd) FROM rollup_daily")
     assert saved.fetchone() == (int(asked * 10**9) - int(served * 10**9), int(uncached * 10**9) - int(served * 10**9))
     db.close()

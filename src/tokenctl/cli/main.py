@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,16 +34,18 @@ from tokenctl.cli.reports import (
     run_view,
 )
 from tokenctl.cli.router import add_router_commands
+from tokenctl.cli.workers import Supervisor, check_workers
 from tokenctl.config import Config, ConfigError, find_config_path, load_config
 from tokenctl.identity.keys import KeyInfo, KeyNotFound, create_key, list_keys, revoke_key
 from tokenctl.ingress.server import GatewayRunner
-from tokenctl.ledger.db import connect
+from tokenctl.ledger.db import connect, is_postgres
 from tokenctl.ledger.journal import LedgerInUse
 from tokenctl.ledger.migrations import applied, migrate
 from tokenctl.ledger.report import FILTER_COLUMNS, GROUPINGS, ReportRow, spend_report, total
 from tokenctl.metering.pricing import PriceFileError
 from tokenctl.observe.logs import configure_logging
 from tokenctl.runtime import raise_fd_limit, tune_for_many_streams
+from tokenctl.text import redact_url
 
 
 def main(argv: Sequence[str] | None = None, *, clock: Callable[[], float] = time.time) -> int:
@@ -78,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, help="port to listen on (default: the config's server.port, 8080)")
     s.add_argument("--ledger", help=LEDGER_HELP)
     s.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes sharing the port, each with its own event loop (default: 1; more needs "
+        "store.redis_url)",
+    )
     s.set_defaults(run=_serve, ledger_mode="create")
 
     k = sub.add_parser("keys", help="create, list and revoke virtual keys").add_subparsers(title="keys commands")
@@ -153,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 CONFIG_HELP = "YAML config file (default: $TOKENCTL_CONFIG, else ./tokenctl.yaml if present)"
-LEDGER_HELP = "SQLite ledger file (default: the config's ledger.path, else ./tokenctl.db)"
+LEDGER_HELP = "SQLite ledger file or postgresql:// URL (default: the config's ledger, else ./tokenctl.db)"
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -179,7 +189,7 @@ def _check_ledger(config: Config, args: argparse.Namespace) -> None:
     """
     path = config.ledger_path
     mode = getattr(args, "ledger_mode", "read")
-    if path == ":memory:" or mode == "create" or Path(path).exists():
+    if path == ":memory:" or is_postgres(path) or mode == "create" or Path(path).exists():
         return
     explicit = bool(getattr(args, "ledger", None)) or config.source != "<defaults>"
     if mode == "write" and explicit:
@@ -206,8 +216,21 @@ def _serve(args: argparse.Namespace) -> int:
     _install_uvloop()
     raise_fd_limit()
     try:
-        asyncio.run(_run_server(config))
+        if args.workers == 1:
+            asyncio.run(_run_server(config))
+            return 0
+        check_workers(config, args.workers)
+        sock = bind_listener(config.host, config.port)  # before the workers: a taken port is one clear line
+        return Supervisor(config, args.workers, sock, lambda c: _serve_worker(c, sock)).run()
     except (ListenError, LedgerInUse) as exc:
+        print(f"tokenctl: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve_worker(config: Config, sock: socket.socket) -> int:
+    try:
+        asyncio.run(_run_server(config, sock))
+    except LedgerInUse as exc:
         print(f"tokenctl: error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -233,19 +256,21 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _run_server(config: Config) -> None:
-    sock = bind_listener(config.host, config.port)  # before anything is created: a taken port changes nothing
+async def _run_server(config: Config, sock: socket.socket | None = None) -> None:
+    if sock is None:  # bound before anything is created: a taken port changes nothing
+        sock = bind_listener(config.host, config.port)
     runner = GatewayRunner(create_app(config), handle_signals=False, **runner_settings(config))
     await runner.setup()
     tune_for_many_streams()
     await web.SockSite(runner, sock, backlog=2048).start()
     log = logging.getLogger("tokenctl")
     log.info(
-        "tokenctl listening on http://%s:%d (config %s, ledger %s)",
+        "tokenctl listening on http://%s:%d (pid %d, config %s, ledger %s)",
         config.host,
         config.port,
+        os.getpid(),
         config.source,
-        config.ledger_path,
+        redact_url(config.ledger_path),
     )
     _log_dashboard(config)
     for provider in config.providers:

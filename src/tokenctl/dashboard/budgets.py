@@ -6,7 +6,6 @@ Members come from the daily rollup (who spent since the window began) plus each 
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from decimal import Decimal
@@ -14,6 +13,7 @@ from typing import Any
 
 from tokenctl.dashboard.forecast import exhaustion
 from tokenctl.dashboard.queries import View, usd
+from tokenctl.ledger.engine import Database
 from tokenctl.policy.budget import Budgets
 from tokenctl.policy.period import current_window
 from tokenctl.policy.rules import BudgetRule
@@ -25,7 +25,7 @@ MAX_ROWS = 200
 BURN_DOWN_ROWS = 30
 
 
-RunInDb = Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
+RunInDb = Callable[[Callable[[Database], Any]], Awaitable[Any]]
 
 
 async def budget_board(budgets: Budgets, run: RunInDb, view: View, now: float) -> list[dict[str, Any]]:
@@ -50,9 +50,7 @@ async def budget_board(budgets: Budgets, run: RunInDb, view: View, now: float) -
     return rows
 
 
-def _members(
-    db: sqlite3.Connection, rule: BudgetRule, budgets: Budgets, view: View, now: float
-) -> list[tuple[str, str | None]]:
+def _members(db: Database, rule: BudgetRule, budgets: Budgets, view: View, now: float) -> list[tuple[str, str | None]]:
     if rule.scope == "org":
         return [] if view.team is not None else [("org", None)]
     column = _SCOPE_COLUMNS.get(rule.scope)
@@ -80,7 +78,7 @@ def _members(
     return members
 
 
-def _in_team(db: sqlite3.Connection, column: str, member: str, team: str) -> bool:
+def _in_team(db: Database, column: str, member: str, team: str) -> bool:
     if column == "team":
         return member == team
     found = db.execute(f"SELECT 1 FROM rollup_daily WHERE {column} = ? AND team = ? LIMIT 1", (member, team))
@@ -91,7 +89,7 @@ def _window_start(rule: BudgetRule, budgets: Budgets, now: float) -> datetime:
     return datetime.fromtimestamp(current_window(rule.period, now, budgets.tz).start, budgets.tz)
 
 
-def _add_projections(db: sqlite3.Connection, budgets: Budgets, rows: list[dict[str, Any]], now: float) -> None:
+def _add_projections(db: Database, budgets: Budgets, rows: list[dict[str, Any]], now: float) -> None:
     """Burn-down (cumulative spend per day) and exhaustion date, one query per budget for all its members."""
     by_rule: dict[BudgetRule, list[dict[str, Any]]] = {}
     for row in rows:
@@ -109,7 +107,7 @@ def _add_projections(db: sqlite3.Connection, budgets: Budgets, rows: list[dict[s
 
 
 def _daily_spend(
-    db: sqlite3.Connection, budgets: Budgets, rule: BudgetRule, members: list[str], now: float
+    db: Database, budgets: Budgets, rule: BudgetRule, members: list[str], now: float
 ) -> dict[str, list[tuple[str, int]]]:
     if rule.period.kind == "lifetime":
         return {}

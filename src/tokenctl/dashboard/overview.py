@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -10,11 +9,12 @@ from typing import Any
 
 from tokenctl.dashboard.forecast import RATE_DAYS, daily_rate, month_end_forecast
 from tokenctl.dashboard.queries import View, breakdown, daily, totals
+from tokenctl.ledger.engine import Database
 
 TREND_DAYS = 30
 
 
-def overview(db: sqlite3.Connection, view: View, now: datetime) -> dict[str, Any]:
+def overview(db: Database, view: View, now: datetime) -> dict[str, Any]:
     """Everything on the overview page for ``now`` (an aware datetime in the reporting timezone)."""
     today = now.date()
     month_start = today.replace(day=1)

@@ -6,12 +6,12 @@ which drill-down filters apply. Amounts leave here as exact decimal strings of U
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
+from tokenctl.ledger.engine import Database
 from tokenctl.ledger.migrations import SMALL_ROLLUPS
 from tokenctl.ledger.report import FILTER_COLUMNS
 
@@ -129,12 +129,12 @@ def _measures(raw: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def totals(db: sqlite3.Connection, view: View) -> dict[str, Any]:
+def totals(db: Database, view: View) -> dict[str, Any]:
     where, params = view.rollup_where()
     return _measures(db.execute(f"SELECT {_SUMS} FROM {view.table()} WHERE {where}", params).fetchone())
 
 
-def breakdown(db: sqlite3.Connection, view: View, by: str, limit: int = 500) -> list[dict[str, Any]]:
+def breakdown(db: Database, view: View, by: str, limit: int = 500) -> list[dict[str, Any]]:
     """Spend grouped by one dimension, highest cost first."""
     if by not in DIMENSIONS:
         raise ValueError(f"by: one of {', '.join(DIMENSIONS)}")
@@ -145,9 +145,7 @@ def breakdown(db: sqlite3.Connection, view: View, by: str, limit: int = 500) -> 
     return [{"group": row[0], **_measures(row[1:])} for row in db.execute(sql, [*params, limit])]
 
 
-def breakdown_with_total(
-    db: sqlite3.Connection, view: View, by: str, limit: int
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def breakdown_with_total(db: Database, view: View, by: str, limit: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The breakdown and its total; the total is summed from the rows when none were cut off."""
     rows = breakdown(db, view, by, limit + 1)
     if len(rows) <= limit:
@@ -165,12 +163,12 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if not k.startswith("_")}
 
 
-def daily(db: sqlite3.Connection, view: View) -> dict[str, dict[str, Any]]:
+def daily(db: Database, view: View) -> dict[str, dict[str, Any]]:
     """{day: measures} for every day with traffic in the view."""
     return {row["group"]: row for row in breakdown(db, view, "day", limit=10_000)}
 
 
-def concentration(db: sqlite3.Connection, view: View, top: int = 10) -> dict[str, Any]:
+def concentration(db: Database, view: View, top: int = 10) -> dict[str, Any]:
     """How concentrated spend is across users: the top 20 %'s share, the Lorenz curve and a leaderboard.
 
     Spend of keys without a user is not one more "user": it is reported beside, as ``unattributed``."""
@@ -212,7 +210,7 @@ def concentration(db: sqlite3.Connection, view: View, top: int = 10) -> dict[str
     }
 
 
-def savings(db: sqlite3.Connection, view: View) -> dict[str, Any]:
+def savings(db: Database, view: View) -> dict[str, Any]:
     """What caching, policies and routing saved against the counterfactual, with the split by team and model."""
     whole = totals(db, view)
     saved = sum(Decimal(whole[k]) for k in ("cache_saved_usd", "policy_saved_usd", "routing_saved_usd"))
@@ -263,7 +261,7 @@ _SESSION_COLUMNS = (
 )
 
 
-def sessions(db: sqlite3.Connection, view: View, limit: int = 100) -> list[dict[str, Any]]:
+def sessions(db: Database, view: View, limit: int = 100) -> list[dict[str, Any]]:
     """The most expensive sessions active in the view's days."""
     clauses, params = ["1 = 1"], []
     if view.start:
@@ -331,14 +329,14 @@ REQUEST_COLUMNS = (
 )  # never prompt or response text: the ledger does not hold it
 
 
-def requests(db: sqlite3.Connection, view: View, limit: int = 100) -> list[dict[str, Any]]:
+def requests(db: Database, view: View, limit: int = 100) -> list[dict[str, Any]]:
     """The latest requests in the view, newest first."""
     where, params = view.requests_where()
     sql = f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests WHERE {where} ORDER BY ts DESC LIMIT ?"
     return [_request_dict(row) for row in db.execute(sql, [*params, limit])]
 
 
-def request_detail(db: sqlite3.Connection, view: View, request_id: str) -> dict[str, Any] | None:
+def request_detail(db: Database, view: View, request_id: str) -> dict[str, Any] | None:
     row = db.execute(
         f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests WHERE request_id = ?", (request_id,)
     ).fetchone()
@@ -360,7 +358,7 @@ def _request_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     return r
 
 
-def session_detail(db: sqlite3.Connection, view: View, session_id: str) -> dict[str, Any] | None:
+def session_detail(db: Database, view: View, session_id: str) -> dict[str, Any] | None:
     """Every request of a session in order, and why it cost what it did: context growth, caching, retries."""
     rows = db.execute(
         f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests WHERE session_id = ? ORDER BY ts LIMIT 5000",
@@ -391,5 +389,5 @@ def session_detail(db: sqlite3.Connection, view: View, session_id: str) -> dict[
     }
 
 
-def has_rollups(db: sqlite3.Connection) -> bool:
+def has_rollups(db: Database) -> bool:
     return db.execute("SELECT 1 FROM sqlite_master WHERE name = 'rollup_daily'").fetchone() is not None

@@ -16,7 +16,6 @@ import asyncio
 import html
 import queue
 import re
-import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import date, datetime
@@ -44,6 +43,7 @@ from tokenctl.gateway import Gateway
 from tokenctl.ledger import approvals as approval_store
 from tokenctl.ledger.audit import read_audit
 from tokenctl.ledger.db import connect
+from tokenctl.ledger.engine import Database
 from tokenctl.policy.decisions import decide_approval
 from tokenctl.validate import ConfigError
 
@@ -66,11 +66,11 @@ class Reader:
 
     def __init__(self, path: str, connections: int = 2) -> None:
         self._all = [connect(path) for _ in range(connections)]
-        self._free: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._free: queue.SimpleQueue[Database] = queue.SimpleQueue()
         for db in self._all:
             self._free.put(db)
 
-    async def run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def run(self, work: Callable[[Database], Any]) -> Any:
         def with_connection() -> Any:
             db = self._free.get()
             try:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 
+from tokenctl.ledger.engine import Database
 from tokenctl.ledger.migrations import transaction
 from tokenctl.types import Principal
 
@@ -71,7 +71,7 @@ def _info(row: tuple) -> KeyInfo:
 
 
 def create_key(
-    db: sqlite3.Connection,
+    db: Database,
     *,
     user: str | None = None,
     team: str | None = None,
@@ -111,19 +111,19 @@ def create_key(
     return get_key(db, key_id), secret
 
 
-def get_key(db: sqlite3.Connection, key_id: str) -> KeyInfo:
+def get_key(db: Database, key_id: str) -> KeyInfo:
     row = db.execute(_SELECT + " WHERE key_id = ?", (key_id,)).fetchone()
     if row is None:
         raise KeyNotFound(f"no key with id {key_id!r}")
     return _info(row)
 
 
-def list_keys(db: sqlite3.Connection, *, include_revoked: bool = False) -> list[KeyInfo]:
+def list_keys(db: Database, *, include_revoked: bool = False) -> list[KeyInfo]:
     where = "" if include_revoked else " WHERE revoked_at IS NULL"
     return [_info(r) for r in db.execute(_SELECT + where + " ORDER BY created_at")]
 
 
-def revoke_key(db: sqlite3.Connection, key_id: str) -> KeyInfo:
+def revoke_key(db: Database, key_id: str) -> KeyInfo:
     """Revoke a key by id. Revoking twice is harmless; the first revocation time is kept."""
     now = time.time()
     with transaction(db):
@@ -135,10 +135,15 @@ def revoke_key(db: sqlite3.Connection, key_id: str) -> KeyInfo:
     return get_key(db, key_id)
 
 
+# Keys changed this long before the newest change seen are read again at every refresh: a key revoked on a
+# host whose clock is behind (or whose write committed late) still reaches every replica of a fleet.
+CLOCK_SKEW_SECONDS = 300.0
+
+
 class KeyCache:
     """In-memory map from key hash to principal, refreshed from the database in the background."""
 
-    def __init__(self, db: sqlite3.Connection, refresh_seconds: float = 2.0) -> None:
+    def __init__(self, db: Database, refresh_seconds: float = 2.0) -> None:
         self._db = db
         self._lock = threading.Lock()
         self._refresh_seconds = refresh_seconds
@@ -169,7 +174,7 @@ class KeyCache:
             rows = self._db.execute(
                 "SELECT key_hash, key_id, user, team, project, models, opt_in, role, revoked_at, updated_at FROM keys"
                 " WHERE updated_at >= ?",
-                (self._seen_until,),
+                (self._seen_until - CLOCK_SKEW_SECONDS,),
             ).fetchall()
         for *fields, updated_at in rows:
             self._apply(*fields)

@@ -7,12 +7,12 @@ when approved for the user, lets that user's requests through until a time and u
 from __future__ import annotations
 
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from tokenctl.ledger.engine import Database
 from tokenctl.ledger.migrations import transaction
 
 _FIELDS = (
@@ -68,7 +68,7 @@ def _as_dict(row: tuple[Any, ...]) -> dict[str, Any]:
 _SELECT = f"SELECT {', '.join(_FIELDS)} FROM approvals"
 
 
-def create_pending(db: sqlite3.Connection, held: HeldRequest) -> dict[str, Any]:
+def create_pending(db: Database, held: HeldRequest) -> dict[str, Any]:
     approval_id = "apr_" + secrets.token_hex(6)
     with transaction(db):
         db.execute(
@@ -92,14 +92,14 @@ def create_pending(db: sqlite3.Connection, held: HeldRequest) -> dict[str, Any]:
     return get_approval(db, approval_id)
 
 
-def get_approval(db: sqlite3.Connection, approval_id: str) -> dict[str, Any]:
+def get_approval(db: Database, approval_id: str) -> dict[str, Any]:
     row = db.execute(_SELECT + " WHERE approval_id = ?", (approval_id,)).fetchone()
     if row is None:
         raise ApprovalNotFound(f"no approval with id {approval_id!r}")
     return _as_dict(row)
 
 
-def list_approvals(db: sqlite3.Connection, status: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+def list_approvals(db: Database, status: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
     if status:
         rows = db.execute(_SELECT + " WHERE status = ? ORDER BY created_at DESC LIMIT ?", (status, limit))
     else:
@@ -108,7 +108,7 @@ def list_approvals(db: sqlite3.Connection, status: str | None = None, limit: int
 
 
 def decide(
-    db: sqlite3.Connection,
+    db: Database,
     approval_id: str,
     *,
     approve: bool,
@@ -143,7 +143,7 @@ def decide(
     return get_approval(db, approval_id)
 
 
-def find_for_request(db: sqlite3.Connection, fingerprint: str) -> dict[str, Any] | None:
+def find_for_request(db: Database, fingerprint: str) -> dict[str, Any] | None:
     """The newest approval for this exact request that is pending, approved-unused or denied."""
     row = db.execute(
         _SELECT + " WHERE fingerprint = ? AND status IN ('pending', 'approved', 'denied')"
@@ -153,7 +153,7 @@ def find_for_request(db: sqlite3.Connection, fingerprint: str) -> dict[str, Any]
     return _as_dict(row) if row else None
 
 
-def use_request_approval(db: sqlite3.Connection, approval_id: str) -> bool:
+def use_request_approval(db: Database, approval_id: str) -> bool:
     """Consume a one-request approval. False if someone else used it first."""
     with transaction(db):
         cur = db.execute(
@@ -164,7 +164,7 @@ def use_request_approval(db: sqlite3.Connection, approval_id: str) -> bool:
     return cur.rowcount == 1
 
 
-def use_user_grant(db: sqlite3.Connection, key_user: str | None, key_id: str, amount: Decimal) -> str | None:
+def use_user_grant(db: Database, key_user: str | None, key_id: str, amount: Decimal) -> str | None:
     """Draw ``amount`` from an unexpired user grant that still covers it; returns its id, or None."""
     now = time.time()
     with transaction(db):

@@ -6,11 +6,11 @@ access on the request path); CLI and admin changes are written directly.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from tokenctl.ledger.engine import Database
 from tokenctl.ledger.migrations import transaction
 from tokenctl.ledger.record import iso_utc
 
@@ -42,13 +42,13 @@ class AuditEvent:
         )
 
 
-def write_audit(db: sqlite3.Connection, event: AuditEvent) -> None:
+def write_audit(db: Database, event: AuditEvent) -> None:
     with transaction(db):
         db.execute(AUDIT_INSERT_SQL, event.to_row())
 
 
 def read_audit(
-    db: sqlite3.Connection, *, limit: int = 100, action: str | None = None, since: str | None = None
+    db: Database, *, limit: int = 100, action: str | None = None, since: str | None = None
 ) -> list[dict[str, Any]]:
     sql = f"SELECT id, {', '.join(AUDIT_COLUMNS)} FROM audit_log WHERE 1=1"
     params: list[Any] = []

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from tokenctl.ledger.audit import AuditEvent, read_audit, write_audit
+from tokenctl.ledger.engine import Database
 from tokenctl.ledger.migrations import transaction
 from tokenctl.policy.loops import LoopRule
 
@@ -19,7 +19,7 @@ class NotPaused(LookupError):
     """No loop rule paused that session."""
 
 
-def resume(db: sqlite3.Connection, subject: str, rule: str, repeats_allowed: int, by: str) -> None:
+def resume(db: Database, subject: str, rule: str, repeats_allowed: int, by: str) -> None:
     """Let ``subject`` (a session id, or ``key:<id>``) run up to ``repeats_allowed`` repeats under ``rule``."""
     with transaction(db):
         db.execute(
@@ -30,7 +30,7 @@ def resume(db: sqlite3.Connection, subject: str, rule: str, repeats_allowed: int
         )
 
 
-def resumes(db: sqlite3.Connection) -> dict[tuple[str, str], int]:
+def resumes(db: Database) -> dict[tuple[str, str], int]:
     rows = db.execute("SELECT subject, rule, repeats_allowed FROM loop_resumes").fetchall()
     return {(subject, rule): allowed for subject, rule, allowed in rows}
 
@@ -67,7 +67,7 @@ def detections(db: Any, limit: int) -> list[dict[str, Any]]:
 
 
 def resume_paused(
-    db: sqlite3.Connection, rules: Sequence[LoopRule], subject: str, rule_name: str | None, by: str
+    db: Database, rules: Sequence[LoopRule], subject: str, rule_name: str | None, by: str
 ) -> tuple[str, int]:
     """Let a paused session go on until it repeats its rule's count again; (rule, repeats now allowed)."""
     paused = [d for d in detections(db, 10_000) if d["subject"] == subject and d["action"] == "pause"]

@@ -1,20 +1,22 @@
-"""Named, append-only schema migrations for the SQLite ledger.
+"""Named, append-only schema migrations for the ledger, on SQLite and PostgreSQL alike.
 
 Never edit a migration that has shipped: add a new ``mNNN_<what>`` function and
-append it to ``MIGRATIONS``. Applied names are kept in ``_migrations``.
+append it to ``MIGRATIONS``. Applied names are kept in ``_migrations``. The statements are SQLite's; on
+PostgreSQL they are translated (``ledger/postgres.py``), and the few steps that differ say so.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-Migration = Callable[[sqlite3.Connection], None]
+from tokenctl.ledger.engine import Database, dialect
+
+Migration = Callable[[Database], None]
 
 
-def m001_create_keys(db: sqlite3.Connection) -> None:
+def m001_create_keys(db: Database) -> None:
     db.execute(
         """
         CREATE TABLE keys (
@@ -35,7 +37,7 @@ def m001_create_keys(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX keys_updated_at ON keys (updated_at)")
 
 
-def m002_create_requests(db: sqlite3.Connection) -> None:
+def m002_create_requests(db: Database) -> None:
     db.execute(
         """
         CREATE TABLE requests (
@@ -81,15 +83,18 @@ def m002_create_requests(db: sqlite3.Connection) -> None:
         )
         """
     )
+    if dialect(db) == "postgresql":  # SQLite numbers rows itself: batches add to the rollups by this order
+        db.execute("ALTER TABLE requests ADD COLUMN rowid BIGSERIAL")
+        db.execute("CREATE UNIQUE INDEX requests_rowid ON requests (rowid)")
 
 
-def m003_index_requests(db: sqlite3.Connection) -> None:
+def m003_index_requests(db: Database) -> None:
     db.execute("CREATE INDEX requests_ts ON requests (ts)")
     for column in ("team", "user", "project", "key_id", "session_id"):
         db.execute(f"CREATE INDEX requests_{column} ON requests ({column}, ts)")
 
 
-def m004_enforcement(db: sqlite3.Connection) -> None:
+def m004_enforcement(db: Database) -> None:
     """Budgets, policies and approvals: ledger columns, the audit log, live rules, approvals, key opt-in."""
     for column, kind in (("reserved_usd", "TEXT"), ("funding", "TEXT"), ("policy", "TEXT"), ("approval_id", "TEXT")):
         db.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
@@ -218,7 +223,7 @@ def _daily_trigger_sql() -> str:
     )
 
 
-def rebuild_daily(db: sqlite3.Connection, where: str = "", params: tuple[object, ...] = ()) -> None:
+def rebuild_daily(db: Database, where: str = "", params: tuple[object, ...] = ()) -> None:
     """Fill rollup_daily from the requests rows matching ``where`` (into cells those rows alone make up)."""
     dims = list(_dimension_values("r").values())
     sums = [f"SUM({v})" for v in _measure_values("r").values()]
@@ -230,7 +235,7 @@ def rebuild_daily(db: sqlite3.Connection, where: str = "", params: tuple[object,
     )
 
 
-def m005_rollups(db: sqlite3.Connection) -> None:
+def m005_rollups(db: Database) -> None:
     """Dashboard rollups kept up to date by triggers as rows arrive, plus the columns savings are computed from.
 
     ``day`` is the request's local date in the reporting timezone (set by the writer).
@@ -264,10 +269,11 @@ def m005_rollups(db: sqlite3.Connection) -> None:
     )
     db.execute("CREATE INDEX rollup_sessions_last_day ON rollup_sessions (last_day, cost_nanousd)")
     db.execute("CREATE INDEX rollup_sessions_team ON rollup_sessions (team, last_day)")
-    db.execute(
-        f"CREATE TRIGGER requests_rollup AFTER INSERT ON requests WHEN NEW.day IS NOT NULL BEGIN"
-        f" {_daily_trigger_sql()}; {_session_trigger_sql()}; END"
-    )
+    if dialect(db) == "sqlite":  # replaced by batch rollups in m007; PostgreSQL never had the trigger
+        db.execute(
+            f"CREATE TRIGGER requests_rollup AFTER INSERT ON requests WHEN NEW.day IS NOT NULL BEGIN"
+            f" {_daily_trigger_sql()}; {_session_trigger_sql()}; END"
+        )
     rebuild_daily(db)
     rebuild_sessions(db)
 
@@ -291,7 +297,7 @@ def _small_trigger_sql(table: str) -> str:
     )
 
 
-def m006_small_rollups(db: sqlite3.Connection) -> None:
+def m006_small_rollups(db: Database) -> None:
     """Rollups without users and keys (overview, breakdowns, savings, team budgets) and by user (per-user views)."""
     measures = ", ".join(
         f"{m} {'REAL' if m == 'duration_ms' else 'INTEGER'} NOT NULL DEFAULT 0" for m in ROLLUP_MEASURES
@@ -300,6 +306,8 @@ def m006_small_rollups(db: sqlite3.Connection) -> None:
         dims = ", ".join(f"{d} TEXT NOT NULL" for d in columns)
         db.execute(f"CREATE TABLE {table} ({dims}, {measures}, PRIMARY KEY ({', '.join(columns)})) WITHOUT ROWID")
     rebuild_small_rollups(db)
+    if dialect(db) != "sqlite":
+        return
     db.execute("DROP TRIGGER requests_rollup")
     small = "; ".join(_small_trigger_sql(t) for t in SMALL_ROLLUPS)
     db.execute(
@@ -308,7 +316,7 @@ def m006_small_rollups(db: sqlite3.Connection) -> None:
     )
 
 
-def rebuild_small_rollups(db: sqlite3.Connection) -> None:
+def rebuild_small_rollups(db: Database) -> None:
     """Fill the small rollups from rollup_daily (which must be complete)."""
     sums = ", ".join(f"SUM({m})" for m in ROLLUP_MEASURES)
     for table, columns in SMALL_ROLLUPS.items():
@@ -331,6 +339,20 @@ _SESSION_COLUMNS = (
     "last_day",
     *SESSION_MEASURES,
 )
+
+
+def _earliest(column: str) -> str:
+    kept = f"rollup_sessions.{column}"
+    return f"{column} = CASE WHEN excluded.{column} < {kept} THEN excluded.{column} ELSE {kept} END"
+
+
+def _latest(column: str) -> str:
+    kept = f"rollup_sessions.{column}"
+    return f"{column} = CASE WHEN excluded.{column} > {kept} THEN excluded.{column} ELSE {kept} END"
+
+
+# A session's first and last request, kept when a batch adds to it (portable: no two-argument min and max).
+_SESSION_SPAN = ", ".join((_earliest("first_ts"), _earliest("first_day"), _latest("last_ts"), _latest("last_day")))
 
 
 def _session_trigger_sql() -> str:
@@ -356,13 +378,12 @@ def _session_trigger_sql() -> str:
         f"INSERT INTO rollup_sessions ({', '.join(cols)}) SELECT {', '.join(values)}"
         f" WHERE {row}.session_id IS NOT NULL"
         f" ON CONFLICT (session_id) DO UPDATE SET {sums},"
-        " first_ts = min(first_ts, excluded.first_ts), first_day = min(first_day, excluded.first_day),"
-        " last_ts = max(last_ts, excluded.last_ts), last_day = max(last_day, excluded.last_day),"
-        " model = CASE WHEN excluded.last_ts >= last_ts THEN excluded.model ELSE model END"
+        f" {_SESSION_SPAN}, model = CASE WHEN excluded.last_ts >= rollup_sessions.last_ts"
+        " THEN excluded.model ELSE rollup_sessions.model END"
     )
 
 
-def rebuild_sessions(db: sqlite3.Connection) -> None:
+def rebuild_sessions(db: Database) -> None:
     db.execute(_sessions_sql("", upsert=False))
 
 
@@ -388,16 +409,13 @@ def _sessions_sql(where: str, *, upsert: bool) -> str:
     )
     if not upsert:
         return sql
-    added = ", ".join(f"{k} = {k} + excluded.{k}" for k in SESSION_MEASURES)
+    t = "rollup_sessions"
+    added = ", ".join(f"{k} = {t}.{k} + excluded.{k}" for k in SESSION_MEASURES)
     newer = ", ".join(
-        f"{c} = CASE WHEN excluded.last_ts >= last_ts THEN excluded.{c} ELSE {c} END"
+        f"{c} = CASE WHEN excluded.last_ts >= {t}.last_ts THEN excluded.{c} ELSE {t}.{c} END"
         for c in ("team", "user", "project", "tool", "model")
     )
-    return (
-        f"{sql} ON CONFLICT (session_id) DO UPDATE SET {added}, {newer},"
-        " first_ts = min(first_ts, excluded.first_ts), first_day = min(first_day, excluded.first_day),"
-        " last_ts = max(last_ts, excluded.last_ts), last_day = max(last_day, excluded.last_day)"
-    )
+    return f"{sql} ON CONFLICT (session_id) DO UPDATE SET {added}, {newer}, {_SESSION_SPAN}"
 
 
 def _cells_sql(table: str, columns: tuple[str, ...], where: str) -> str:
@@ -405,7 +423,7 @@ def _cells_sql(table: str, columns: tuple[str, ...], where: str) -> str:
     dims = _dimension_values("r")
     values = [dims[c] for c in columns]
     sums = [f"SUM({v})" for v in _measure_values("r").values()]
-    added = ", ".join(f"{m} = {m} + excluded.{m}" for m in ROLLUP_MEASURES)
+    added = ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in ROLLUP_MEASURES)
     return (
         f"INSERT INTO {table} ({', '.join((*columns, *ROLLUP_MEASURES))})"
         f" SELECT {', '.join(values + sums)} FROM requests r WHERE r.day IS NOT NULL {where}"
@@ -421,17 +439,18 @@ BATCH_ROLLUP_SQL: tuple[str, ...] = (
 )
 
 
-def add_to_rollups(db: sqlite3.Connection, after_rowid: int) -> None:
+def add_to_rollups(db: Database, after_rowid: int) -> None:
     """Add every requests row inserted after ``after_rowid`` to the rollups (inside the inserting transaction)."""
     for sql in BATCH_ROLLUP_SQL:
         db.execute(sql, (after_rowid,))
 
 
-def m007_batch_rollups(db: sqlite3.Connection) -> None:
+def m007_batch_rollups(db: Database) -> None:
     """Rollups are added once per batch by the writer (``add_to_rollups``), one upsert per distinct cell, instead
     of by a trigger per row; a session's model is the one it used last; durations are summed in whole
     milliseconds, so batches and a rebuild give identical sums. The rollups are rebuilt once."""
-    db.execute("DROP TRIGGER IF EXISTS requests_rollup")
+    if dialect(db) == "sqlite":
+        db.execute("DROP TRIGGER IF EXISTS requests_rollup")
     for table in ("rollup_daily", *SMALL_ROLLUPS, "rollup_sessions"):  # durations now summed as whole ms
         db.execute(f"DELETE FROM {table}")
     rebuild_daily(db)
@@ -439,7 +458,7 @@ def m007_batch_rollups(db: sqlite3.Connection) -> None:
     rebuild_sessions(db)
 
 
-def m008_loop_resumes(db: sqlite3.Connection) -> None:
+def m008_loop_resumes(db: Database) -> None:
     """Sessions an operator let go on after a loop rule paused them (``tokenctl loops resume``)."""
     db.execute(
         """
@@ -456,7 +475,7 @@ def m008_loop_resumes(db: sqlite3.Connection) -> None:
 
 
 @contextmanager
-def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def transaction(db: Database) -> Iterator[Database]:
     """BEGIN IMMEDIATE … COMMIT on an autocommit connection, rolled back on error."""
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -479,13 +498,26 @@ MIGRATIONS: list[Migration] = [
 ]
 
 
-def applied(db: sqlite3.Connection) -> list[str]:
-    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+def applied(db: Database) -> list[str]:
+    numbered = ", rowid BIGSERIAL" if dialect(db) == "postgresql" else ""
+    db.execute(f"CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL{numbered})")
     return [row[0] for row in db.execute("SELECT name FROM _migrations ORDER BY rowid")]
 
 
-def migrate(db: sqlite3.Connection, migrations: list[Migration] | None = None) -> list[str]:
-    """Apply pending migrations in order, each in its own transaction. Returns the names applied now."""
+def migrate(db: Database, migrations: list[Migration] | None = None) -> list[str]:
+    """Apply pending migrations in order, each in its own transaction. Returns the names applied now.
+
+    On PostgreSQL, replicas starting together take turns (an advisory lock): each migration runs once."""
+    if dialect(db) == "postgresql":
+        db.execute("SELECT pg_advisory_lock(7261707)")
+        try:
+            return _migrate(db, migrations)
+        finally:
+            db.execute("SELECT pg_advisory_unlock(7261707)")
+    return _migrate(db, migrations)
+
+
+def _migrate(db: Database, migrations: list[Migration] | None) -> list[str]:
     done = set(applied(db))
     newly: list[str] = []
     for migration in migrations if migrations is not None else MIGRATIONS:

@@ -101,7 +101,10 @@ COLUMNS = (
     "saving_source",
 )
 
-INSERT_SQL = f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+INSERT_SQL = (
+    f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+    " ON CONFLICT (request_id) DO NOTHING"
+)
 
 
 def iso_utc(ts: float) -> str:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import ClassVar
+
+from tokenctl.ledger.engine import Database
 
 GROUPINGS = {
     "team": "team",
@@ -92,7 +93,7 @@ def parse_since(value: str, now: datetime) -> str:
 
 
 def spend_report(
-    db: sqlite3.Connection,
+    db: Database,
     by: str,
     since: str | None = None,
     until: str | None = None,

@@ -6,8 +6,7 @@ a changed period starts from exactly what the ledger says was spent in the curre
 
 from __future__ import annotations
 
-import sqlite3
-
+from tokenctl.ledger.engine import Database
 from tokenctl.ledger.record import iso_utc
 
 # The ledger column holding each scope's member.
@@ -22,7 +21,7 @@ SCOPE_COLUMNS = {
 
 
 def spend_by_member(
-    db: sqlite3.Connection,
+    db: Database,
     scope: str,
     since: float,
     *,

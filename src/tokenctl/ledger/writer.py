@@ -17,7 +17,6 @@ Guarantees (README, "Ledger"):
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -30,7 +29,8 @@ from typing import Any
 import orjson
 
 from tokenctl.ledger.audit import AUDIT_INSERT_SQL, AuditEvent
-from tokenctl.ledger.db import connect, transaction
+from tokenctl.ledger.db import connect, is_postgres, serialize_writers, transaction
+from tokenctl.ledger.engine import refuses_the_row
 from tokenctl.ledger.journal import Journal, LedgerLock
 from tokenctl.ledger.migrations import add_to_rollups
 from tokenctl.ledger.record import COLUMNS, INSERT_SQL, LedgerEntry, repair_row, to_row
@@ -79,13 +79,23 @@ class LedgerWriter:
         max_lag_seconds: float = 15.0,
         max_lag_rows: int = 200_000,
         clock: Callable[[], float] = time.monotonic,
+        journal_path: str | None = None,
     ) -> None:
-        """``tz`` is the reporting timezone: each row's ``day`` (what the dashboard's daily rollups use)."""
+        """``tz`` is the reporting timezone: each row's ``day`` (what the dashboard's daily rollups use).
+
+        ``path`` is the SQLite file or the PostgreSQL URL; ``journal_path`` names this process's journal files
+        and lock (``{journal_path}.journal.N.jsonl``, ``{journal_path}.lock``): by default the SQLite file's;
+        required for PostgreSQL, one per process writing to it."""
         self.path = path
         self.tz = tz
-        self.journal = Journal(path, fsync=fsync) if path != ":memory:" else None
-        self._lock_file = LedgerLock(path) if path != ":memory:" else None
-        self.spill_path = Path(f"{path}.spill.jsonl") if path != ":memory:" else None  # written by versions < 0.2
+        if journal_path is None and is_postgres(path):
+            raise ValueError("a PostgreSQL ledger needs a local journal path (ledger.journal_dir)")
+        local = journal_path or path
+        if local != ":memory:":
+            Path(local).parent.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(local, fsync=fsync) if local != ":memory:" else None
+        self._lock_file = LedgerLock(local) if local != ":memory:" else None
+        self.spill_path = Path(f"{local}.spill.jsonl") if local != ":memory:" else None  # written by versions < 0.2
         self._queue_max = queue_max
         self._batch_max = batch_max
         self._interval = interval_seconds
@@ -419,28 +429,32 @@ class LedgerWriter:
     def _write(self, rows: list[Row]) -> bool:
         try:
             self._insert(rows)
-        except sqlite3.OperationalError as exc:  # locked, disk full, I/O: the whole batch is retried later
-            self.failures += 1
-            self._write_error = str(exc)
-            log.error("ledger write failed (%s); %d rows kept in the journal for retry", exc, len(rows))
-            return False
-        except Exception:  # a row the database refuses: written one by one, the offending ones repaired
-            return self._write_one_by_one(rows)
+        except Exception as exc:
+            if refuses_the_row(exc):  # a row the database refuses: written one by one, the offending ones repaired
+                return self._write_one_by_one(rows)
+            return self._failed(exc, len(rows))
         return True
+
+    def _failed(self, exc: Exception, count: int) -> bool:
+        """Locked, disk full, server down, I/O: the whole batch stays in the journal and is retried later."""
+        self.failures += 1
+        self._write_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.error("ledger write failed (%s); %d rows kept in the journal for retry", self._write_error, count)
+        return False
 
     def _write_one_by_one(self, rows: list[Row]) -> bool:
         for row in rows:
             try:
                 self._insert([row])
-            except sqlite3.OperationalError:
-                return False
-            except Exception:
+            except Exception as exc:
+                if not refuses_the_row(exc):
+                    return self._failed(exc, len(rows))
                 self.repaired += 1
                 try:
                     self._insert([repair_row(row)])
-                except sqlite3.OperationalError:
-                    return False
-                except Exception:
+                except Exception as again:
+                    if not refuses_the_row(again):
+                        return self._failed(again, len(rows))
                     log.exception("LEDGER ROW REFUSED even after repair: %s", orjson.dumps(repair_row(row))[:200])
         return True
 
@@ -449,6 +463,7 @@ class LedgerWriter:
         audit = [r[1:] for r in rows if r[0] == _AUDIT_TAG]
         with transaction(self._db):
             if requests:
+                serialize_writers(self._db)
                 last = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM requests").fetchone()[0]
                 self._db.executemany(INSERT_SQL, requests)
                 add_to_rollups(self._db, last)

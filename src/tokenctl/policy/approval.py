@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sqlite3
 import threading
 from collections.abc import Sequence
 from decimal import Decimal
@@ -20,6 +19,7 @@ from typing import Any
 from tokenctl.errors import ApprovalRequired, PolicyDenied
 from tokenctl.ledger import approvals as store
 from tokenctl.ledger.db import connect
+from tokenctl.ledger.engine import Database
 from tokenctl.policy.budget import covers
 from tokenctl.policy.rules import ApprovalRule
 from tokenctl.types import Principal
@@ -49,7 +49,7 @@ def fingerprint(key_id: str, raw_body: bytes) -> str:
 class ApprovalDesk:
     def __init__(self, db_path: str) -> None:
         self._db_path = db_path
-        self._db: sqlite3.Connection | None = None
+        self._db: Database | None = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -61,7 +61,7 @@ class ApprovalDesk:
         """(approval id, created now) if the request may pass or was just held; raises when it must wait or was denied."""
         return await asyncio.get_running_loop().run_in_executor(None, self._check, held)
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> Database:
         if self._db is None:
             self._db = connect(self._db_path)
         return self._db

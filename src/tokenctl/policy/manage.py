@@ -10,7 +10,6 @@ what the ledger says was spent in the new period's current window.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
@@ -18,6 +17,7 @@ import orjson
 
 from tokenctl.config import Config
 from tokenctl.ledger.audit import AuditEvent, write_audit
+from tokenctl.ledger.engine import Database
 from tokenctl.ledger.migrations import transaction
 from tokenctl.policy.enforce import RuleSet
 from tokenctl.policy.rules import (
@@ -37,7 +37,7 @@ class RuleError(ValueError):
     """A live rule change was refused; the message says why."""
 
 
-def load_live(db: sqlite3.Connection) -> dict[str, list[Any]]:
+def load_live(db: Database) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {"budget": [], "policy": [], "approval": []}
     rows = db.execute("SELECT kind, name, definition FROM rules WHERE deleted = 0 ORDER BY kind, name").fetchall()
     for kind, name, definition in rows:
@@ -48,11 +48,15 @@ def load_live(db: sqlite3.Connection) -> dict[str, list[Any]]:
     return out
 
 
-def last_change(db: sqlite3.Connection) -> float:
-    return db.execute("SELECT COALESCE(MAX(updated_at), 0) FROM rules").fetchone()[0]
+def last_change(db: Database) -> tuple[Any, ...]:
+    """A fingerprint of the live rules that any change alters, whichever clock stamped it: replicas on one
+    PostgreSQL ledger see a rule set on another host even if that host's clock is behind theirs."""
+    return tuple(
+        db.execute("SELECT COUNT(*), COALESCE(SUM(updated_at), 0), COALESCE(MAX(updated_at), 0) FROM rules").fetchone()
+    )
 
 
-def combined_rules(config: Config, db: sqlite3.Connection | None) -> RuleSet:
+def combined_rules(config: Config, db: Database | None) -> RuleSet:
     live: dict[str, list[Any]] = load_live(db) if db is not None else {"budget": [], "policy": [], "approval": []}
     taken = {kind: {r.name for r in _configured(config, kind)} for kind in PARSERS}
     budgets = config.budgets + tuple(r for r in live["budget"] if r.name not in taken["budget"])
@@ -73,7 +77,7 @@ def _configured(config: Config, kind: str) -> tuple[Any, ...]:
     return getattr(config, _SECTIONS[kind])
 
 
-def put_rule(db: sqlite3.Connection, config: Config, kind: str, definition: dict[str, Any], actor: str) -> Any:
+def put_rule(db: Database, config: Config, kind: str, definition: dict[str, Any], actor: str) -> Any:
     """Create or replace a live rule. Returns the parsed rule; raises RuleError or ConfigError."""
     if kind not in PARSERS:
         raise RuleError(f"unknown rule kind {kind!r}")
@@ -102,7 +106,7 @@ def put_rule(db: sqlite3.Connection, config: Config, kind: str, definition: dict
     return rule
 
 
-def delete_rule(db: sqlite3.Connection, config: Config, kind: str, name: str, actor: str) -> None:
+def delete_rule(db: Database, config: Config, kind: str, name: str, actor: str) -> None:
     if any(r.name == name for r in _configured(config, kind)):
         raise RuleError(f"{kind} {name!r} is defined in {config.source}; remove it there")
     if kind == "budget" and any(b.overflow_to == name for b in combined_rules(config, db).budgets):

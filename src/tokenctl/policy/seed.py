@@ -5,10 +5,10 @@ Store seeding is set-if-absent, so seeding twice (or from several replicas) neve
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from zoneinfo import ZoneInfo
 
+from tokenctl.ledger.engine import Database
 from tokenctl.ledger.spend import spend_by_member
 from tokenctl.policy.budget import counter_name, drop_time
 from tokenctl.policy.period import current_window, rolling_bucket_seconds
@@ -16,7 +16,7 @@ from tokenctl.policy.rules import BudgetRule
 from tokenctl.policy.store import Seeds
 
 
-def ledger_seeds(db: sqlite3.Connection, rules: Sequence[BudgetRule], tz: ZoneInfo, now: float) -> Seeds:
+def ledger_seeds(db: Database, rules: Sequence[BudgetRule], tz: ZoneInfo, now: float) -> Seeds:
     settled: dict[str, int] = {}
     drop_after: dict[str, float | None] = {}
     for rule in rules:

@@ -7,10 +7,10 @@ spent and reserved come from the store, so spend not yet flushed to the ledger i
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime
 from typing import Any
 
+from tokenctl.ledger.engine import Database
 from tokenctl.ledger.spend import spend_by_member
 from tokenctl.policy.budget import Budgets, Charge, counter_name, to_nanos, to_usd
 from tokenctl.policy.period import current_window
@@ -18,7 +18,7 @@ from tokenctl.policy.rules import BudgetRule
 from tokenctl.policy.seed import ledger_seeds
 
 
-def budget_members(db: sqlite3.Connection, rule: BudgetRule, tz: Any, now: float) -> list[tuple[str, str | None]]:
+def budget_members(db: Database, rule: BudgetRule, tz: Any, now: float) -> list[tuple[str, str | None]]:
     """(member, slice user or None) pairs to report for a budget."""
     members: list[tuple[str, str | None]]
     if rule.match is not None:
@@ -36,7 +36,7 @@ def budget_members(db: sqlite3.Connection, rule: BudgetRule, tz: Any, now: float
     return members
 
 
-async def budget_status(budgets: Budgets, db: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
+async def budget_status(budgets: Budgets, db: Database, now: float) -> list[dict[str, Any]]:
     reserved = await budgets.store.reserved_counters(now)
     rows = []
     for rule in budgets.rules:
@@ -63,7 +63,7 @@ def _reserving_members(budgets: Budgets, rule: BudgetRule, reserved: list[str], 
     return sorted(found)
 
 
-async def offline_status(budgets: Budgets, db: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
+async def offline_status(budgets: Budgets, db: Database, now: float) -> list[dict[str, Any]]:
     """Status from the ledger alone (no running gateway to ask): reservations in flight are unknown."""
     settled, drops = ledger_seeds(db, budgets.rules, budgets.tz, now)
     await budgets.store.seed(settled, drops, now)
