@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.ledgers import ON_POSTGRES, ledger_section
+from tests.ledgers import MADE, ON_POSTGRES, drop_pg_schema, ledger_section
 from tokenctl.app import CONFIG, create_app, runner_settings
 from tokenctl.config import Config, parse_config
 from tokenctl.gateway import GATEWAY, Gateway
@@ -92,6 +92,13 @@ class ServerThread:
         self.loop.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_schemas() -> Iterator[None]:
+    yield
+    if MADE:
+        drop_pg_schema(*sorted(MADE))
+
+
 @pytest.fixture(scope="session")
 def fake() -> Iterator[FakeProvider]:
     provider = FakeProvider()
@@ -132,8 +139,12 @@ def gateway_config(fake_url: str, tmp: Path, **extra: Any) -> Config:
         "aliases": {"team-default": "claude-sonnet-4-5", "cheap": "local/llama-3.1-8b"},
     }
     for section, value in extra.items():  # a section given in part keeps the test defaults for the rest
+        where = {"path", "url"}
+        whole = section == "ledger" and isinstance(value, dict) and bool(where & value.keys())
         raw[section] = (
-            {**raw[section], **value} if isinstance(raw.get(section), dict) and isinstance(value, dict) else value
+            {**raw[section], **value}
+            if isinstance(raw.get(section), dict) and isinstance(value, dict) and not whole
+            else value
         )
     return parse_config(raw, source="test")
 

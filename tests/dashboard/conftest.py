@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ADMIN_KEY, LiveGateway, start_gateway
-from tests.ledgers import ledger_target
+from tests.ledgers import ledger_section, ledger_target
 from tokenctl.ledger.db import connect
 from tokenctl.ledger.writer import LedgerWriter
 from tokenctl.testing.fake_provider import FakeProvider
@@ -54,8 +54,14 @@ def seed_ledger(path: str, n: int = SEEDED_REQUESTS, journal: str | None = None)
     writer.close()
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def ledger_engine(request: pytest.FixtureRequest) -> str:
+    """The dashboard's queries run on both engines (tests/dashboard/test_ui_browser.py keeps to one)."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def seeded(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
+def seeded(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory, ledger_engine: str) -> Iterator[Seeded]:
     env = {
         "FAKE_ANTHROPIC_KEY": "sk-ant-provider-secret",
         "FAKE_OPENAI_KEY": "sk-openai-provider-secret",
@@ -64,11 +70,11 @@ def seeded(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iter
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     tmp: Path = tmp_path_factory.mktemp("dashboard")
-    seed_ledger(ledger_target(tmp), journal=str(tmp / "seed" / "ledger"))
+    seed_ledger(ledger_target(tmp, ledger_engine), journal=str(tmp / "seed" / "ledger"))
     live = start_gateway(
         fake,
         tmp,
-        BUDGETS,
+        {**BUDGETS, "ledger": ledger_section(tmp, ledger_engine)},
         keys={
             "viewer_payments": {"team": "payments", "role": "viewer", "name": "payments viewer"},
             "viewer_search": {"team": "search", "role": "viewer"},

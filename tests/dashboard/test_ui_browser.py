@@ -34,6 +34,12 @@ if not os.path.exists(CHROMIUM):
 
 
 @pytest.fixture(scope="module")
+def ledger_engine() -> str:
+    """What the pages show is the same JSON on either engine (test_access and test_cli_parity check both)."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:

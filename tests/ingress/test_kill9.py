@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -12,8 +11,11 @@ import time
 from pathlib import Path
 
 import httpx2 as httpx
+import orjson
+import pytest
 
 from tests.conftest import free_port
+from tests.ledgers import ledger_section
 from tokenctl.identity.keys import create_key
 from tokenctl.ledger.db import connect
 from tokenctl.ledger.writer import LedgerWriter
@@ -22,19 +24,22 @@ from tokenctl.testing.fake_provider import FakeProvider
 BODY = {"model": "claude-haiku-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
 
 
-def _serve(fake_url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str, str, str]:
+def _serve(
+    fake_url: str, tmp: Path, engine: str, *extra_args: str, extra_config: str = ""
+) -> tuple[subprocess.Popen[bytes], str, str, str]:
     port = free_port()
-    ledger = tmp / "ledger.db"
+    section = ledger_section(tmp, engine)
+    ledger = str(section.get("url") or section["path"])
     config = tmp / "tokenctl.yaml"
     config.write_text(
-        f"server: {{port: {port}}}\nledger: {{path: {ledger}}}\n"
+        f"server: {{port: {port}}}\nledger: {orjson.dumps(section).decode()}\n{extra_config}"
         f"providers:\n  - {{name: a, kind: anthropic, base_url: '{fake_url}', models: ['claude-*']}}\n"
     )
-    db = connect(str(ledger))
+    db = connect(ledger)
     _, key = create_key(db, user="u", team="t")
     db.close()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenctl", "--config", str(config), "serve"],
+        [sys.executable, "-m", "tokenctl", "--config", str(config), "serve", *extra_args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -45,17 +50,22 @@ def _serve(fake_url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str, str,
             break
         except httpx.TransportError:
             time.sleep(0.05)
-    return proc, url, key, str(ledger)
+    return proc, url, key, ledger
 
 
-def test_sigkill_under_load_loses_no_answered_request(fake: FakeProvider, tmp_path: Path) -> None:
-    proc, url, key, ledger = _serve(fake.url, tmp_path)
-    answered: list[str] = []
-    stop = threading.Event()
+class Load:
+    """Eight clients (half streaming) sending until stopped; the ids of the answers that arrived complete."""
 
-    def client(stream: bool) -> None:
+    def __init__(self, url: str, key: str) -> None:
+        self.answered: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._client, args=(url, key, i % 2 == 0)) for i in range(8)]
+        for t in self.threads:
+            t.start()
+
+    def _client(self, url: str, key: str, stream: bool) -> None:
         with httpx.Client(timeout=10) as http:
-            while not stop.is_set():
+            while not self.stop.is_set():
                 try:
                     r = http.post(
                         url + "/v1/messages",
@@ -63,28 +73,79 @@ def test_sigkill_under_load_loses_no_answered_request(fake: FakeProvider, tmp_pa
                         headers={"x-api-key": key, "x-fake-chunks": "3"},
                     )
                     complete = r.status_code == 200 and (not stream or r.text.rstrip().endswith('"message_stop"}'))
-                except httpx.TransportError:
-                    return  # the gateway is gone
+                except httpx.TransportError:  # the gateway is gone (or the worker that held this connection)
+                    time.sleep(0.01)
+                    continue
                 if complete:
-                    answered.append(r.headers["request-id"])
+                    self.answered.append(r.headers["request-id"])
 
-    threads = [threading.Thread(target=client, args=(i % 2 == 0,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 20
-    while len(answered) < 400 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    def wait_for(self, count: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.answered) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.answered) >= count, f"only {len(self.answered)} answers"
+
+    def finish(self) -> list[str]:
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+        return list(self.answered)
+
+
+def _recorded(ledger: str) -> set[str]:
+    db = connect(ledger, migrate_schema=False)
+    try:
+        return {r for (r,) in db.execute("SELECT request_id FROM requests")}
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_sigkill_under_load_loses_no_answered_request(fake: FakeProvider, tmp_path: Path, engine: str) -> None:
+    proc, url, key, ledger = _serve(fake.url, tmp_path, engine)
+    load = Load(url, key)
+    load.wait_for(400)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
-    stop.set()
-    for t in threads:
-        t.join(15)
-    assert len(answered) >= 400
-    restarted = LedgerWriter(ledger)
+    answered = load.finish()
+    journal = str(tmp_path / "journal" / "ledger") if engine == "postgresql" else None
+    restarted = LedgerWriter(ledger, journal_path=journal)
     restarted.start()  # what a restarted gateway does first: replay the journal
     restarted.close()
-    db = sqlite3.connect(ledger)
-    recorded = {r for (r,) in db.execute("SELECT request_id FROM requests")}
-    db.close()
-    missing = set(answered) - recorded
+    missing = set(answered) - _recorded(ledger)
     assert missing == set(), f"{len(missing)} of {len(answered)} answered requests missing after SIGKILL"
+
+
+def test_a_sigkilled_worker_is_restarted_and_replays_its_journal(fake: FakeProvider, tmp_path: Path) -> None:
+    """``serve --workers 2`` on PostgreSQL and Redis: one worker SIGKILLed under load is started again by the
+    supervisor, replays its own journal, and every answered request (through either worker) is recorded once."""
+    prefix = f"kill9-{os.getpid()}-{time.monotonic_ns()}:"
+    store = f"store: {{redis_url: 'redis://127.0.0.1:6379/0', key_prefix: '{prefix}'}}\n"
+    proc, url, key, ledger = _serve(fake.url, tmp_path, "postgresql", "--workers", "2", extra_config=store)
+    try:
+        workers = _worker_pids(proc.pid)
+        assert len(workers) == 2
+        load = Load(url, key)
+        load.wait_for(300)
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (len(_worker_pids(proc.pid)) < 2 or workers[0] in _worker_pids(proc.pid)):
+            time.sleep(0.1)
+        restarted = [pid for pid in _worker_pids(proc.pid) if pid not in workers]
+        assert len(restarted) == 1, "the supervisor did not start the killed worker again"
+        before = len(load.answered)
+        load.wait_for(before + 200)  # both workers answer again
+        answered = load.finish()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    recorded = _recorded(ledger)
+    missing = set(answered) - recorded
+    assert missing == set(), f"{len(missing)} of {len(answered)} answered requests missing after a worker's SIGKILL"
+    assert not list((tmp_path / "journal").rglob("*.jsonl")), "journal segments left after a clean stop"
+
+
+def _worker_pids(parent: int) -> list[int]:
+    import psutil
+
+    return sorted(child.pid for child in psutil.Process(parent).children() if child.status() != "zombie")
