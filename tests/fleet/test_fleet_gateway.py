@@ -23,6 +23,7 @@ import redis
 import yaml
 
 from tests.conftest import ADMIN_KEY, free_port, ledger_rows
+from tests.ledgers import drop_pg_schema, pg_schema_url
 from tokenctl.identity.keys import create_key
 from tokenctl.ledger.db import connect
 from tokenctl.ledger.writer import LedgerWriter
@@ -59,16 +60,31 @@ class Replica:
     ledger: str
     config: Path
     keys: dict[str, str]
+    journal_dir: str | None = None  # its local journal when the ledger is PostgreSQL
     answered: int = 0  # requests it answered in full to the test's clients
 
     def rows(self) -> list[dict[str, Any]]:
         return ledger_rows(self.ledger)
 
+    def replay_journal(self) -> None:
+        """What the replica does first when it starts again: write what its journal holds."""
+        journal = None if self.journal_dir is None else str(Path(self.journal_dir) / "ledger")
+        restarted = LedgerWriter(self.ledger, journal_path=journal)
+        restarted.start()
+        restarted.close()
 
-def _config(tmp: Path, fake_url: str, redis_url: str, prefix: str, **store: Any) -> dict[str, Any]:
+
+def fleet_rows(replicas: list[Replica]) -> list[dict[str, Any]]:
+    """Every ledger row of the fleet: each replica's own SQLite file, or the one PostgreSQL ledger they share."""
+    return [row for ledger in dict.fromkeys(r.ledger for r in replicas) for row in ledger_rows(ledger)]
+
+
+def _config(
+    tmp: Path, fake_url: str, redis_url: str, prefix: str, ledger: dict[str, Any], **store: Any
+) -> dict[str, Any]:
     return {
         "server": {"port": free_port(), "shutdown_grace_seconds": 2},
-        "ledger": {"path": str(tmp / "ledger.db")},
+        "ledger": ledger,
         "identity": {"key_refresh_seconds": 0.2},
         "store": {
             "redis_url": redis_url,
@@ -87,12 +103,13 @@ def _config(tmp: Path, fake_url: str, redis_url: str, prefix: str, **store: Any)
 
 
 def _start(tmp: Path, raw: dict[str, Any], keys: dict[str, str] | None = None) -> Replica:
-    """``tokenctl serve`` in its own process; keys made on first start (each replica here has its own ledger)."""
+    """``tokenctl serve`` in its own process; keys made unless given (a restart, or a ledger already shared)."""
     tmp.mkdir(exist_ok=True)
     path = tmp / "tokenctl.yaml"
     path.write_text(yaml.safe_dump(raw))
+    ledger = str(raw["ledger"].get("url") or raw["ledger"]["path"])
     if keys is None:
-        db = connect(raw["ledger"]["path"])
+        db = connect(ledger)
         keys = {u: create_key(db, user=u, team="payments")[1] for u in USERS}
         db.close()
     env = {**os.environ, "TOKENCTL_ADMIN_KEY": ADMIN_KEY}
@@ -114,7 +131,7 @@ def _start(tmp: Path, raw: dict[str, Any], keys: dict[str, str] | None = None) -
     else:
         proc.kill()
         pytest.fail("replica did not start")
-    return Replica(proc, url, raw["ledger"]["path"], path, keys)
+    return Replica(proc, url, ledger, path, keys, raw["ledger"].get("journal_dir"))
 
 
 def _stop(replica: Replica) -> None:
@@ -242,21 +259,33 @@ def _check_blocks(results: list[tuple[int, str]]) -> None:
             assert spent + reserved + needed > limit, message
 
 
-@pytest.fixture
-def fleet_env(fake: FakeProvider, redis_server: Any, prefix: str, tmp_path: Path) -> Any:
+@pytest.fixture(params=["own-sqlite", "shared-postgresql"])
+def fleet_env(
+    request: pytest.FixtureRequest, fake: FakeProvider, redis_server: Any, prefix: str, tmp_path: Path
+) -> Any:
+    """Replicas on one Redis, each with its own SQLite ledger or all on one PostgreSQL ledger."""
     started: list[Replica] = []
+    shared = request.param == "shared-postgresql"
+    schema = f"t_fleet_{os.getpid()}_{time.monotonic_ns()}"
+    url = pg_schema_url(schema) if shared else None
 
     def start(name: str, keys: dict[str, str] | None = None, **store: Any) -> Replica:
-        raw = _config(tmp_path / name, fake.url, redis_server.url, prefix, **store)  # type: ignore[attr-defined]
+        home = tmp_path / name
+        ledger = {"url": url, "journal_dir": str(home / "journal")} if url else {"path": str(home / "ledger.db")}
+        raw = _config(home, fake.url, redis_server.url, prefix, ledger, **store)  # type: ignore[attr-defined]
         if keys is not None:  # a restart: the same port and ledger
-            raw = yaml.safe_load((tmp_path / name / "tokenctl.yaml").read_text())
-        replica = _start(tmp_path / name, raw, keys)
+            raw = yaml.safe_load((home / "tokenctl.yaml").read_text())
+        elif shared and started:  # the keys are in the shared ledger already
+            keys = started[0].keys
+        replica = _start(home, raw, keys)
         started.append(replica)
         return replica
 
     yield start
     for replica in started:
         _stop(replica)
+    if url:
+        drop_pg_schema(schema)
 
 
 def test_three_replicas_hold_shared_user_team_org_and_pool_caps_to_the_nano_dollar(
@@ -269,7 +298,7 @@ def test_three_replicas_hold_shared_user_team_org_and_pool_caps_to_the_nano_doll
     _check_blocks(results)
     for replica in replicas:
         _stop(replica)  # every row written
-    rows = [row for replica in replicas for row in replica.rows()]
+    rows = fleet_rows(replicas)
     assert len(rows) == 300
     ledger = _ledger_spend(rows)
     _check_caps(ledger)
@@ -295,15 +324,14 @@ def test_a_replica_sigkilled_mid_run_leaves_the_budgets_exact(fleet_env: Any, re
     results = asyncio.run(run())
     survivors = [(s, m) for s, m in results if s != 0]
     _check_blocks([(s, m) for s, m in survivors if s in (200, 402)])
-    restarted = LedgerWriter(victim.ledger)  # what the victim does when it starts again: replay its journal
-    restarted.start()
-    restarted.close()
+    victim.replay_journal()
     time.sleep(3.5)  # the victim's reservations outlive it by reservation_ttl_seconds at most
     for replica in replicas[1:]:
         _stop(replica)
-    rows = [row for replica in replicas for row in replica.rows()]
+    rows = fleet_rows(replicas)
     cut = sum(1 for s, _ in results if s == 0)
-    assert len(victim.rows()) >= 15 and cut  # it had answered requests, and died with others on the way
+    assert len(rows) >= len(results) - cut  # every answer and refusal that reached a client is recorded
+    assert cut and victim.answered >= 15  # it had answered requests, and died with others on the way
     ledger = _ledger_spend(rows)
     _check_caps(ledger)
     counters, reserved = _redis_spend(redis_server.url, prefix)
@@ -397,3 +425,31 @@ def test_redis_restarted_empty_mid_traffic_is_rebuilt_from_the_ledger_and_the_ca
     assert 402 in statuses  # the cap binds at its true level, not $0.05 above what was spent before the restart
     assert ledger_total() <= cap
     assert cap - ledger_total() < Decimal("0.0052")  # and stopped within one reservation of it
+
+
+@pytest.mark.parametrize("fleet_env", ["shared-postgresql"], indirect=True)
+def test_redis_restarted_empty_under_three_replicas_is_rebuilt_from_the_shared_ledger(
+    fleet_env: Any, redis_server: Any, prefix: str
+) -> None:
+    """The counters Redis lost are rebuilt from the one PostgreSQL ledger every replica writes, so the caps
+    bind at their true level afterwards, whichever replica rebuilt them (with a ledger per replica, the
+    rebuilding one would see only its own spend)."""
+    replicas = [fleet_env(f"r{i}") for i in range(3)]
+    before = asyncio.run(_traffic(replicas, 90))
+    assert {s for s, _ in before} <= {200, 402} and sum(1 for s, _ in before if s == 200) >= 20
+    redis_server.kill()
+    down = asyncio.run(_traffic(replicas, 6))
+    assert {s for s, _ in down} == {503}  # closed while Redis is away, on every replica
+    redis_server.start()  # back, and empty
+    after = asyncio.run(_traffic(replicas, 210))
+    _check_blocks(after)
+    assert sum(1 for s, _ in after if s == 402) >= 30  # the caps bind again …
+    for replica in replicas:
+        _stop(replica)
+    rows = fleet_rows(replicas)
+    assert len(rows) == 90 + 6 + 210
+    ledger = _ledger_spend(rows)
+    _check_caps(ledger)  # … at their true level: nothing was counted from $0
+    counters, reserved = _redis_spend(redis_server.url, prefix)
+    assert reserved == 0
+    assert {k: v for k, v in counters.items() if v} == {k: v for k, v in ledger.items() if v}

@@ -253,7 +253,11 @@ class RedisStore:
             decode_responses=True,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # a retry would double the wait; the caller fails closed instead
+            # A connection Redis dropped (it restarted) is replaced at once and the call sent again, so no request
+            # fails for a stale pooled connection; a timeout is not retried (that would double the wait). Reserve,
+            # settle, renew and seed are idempotent, so a call sent twice counts once (a rate bucket charged twice
+            # errs on the strict side).
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             health_check_interval=0,
         )
         self.redis = Redis(connection_pool=pool)
