@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
+from tests.ledgers import ledger_target
 from tokenctl.cli.main import main
 from tokenctl.ledger.db import connect
 from tokenctl.ledger.migrations import MIGRATIONS, migrate
@@ -90,23 +91,25 @@ def test_the_insert_statement_matches_the_row_width() -> None:
     assert INSERT_SQL.count("?") == len(to_row(entry))
 
 
-def test_pruning_old_rows_keeps_the_rollups(tmp_path: Path) -> None:
-    path = str(tmp_path / "prune.db")
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_pruning_old_rows_keeps_the_rollups(tmp_path: Path, engine: str) -> None:
+    path = ledger_target(tmp_path, engine)
     now = datetime.now(UTC)
-    writer = LedgerWriter(path)
+    writer = LedgerWriter(path, journal_path=str(tmp_path / "journal"))
     writer.start()
     for e in synthetic_entries(600, start=now.timestamp() - 30 * 86400, days=30):
         writer.record(e)
     writer.close()
-    db = sqlite3.connect(path)
+    db = connect(path, migrate_schema=False)
     cutoff = (now.date() - timedelta(days=10)).isoformat()
     before = db.execute("SELECT SUM(requests), SUM(cost_nanousd) FROM rollup_daily").fetchone()
     kept = db.execute("SELECT COUNT(*) FROM requests WHERE day >= ?", (cutoff,)).fetchone()[0]
     assert 100 < kept < 500
     assert main(["prune", "--ledger", path, "--older-than-days", "10"]) == 0
-    assert db.execute("SELECT COUNT(*), MIN(day) >= ? FROM requests", (cutoff,)).fetchone() == (kept, 1)
+    assert tuple(db.execute("SELECT COUNT(*), MIN(day) FROM requests").fetchone()) == (kept, cutoff)
     assert db.execute("SELECT SUM(requests), SUM(cost_nanousd) FROM rollup_daily").fetchone() == before
     assert main(["prune", "--ledger", path, "--older-than-days", "0"]) == 2  # refused, nothing deleted
+    assert main(["prune", "--ledger", path, "--older-than-days", "10", "--vacuum"]) == 0  # nothing more to delete
     assert db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == kept
 
 

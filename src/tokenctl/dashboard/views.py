@@ -43,7 +43,7 @@ from tokenctl.gateway import Gateway
 from tokenctl.ledger import approvals as approval_store
 from tokenctl.ledger.audit import read_audit
 from tokenctl.ledger.db import connect
-from tokenctl.ledger.engine import Database
+from tokenctl.ledger.engine import UNAVAILABLE, Database
 from tokenctl.policy.decisions import decide_approval
 from tokenctl.validate import ConfigError
 
@@ -259,6 +259,13 @@ async def api(request: web.Request) -> web.Response:
         return _api_error(404, str(exc))
     except approval_store.ApprovalStateError as exc:
         return _api_error(409, str(exc))
+    except UNAVAILABLE as exc:
+        pending = dash.gw.ledger.pending
+        return _api_error(
+            503,
+            f"the ledger database cannot be read right now ({str(exc).splitlines()[0]}); {pending:,} requests "
+            "are held in this gateway's journal and are written when it is back",
+        )
 
 
 def view_of(request: web.Request, viewer: Viewer, today: date) -> queries.View:
@@ -317,9 +324,15 @@ async def _overview(dash: Dashboard, request: web.Request, viewer: Viewer, rest:
             "requests": picked["requests"],
             "unpriced_requests": picked["unpriced_requests"],
         }
+        data["ledger"] = ledger_state(dash.gw)
         return data
 
     return await dash.reader.run(work)
+
+
+def ledger_state(gw: Gateway) -> dict[str, Any]:
+    """Whether the figures are complete: rows this gateway recorded but could not write yet are not in them."""
+    return {"behind": gw.ledger.health(), "pending_rows": gw.ledger.pending}
 
 
 async def _breakdown(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:

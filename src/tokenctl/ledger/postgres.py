@@ -19,6 +19,7 @@ unreachable raises ``psycopg.OperationalError``, which the writer treats like a 
 from __future__ import annotations
 
 import re
+import select
 import threading
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
@@ -27,6 +28,7 @@ from typing import Any
 
 import psycopg
 from psycopg.adapt import Loader
+from psycopg.pq import TransactionStatus
 from psycopg.types.numeric import IntDumper
 
 from tokenctl.text import redact_url
@@ -118,6 +120,22 @@ class _NumericLoader(Loader):
         return int(value) if value == value.to_integral_value() else float(value)
 
 
+def _dropped_while_idle(conn: psycopg.Connection[Any]) -> bool:
+    """An idle connection the server closed (a restart, a failover) is readable: its end-of-file is waiting.
+    Checked with one ``select`` per statement, so a connection left idle through an outage (a dashboard
+    reader) is replaced before the next statement instead of failing it."""
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        return False
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if not readable:
+        return False
+    try:  # readable for a notice too: only a failing round trip means it is gone
+        conn.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return True
+    return False
+
+
 class PostgresLedger:
     """One connection to the ledger database, autocommit (transactions are explicit), safe to share between
     threads the way the SQLite connection is (each statement is atomic; a transaction belongs to one user)."""
@@ -141,7 +159,7 @@ class PostgresLedger:
 
     def _connection(self) -> psycopg.Connection[Any]:
         with self._lock:
-            if self._conn.closed or self._conn.broken:
+            if self._conn.closed or self._conn.broken or _dropped_while_idle(self._conn):
                 self._conn.close()
                 self._conn = self._connect()  # raises OperationalError while the server is unreachable
             return self._conn

@@ -215,7 +215,13 @@ function errorBox(err) { return h("p", { class: "error", role: "alert" }, "Could
 async function pageOverview(params) {
   const [o, b] = await Promise.all([api("overview", scopeParams(params)), api("budgets")]);
   const trend = o.trend.map((p) => ({ label: p.day, value: Number(p.cost_usd), day: p.day }));
+  const behind = o.ledger && o.ledger.behind
+    ? [h("p", { class: "error", role: "alert", id: "ledger-behind" },
+         `Ledger behind: ${o.ledger.behind}. ${int(o.ledger.pending_rows)} requests recorded by this gateway ` +
+         "are not in these figures yet; they are kept in its journal and written when the database is back.")]
+    : [];
   return [
+    ...behind,
     h("div", { class: "cards" },
       card("Today", money(o.today_usd), `${int(o.today_requests)} requests`, { id: "kpi-today" }),
       card("This month", money(o.month_usd), o.month_unpriced_requests
