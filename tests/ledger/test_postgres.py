@@ -309,3 +309,46 @@ def test_the_cli_reads_the_postgresql_ledger_the_gateway_writes(make_gateway: An
     assert done.returncode == 0, done.stderr
     assert ",payments," in done.stdout or "payments," in done.stdout
     assert main(["--config", str(config), "keys", "list"]) == 0
+
+
+def test_migrate_writes_the_journals_stopped_workers_left(tmp_path: Path, pg_url: str) -> None:
+    """A host retired, or fewer workers than before: `tokenctl migrate` writes what their journals hold, once,
+    and leaves a journal that a running gateway holds to it."""
+    import orjson
+
+    from tokenctl.ledger.journal import Journal, LedgerLock
+    from tokenctl.ledger.record import to_row
+
+    journal_dir = tmp_path / "journal"
+    entries = list(synthetic_entries(30, start=time.time() - 3600, days=0.01))
+    for worker, chunk in ((1, entries[:10]), (2, entries[10:20]), (3, entries[20:])):
+        base = journal_dir / f"worker-{worker}" / "ledger"
+        base.parent.mkdir(parents=True)
+        fd, _ = Journal(str(base)).open_segment()
+        Journal.append(fd, b"".join(orjson.dumps(to_row(e)) + b"\n" for e in chunk))
+        Journal(str(base)).close_segment(fd)
+    running = LedgerLock(str(journal_dir / "worker-3" / "ledger"))
+    running.acquire()  # worker 3 is still running
+    config = tmp_path / "tokenctl.yaml"
+    config.write_text(f"ledger: {{url: '{pg_url}', journal_dir: '{journal_dir}'}}\n")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "tokenctl", "--config", str(config), "migrate"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        running.release()
+    assert done.returncode == 0, done.stderr
+    assert "worker-1/ledger: wrote 10 journaled rows" in done.stderr
+    assert "worker-3/ledger: 10 rows left to the gateway running on it" in done.stderr
+    db = connect(pg_url, migrate_schema=False)
+    assert db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 20
+    assert not list((journal_dir / "worker-1").glob("*.jsonl")) and list((journal_dir / "worker-3").glob("*.jsonl"))
+    again = subprocess.run(
+        [sys.executable, "-m", "tokenctl", "--config", str(config), "migrate"], capture_output=True, text=True
+    )
+    assert "worker-3/ledger: wrote 10 journaled rows" in again.stderr
+    assert db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 30
+    _rollups_match(db)

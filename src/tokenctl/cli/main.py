@@ -34,7 +34,7 @@ from tokenctl.cli.reports import (
     run_view,
 )
 from tokenctl.cli.router import add_router_commands
-from tokenctl.cli.workers import Supervisor, check_workers
+from tokenctl.cli.workers import Supervisor, check_workers, write_left_journals
 from tokenctl.config import Config, ConfigError, find_config_path, load_config
 from tokenctl.identity.keys import KeyInfo, KeyNotFound, create_key, list_keys, revoke_key
 from tokenctl.ingress.server import GatewayRunner
@@ -424,10 +424,14 @@ def _table_row(r: ReportRow) -> list[str]:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    db = connect(_config(args).ledger_path, migrate_schema=False)
+    config = _config(args)
+    db = connect(config.ledger_path, migrate_schema=False)
     newly = migrate(db)
     for name in applied(db):
         print(f"{name}{'  (applied now)' if name in newly else ''}")
+    db.close()
+    for line in write_left_journals(config):
+        print(line, file=sys.stderr)
     return 0
 
 

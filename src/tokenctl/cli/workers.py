@@ -25,7 +25,8 @@ from types import FrameType
 
 from tokenctl.config import Config, ConfigError
 from tokenctl.ledger.db import is_postgres
-from tokenctl.ledger.journal import LedgerLock
+from tokenctl.ledger.journal import Journal, LedgerInUse, LedgerLock
+from tokenctl.ledger.writer import LedgerWriter
 
 log = logging.getLogger("tokenctl")
 
@@ -136,3 +137,36 @@ class Supervisor:
             time.sleep(0.05)
         if not self.stopping:
             self._spawn(number)
+
+
+def journal_bases(config: Config) -> list[str]:
+    """Every journal a gateway on this ledger may have left: the single process's and each worker's."""
+    if config.ledger_path == ":memory:":
+        return []
+    if config.ledger_journal_path is not None:
+        base = Path(config.ledger_journal_path)
+        workers = sorted(base.parent.glob(f"worker-*/{base.name}.journal.*"))
+        return [str(base), *dict.fromkeys(str(p.parent / base.name) for p in workers)]
+    ledger = Path(config.ledger_path)
+    workers = sorted(ledger.parent.glob(f"{ledger.name}.worker-*.journal.*"))
+    return [str(ledger), *dict.fromkeys(str(p.parent / p.name.split(".journal.")[0]) for p in workers)]
+
+
+def write_left_journals(config: Config) -> list[str]:
+    """Write the rows that stopped gateways left in their journals (a retired host, fewer workers than before).
+    A journal a running gateway holds is left to it. Returns a line per journal that had rows."""
+    said = []
+    for base in journal_bases(config):
+        rows = sum(1 for path in Journal(base).existing() for _ in path.open("rb"))
+        if not rows:
+            continue
+        writer = LedgerWriter(config.ledger_path, journal_path=base if base != config.ledger_path else None)
+        try:
+            writer.start()
+        except LedgerInUse:
+            said.append(f"{base}: {rows:,} rows left to the gateway running on it")
+            continue
+        writer.close()
+        left = sum(1 for path in Journal(base).existing() for _ in path.open("rb"))
+        said.append(f"{base}: wrote {rows - left:,} journaled rows" + (f", {left:,} still waiting" if left else ""))
+    return said
