@@ -453,3 +453,37 @@ def test_redis_restarted_empty_under_three_replicas_is_rebuilt_from_the_shared_l
     counters, reserved = _redis_spend(redis_server.url, prefix)
     assert reserved == 0
     assert {k: v for k, v in counters.items() if v} == {k: v for k, v in ledger.items() if v}
+
+
+@pytest.mark.parametrize("fleet_env", ["shared-postgresql"], indirect=True)
+def test_keys_revocations_and_live_budgets_reach_every_replica_within_the_refresh(fleet_env: Any) -> None:
+    """One change, made on one replica or from the CLI, holds on all three within key_refresh_seconds."""
+    replicas = [fleet_env(f"r{i}") for i in range(3)]
+    cli = [sys.executable, "-m", "tokenctl", "--config", str(replicas[0].config)]
+    made = subprocess.run(
+        [*cli, "keys", "create", "--user", "newcomer", "--team", "web"], capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.splitlines()[0].strip()
+    body = {"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+
+    def statuses(api_key: str) -> list[int]:
+        headers = {"x-api-key": api_key, "anthropic-version": "2023-06-01"}
+        return [httpx.post(f"{r.url}/v1/messages", json=body, headers=headers).status_code for r in replicas]
+
+    def within_refresh(expected: list[int], api_key: str) -> None:
+        deadline = time.monotonic() + 2.0  # key_refresh_seconds is 0.2 here; a request may also look a key up
+        while (got := statuses(api_key)) != expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got == expected
+
+    within_refresh([200, 200, 200], key)  # created from the CLI: every replica serves it
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    rule = {"scope": "team", "match": "web", "limit_usd": "0.000001"}
+    put = httpx.put(f"{replicas[1].url}/admin/budgets/web-zero", json=rule, headers=admin)
+    assert put.status_code in (200, 201), put.text
+    within_refresh([402, 402, 402], key)  # a budget set live on replica 1 binds on all three
+    key_id = next(line for line in made.stderr.splitlines() if "created" in line).split()[3]
+    revoked = subprocess.run([*cli, "keys", "revoke", key_id], capture_output=True, text=True)
+    assert revoked.returncode == 0, revoked.stderr
+    within_refresh([401, 401, 401], key)  # revoked: refused everywhere
