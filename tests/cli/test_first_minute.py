@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from tokenctl.cli.main import _parser, main
 from tokenctl.cli.parsing import all_parsers
 from tokenctl.ledger.writer import LedgerWriter
@@ -187,6 +188,26 @@ def test_a_taken_port_is_one_clear_line_and_creates_nothing(tmp_path: Path) -> N
     assert lines[-1].startswith("tokenctl: error: cannot listen on 127.0.0.1:") and "already in use" in lines[-1]
     assert "Traceback" not in err.decode()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unreachable_postgresql_ledger_is_one_clear_line(tmp_path: Path) -> None:
+    dead = f"postgresql://tokenctl:secret@127.0.0.1:{free_port()}/tokenctl"
+    config = tmp_path / "tokenctl.yaml"
+    config.write_text(f"ledger: {{url: '{dead}', journal_dir: '{tmp_path / 'journal'}'}}\n")
+    for command in (("serve", "--port", str(free_port())), ("report",), ("keys", "list")):
+        proc = _cli("--config", str(config), *command, cwd=tmp_path)
+        _, err = proc.communicate(timeout=60)
+        last = err.decode().strip().splitlines()[-1]
+        assert proc.returncode == 1, (command, err)
+        assert last.startswith("tokenctl: error: the ledger cannot be reached: PostgreSQL ledger"), last
+        assert "Connection refused" in last and "secret" not in err.decode() and "Traceback" not in err.decode()
+
+
+def test_several_workers_without_a_shared_store_are_refused(tmp_path: Path) -> None:
+    proc = _cli("serve", "--workers", "2", "--ledger", str(tmp_path / "l.db"), cwd=tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "--workers 2 needs a shared budget store (store.redis_url)" in err.decode()
 
 
 def test_report_into_head_has_no_broken_pipe(ledger: str, tmp_path: Path) -> None:

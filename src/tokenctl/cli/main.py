@@ -38,7 +38,7 @@ from tokenctl.cli.workers import Supervisor, check_workers, write_left_journals
 from tokenctl.config import Config, ConfigError, find_config_path, load_config
 from tokenctl.identity.keys import KeyInfo, KeyNotFound, create_key, list_keys, revoke_key
 from tokenctl.ingress.server import GatewayRunner
-from tokenctl.ledger.db import connect, is_postgres
+from tokenctl.ledger.db import UNAVAILABLE, connect, is_postgres
 from tokenctl.ledger.journal import LedgerInUse
 from tokenctl.ledger.migrations import applied, migrate
 from tokenctl.ledger.report import FILTER_COLUMNS, GROUPINGS, ReportRow, spend_report, total
@@ -64,6 +64,9 @@ def main(argv: Sequence[str] | None = None, *, clock: Callable[[], float] = time
     except BrokenPipeError:  # `tokenctl report | head`: the reader has all it wanted
         _silence_stdout()
         return 0
+    except UNAVAILABLE as exc:  # the PostgreSQL server down, a SQLite file locked too long
+        print(f"tokenctl: error: the ledger cannot be reached: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
 
 
 def _silence_stdout() -> None:
