@@ -269,10 +269,13 @@ def fleet_env(
     schema = f"t_fleet_{os.getpid()}_{time.monotonic_ns()}"
     url = pg_schema_url(schema) if shared else None
 
-    def start(name: str, keys: dict[str, str] | None = None, **store: Any) -> Replica:
+    def start(
+        name: str, keys: dict[str, str] | None = None, sections: dict[str, Any] | None = None, **store: Any
+    ) -> Replica:
         home = tmp_path / name
         ledger = {"url": url, "journal_dir": str(home / "journal")} if url else {"path": str(home / "ledger.db")}
         raw = _config(home, fake.url, redis_server.url, prefix, ledger, **store)  # type: ignore[attr-defined]
+        raw.update(sections or {})
         if keys is not None:  # a restart: the same port and ledger
             raw = yaml.safe_load((home / "tokenctl.yaml").read_text())
         elif shared and started:  # the keys are in the shared ledger already
@@ -487,3 +490,87 @@ def test_keys_revocations_and_live_budgets_reach_every_replica_within_the_refres
     revoked = subprocess.run([*cli, "keys", "revoke", key_id], capture_output=True, text=True)
     assert revoked.returncode == 0, revoked.stderr
     within_refresh([401, 401, 401], key)  # revoked: refused everywhere
+
+
+# -- the hard cap's adversarial cases, across replicas ----------------------------------------------------
+
+LONG = {"model": "claude-haiku-4-5", "max_tokens": 2000, "messages": [{"role": "user", "content": "hello"}]}
+
+
+def _long_headers(key: str, fault: str | None = None) -> dict[str, str]:
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "x-fake-usage": "input=60,output=2000"}
+    return {**headers, "x-fake-fault": fault} if fault else headers
+
+
+@pytest.mark.parametrize("fleet_env", ["shared-postgresql"], indirect=True)
+def test_a_long_request_on_one_replica_keeps_its_reservation_against_the_others(fleet_env: Any) -> None:
+    """A request running past reservation_ttl_seconds on replica 0 is renewed in Redis, so replicas 1 and 2
+    cannot take its share: with room for two such requests, exactly one more is admitted fleet-wide."""
+    import threading
+
+    cap = Decimal("0.025")  # each reserves and costs about $0.0101
+    sections = {
+        "budgets": [{"name": "cap", "scope": "user", "match": "u0", "limit_usd": str(cap)}],
+        "enforcement": {"reservation_ttl_seconds": 1},
+    }
+    replicas = [fleet_env(f"r{i}", sections=sections) for i in range(3)]
+    key = replicas[0].keys["u0"]
+    statuses: list[int] = []
+    slow = threading.Thread(
+        target=lambda: statuses.append(
+            httpx.post(
+                f"{replicas[0].url}/v1/messages", json=LONG, timeout=30, headers=_long_headers(key, "slow:2500")
+            ).status_code
+        )
+    )
+    slow.start()
+    time.sleep(1.5)  # past the TTL: without renewal its reservation would be gone from Redis
+    for replica in replicas[1:] * 2:
+        statuses.append(httpx.post(f"{replica.url}/v1/messages", json=LONG, headers=_long_headers(key)).status_code)
+    slow.join(30)
+    assert sorted(statuses) == [200, 200, 402, 402, 402]
+    for replica in replicas:
+        _stop(replica)
+    settled = sum((Decimal(r["cost_usd"]) for r in fleet_rows(replicas) if r["status"] == 200), Decimal(0))
+    assert settled <= cap
+
+
+@pytest.mark.parametrize("fleet_env", ["shared-postgresql"], indirect=True)
+def test_fallbacks_to_a_dearer_model_on_every_replica_are_admitted_at_their_own_price(fleet_env: Any) -> None:
+    """Haiku answers 529 and Opus serves, on all three replicas at once: each attempt is admitted at Opus's
+    price, so the team cap holds fleet-wide however the requests spread."""
+    cap = Decimal("0.5")
+    sections = {
+        "aliases": {"auto": "claude-haiku-4-5"},
+        "routing": {
+            "routed_models": ["auto"],
+            "tiers": {"economy": {"models": ["claude-haiku-4-5", "claude-opus-4-1"]}},
+            "rules": [{"tier": "economy"}],
+            "default_tier": "economy",
+        },
+        "budgets": [{"name": "team-cap", "scope": "team", "limit_usd": str(cap)}],
+    }
+    replicas = [fleet_env(f"r{i}", sections=sections) for i in range(3)]
+    faults = {"x-fake-fault": "status:529", "x-fake-fault-model": "claude-haiku-4-5"}
+
+    async def one(i: int) -> int:
+        replica = replicas[i % 3]
+        async with httpx.AsyncClient(timeout=30) as client:
+            response = await client.post(
+                f"{replica.url}/v1/messages",
+                json={**LONG, "model": "auto"},
+                headers={**_long_headers(replica.keys[USERS[i % len(USERS)]]), **faults},
+            )
+            return response.status_code
+
+    async def run() -> list[int]:
+        return list(await asyncio.gather(*(one(i) for i in range(30))))
+
+    statuses = asyncio.run(run())
+    assert set(statuses) <= {200, 402} and statuses.count(200) >= 2 and statuses.count(402) >= 10
+    for replica in replicas:
+        _stop(replica)
+    rows = fleet_rows(replicas)
+    served = [r for r in rows if r["status"] == 200]
+    assert served and all(r["model"] == "claude-opus-4-1" for r in served)
+    assert sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0)) <= cap
