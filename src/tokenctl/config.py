@@ -53,6 +53,7 @@ class ProviderConfig:
     inject_stream_usage: bool = True
     headers: tuple[tuple[str, str], ...] = ()
     chat_fields: frozenset[str] = frozenset()  # optional Chat fields it accepts in translated requests
+    responses_api: bool = True  # it serves /v1/responses itself; False: Responses clients are translated to Chat
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
@@ -201,6 +202,7 @@ SECTIONS: dict[str, set[str]] = {
         "inject_stream_usage",
         "headers",
         "chat_fields",
+        "responses_api",
     },
     "store": {"redis_url", "timeout_ms", "key_prefix", "reseed_wait_seconds", "max_connections"},
     "observability": {"metrics_public", "log_format", "otlp_endpoint", "otlp_headers", "service_name"},
@@ -445,6 +447,8 @@ def _parse_provider(raw: Any, index: int) -> ProviderConfig:
         inject_stream_usage=boolean(raw, "inject_stream_usage", True, where),
         headers=tuple((str(k), str(v)) for k, v in headers.items()),
         chat_fields=_chat_fields(raw, kind, where),
+        # Chat Completions is what every OpenAI-compatible server speaks (llama.cpp, Ollama, most vLLM setups)
+        responses_api=boolean(raw, "responses_api", kind == "openai", where),
     )
 
 

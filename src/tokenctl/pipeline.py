@@ -26,6 +26,7 @@ from tokenctl.identity.attribution import attribute
 from tokenctl.identity.authenticate import authenticate, client_key
 from tokenctl.ingress.dialect import DIALECTS, Dialect
 from tokenctl.ingress.request import decided_body, parse_body, read_body
+from tokenctl.metering.limits import output_limit_for
 from tokenctl.policy.access import authorize, check_caller
 from tokenctl.providers.relay import FallbackNeeded, forward
 from tokenctl.providers.upstream import UpstreamRequest
@@ -158,7 +159,8 @@ def _prepare(call: Call, body_changed: bool) -> UpstreamRequest:
         return upstream.prepare(call.dialect.api, call.request.headers, raw, body, route, body_changed=body_changed)
     call.translation = translation = TRANSLATIONS[(call.dialect.api, route.upstream_api)]
     try:
-        translated, dropped = translation.request(body, route.upstream_model)
+        limit = output_limit_for(route.upstream_model, call.gw.config.enforcement.default_max_output_tokens)
+        translated, dropped = translation.request(body, route.upstream_model, limit)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:  # malformed parts: the client's 400
         raise BadRequest(
             f"the request cannot be translated for {route.upstream_model}: malformed {type(exc).__name__} {exc}"

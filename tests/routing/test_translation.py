@@ -308,7 +308,7 @@ def test_a_chat_request_translates_to_anthropic_messages() -> None:
         ],
     }
     out, notes = chat_translate_request(body, "claude-sonnet-4-5")
-    assert notes == ["seed", "max_tokens defaulted to 4096", "temperature 1.4 clamped to 1"]
+    assert notes == ["seed", "max_tokens set to 4096", "temperature 1.4 clamped to 1"]
     assert out["system"] == "Be terse.\n\nUse tools." and out["max_tokens"] == 4096 and out["temperature"] == 1.0
     assert out["stop_sequences"] == ["END"] and out["metadata"] == {"user_id": "u1"}
     assert out["tool_choice"] == {"type": "any"} and out["tools"][0]["input_schema"] == TOOL["input_schema"]
@@ -422,19 +422,27 @@ def test_a_codex_turn_translates_to_anthropic_messages() -> None:
         ],
     }
     out, notes = responses_translate_request(body, "claude-sonnet-4-5")
-    assert notes == ["reasoning", "store", "parallel_tool_calls", "1 reasoning item(s)", "max_tokens defaulted to 4096"]
-    assert out["system"] == "You are Codex.\n\nBe safe." and out["stream"] is True
-    assert out["tools"][0] == {"name": "shell", "input_schema": TOOL["input_schema"], "description": "Run"}
+    assert notes == ["reasoning", "store", "parallel_tool_calls", "1 reasoning item(s)", "max_tokens set to 4096"]
+    cached = {"type": "ephemeral"}
+    assert out["system"] == [{"type": "text", "text": "You are Codex.\n\nBe safe.", "cache_control": cached}]
+    assert out["stream"] is True
+    assert out["tools"][0] == {
+        "name": "shell",
+        "input_schema": TOOL["input_schema"],
+        "description": "Run",
+        "cache_control": cached,
+    }
     assert out["messages"] == [
-        {"role": "user", "content": [{"type": "text", "text": "List files"}]},
+        {"role": "user", "content": [{"type": "text", "text": "List files", "cache_control": cached}]},
         {
             "role": "assistant",
             "content": [{"type": "tool_use", "id": "call_1", "name": "shell", "input": {"path": "."}}],
         },
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "a.txt"}]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "a.txt", "cache_control": cached}],
+        },
     ]
-    with pytest.raises(Untranslatable, match="'custom' tool"):
-        responses_translate_request({**body, "tools": [{"type": "custom", "name": "apply_patch"}]}, "m")
 
 
 def test_openai_responses_client_is_served_by_an_anthropic_model(gateway: Any) -> None:

@@ -129,7 +129,8 @@ async def _relay_json(call: Call, resp: aiohttp.ClientResponse) -> web.Response:
     if call.translation is not None:
         if parsed is None:
             raise UpstreamError("the provider's answer was not JSON; it cannot be translated")
-        data = orjson.dumps(call.translation.response(parsed))
+        assert call.translator is not None
+        data = orjson.dumps(call.translation.response(parsed, call.translator))
         headers["content-type"] = "application/json"
         headers.pop("content-length", None)
     return web.Response(body=data, status=resp.status, headers=headers)

@@ -23,6 +23,8 @@ TRANSLATIONS = {
     ("anthropic.messages", "openai-compatible"): "openai.chat",
     ("openai.chat", "anthropic"): "anthropic.messages",
     ("openai.responses", "anthropic"): "anthropic.messages",
+    ("openai.responses", "openai"): "openai.chat",  # a provider with responses_api: false
+    ("openai.responses", "openai-compatible"): "openai.chat",
 }
 
 # The API dialects each provider kind speaks.
@@ -31,6 +33,12 @@ DIALECTS = {
     "openai": frozenset({"openai.chat", "openai.responses"}),
     "openai-compatible": frozenset({"openai.chat", "openai.responses"}),
 }
+
+
+def speaks(provider: ProviderConfig) -> frozenset[str]:
+    """The APIs a provider serves itself (the rest reach it by translation, where one exists)."""
+    apis = DIALECTS[provider.kind]
+    return apis if provider.responses_api else apis - {"openai.responses"}
 
 
 def serves(provider: ProviderConfig, model: str) -> bool:
@@ -64,7 +72,7 @@ class Catalog:
             return Route(provider, requested, rest, self._upstream_api(provider, requested, api))
         matches = [p for p in self._ordered if serves(p, target)]
         for provider in matches:
-            if api in DIALECTS[provider.kind]:
+            if api in speaks(provider):
                 return Route(provider=provider, requested_model=requested, upstream_model=target)
         for provider in matches:
             if (api, provider.kind) in TRANSLATIONS:
@@ -78,7 +86,7 @@ class Catalog:
 
     @classmethod
     def _upstream_api(cls, provider: ProviderConfig, requested: str, api: str) -> str | None:
-        if api in DIALECTS[provider.kind]:
+        if api in speaks(provider):
             return None
         if (api, provider.kind) in TRANSLATIONS:
             return TRANSLATIONS[(api, provider.kind)]
@@ -87,7 +95,7 @@ class Catalog:
 
     @staticmethod
     def _check_dialect(provider: ProviderConfig, requested: str, api: str) -> None:
-        if api not in DIALECTS[provider.kind]:
+        if api not in speaks(provider):
             raise UnsupportedRoute(
                 f"model {requested!r} is served by provider {provider.name!r} ({provider.kind}), "
                 f"which does not speak the {api} API; call it through its own API"

@@ -108,6 +108,10 @@ class FakeProvider:
         if (early := await self._early_fault(request, script, "openai")) is not None:
             return early
         model = body.get("model", "fake")
+        if script.tool:
+            script.tool_result = _last_chat_tool_result(body)
+            if script.tool_result is not None:
+                script.tool = None  # the tool ran: answer its result
         if body.get("stream"):
             options = body.get("stream_options") or {}
             events = _chat_events(model, script, include_usage=bool(options.get("include_usage")))
@@ -223,6 +227,18 @@ def _last_tool_result(body: dict[str, Any]) -> str | None:
             if isinstance(inner, list):
                 inner = " ".join(str(b.get("text", "")) for b in inner if isinstance(b, dict))
             return str(inner)
+    return None
+
+
+def _last_chat_tool_result(body: dict[str, Any]) -> str | None:
+    """The content of the tool message that ends a Chat conversation, if one does."""
+    messages = body.get("messages") or []
+    last = messages[-1] if messages else {}
+    if isinstance(last, dict) and last.get("role") == "tool":
+        content = last.get("content")
+        if isinstance(content, list):
+            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        return str(content or "")
     return None
 
 
@@ -385,15 +401,25 @@ def _chat_usage(u: dict[str, int]) -> dict[str, Any]:
     }
 
 
+def _chat_tool_call(script: Script) -> dict[str, Any]:
+    arguments = orjson.dumps(script.tool_input).decode()
+    return {
+        "id": f"call_fake_{next(_ids)}",
+        "type": "function",
+        "function": {"name": script.tool, "arguments": arguments},
+    }
+
+
 def _chat_completion(model: str, script: Script) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(_words(script))}
+    if script.tool:
+        message["tool_calls"] = [_chat_tool_call(script)]
     return {
         "id": f"chatcmpl-fake{next(_ids)}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "".join(_words(script))}, "finish_reason": "stop"}
-        ],
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if script.tool else "stop"}],
         "usage": _chat_usage(script.usage),
     }
 
@@ -415,11 +441,25 @@ def _chat_events(model: str, script: Script, include_usage: bool) -> list[bytes]
         events.append(
             _sse(None, {**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
         )
-    events.append(_sse(None, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    if script.tool:  # the call's name first, its arguments in two pieces, as servers stream them
+        call = _chat_tool_call(script)
+        arguments = call["function"]["arguments"]
+        head = {"index": 0, "id": call["id"], "type": "function", "function": {"name": script.tool, "arguments": ""}}
+        for piece in ({"tool_calls": [head]}, *_argument_pieces(arguments)):
+            events.append(_sse(None, {**base, "choices": [{"index": 0, "delta": piece, "finish_reason": None}]}))
+    reason = "tool_calls" if script.tool else "stop"
+    events.append(_sse(None, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}))
     if include_usage:
         events.append(_sse(None, {**base, "choices": [], "usage": _chat_usage(script.usage)}))
     events.append(b"data: [DONE]\n\n")
     return events
+
+
+def _argument_pieces(arguments: str) -> list[dict[str, Any]]:
+    half = len(arguments) // 2
+    return [
+        {"tool_calls": [{"index": 0, "function": {"arguments": part}}]} for part in (arguments[:half], arguments[half:])
+    ]
 
 
 # -- OpenAI Responses -----------------------------------------------------------------------------

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from tokenctl.translate import anthropic_to_chat, chat_to_anthropic, responses_to_anthropic
+from tokenctl.translate import anthropic_to_chat, chat_to_anthropic, responses_to_anthropic, responses_to_chat
+from tokenctl.translate.responses_tools import ResponsesTools
 
 
 class StreamTranslator(Protocol):
@@ -17,28 +18,39 @@ class StreamTranslator(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Translation:
-    request: Callable[[dict[str, Any], str], tuple[dict[str, Any], list[str]]]
-    response: Callable[[dict[str, Any]], dict[str, Any]]
+    # (client body, upstream model, output limit when the client sets none) -> (body, what was dropped)
+    request: Callable[[dict[str, Any], str, int], tuple[dict[str, Any], list[str]]]
+    # (provider answer, the request's stream translator: what the answer needs from the request) -> answer
+    response: Callable[[dict[str, Any], StreamTranslator], dict[str, Any]]
     stream: Callable[[int, dict[str, Any]], StreamTranslator]  # (estimated input tokens, client body)
 
 
 TRANSLATIONS = {
     ("anthropic.messages", "openai.chat"): Translation(
-        anthropic_to_chat.translate_request,
-        anthropic_to_chat.translate_response,
+        lambda body, model, limit: anthropic_to_chat.translate_request(body, model),  # Anthropic sets a limit
+        lambda answer, translator: anthropic_to_chat.translate_response(answer),
         lambda estimated, body: anthropic_to_chat.StreamTranslator(estimated),
     ),
     ("openai.chat", "anthropic.messages"): Translation(
         chat_to_anthropic.translate_request,
-        chat_to_anthropic.translate_response,
+        lambda answer, translator: chat_to_anthropic.translate_response(answer),
         lambda estimated, body: chat_to_anthropic.StreamTranslator(estimated, _include_usage(body)),
     ),
     ("openai.responses", "anthropic.messages"): Translation(
         responses_to_anthropic.translate_request,
-        responses_to_anthropic.translate_response,
-        lambda estimated, body: responses_to_anthropic.StreamTranslator(estimated),
+        lambda answer, translator: responses_to_anthropic.translate_response(answer, _tools(translator)),
+        lambda estimated, body: responses_to_anthropic.StreamTranslator(estimated, body),
+    ),
+    ("openai.responses", "openai.chat"): Translation(
+        responses_to_chat.translate_request,
+        lambda answer, translator: responses_to_chat.translate_response(answer, _tools(translator)),
+        lambda estimated, body: responses_to_chat.StreamTranslator(estimated, body),
     ),
 }
+
+
+def _tools(translator: StreamTranslator) -> ResponsesTools:
+    return cast(ResponsesTools, getattr(translator, "tools", None) or ResponsesTools())
 
 
 def _include_usage(body: dict[str, Any]) -> bool:

@@ -41,15 +41,18 @@ _DROPPED = (
 )
 
 
-def translate_request(body: dict[str, Any], upstream_model: str) -> tuple[dict[str, Any], list[str]]:
-    """The Anthropic Messages body for a Chat Completions body, and what was dropped or defaulted."""
+def translate_request(
+    body: dict[str, Any], upstream_model: str, max_output: int = DEFAULT_MAX_TOKENS
+) -> tuple[dict[str, Any], list[str]]:
+    """The Anthropic Messages body for a Chat Completions body, and what was dropped or defaulted.
+    ``max_output``: the output limit when the client sets none (Anthropic requires one)."""
     _refuse_unsupported(body)
     notes = [k for k in _DROPPED if k in body]
     system, messages = _messages(body.get("messages") or [])
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
     if limit is None:
-        notes.append(f"max_tokens defaulted to {DEFAULT_MAX_TOKENS}")
-    out: dict[str, Any] = {"model": upstream_model, "max_tokens": limit or DEFAULT_MAX_TOKENS, "messages": messages}
+        notes.append(f"max_tokens set to {max_output}")
+    out: dict[str, Any] = {"model": upstream_model, "max_tokens": limit or max_output, "messages": messages}
     if system:
         out["system"] = system
     stop = body.get("stop")

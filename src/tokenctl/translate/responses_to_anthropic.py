@@ -1,12 +1,16 @@
 """Serving an OpenAI Responses client (Codex) from an Anthropic Messages model.
 
-Request: ``instructions``, input messages (text, images), function calls and their outputs, function
-tools, output limit, sampling, stream. Answer and stream: message and function-call output items,
-status, usage, as Responses objects and events (``response.created`` … ``response.completed``).
+Request: ``instructions`` and developer messages (the system prompt), input messages (text, images),
+function and freeform (``custom``) tool calls and their outputs, every tool kind Codex offers as named
+functions (``translate/responses_tools.py``), output limit, sampling, stream. Prompt-cache breakpoints are
+placed on the tools, the system prompt and the last two user turns, so a Codex session on Claude reads the
+cache every turn instead of paying for its whole prompt. Answer and stream: message, ``function_call`` and
+``custom_tool_call`` items, status and usage, as Responses objects and events.
 
-Refused with a 400: non-function tools (built-in, custom grammar tools), structured-output schemas;
-dropped and named in the ledger row: encrypted reasoning items from an OpenAI model, ``reasoning``,
-``store``, ``include``, ``prompt_cache_key``, ``parallel_tool_calls``, ``text.verbosity``.
+Refused with a 400: structured-output schemas, ``previous_response_id`` (the model keeps no conversation);
+dropped and named in the ledger row: encrypted reasoning items from an OpenAI model, built-in tools
+(``web_search``, ``tool_search``), ``reasoning``, ``store``, ``include``, ``prompt_cache_key``,
+``parallel_tool_calls``, ``text.verbosity``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,15 @@ import orjson
 
 from tokenctl.metering.stream import named_events
 from tokenctl.translate.anthropic_to_chat import Untranslatable
-from tokenctl.translate.chat_to_anthropic import DEFAULT_MAX_TOKENS, image_source, inclusive_input
+from tokenctl.translate.chat_to_anthropic import image_source, inclusive_input
+from tokenctl.translate.responses_out import ResponsesStream, message_item, response_object, usage_object
+from tokenctl.translate.responses_tools import (
+    ResponsesTools,
+    call_name,
+    custom_arguments,
+    output_text,
+    read_tools,
+)
 
 _DROPPED = (
     "reasoning",
@@ -31,9 +43,14 @@ _DROPPED = (
     "client_metadata",
     "truncation",
 )
+CACHE = {"type": "ephemeral"}
+_SKIPPED_ITEMS = ("reasoning", "additional_tools", "web_search_call")
 
 
-def translate_request(body: dict[str, Any], upstream_model: str) -> tuple[dict[str, Any], list[str]]:
+def translate_request(
+    body: dict[str, Any], upstream_model: str, max_output: int = 4096
+) -> tuple[dict[str, Any], list[str]]:
+    """``max_output``: the output limit when the client sets none (Anthropic requires one)."""
     notes = [k for k in _DROPPED if k in body]
     if body.get("previous_response_id"):
         raise Untranslatable("previous_response_id: this model keeps no server-side conversation; send the input")
@@ -42,70 +59,65 @@ def translate_request(body: dict[str, Any], upstream_model: str) -> tuple[dict[s
         raise Untranslatable(
             f"text.format {text['format'].get('type')!r}: not available on this model through tokenctl"
         )
-    system, messages, dropped_reasoning = _input(body.get("input"))
-    if dropped_reasoning:
-        notes.append(f"{dropped_reasoning} reasoning item(s)")
+    tools = read_tools(body)
+    system, messages, skipped = _input(body.get("input"), tools)
+    notes += [f"{count} {kind} item(s)" for kind, count in skipped.items()]
     if body.get("instructions"):
         system = [str(body["instructions"]), *system]
     limit = body.get("max_output_tokens")
     if limit is None:
-        notes.append(f"max_tokens defaulted to {DEFAULT_MAX_TOKENS}")
-    out: dict[str, Any] = {"model": upstream_model, "max_tokens": limit or DEFAULT_MAX_TOKENS, "messages": messages}
+        notes.append(f"max_tokens set to {max_output}")
+    out: dict[str, Any] = {"model": upstream_model, "max_tokens": limit or max_output, "messages": messages}
     if system:
-        out["system"] = "\n\n".join(system)
+        out["system"] = [{"type": "text", "text": "\n\n".join(system)}]
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
             out[name] = min(float(body[name]), 1.0)
-    if body.get("tools"):
-        out["tools"] = [_tool(t) for t in body["tools"]]
+    if tools.functions:
+        out["tools"] = [_tool(f.name, f.description, f.parameters) for f in tools.functions]
         choice = body.get("tool_choice")
-        if isinstance(choice, dict) and choice.get("type") == "function":
-            out["tool_choice"] = {"type": "tool", "name": choice.get("name")}
+        if isinstance(choice, dict) and choice.get("type") in ("function", "custom"):
+            out["tool_choice"] = {"type": "tool", "name": tools.exposed(str(choice.get("name")))}
         elif choice in ("auto", "required", "none"):
             out["tool_choice"] = {"type": {"auto": "auto", "required": "any", "none": "none"}[choice]}
+    notes += tools.dropped
     if body.get("stream") is True:
         out["stream"] = True
+    place_cache_breakpoints(out)
     return out, notes
 
 
-def _input(items: Any) -> tuple[list[str], list[dict[str, Any]], int]:
+def _input(items: Any, tools: ResponsesTools) -> tuple[list[str], list[dict[str, Any]], dict[str, int]]:
     if isinstance(items, str):
-        return [], [{"role": "user", "content": [{"type": "text", "text": items}]}], 0
+        return [], [{"role": "user", "content": [{"type": "text", "text": items}]}], {}
     system: list[str] = []
     messages: list[dict[str, Any]] = []
-    reasoning = 0
+    skipped: dict[str, int] = {}
     for item in items or []:
         kind = item.get("type", "message")
-        if kind == "reasoning":
-            reasoning += 1
+        if kind in _SKIPPED_ITEMS:
+            if kind != "additional_tools":  # read as tools already
+                skipped[kind] = skipped.get(kind, 0) + 1
         elif kind == "message":
             role = item.get("role")
             if role in ("system", "developer"):
                 system.append(_text(item.get("content")))
             else:
                 _append(messages, "assistant" if role == "assistant" else "user", _content(item.get("content")))
-        elif kind == "function_call":
-            _append(
-                messages,
-                "assistant",
-                [{"type": "tool_use", "id": item.get("call_id"), "name": item.get("name"), "input": _arguments(item)}],
-            )
-        elif kind == "function_call_output":
-            output = item.get("output")
-            _append(
-                messages,
-                "user",
-                [
-                    {
-                        "type": "tool_result",
-                        "tool_use_id": item.get("call_id"),
-                        "content": output if isinstance(output, str) else _text(output),
-                    }
-                ],
-            )
+        elif kind in ("function_call", "custom_tool_call"):
+            arguments = custom_arguments(item.get("input")) if kind == "custom_tool_call" else item.get("arguments")
+            call = {"type": "tool_use", "id": item.get("call_id"), "name": call_name(item, tools)}
+            _append(messages, "assistant", [{**call, "input": _arguments(arguments, item)}])
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            result = {
+                "type": "tool_result",
+                "tool_use_id": item.get("call_id"),
+                "content": output_text(item.get("output")),
+            }
+            _append(messages, "user", [result])
         else:
             raise Untranslatable(f"input: a {kind!r} item cannot be sent to this model")
-    return system, messages, reasoning
+    return system, messages, skipped
 
 
 def _append(messages: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
@@ -137,225 +149,103 @@ def _content(content: Any) -> list[dict[str, Any]]:
     return blocks or [{"type": "text", "text": ""}]
 
 
-def _arguments(item: dict[str, Any]) -> Any:
+def _arguments(raw: Any, item: dict[str, Any]) -> Any:
     try:
-        return orjson.loads(item.get("arguments") or "{}")
+        return orjson.loads(raw or "{}")
     except orjson.JSONDecodeError as exc:
-        raise Untranslatable(f"input: function call {item.get('call_id')} has arguments that are not JSON") from exc
+        raise Untranslatable(f"input: tool call {item.get('call_id')} has arguments that are not JSON") from exc
 
 
-def _tool(tool: dict[str, Any]) -> dict[str, Any]:
-    if tool.get("type") != "function":
-        raise Untranslatable(f"tools: a {tool.get('type')!r} tool cannot be sent to this model (function tools only)")
-    out = {"name": tool.get("name"), "input_schema": tool.get("parameters") or {"type": "object"}}
-    if tool.get("description"):
-        out["description"] = tool["description"]
+def _tool(name: str, description: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "input_schema": parameters}
+    if description:
+        out["description"] = description
     return out
+
+
+def place_cache_breakpoints(body: dict[str, Any]) -> None:
+    """Mark the stable prefix for Anthropic's prompt cache: the last tool, the system prompt, and the last
+    block of the last two user turns (4 breakpoints, Anthropic's maximum). Each turn then reads what the one
+    before wrote instead of paying full input price for the whole conversation again."""
+    if body.get("tools"):
+        body["tools"][-1]["cache_control"] = CACHE
+    if body.get("system"):
+        body["system"][-1]["cache_control"] = CACHE
+    users = [m for m in body.get("messages") or [] if m["role"] == "user"]
+    for message in users[-2:]:
+        blocks = [b for b in message["content"] if b.get("type") != "text" or b.get("text")]
+        if blocks:
+            blocks[-1]["cache_control"] = CACHE
 
 
 # -- answers ----------------------------------------------------------------------------------------
 
 
 def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any]:
-    usage = usage or {}
-    prompt, read, written = inclusive_input(usage)
-    output = int(usage.get("output_tokens") or 0)
-    return {
-        "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": read, "cache_write_tokens": written},
-        "output_tokens": output,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": prompt + output,
-    }
+    prompt, read, written = inclusive_input(usage or {})
+    return usage_object(prompt, read, written, int((usage or {}).get("output_tokens") or 0))
 
 
-def _response(
-    message_id: str,
-    model: Any,
-    output: list[dict[str, Any]],
-    status: str,
-    stop: str | None,
-    usage: dict[str, Any] | None,
-    created: int,
-) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "id": f"resp_{message_id}",
-        "object": "response",
-        "created_at": created,
-        "status": status,
-        "model": model,
-        "output": output,
-        "parallel_tool_calls": False,
-        "tool_choice": "auto",
-        "tools": [],
-        "error": None,
-        "incomplete_details": {"reason": "max_output_tokens"} if stop == "max_tokens" else None,
-        "usage": None if usage is None else responses_usage(usage),
-    }
-    return response
-
-
-def _output_items(blocks: list[dict[str, Any]], message_id: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
+def translate_response(message: dict[str, Any], tools: ResponsesTools | None = None) -> dict[str, Any]:
+    """The Responses object for an Anthropic message; ``tools`` are those the client offered."""
+    tools = tools or ResponsesTools()
+    mid = str(message.get("id", ""))
+    blocks = message.get("content") or []
+    output: list[dict[str, Any]] = []
     text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
     if text:
-        items.append(
-            {
-                "type": "message",
-                "id": f"msg_{message_id}",
-                "status": "completed",
-                "role": "assistant",
-                "content": [{"type": "output_text", "text": text, "annotations": []}],
-            }
-        )
+        output.append(message_item(f"msg_{mid}", text))
     for b in blocks:
         if b.get("type") == "tool_use":
-            items.append(
-                {
-                    "type": "function_call",
-                    "id": f"fc_{b.get('id')}",
-                    "call_id": b.get("id"),
-                    "name": b.get("name"),
-                    "arguments": orjson.dumps(b.get("input", {})).decode(),
-                    "status": "completed",
-                }
-            )
-    return items
-
-
-def translate_response(message: dict[str, Any]) -> dict[str, Any]:
+            arguments = orjson.dumps(b.get("input", {})).decode()
+            output.append(tools.call_item(str(b.get("name")), str(b.get("id")), arguments))
     stop = message.get("stop_reason")
-    mid = str(message.get("id", ""))
-    return _response(
-        mid,
+    return response_object(
+        f"resp_{mid}",
         message.get("model"),
-        _output_items(message.get("content") or [], mid),
-        "incomplete" if stop == "max_tokens" else "completed",
-        stop,
-        message.get("usage") or {},
-        int(time.time()),
+        output,
+        status="incomplete" if stop == "max_tokens" else "completed",
+        usage=responses_usage(message.get("usage") or {}),
+        created=int(time.time()),
     )
 
 
 class StreamTranslator:
     """Anthropic stream events in, Responses stream events out."""
 
-    def __init__(self, estimated_input_tokens: int) -> None:
-        self.sequence = 0
-        self.created = int(time.time())
-        self.message_id, self.model = "", None
-        self.blocks: dict[int, dict[str, Any]] = {}  # Anthropic block index -> the output item being built
-        self.output: list[dict[str, Any]] = []
+    def __init__(self, estimated_input_tokens: int, client_body: dict[str, Any] | None = None) -> None:
+        self.tools = read_tools(client_body or {})  # kept for the answer: the request body is let go early
+        self.out = ResponsesStream(self.tools)
         self.stop: str | None = None
-
-    def _event(self, kind: str, payload: dict[str, Any]) -> bytes:
-        self.sequence += 1
-        data = {"type": kind, "sequence_number": self.sequence, **payload}
-        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
     def feed(self, data: bytes) -> bytes:
         return b"".join(self._on(name, payload) for name, payload in named_events(data))
 
     def _on(self, name: bytes, payload: dict[str, Any]) -> bytes:
+        index = payload.get("index", 0)
         if name == b"message_start":
             message = payload.get("message") or {}
-            self.message_id, self.model = str(message.get("id", "")), message.get("model")
-            response = _response(self.message_id, self.model, [], "in_progress", None, None, self.created)
-            return self._event("response.created", {"response": response})
+            return self.out.start(f"resp_{message.get('id', '')}", message.get("model"))
         if name == b"content_block_start":
-            return self._start_block(payload.get("index", 0), payload.get("content_block") or {})
+            block = payload.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                return self.out.call(index, str(block.get("id")), str(block.get("name")))
+            return b""  # text opens with its first delta; thinking is not shown to Responses clients
         if name == b"content_block_delta":
-            return self._delta(payload.get("index", 0), payload.get("delta") or {})
+            delta = payload.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                return self.out.text(index, delta.get("text", ""))
+            if delta.get("type") == "input_json_delta":
+                return self.out.arguments(index, delta.get("partial_json", ""))
+            return b""
         if name == b"content_block_stop":
-            return self._stop_block(payload.get("index", 0))
+            return self.out.close(index)
         if name == b"message_delta":
             self.stop = (payload.get("delta") or {}).get("stop_reason") or self.stop
         return b""
 
-    def _start_block(self, index: int, block: dict[str, Any]) -> bytes:
-        position = len(self.output)
-        item: dict[str, Any]
-        if block.get("type") == "text":
-            item = {
-                "type": "message",
-                "id": f"msg_{self.message_id}_{index}",
-                "status": "in_progress",
-                "role": "assistant",
-                "content": [],
-            }
-            self.blocks[index] = {"item": item, "position": position, "text": ""}
-            self.output.append(item)
-            return self._event("response.output_item.added", {"output_index": position, "item": item}) + self._event(
-                "response.content_part.added",
-                {
-                    "item_id": item["id"],
-                    "output_index": position,
-                    "content_index": 0,
-                    "part": {"type": "output_text", "text": "", "annotations": []},
-                },
-            )
-        if block.get("type") == "tool_use":
-            item = {
-                "type": "function_call",
-                "id": f"fc_{block.get('id')}",
-                "call_id": block.get("id"),
-                "name": block.get("name"),
-                "arguments": "",
-                "status": "in_progress",
-            }
-            self.blocks[index] = {"item": item, "position": position, "text": ""}
-            self.output.append(item)
-            return self._event("response.output_item.added", {"output_index": position, "item": item})
-        return b""  # thinking blocks: not shown to Responses clients
-
-    def _delta(self, index: int, delta: dict[str, Any]) -> bytes:
-        state = self.blocks.get(index)
-        if state is None:
-            return b""
-        item, position = state["item"], state["position"]
-        if delta.get("type") == "text_delta":
-            state["text"] += delta.get("text", "")
-            return self._event(
-                "response.output_text.delta",
-                {"item_id": item["id"], "output_index": position, "content_index": 0, "delta": delta.get("text", "")},
-            )
-        if delta.get("type") == "input_json_delta":
-            state["text"] += delta.get("partial_json", "")
-            return self._event(
-                "response.function_call_arguments.delta",
-                {"item_id": item["id"], "output_index": position, "delta": delta.get("partial_json", "")},
-            )
-        return b""
-
-    def _stop_block(self, index: int) -> bytes:
-        state = self.blocks.get(index)
-        if state is None:
-            return b""
-        item, position, text = state["item"], state["position"], state["text"]
-        item["status"] = "completed"
-        if item["type"] == "message":
-            part = {"type": "output_text", "text": text, "annotations": []}
-            item["content"] = [part]
-            return (
-                self._event(
-                    "response.output_text.done",
-                    {"item_id": item["id"], "output_index": position, "content_index": 0, "text": text},
-                )
-                + self._event(
-                    "response.content_part.done",
-                    {"item_id": item["id"], "output_index": position, "content_index": 0, "part": part},
-                )
-                + self._event("response.output_item.done", {"output_index": position, "item": item})
-            )
-        item["arguments"] = text or "{}"
-        return self._event(
-            "response.function_call_arguments.done",
-            {"item_id": item["id"], "output_index": position, "arguments": item["arguments"]},
-        ) + self._event("response.output_item.done", {"output_index": position, "item": item})
-
     def finish(self, usage: dict[str, Any] | None, estimate: tuple[int, int] = (0, 0)) -> bytes:
         if usage is None:
             usage = {"input_tokens": estimate[0], "output_tokens": estimate[1]}
-        status = "incomplete" if self.stop == "max_tokens" else "completed"
-        response = _response(self.message_id, self.model, self.output, status, self.stop, usage, self.created)
-        return self._event(f"response.{status}", {"response": response})
+        start = b"" if self.out.started else self.out.start("resp_", None)
+        return start + self.out.finish(incomplete=self.stop == "max_tokens", usage=responses_usage(usage))
