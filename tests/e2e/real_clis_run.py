@@ -54,16 +54,24 @@ def _claude(cli: Path, home: Path, key: str, prompt: str, *extra: str, headers: 
     return _run([str(cli / "claude"), "-p", prompt, "--model", "claude-haiku-4-5", *extra], env)
 
 
-def _codex(cli: Path, home: Path, key: str, prompt: str) -> dict[str, object]:
+def _codex(
+    cli: Path, home: Path, key: str, prompt: str, model: str = "gpt-5-codex", headers: dict[str, str] | None = None
+) -> dict[str, object]:
+    """``codex exec`` through tokenctl; ``headers`` script the fake provider (a tool call, say)."""
     codex_home = home / ".codex"
     codex_home.mkdir(parents=True, exist_ok=True)
+    sent = ", ".join(f"\"{k}\" = '{v}'" for k, v in {"x-tokenctl-tags": "ticket=CLI-1", **(headers or {})}.items())
     (codex_home / "config.toml").write_text(
-        'model_provider = "gateway"\nmodel = "gpt-5-codex"\n[model_providers.gateway]\nname = "tokenctl"\n'
+        f'model_provider = "gateway"\nmodel = "{model}"\n[model_providers.gateway]\nname = "tokenctl"\n'
         f'base_url = "http://127.0.0.1:{GATEWAY_PORT}/v1"\nenv_key = "TOKENCTL_KEY"\nwire_api = "responses"\n'
-        'http_headers = { "x-tokenctl-tags" = "ticket=CLI-1" }\n'
+        f"http_headers = {{ {sent} }}\n"
     )
     env = {**os.environ, "HOME": str(home), "CODEX_HOME": str(codex_home), "TOKENCTL_KEY": key}
-    return _run([str(cli / "codex"), "exec", "--skip-git-repo-check", prompt], env)
+    flags = ["--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox"]
+    return _run([str(cli / "codex"), "exec", *flags, prompt], env)
+
+
+EXEC_TOOL = {"x-fake-tool": "exec_command", "x-fake-tool-input": '{"cmd": "echo tool-ran-ok"}'}
 
 
 def main() -> None:
@@ -72,10 +80,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     ledger = work / "ledger.db"
     config = work / "tokenctl.yaml"
+    prices = work / "prices.yaml"  # a self-hosted model's price: what its GPU hours cost per token
+    prices.write_text("models:\n  - {match: 'qwen*', provider: local, input_per_mtok: 0.05, output_per_mtok: 0.10}\n")
     config.write_text(
-        f"server: {{port: {GATEWAY_PORT}}}\nledger: {{path: {ledger}}}\nproviders:\n"
+        f"server: {{port: {GATEWAY_PORT}}}\nledger: {{path: {ledger}}}\npricing: {{overrides: {prices}}}\nproviders:\n"
         f"  - {{name: anthropic, kind: anthropic, base_url: 'http://127.0.0.1:{FAKE_PORT}', models: ['claude-*']}}\n"
         f"  - {{name: openai, kind: openai, base_url: 'http://127.0.0.1:{FAKE_PORT}/v1', models: ['gpt-*']}}\n"
+        f"  - {{name: local, kind: openai-compatible, base_url: 'http://127.0.0.1:{FAKE_PORT}/v1', models: ['qwen*']}}\n"
+        "aliases: {gpt-6.2-sol: anthropic/claude-sonnet-4-5}\n"  # Codex's default model, served by Claude
         "budgets:\n  - {name: tiny, scope: user, match: broke, limit_usd: 0.0001}\n"
     )
     logs = (work / "services.log").open("ab")
@@ -104,6 +116,14 @@ def main() -> None:
             ),
             "codex": _codex(cli, work / "home-codex", key, "say hi"),
             "codex_blocked": _codex(cli, work / "home-codex-broke", broke, "say hi"),
+            # Codex on models that do not speak Responses: Claude (Anthropic Messages) and a local Chat model
+            "codex_claude": _codex(cli, work / "home-codex-claude", key, "say hi", "claude-sonnet-4-5"),
+            "codex_claude_tool": _codex(
+                cli, work / "home-codex-claude-tool", key, "run the check", "claude-sonnet-4-5", EXEC_TOOL
+            ),
+            "codex_local_tool": _codex(cli, work / "home-codex-local", key, "run the check", "qwen3-coder", EXEC_TOOL),
+            # the default model's own shape: tools in an additional_tools item, a namespace, a freeform tool
+            "codex_default_on_claude": _codex(cli, work / "home-codex-default", key, "say hi", "gpt-6.2-sol"),
         }
     finally:
         gateway.terminate()

@@ -86,6 +86,7 @@ def test_codex_answers_through_tokenctl_and_is_metered(run: dict[str, Any]) -> N
     assert "word0" in codex["out"] + codex["err"]
     rows = [r for r in run["rows"] if r["tool"] == "codex" and r["status"] == 200]
     assert rows and all(r["api"] == "openai.responses" and "CLI-1" in (r["tags"] or "") for r in rows)
+    assert all(r["priced"] == 1 for r in rows)  # a local model too, at its override price
     assert all(r["input_tokens"] > 1000 and float(r["cost_usd"]) > 0 for r in rows)
 
 
@@ -95,3 +96,43 @@ def test_a_budget_stop_reaches_the_codex_user_once(run: dict[str, Any]) -> None:
     assert "budget 'tiny'" in blocked["out"] + blocked["err"]  # tokenctl's message, shown
     stops = [r for r in run["rows"] if r["user"] == "broke" and r["tool"] == "codex"]
     assert [r["status"] for r in stops] == [402]  # one request: answered as a 400, which Codex does not retry
+
+
+def _turns(run: dict[str, Any], model: str) -> list[dict[str, Any]]:
+    return [r for r in run["rows"] if r["tool"] == "codex" and r["requested_model"] == model and r["user"] == "dev"]
+
+
+def test_codex_answers_from_claude_through_translation(run: dict[str, Any]) -> None:
+    codex = run["codex_claude"]
+    assert codex["rc"] == 0, codex["err"]
+    assert "word0" in codex["out"] + codex["err"]
+    rows = [r for r in _turns(run, "claude-sonnet-4-5") if r["status"] == 200]
+    assert rows and all(r["provider"] == "anthropic" and r["api"] == "openai.responses" for r in rows)
+    assert all("translated openai.responses -> anthropic.messages" in r["policy"] for r in rows)
+
+
+def test_codex_runs_a_tool_that_claude_asked_for_and_sends_its_output_back(run: dict[str, Any]) -> None:
+    codex = run["codex_claude_tool"]
+    assert codex["rc"] == 0, codex["err"]
+    assert "got: " in codex["out"] and "tool-ran-ok" in codex["out"]  # the fake echoes the tool output it got
+    sessions = {r["session_id"] for r in _turns(run, "claude-sonnet-4-5") if r["status"] == 200}
+    assert any(sum(1 for r in _turns(run, "claude-sonnet-4-5") if r["session_id"] == s) >= 2 for s in sessions)
+
+
+def test_codex_runs_a_tool_loop_on_a_chat_only_local_model(run: dict[str, Any]) -> None:
+    codex = run["codex_local_tool"]
+    assert codex["rc"] == 0, codex["err"]
+    assert "got: " in codex["out"] and "tool-ran-ok" in codex["out"]
+    rows = [r for r in _turns(run, "qwen3-coder") if r["status"] == 200]
+    assert len(rows) >= 2 and all(r["provider"] == "local" for r in rows)
+    assert all("translated openai.responses -> openai.chat" in r["policy"] for r in rows)
+
+
+def test_codex_default_model_shape_is_served_by_claude(run: dict[str, Any]) -> None:
+    """gpt-6.2-sol (Codex's default) sends its tools as an additional_tools item with a namespace and a
+    freeform tool; aliased to Claude here, every request of the run is translated and answered."""
+    codex = run["codex_default_on_claude"]
+    assert codex["rc"] == 0, codex["err"]
+    assert "word0" in codex["out"] + codex["err"]
+    rows = _turns(run, "gpt-6.2-sol")
+    assert rows and all(r["status"] == 200 and r["model"] == "claude-sonnet-4-5" for r in rows)

@@ -244,7 +244,7 @@ def _last_chat_tool_result(body: dict[str, Any]) -> str | None:
 
 def _words(script: Script) -> list[str]:
     if script.tool_result is not None:
-        return [f"got: {script.tool_result.strip()[:60]} ", *(f"word{i} " for i in range(1, script.chunks))]
+        return [f"got: {script.tool_result.strip()[:200]} ", *(f"word{i} " for i in range(1, script.chunks))]
     return [f"word{i} " for i in range(script.chunks)]
 
 
