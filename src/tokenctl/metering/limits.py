@@ -1,4 +1,5 @@
-"""The most output tokens known models can write in one answer (their providers' documentation).
+"""What known models can do, from their providers' documentation: the most output tokens they write in one
+answer, and whether they have Anthropic's web search server tool.
 
 A translation to an API that requires an output limit (Anthropic Messages) uses the budget's own assumption
 (``enforcement.default_max_output_tokens``) when the client sets none, never more than the model allows: the
@@ -35,3 +36,22 @@ def output_limit_for(model: str, assumed: int) -> int:
     """The output limit to send when the client set none: what budgets assumed, within the model's own."""
     known = known_output_limit(model)
     return min(assumed, known) if known else assumed
+
+
+# Anthropic's web search server tool (web_search_20250305), billed per search (genai-prices: web searches).
+WEB_SEARCH_MODELS = (
+    "claude-3-5-sonnet*",
+    "claude-3-5-haiku*",
+    "claude-3-7-sonnet*",
+    "claude-sonnet-4*",
+    "claude-opus-4*",
+    "claude-haiku-4*",
+    "claude-sonnet-5*",
+    "claude-opus-5*",
+    "claude-haiku-5*",
+)
+WEB_SEARCHES_PER_REQUEST = 5  # max_uses tokenctl sets when it offers the tool: bounds what one request spends
+
+
+def has_web_search(model: str) -> bool:
+    return any(fnmatchcase(model, pattern) for pattern in WEB_SEARCH_MODELS)

@@ -134,7 +134,10 @@ class Enforcer:
         self._check_priced(entry.route, old.charges)
         now = self.clock()
         out_tokens = estimate.output_limit(body, api, self.settings.default_max_output_tokens)
-        worst = estimate.worst_case_cost(self.prices, entry.route, estimate.input_tokens(body_size), out_tokens)
+        searches = estimate.web_searches(body, api)
+        worst = estimate.worst_case_cost(
+            self.prices, entry.route, estimate.input_tokens(body_size), out_tokens, searches
+        )
         reserved = self._reservation(entry, body, api, worst)
         session = entry.attribution.session_id if entry.attribution else None
         try:
@@ -178,7 +181,9 @@ class Enforcer:
         worst = (
             Decimal(0)
             if api == "anthropic.count_tokens"
-            else estimate.worst_case_cost(self.prices, entry.route, in_tokens, out_tokens)
+            else estimate.worst_case_cost(
+                self.prices, entry.route, in_tokens, out_tokens, estimate.web_searches(body, api)
+            )
         )  # counting tokens is not billed
         if self.rules.approvals:
             await self._approval_gate(entry, worst, in_tokens, raw)

@@ -3,7 +3,8 @@
 Input tokens are estimated from the body size (one token per 3 bytes: JSON, code and tool schemas
 tokenize denser than prose's ~4), priced at the higher of the input and cache-write prices.
 Output is the request's own limit (``max_tokens``, ``max_completion_tokens``, ``max_output_tokens``,
-else ``default_max_output_tokens``) at the output price. The total is capped by
+else ``default_max_output_tokens``) at the output price; web searches the provider may run are priced at
+their most (``web_searches``). The total is capped by
 ``reservation_ceiling_usd``: a request that ends up costing more than its reservation settles its
 actual cost, so a hard cap can be passed by at most (actual − reserved) of the last admitted request.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from tokenctl.metering.limits import WEB_SEARCHES_PER_REQUEST
 from tokenctl.metering.pricing import PriceBook
 from tokenctl.types import Route, Usage
 
@@ -72,15 +74,43 @@ def _fetched(part: dict[str, Any]) -> bool:
     return isinstance(url, str) and not url.startswith("data:")  # a link, not inline bytes
 
 
-def worst_case_cost(prices: PriceBook, route: Route, in_tokens: int, out_tokens: int) -> Decimal:
+UNBOUNDED_SEARCHES = 10  # assumed for an Anthropic web search tool without max_uses
+
+
+def web_searches(body: dict[str, Any], api: str) -> int:
+    """The most web searches the request can have the provider run (each billed): Anthropic's web search
+    server tool (its ``max_uses``), a live Responses ``web_search`` tool (tokenctl sets ``max_uses`` to
+    ``WEB_SEARCHES_PER_REQUEST`` when it translates one for Claude), Chat's ``web_search_options`` (one)."""
+    if api == "openai.chat":
+        return 1 if body.get("web_search_options") is not None else 0
+    tools = list(body.get("tools") or []) if isinstance(body.get("tools"), list) else []
+    if api == "openai.responses" and isinstance(body.get("input"), list):
+        for item in body["input"]:
+            if isinstance(item, dict) and item.get("type") == "additional_tools":
+                tools += item.get("tools") or []
+    most = 0
+    for tool in tools:
+        kind = str(tool.get("type") or "") if isinstance(tool, dict) else ""
+        if api == "anthropic.messages" and kind.startswith("web_search_"):
+            uses = tool.get("max_uses")
+            most += uses if isinstance(uses, int) and not isinstance(uses, bool) and uses > 0 else UNBOUNDED_SEARCHES
+        elif (
+            api == "openai.responses" and kind.startswith("web_search") and tool.get("external_web_access") is not False
+        ):
+            most += WEB_SEARCHES_PER_REQUEST
+    return most
+
+
+def worst_case_cost(prices: PriceBook, route: Route, in_tokens: int, out_tokens: int, searches: int = 0) -> Decimal:
     """USD; 0 for an unpriced model without a stand-in (the enforcer refuses those under a blocking budget)."""
-    as_input = prices.cost(
-        route.provider, route.upstream_model, Usage(input_tokens=in_tokens, output_tokens=out_tokens)
+
+    def cost(**usage: int) -> Decimal:
+        return prices.cost(
+            route.provider,
+            route.upstream_model,
+            Usage(output_tokens=out_tokens, web_search_requests=searches, **usage),
+        ).total
+
+    return max(  # 1-hour cache writes cost more than 5-minute ones, both more than plain input
+        cost(input_tokens=in_tokens), cost(cache_write_5m_tokens=in_tokens), cost(cache_write_1h_tokens=in_tokens)
     )
-    as_cache_write = prices.cost(
-        route.provider, route.upstream_model, Usage(cache_write_5m_tokens=in_tokens, output_tokens=out_tokens)
-    )
-    as_long_cache_write = prices.cost(  # 1-hour cache writes cost more than 5-minute ones
-        route.provider, route.upstream_model, Usage(cache_write_1h_tokens=in_tokens, output_tokens=out_tokens)
-    )
-    return max(as_input.total, as_cache_write.total, as_long_cache_write.total)

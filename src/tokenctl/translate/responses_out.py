@@ -69,6 +69,7 @@ class _Open:
     position: int
     text: str = ""
     name: str = ""  # a call: the provider-side tool name
+    call_id: str = ""
 
 
 @dataclass(slots=True)
@@ -115,7 +116,7 @@ class ResponsesStream:
     def call(self, key: Any, call_id: str, name: str) -> bytes:
         item = self.tools.call_item(name, call_id, "", status="in_progress")
         state = self._open(key, item)
-        state.name = name
+        state.name, state.call_id = name, call_id
         return self.event("response.output_item.added", {"output_index": state.position, "item": item})
 
     def arguments(self, key: Any, delta: str) -> bytes:
@@ -142,7 +143,7 @@ class ResponsesStream:
                 + self.event("response.content_part.done", {**where, "content_index": 0, "part": part})
                 + self.event("response.output_item.done", {"output_index": state.position, "item": item})
             )
-        item = self.tools.call_item(state.name, state.item["call_id"], state.text)
+        item = self.tools.call_item(state.name, state.call_id, state.text)
         self.output[state.position] = item
         out = b""
         if item["type"] == "function_call":

@@ -8,8 +8,8 @@ cache every turn instead of paying for its whole prompt. Answer and stream: mess
 ``custom_tool_call`` items, status and usage, as Responses objects and events.
 
 Refused with a 400: structured-output schemas, ``previous_response_id`` (the model keeps no conversation);
-dropped and named in the ledger row: encrypted reasoning items from an OpenAI model, built-in tools
-(``web_search``, ``tool_search``), ``reasoning``, ``store``, ``include``, ``prompt_cache_key``,
+dropped and named in the ledger row: encrypted reasoning items from an OpenAI model, built-in tools without
+an equivalent (``tool_search``; ``web_search`` where the model has no search), ``reasoning``, ``store``, ``include``, ``prompt_cache_key``,
 ``parallel_tool_calls``, ``text.verbosity``.
 """
 
@@ -20,11 +20,13 @@ from typing import Any
 
 import orjson
 
+from tokenctl.metering.limits import WEB_SEARCHES_PER_REQUEST, has_web_search
 from tokenctl.metering.stream import named_events
 from tokenctl.translate.anthropic_to_chat import Untranslatable
 from tokenctl.translate.chat_to_anthropic import image_source, inclusive_input
 from tokenctl.translate.responses_out import ResponsesStream, message_item, response_object, usage_object
 from tokenctl.translate.responses_tools import (
+    WEB_SEARCH,
     ResponsesTools,
     call_name,
     custom_arguments,
@@ -73,8 +75,13 @@ def translate_request(
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
             out[name] = min(float(body[name]), 1.0)
+    if tools.web_search and has_web_search(upstream_model):
+        search = {"type": "web_search_20250305", "name": WEB_SEARCH, "max_uses": WEB_SEARCHES_PER_REQUEST}
+        out["tools"] = [search]
+    elif tools.web_search:
+        notes.append(f"web_search tool not offered ({upstream_model} has no web search)")
     if tools.functions:
-        out["tools"] = [_tool(f.name, f.description, f.parameters) for f in tools.functions]
+        out["tools"] = [*out.get("tools", []), *(_tool(f.name, f.description, f.parameters) for f in tools.functions)]
         choice = body.get("tool_choice")
         if isinstance(choice, dict) and choice.get("type") in ("function", "custom"):
             out["tool_choice"] = {"type": "tool", "name": tools.exposed(str(choice.get("name")))}
@@ -196,7 +203,7 @@ def translate_response(message: dict[str, Any], tools: ResponsesTools | None = N
     if text:
         output.append(message_item(f"msg_{mid}", text))
     for b in blocks:
-        if b.get("type") == "tool_use":
+        if b.get("type") in ("tool_use", "server_tool_use"):
             arguments = orjson.dumps(b.get("input", {})).decode()
             output.append(tools.call_item(str(b.get("name")), str(b.get("id")), arguments))
     stop = message.get("stop_reason")
@@ -228,7 +235,7 @@ class StreamTranslator:
             return self.out.start(f"resp_{message.get('id', '')}", message.get("model"))
         if name == b"content_block_start":
             block = payload.get("content_block") or {}
-            if block.get("type") == "tool_use":
+            if block.get("type") in ("tool_use", "server_tool_use"):  # a server tool: the provider's web search
                 return self.out.call(index, str(block.get("id")), str(block.get("name")))
             return b""  # text opens with its first delta; thinking is not shown to Responses clients
         if name == b"content_block_delta":

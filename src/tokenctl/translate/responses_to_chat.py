@@ -70,6 +70,8 @@ def translate_request(
         if body.get("parallel_tool_calls") is False:
             out["parallel_tool_calls"] = False
     notes += tools.dropped
+    if tools.web_search:
+        notes.append("web_search tool not offered (no equivalent on this model)")
     effort = (body.get("reasoning") or {}).get("effort") if isinstance(body.get("reasoning"), dict) else None
     if effort in ("minimal", "low", "medium", "high"):
         out["reasoning_effort"] = effort

@@ -10,8 +10,12 @@ come in kinds Chat Completions and Anthropic Messages do not have:
 - ``namespace`` (a group, such as ``multi_agent_v1``): its tools are offered flat, as ``<namespace>__<name>``
   (the delimiter Codex itself uses where namespaces cannot be kept); the default namespace ``functions``
   keeps plain names. Calls go back with the tool's own name and its ``namespace``;
-- ``web_search``, ``tool_search`` and other built-in tools: the provider's API has no equivalent here, so
-  they are not offered and the ledger row names them.
+- ``web_search``: Anthropic's web search server tool on the Claude models that have it (at most
+  ``WEB_SEARCHES_PER_REQUEST`` searches, metered and priced per search), shown to the client as
+  ``web_search_call`` items; not offered where the model has none, or when Codex asks for no live web access
+  (``external_web_access: false``: every provider search is live);
+- ``tool_search`` and other built-in tools: no equivalent, so they are not offered and the ledger row names
+  them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import orjson
 
 from tokenctl.translate.anthropic_to_chat import Untranslatable
 
+WEB_SEARCH = "web_search"  # the name of the provider's own search when it runs one
 DEFAULT_NAMESPACE = "functions"  # where Codex's own tools live; their calls carry plain names
 FLAT_DELIMITER = "__"
 
@@ -42,6 +47,7 @@ class ResponsesTools:
     custom: set[str] = field(default_factory=set)  # exposed names of freeform tools
     namespaced: dict[str, tuple[str, str]] = field(default_factory=dict)  # exposed name -> (namespace, name)
     dropped: list[str] = field(default_factory=list)  # what could not be offered, for the ledger row
+    web_search: bool = False  # a live web search was offered (the provider's own, where it has one)
 
     def exposed(self, name: str, namespace: str | None = None) -> str:
         """The name the provider knows a client tool by."""
@@ -52,6 +58,14 @@ class ResponsesTools:
     def call_item(self, name: str, call_id: str, arguments: str, status: str = "completed") -> dict[str, Any]:
         """The Responses output item for a call the provider's model made to the tool it knows as ``name``."""
         item_id = f"fc_{call_id}"
+        if name == WEB_SEARCH and self.web_search:  # the provider ran it: the client is only told
+            query = _query(arguments)
+            return {
+                "type": "web_search_call",
+                "id": f"ws_{call_id}",
+                "status": status,
+                "action": {"type": "search", "query": query},
+            }
         if name in self.custom:
             return {
                 "type": "custom_tool_call",
@@ -98,6 +112,12 @@ def _add(tools: ResponsesTools, tool: Any, namespace: str | None) -> None:
         for inner in tool.get("tools") or []:
             _add(tools, inner, str(tool.get("name") or DEFAULT_NAMESPACE))
         return
+    if kind == "web_search" and tool.get("external_web_access") is not False:
+        tools.web_search = True  # the translator offers the provider's own search, or names it dropped
+        return
+    if kind == "web_search":
+        tools.dropped.append("web_search tool not offered (external_web_access: false; the model's search is live)")
+        return
     if kind not in ("function", "custom"):
         tools.dropped.append(f"{kind} tool not offered (no equivalent on this model)")
         return
@@ -136,6 +156,14 @@ def _custom_input(arguments: str) -> str:
     if isinstance(value, dict) and isinstance(value.get("input"), str):
         return value["input"]
     return arguments
+
+
+def _query(arguments: str) -> str:
+    try:
+        value = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return ""
+    return str(value.get("query") or "") if isinstance(value, dict) else ""
 
 
 def custom_arguments(raw_input: Any) -> str:
