@@ -120,7 +120,8 @@ def _assistant(blocks: list[Any]) -> dict[str, Any]:
                 f"messages: an assistant {kind!r} block (from an Anthropic model) cannot be "
                 "replayed to this model; start a new session or keep it on its Anthropic model"
             )
-    out: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
+    # "" rather than null beside tool calls: llama.cpp's server (llama-cpp-python) refuses a null content
+    out: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
     if calls:
         out["tool_calls"] = calls
     return out

@@ -125,7 +125,8 @@ def _input(items: Any, tools: ResponsesTools) -> tuple[list[str], list[dict[str,
             if messages and messages[-1]["role"] == "assistant" and "tool_calls" in messages[-1]:
                 messages[-1]["tool_calls"].append(call)  # parallel calls: one assistant message
             else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+                # "" rather than null: llama.cpp's server (llama-cpp-python) refuses a null content
+                messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
         elif kind in ("function_call_output", "custom_tool_call_output"):
             messages.append(
                 {"role": "tool", "tool_call_id": item.get("call_id"), "content": output_text(item.get("output"))}
