@@ -65,7 +65,7 @@ class EnforcementConfig:
 
     timezone: str = "UTC"
     reservation_ceiling_usd: Decimal = Decimal(5)  # the most one request reserves, whatever its max_tokens
-    default_max_output_tokens: int = 16_384  # assumed when an OpenAI request sets no output limit
+    default_max_output_tokens: int = 16_384  # assumed when a request sets no output limit and the model's is unknown
     reservation_ttl_seconds: float = 900.0  # a reservation not settled by then (crash) expires
     webhook_url: str | None = None  # Slack-compatible: POST {"text": ...}
     approvals_webhook_url: str | None = None  # defaults to webhook_url

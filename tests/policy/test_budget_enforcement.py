@@ -542,3 +542,19 @@ def test_codex_gets_a_budget_stop_as_a_400_it_shows_once_and_the_ledger_keeps_th
     rows = live.wait_rows(2)
     assert [r["status"] for r in rows] == [402, 402]  # block counts and reports see the stop as what it is
     assert "answered 400 instead of 402" in (rows[0]["policy"] or "")
+
+
+def test_a_request_without_an_output_limit_reserves_the_models_own(make_gateway: Any) -> None:
+    """gpt-5-mini can write 128,000 tokens when the request sets no limit: the reservation covers that, so an
+    answer far longer than the old 16,384-token assumption settles within what was reserved."""
+    live = make_gateway({"budgets": [{"name": "user-cap", "scope": "user", "limit_usd": "2"}]})
+    headers = {"authorization": f"Bearer {live.key}", "x-fake-usage": "input=50,output=60000"}
+    body = {"model": "gpt-5-mini", "messages": [{"role": "user", "content": "write a lot"}]}
+    answer = httpx.post(f"{live.url}/v1/chat/completions", json=body, headers=headers)
+    assert answer.status_code == 200
+    row = live.row(answer.headers["request-id"])
+    reserved, cost = Decimal(row["reserved_usd"]), Decimal(row["cost_usd"])
+    assert cost > Decimal("0.1")  # 60,000 output tokens at $2 per million
+    assert reserved >= Decimal("0.256") > cost  # 128,000 output tokens at $2 per million, plus the input
+    limited = httpx.post(f"{live.url}/v1/chat/completions", json={**body, "max_tokens": 500}, headers=headers)
+    assert Decimal(live.row(limited.headers["request-id"])["reserved_usd"]) < Decimal("0.002")  # its own limit

@@ -146,8 +146,9 @@ def test_a_codex_session_on_claude_reads_the_prompt_cache_and_gets_a_real_output
     assert "cache_control" in out["tools"][-1] and "cache_control" in out["system"][-1]
     assert "cache_control" in out["messages"][-1]["content"][-1]
     assert out["max_tokens"] == 16_384 and "max_tokens set to 16384" in notes
-    assert output_limit_for("claude-3-5-haiku-20241022", 16_384) == 8_192  # never above what the model allows
-    assert output_limit_for("claude-opus-4-1", 64_000) == 32_000
+    assert output_limit_for("claude-3-5-haiku-20241022", 16_384) == 8_192
+    assert output_limit_for("claude-opus-4-1", 16_384) == 32_000  # the model's own, as budgets reserve
+    assert output_limit_for("claude-sonnet-4-5", 16_384) == 64_000
     assert output_limit_for("some-new-model", 16_384) == 16_384
 
 

@@ -1,9 +1,10 @@
 """What known models can do, from their providers' documentation: the most output tokens they write in one
 answer, and whether they have Anthropic's web search server tool.
 
-A translation to an API that requires an output limit (Anthropic Messages) uses the budget's own assumption
-(``enforcement.default_max_output_tokens``) when the client sets none, never more than the model allows: the
-request then cannot write more than its reservation covered. Newer or unknown models are not listed.
+A request that sets no output limit can write up to the model's own: budgets reserve for that, and a
+translation to an API that requires a limit (Anthropic Messages) sends that, so the request cannot write more
+than its reservation covered. Models not listed (newer, self-hosted) are assumed to stop at
+``enforcement.default_max_output_tokens``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ OUTPUT_LIMITS: tuple[tuple[str, int], ...] = (
     ("claude-opus-4-5*", 64_000),
     ("claude-sonnet-4*", 64_000),
     ("claude-haiku-4*", 64_000),
+    ("gpt-3.5-turbo*", 4_096),
+    ("gpt-4o*", 16_384),
+    ("gpt-4.1*", 32_768),
+    ("gpt-5*", 128_000),
+    ("o1*", 100_000),
+    ("o3*", 100_000),
+    ("o4-mini*", 100_000),
 )
 
 
@@ -32,10 +40,11 @@ def known_output_limit(model: str) -> int | None:
     return max(matches)[1] if matches else None
 
 
-def output_limit_for(model: str, assumed: int) -> int:
-    """The output limit to send when the client set none: what budgets assumed, within the model's own."""
-    known = known_output_limit(model)
-    return min(assumed, known) if known else assumed
+def output_limit_for(model: str, default: int) -> int:
+    """The most a request that sets no output limit can write: the model's own limit when it is known, else
+    ``default`` (``enforcement.default_max_output_tokens``). Budgets reserve for this many output tokens, and a
+    translation to an API that needs a limit sends this one, so the two always agree."""
+    return known_output_limit(model) or default
 
 
 # Anthropic's web search server tool (web_search_20250305), billed per search (genai-prices: web searches).

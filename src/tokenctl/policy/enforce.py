@@ -133,7 +133,9 @@ class Enforcer:
         await self.budgets.settle(old, 0, self.clock())  # released: nothing was spent on the failed attempt
         self._check_priced(entry.route, old.charges)
         now = self.clock()
-        out_tokens = estimate.output_limit(body, api, self.settings.default_max_output_tokens)
+        out_tokens = estimate.output_limit(
+            body, api, self.settings.default_max_output_tokens, entry.route.upstream_model
+        )
         searches = estimate.web_searches(body, api)
         worst = estimate.worst_case_cost(
             self.prices, entry.route, estimate.input_tokens(body_size), out_tokens, searches
@@ -177,7 +179,9 @@ class Enforcer:
             await self._maybe_downgrade(entry, body, api, charges, session, now)
         if not (charges or self.rules.approvals):
             return
-        out_tokens = estimate.output_limit(body, api, self.settings.default_max_output_tokens)
+        out_tokens = estimate.output_limit(
+            body, api, self.settings.default_max_output_tokens, entry.route.upstream_model
+        )
         worst = (
             Decimal(0)
             if api == "anthropic.count_tokens"

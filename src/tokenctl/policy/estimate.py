@@ -2,8 +2,8 @@
 
 Input tokens are estimated from the body size (one token per 3 bytes: JSON, code and tool schemas
 tokenize denser than prose's ~4), priced at the higher of the input and cache-write prices.
-Output is the request's own limit (``max_tokens``, ``max_completion_tokens``, ``max_output_tokens``,
-else ``default_max_output_tokens``) at the output price; web searches the provider may run are priced at
+Output is the request's own limit (``max_tokens``, ``max_completion_tokens``, ``max_output_tokens``),
+else the model's real one, else ``default_max_output_tokens``, at the output price; web searches the provider may run are priced at
 their most (``web_searches``). The total is capped by
 ``reservation_ceiling_usd``: a request that ends up costing more than its reservation settles its
 actual cost, so a hard cap can be passed by at most (actual − reserved) of the last admitted request.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from tokenctl.metering.limits import WEB_SEARCHES_PER_REQUEST
+from tokenctl.metering.limits import WEB_SEARCHES_PER_REQUEST, known_output_limit
 from tokenctl.metering.pricing import PriceBook
 from tokenctl.types import Route, Usage
 
@@ -30,13 +30,15 @@ def input_tokens(body_size: int) -> int:
     return body_size // BYTES_PER_TOKEN + 1
 
 
-def output_limit(body: dict[str, Any], api: str, default: int) -> int:
-    """The most output the request can produce: its own limit (else ``default``), times Chat's ``n`` choices."""
-    limit = 0 if api == "anthropic.count_tokens" else default
+def output_limit(body: dict[str, Any], api: str, default: int, model: str | None = None) -> int:
+    """The most output the request can produce: its own limit, else the model's (``metering/limits.py``), else
+    ``default``; never more than the model allows; times Chat's ``n`` choices."""
+    known = known_output_limit(model) if model else None
+    limit = 0 if api == "anthropic.count_tokens" else known or default
     for name in _OUTPUT_FIELDS.get(api, ()):
         value = body.get(name)
         if isinstance(value, int) and not isinstance(value, bool):
-            limit = value
+            limit = min(value, known) if known else value
             break
     choices = body.get("n") if api == "openai.chat" else None
     if isinstance(choices, int) and not isinstance(choices, bool) and choices > 1:
