@@ -574,3 +574,38 @@ def test_fallbacks_to_a_dearer_model_on_every_replica_are_admitted_at_their_own_
     served = [r for r in rows if r["status"] == 200]
     assert served and all(r["model"] == "claude-opus-4-1" for r in served)
     assert sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0)) <= cap
+
+
+@pytest.mark.parametrize("fleet_env", ["shared-postgresql"], indirect=True)
+def test_redis_restarted_empty_in_the_middle_of_traffic_on_three_replicas(
+    fleet_env: Any, redis_server: Any, prefix: str
+) -> None:
+    """Redis SIGKILLed and started empty while 300 requests flow through 3 replicas: requests meanwhile get
+    503 (never served uncounted), the rest are admitted against counters rebuilt from the shared ledger, and
+    afterwards every cap holds and the counters equal the ledger."""
+    replicas = [fleet_env(f"r{i}") for i in range(3)]
+
+    async def run() -> list[tuple[int, str]]:
+        traffic = asyncio.ensure_future(_traffic(replicas, 300, spread=0.01))  # over about 3 s
+        while sum(r.answered for r in replicas) < 40:
+            await asyncio.sleep(0.01)
+        redis_server.kill()
+        await asyncio.sleep(0.3)
+        redis_server.start()
+        return await traffic
+
+    results = asyncio.run(run())
+    statuses = [s for s, _ in results]
+    assert set(statuses) <= {200, 402, 503}, set(statuses)
+    assert statuses.count(503) >= 1 and statuses.count(200) >= 40  # the outage was met, and served around
+    _check_blocks([(s, m) for s, m in results if s != 503])
+    time.sleep(3.5)  # reservations of requests cut off from the old Redis expire within the TTL
+    for replica in replicas:
+        _stop(replica)
+    rows = fleet_rows(replicas)
+    assert len(rows) == 300
+    ledger = _ledger_spend(rows)
+    _check_caps(ledger)
+    counters, reserved = _redis_spend(redis_server.url, prefix)
+    assert reserved == 0
+    assert {k: v for k, v in counters.items() if v} == {k: v for k, v in ledger.items() if v}
