@@ -103,9 +103,35 @@ def test_a_rolling_window_forgets_spend_bucket_by_bucket() -> None:
         await budgets.settle(a, to_nanos(Decimal("0.8")), 0)
         with pytest.raises(BudgetExceeded):
             await budgets.admit("r2", ALICE, None, to_nanos(Decimal("0.3")), t0 + 23 * 3600)
-        assert await budgets.admit("r3", ALICE, None, to_nanos(Decimal("0.3")), t0 + 24 * 3600 + 1)
+        with pytest.raises(BudgetExceeded):  # the spend is inside this true 24-hour window
+            await budgets.admit("r3", ALICE, None, to_nanos(Decimal("0.3")), t0 + 24 * 3600 - 1)
+        assert await budgets.admit("r4", ALICE, None, to_nanos(Decimal("0.3")), t0 + 25 * 3600)
 
     run(go())
+
+
+@pytest.mark.parametrize("period, seconds", [("rolling_1m", 60), ("rolling_7m", 420), ("rolling_24h", 86400)])
+def test_a_rolling_window_never_covers_less_than_its_period(period: str, seconds: int) -> None:
+    """60 s in 2-second buckets (60 // 24) once covered only 48 s: $0.0988 fitted in one true minute under
+    a $0.05 cap. Now spend at any moment still counts for the whole period after it, wherever in its bucket
+    it fell, and leaves within one period plus two buckets."""
+    cap = Decimal("0.05")
+    rule = budget(name="r", period=period, limit_usd=str(cap))
+    for offset in (0.0, 0.4, 1.0, 1.9, 2.7):
+        store = MemoryStore()
+        budgets = Budgets([rule], UTC, store, 900)
+        t0 = ts("2026-11-23T00:00:00") + offset
+
+        async def go() -> None:
+            a = await budgets.admit("r1", ALICE, None, to_nanos(cap), t0)
+            await budgets.settle(a, to_nanos(cap), t0)
+            for later in (1.0, seconds * 0.8, seconds - 0.001):  # inside the true window: no room
+                with pytest.raises(BudgetExceeded):
+                    await budgets.admit(f"r{later}", ALICE, None, to_nanos(Decimal("0.01")), t0 + later)
+            slack = 2 * max(1, seconds // 24)
+            assert await budgets.admit("after", ALICE, None, to_nanos(Decimal("0.01")), t0 + seconds + slack)
+
+        run(go())
 
 
 def test_an_expired_reservation_frees_the_budget_but_a_late_settle_still_counts() -> None:

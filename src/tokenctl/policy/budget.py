@@ -20,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from tokenctl.errors import BudgetExceeded
-from tokenctl.policy.period import Window, WindowCache
+from tokenctl.policy.period import Window, WindowCache, rolling_span
 from tokenctl.policy.rules import BudgetRule
 from tokenctl.policy.store import Claim, Refusal, SpendStore
 from tokenctl.types import Principal
@@ -83,7 +83,7 @@ class BudgetAdmission:
 def drop_time(rule: BudgetRule, bucket: int, window: Window) -> float | None:
     """When a counter is no longer part of any window and can be forgotten."""
     if rule.period.kind == "rolling":
-        return float(bucket + rule.period.seconds)
+        return float(bucket + rolling_span(rule.period))
     return window.resets_at
 
 

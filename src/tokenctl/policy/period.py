@@ -1,9 +1,11 @@
 """Budget windows, derived from a timestamp alone (no reset job that could be skipped).
 
 Calendar periods start at local midnight in the configured time zone: ``daily`` each day,
-``weekly`` on Mondays, ``monthly`` on the 1st. A rolling window covers the last N seconds and
-is kept as ``ROLLING_BUCKETS`` buckets, so spend leaves it in steps of window/``ROLLING_BUCKETS``.
-``lifetime`` never resets.
+``weekly`` on Mondays, ``monthly`` on the 1st. A rolling window is kept as buckets of period /
+``ROLLING_BUCKETS`` seconds, and always covers *at least* its whole period: one bucket more than the
+period needs, so the oldest spend still inside the true window is never dropped early (the bucket it is in
+counts whole). A budget therefore holds over every true window of its length; spend leaves it between one
+period and one period plus two buckets (1/12 of the period) after it was made. ``lifetime`` never resets.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ def current_window(period: Period, now: float, tz: ZoneInfo) -> Window:
     if period.kind == "lifetime":
         return Window((0,), 0.0, None)
     if period.kind == "rolling":
-        size = max(1, period.seconds // ROLLING_BUCKETS)
+        size = rolling_bucket_seconds(period)
         newest = int(now // size) * size
-        buckets = tuple(newest - i * size for i in range(ROLLING_BUCKETS))
-        return Window(buckets, float(buckets[-1]), float(buckets[-1] + period.seconds))
+        buckets = tuple(newest - i * size for i in range(rolling_bucket_count(period)))
+        return Window(buckets, float(buckets[-1]), float(newest + size))  # then the oldest bucket drops out
     start, end = _calendar_bounds(period.kind, now, tz)
     return Window((int(start),), start, end)
 
@@ -69,6 +71,18 @@ def _validity(period: Period, window: Window) -> tuple[float, float]:
 
 def rolling_bucket_seconds(period: Period) -> int:
     return max(1, period.seconds // ROLLING_BUCKETS)
+
+
+def rolling_bucket_count(period: Period) -> int:
+    """Buckets that together cover the whole period whatever the time within the newest one (and whether or
+    not the period divides into whole buckets: 60 s in 2 s buckets needs 31, not 24)."""
+    size = rolling_bucket_seconds(period)
+    return -(-period.seconds // size) + 1
+
+
+def rolling_span(period: Period) -> int:
+    """How long after its bucket started a rolling counter is still part of the window."""
+    return rolling_bucket_count(period) * rolling_bucket_seconds(period)
 
 
 def _calendar_bounds(kind: str, now: float, tz: ZoneInfo) -> tuple[float, float]:
