@@ -352,3 +352,27 @@ def test_migrate_writes_the_journals_stopped_workers_left(tmp_path: Path, pg_url
     assert "worker-3/ledger: wrote 10 journaled rows" in again.stderr
     assert db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 30
     _rollups_match(db)
+
+
+def test_rolling_budget_counters_seed_the_same_on_both_engines(tmp_path: Path, pg_url: str) -> None:
+    """Rolling windows are seeded per bucket from the ledger's timestamps, computed in each engine's SQL."""
+    from zoneinfo import ZoneInfo
+
+    from tokenctl.policy.rules import parse_budget
+    from tokenctl.policy.seed import ledger_seeds
+
+    now = time.time()
+    entries = list(synthetic_entries(400, start=now - 7200, days=7200 / 86400))
+    seeds = []
+    for target in (str(tmp_path / "l.db"), pg_url):
+        writer = LedgerWriter(target, journal_path=str(tmp_path / f"j{len(seeds)}" / "ledger"))
+        writer.start()
+        for e in entries:
+            writer.record(e)
+        writer.close()
+        rules = [
+            parse_budget({"name": "hourly", "scope": "team", "limit_usd": 5, "period": "rolling_1h"}, "t"),
+            parse_budget({"name": "minute", "scope": "user", "limit_usd": 1, "period": "rolling_7m"}, "t"),
+        ]
+        seeds.append(ledger_seeds(connect(target, migrate_schema=False), rules, ZoneInfo("UTC"), now)[0])
+    assert seeds[0] == seeds[1] and len(seeds[0]) > 10

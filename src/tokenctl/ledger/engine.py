@@ -45,3 +45,10 @@ def is_postgres(target: str) -> bool:
 def dialect(db: Database) -> str:
     """``sqlite`` or ``postgresql``."""
     return str(getattr(db, "dialect", "sqlite"))
+
+
+def epoch_seconds(db: Database, column: str) -> str:
+    """SQL for the whole unix seconds of an ISO-8601 UTC text column (``ts``), in the connection's dialect."""
+    if dialect(db) == "postgresql":
+        return f"CAST(FLOOR(EXTRACT(EPOCH FROM CAST({column} AS TIMESTAMPTZ))) AS BIGINT)"
+    return f"CAST(strftime('%s', {column}) AS INTEGER)"

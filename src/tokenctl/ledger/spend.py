@@ -6,7 +6,7 @@ a changed period starts from exactly what the ledger says was spent in the curre
 
 from __future__ import annotations
 
-from tokenctl.ledger.engine import Database
+from tokenctl.ledger.engine import Database, epoch_seconds
 from tokenctl.ledger.record import iso_utc
 
 # The ledger column holding each scope's member.
@@ -33,11 +33,7 @@ def spend_by_member(
     """{(member, user-or-None, bucket start): nano-USD} for rows started at or after ``since``."""
     member = SCOPE_COLUMNS[scope]
     user = "user" if slice_by_user else "NULL"
-    bucket = (
-        f"(CAST(strftime('%s', ts) AS INTEGER) / {int(bucket_seconds)}) * {int(bucket_seconds)}"
-        if bucket_seconds
-        else "0"
-    )
+    bucket = f"({epoch_seconds(db, 'ts')} / {int(bucket_seconds)}) * {int(bucket_seconds)}" if bucket_seconds else "0"
     sql = (
         f"SELECT {member} AS m, {user} AS u, {bucket} AS b, SUM(cost_nanousd) FROM requests"
         f" WHERE ts >= ? AND {member} IS NOT NULL"
