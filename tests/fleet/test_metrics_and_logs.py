@@ -42,7 +42,12 @@ def test_metrics_match_the_ledger_and_carry_no_user_labels(make_gateway: Any) ->
             assert client.post(f"{live.url}/v1/messages", json=MESSAGES, headers=anthropic).status_code == 200
         r = client.post(
             f"{live.url}/v1/chat/completions",
-            json={"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+            json={  # an output limit: without one, gpt-4.1-mini's own (32,768 tokens) would not fit the cap
+                "model": "gpt-4.1-mini",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+                "max_tokens": 200,
+            },
             headers={"authorization": f"Bearer {live.key}", "x-fake-usage": "input=30,output=20"},
         )
         assert r.status_code == 200
