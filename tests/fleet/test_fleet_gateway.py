@@ -24,6 +24,7 @@ import yaml
 
 from tests.conftest import ADMIN_KEY, free_port, ledger_rows
 from tests.ledgers import drop_pg_schema, pg_schema_url
+from tests.policy.test_budget_enforcement import fallback_config
 from tokenctl.identity.keys import create_key
 from tokenctl.ledger.db import connect
 from tokenctl.ledger.writer import LedgerWriter
@@ -540,16 +541,7 @@ def test_fallbacks_to_a_dearer_model_on_every_replica_are_admitted_at_their_own_
     """Haiku answers 529 and Opus serves, on all three replicas at once: each attempt is admitted at Opus's
     price, so the team cap holds fleet-wide however the requests spread."""
     cap = Decimal("0.5")
-    sections = {
-        "aliases": {"auto": "claude-haiku-4-5"},
-        "routing": {
-            "routed_models": ["auto"],
-            "tiers": {"economy": {"models": ["claude-haiku-4-5", "claude-opus-4-1"]}},
-            "rules": [{"tier": "economy"}],
-            "default_tier": "economy",
-        },
-        "budgets": [{"name": "team-cap", "scope": "team", "limit_usd": str(cap)}],
-    }
+    sections = fallback_config(str(cap))  # haiku then opus in one tier, a team cap
     replicas = [fleet_env(f"r{i}", sections=sections) for i in range(3)]
     faults = {"x-fake-fault": "status:529", "x-fake-fault-model": "claude-haiku-4-5"}
 

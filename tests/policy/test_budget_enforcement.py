@@ -437,7 +437,7 @@ def test_unpriced_models_can_be_allowed_explicitly(make_gateway: Any) -> None:
     assert response.status_code == 200
 
 
-def _fallback_config(limit: str) -> dict[str, Any]:
+def fallback_config(limit: str) -> dict[str, Any]:
     return {
         "aliases": {"auto": "claude-haiku-4-5"},
         "routing": {
@@ -453,7 +453,7 @@ def _fallback_config(limit: str) -> dict[str, Any]:
 def test_a_fallback_to_a_dearer_deployment_is_admitted_at_its_own_price(make_gateway: Any) -> None:
     """Haiku answers 529, Opus would serve: Opus's worst case (~$0.15) must fit the budget, not Haiku's (~$0.01)."""
     faults = {"x-fake-fault": "status:529", "x-fake-fault-model": "claude-haiku-4-5"}
-    tight = make_gateway(_fallback_config("0.05"))
+    tight = make_gateway(fallback_config("0.05"))
     refused = httpx.post(
         f"{tight.url}/v1/messages",
         json={**_messages_body(), "model": "auto"},
@@ -461,7 +461,7 @@ def test_a_fallback_to_a_dearer_deployment_is_admitted_at_its_own_price(make_gat
     )
     assert refused.status_code == 402 and "team-cap" in refused.json()["error"]["message"]
     assert [orjson.loads(r.body)["model"] for r in tight.fake.received] == ["claude-haiku-4-5"]  # opus never sent
-    roomy = make_gateway(_fallback_config("1"))
+    roomy = make_gateway(fallback_config("1"))
     served = httpx.post(
         f"{roomy.url}/v1/messages",
         json={**_messages_body(), "model": "auto"},

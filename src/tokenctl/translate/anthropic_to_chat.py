@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -253,6 +254,20 @@ def _tool_id() -> str:
     return "toolu_" + secrets.token_hex(12)
 
 
+def chat_chunks(data: bytes) -> Iterator[dict[str, Any]]:
+    """The Chat Completions chunks in whole SSE events (``[DONE]``, broken JSON and error objects skipped)."""
+    for event in data.split(b"\n\n"):
+        payload = event_data(event)
+        if not payload or payload == b"[DONE]":
+            continue
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(chunk, dict) and "error" not in chunk:
+            yield chunk
+
+
 def _event(name: str, payload: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps({"type": name, **payload}) + b"\n\n"
 
@@ -269,18 +284,7 @@ class StreamTranslator:
         self.stop_reason = "end_turn"
 
     def feed(self, data: bytes) -> bytes:
-        out = bytearray()
-        for event in data.split(b"\n\n"):
-            payload = event_data(event)
-            if not payload or payload == b"[DONE]":
-                continue
-            try:
-                chunk = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(chunk, dict) and "error" not in chunk:
-                out += self._chunk(chunk)
-        return bytes(out)
+        return b"".join(self._chunk(chunk) for chunk in chat_chunks(data))
 
     def _chunk(self, chunk: dict[str, Any]) -> bytes:
         out = bytearray()

@@ -21,8 +21,7 @@ from typing import Any
 
 import orjson
 
-from tokenctl.metering.stream import event_data
-from tokenctl.translate.anthropic_to_chat import Untranslatable
+from tokenctl.translate.anthropic_to_chat import Untranslatable, chat_chunks
 from tokenctl.translate.responses_out import ResponsesStream, message_item, response_object, usage_object
 from tokenctl.translate.responses_tools import ResponsesTools, call_name, custom_arguments, output_text, read_tools
 
@@ -223,18 +222,7 @@ class StreamTranslator:
         self.finish_reason: str | None = None
 
     def feed(self, data: bytes) -> bytes:
-        out = bytearray()
-        for event in data.split(b"\n\n"):
-            payload = event_data(event)
-            if not payload or payload == b"[DONE]":
-                continue
-            try:
-                chunk = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(chunk, dict) and "error" not in chunk:
-                out += self._chunk(chunk)
-        return bytes(out)
+        return b"".join(self._chunk(chunk) for chunk in chat_chunks(data))
 
     def _chunk(self, chunk: dict[str, Any]) -> bytes:
         out = b"" if self.out.started else self.out.start(f"resp_{chunk.get('id', '')}", chunk.get("model"))
