@@ -558,3 +558,36 @@ def test_a_request_without_an_output_limit_reserves_the_models_own(make_gateway:
     assert reserved >= Decimal("0.256") > cost  # 128,000 output tokens at $2 per million, plus the input
     limited = httpx.post(f"{live.url}/v1/chat/completions", json={**body, "max_tokens": 500}, headers=headers)
     assert Decimal(live.row(limited.headers["request-id"])["reserved_usd"]) < Decimal("0.002")  # its own limit
+
+
+def test_openai_service_tiers_are_reserved_and_recorded_at_their_own_prices(make_gateway: Any) -> None:
+    """priority costs 1.8x the standard price for gpt-5-mini and flex half: the tier the provider says it
+    served (answer, Chat stream, Responses stream) is what the row costs, and a priority request reserves at
+    the priority price."""
+    from tokenctl.metering.pricing import PriceBook
+    from tokenctl.types import Usage
+
+    live = make_gateway({"budgets": [{"name": "user-cap", "scope": "user", "limit_usd": "5"}]})
+    headers = {"authorization": f"Bearer {live.key}", "x-fake-usage": "input=1000,output=500"}
+    chat = {"model": "gpt-5-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 600}
+    provider = live.gw.catalog.resolve("gpt-5-mini", "openai.chat").provider
+    prices, usage = PriceBook(), Usage(input_tokens=1000, output_tokens=500)
+    standard = prices.cost(provider, "gpt-5-mini", usage).total
+    calls = [
+        ("/v1/chat/completions", {**chat, "service_tier": "priority"}, "priority"),
+        ("/v1/chat/completions", {**chat, "service_tier": "priority", "stream": True}, "priority"),
+        ("/v1/responses", {"model": "gpt-5-mini", "input": "hi", "service_tier": "flex", "stream": True}, "flex"),
+        ("/v1/chat/completions", chat, None),
+    ]
+    rows = []
+    for path, body, tier in calls:
+        answer = httpx.post(f"{live.url}{path}", json=body, headers=headers)
+        assert answer.status_code == 200, answer.text
+        rows.append((live.row(answer.headers["request-id"]), tier))
+    for row, tier in rows:
+        expected = prices.cost(provider, "gpt-5-mini", usage, tier).total
+        assert Decimal(row["cost_usd"]) == expected, tier
+        assert (f"service_tier {tier}" in (row["policy"] or "")) == (tier is not None)
+    assert Decimal(rows[0][0]["cost_usd"]) == standard * Decimal("1.8")
+    assert Decimal(rows[2][0]["cost_usd"]) == standard / 2
+    assert Decimal(rows[0][0]["reserved_usd"]) > Decimal(rows[3][0]["reserved_usd"]) * Decimal("1.7")  # priority

@@ -49,6 +49,7 @@ class LedgerEntry:
     saving_source: str | None = None  # "policy" or "routing": who changed the model
     uncached_cost: Decimal | None = None  # the same usage without prompt caching (only when caching was used)
     counterfactual_cost: Decimal | None = None  # the same usage on the originally routed model
+    service_tier: str | None = None  # the tier the provider served it at (OpenAI priority, flex): priced so
 
 
 COLUMNS = (

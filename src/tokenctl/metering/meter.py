@@ -54,14 +54,17 @@ def _price_alternatives(prices: PriceBook, entry: LedgerEntry, usage: Usage) -> 
         entry.uncached_cost = _price(prices, entry, uncached).total
     original = entry.original_route
     if original is not None and entry.route is not None and original.upstream_model != entry.route.upstream_model:
-        alternative = prices.cost(original.provider, original.upstream_model, usage)
+        alternative = prices.cost(original.provider, original.upstream_model, usage, entry.service_tier)
         if alternative.priced:
             entry.counterfactual_cost = alternative.total
 
 
 def _price(prices: PriceBook, entry: LedgerEntry, usage: Usage) -> Cost:
     assert entry.route is not None
-    cost = prices.cost(entry.route.provider, entry.route.upstream_model, usage)
+    tier = entry.service_tier
+    cost = prices.cost(entry.route.provider, entry.route.upstream_model, usage, tier)
     if not cost.priced and entry.response_model and entry.response_model != entry.route.upstream_model:
-        cost = prices.cost(entry.route.provider, entry.response_model, usage)
+        cost = prices.cost(entry.route.provider, entry.response_model, usage, tier)
+    if tier not in (None, "default", "auto") and f"service_tier {tier}" not in (entry.policy or []):
+        entry.policy = [*(entry.policy or []), f"service_tier {tier}"]  # priced at that tier's rates
     return cost

@@ -117,6 +117,13 @@ _GENAI_KEYS = {
 }
 
 
+def _priced_tier(service_tier: str | None) -> str | None:
+    """The tier to price at: None (the standard price) for no tier, ``default`` or ``auto``."""
+    if not isinstance(service_tier, str) or service_tier in ("default", "auto", ""):
+        return None
+    return service_tier
+
+
 def compile_genai_price(model_price: Any) -> TokenPrices:
     """Keep the price keys tokenctl reports usage for; others (audio, images…) count zero for text traffic."""
     fields = {ours: getattr(model_price, theirs, None) for theirs, ours in _GENAI_KEYS.items()}
@@ -237,7 +244,9 @@ class PriceBook:
         self._rules = overrides or []
         self.unpriced_fallback = unpriced_fallback
         self._snapshot = data_snapshot.get_snapshot()
-        self._cache: dict[tuple[str, str, str | None], tuple[int, TokenPrices | None, OverrideRule | None]] = {}
+        self._cache: dict[
+            tuple[str, str, str | None, str | None], tuple[int, TokenPrices | None, OverrideRule | None]
+        ] = {}
         self._warned: set[tuple[str, str]] = set()
         suffix = f" + overrides {overrides_digest}" if overrides_digest else ""
         self.version = GENAI_PRICES_SOURCE + suffix
@@ -252,8 +261,10 @@ class PriceBook:
         list_prices, rule = self._lookup(provider, model)
         return list_prices is not None or (rule is not None and rule.prices is not None)
 
-    def cost(self, provider: ProviderConfig, model: str, usage: Usage) -> Cost:
-        list_prices, rule = self._lookup(provider, model)
+    def cost(self, provider: ProviderConfig, model: str, usage: Usage, service_tier: str | None = None) -> Cost:
+        """``service_tier``: the tier the provider served the request at (OpenAI ``priority``, ``flex``…),
+        priced as genai-prices prices that tier; the standard price for ``default``/``auto``/None."""
+        list_prices, rule = self._lookup(provider, model, _priced_tier(service_tier))
         if rule is not None and rule.prices is not None:
             total = rule.prices.cost(usage)
             return Cost(total=total, list_total=total, priced=True, source="override")
@@ -271,25 +282,28 @@ class PriceBook:
             return Cost(total=list_total * (1 - rule.discount), list_total=list_total, priced=True, source="override")
         return Cost(total=list_total, list_total=list_total, priced=True, source="genai-prices")
 
-    def _lookup(self, provider: ProviderConfig, model: str) -> tuple[TokenPrices | None, OverrideRule | None]:
+    def _lookup(
+        self, provider: ProviderConfig, model: str, tier: str | None = None
+    ) -> tuple[TokenPrices | None, OverrideRule | None]:
         minute = int(time.time() // 60)
-        key = (provider.name, model, provider.pricing_provider)
+        key = (provider.name, model, provider.pricing_provider, tier)
         hit = self._cache.get(key)
         if hit is not None and hit[0] == minute:
             return hit[1], hit[2]
         rule = next((r for r in self._rules if r.applies(provider.name, model)), None)
-        prices = self._genai_prices(provider.pricing_provider, model)
+        prices = self._genai_prices(provider.pricing_provider, model, tier)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key] = (minute, prices, rule)
         return prices, rule
 
-    def _genai_prices(self, pricing_provider: str | None, model: str) -> TokenPrices | None:
+    def _genai_prices(self, pricing_provider: str | None, model: str, tier: str | None = None) -> TokenPrices | None:
         try:
             _, info = self._snapshot.find_provider_model(model, None, pricing_provider, None)
         except LookupError:
             return None
-        return compile_genai_price(info.get_prices(datetime.now(tz=UTC)))
+        context = {"service_tier": tier} if tier else None
+        return compile_genai_price(info.get_prices(datetime.now(tz=UTC), context))
 
     def _warn_unpriced(self, provider: str, model: str) -> None:
         if (provider, model) not in self._warned:

@@ -72,6 +72,7 @@ class StreamMeter:
         self.terminal = False  # the stream reached its proper end (or the upstream's own error event)
         self.upstream_error: str | None = None
         self.response_model: str | None = None
+        self.service_tier: str | None = None  # the tier an OpenAI provider says it served the request at
         self.response_id: str | None = None
         self.deltas = 0
         self.delta_bytes = 0
@@ -191,6 +192,8 @@ class ChatStreamMeter(StreamMeter):
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.raw_usage = usage
+        if isinstance(chunk.get("service_tier"), str):
+            self.service_tier = chunk["service_tier"]
         if isinstance(chunk.get("id"), str):
             self.response_id = chunk["id"]
         return self._drop_usage_chunk and bool(_EMPTY_CHOICES.search(event))
@@ -238,3 +241,5 @@ class ResponsesStreamMeter(StreamMeter):
                 self.raw_usage = usage
             self.response_model = response.get("model") or self.response_model
             self.response_id = response.get("id") or self.response_id
+            if isinstance(response.get("service_tier"), str):
+                self.service_tier = response["service_tier"]

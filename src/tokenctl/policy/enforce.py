@@ -138,7 +138,12 @@ class Enforcer:
         )
         searches = estimate.web_searches(body, api)
         worst = estimate.worst_case_cost(
-            self.prices, entry.route, estimate.input_tokens(body_size), out_tokens, searches
+            self.prices,
+            entry.route,
+            estimate.input_tokens(body_size),
+            out_tokens,
+            searches,
+            estimate.requested_tier(body, api),
         )
         reserved = self._reservation(entry, body, api, worst)
         session = entry.attribution.session_id if entry.attribution else None
@@ -186,7 +191,12 @@ class Enforcer:
             Decimal(0)
             if api == "anthropic.count_tokens"
             else estimate.worst_case_cost(
-                self.prices, entry.route, in_tokens, out_tokens, estimate.web_searches(body, api)
+                self.prices,
+                entry.route,
+                in_tokens,
+                out_tokens,
+                estimate.web_searches(body, api),
+                estimate.requested_tier(body, api),
             )
         )  # counting tokens is not billed
         if self.rules.approvals:

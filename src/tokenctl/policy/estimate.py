@@ -103,7 +103,15 @@ def web_searches(body: dict[str, Any], api: str) -> int:
     return most
 
 
-def worst_case_cost(prices: PriceBook, route: Route, in_tokens: int, out_tokens: int, searches: int = 0) -> Decimal:
+def requested_tier(body: dict[str, Any], api: str) -> str | None:
+    """The OpenAI service tier the request asks for (``priority`` costs more): its worst case is priced so."""
+    tier = body.get("service_tier") if api.startswith("openai.") else None
+    return tier if isinstance(tier, str) else None
+
+
+def worst_case_cost(
+    prices: PriceBook, route: Route, in_tokens: int, out_tokens: int, searches: int = 0, tier: str | None = None
+) -> Decimal:
     """USD; 0 for an unpriced model without a stand-in (the enforcer refuses those under a blocking budget)."""
 
     def cost(**usage: int) -> Decimal:
@@ -111,6 +119,7 @@ def worst_case_cost(prices: PriceBook, route: Route, in_tokens: int, out_tokens:
             route.provider,
             route.upstream_model,
             Usage(output_tokens=out_tokens, web_search_requests=searches, **usage),
+            tier,
         ).total
 
     return max(  # 1-hour cache writes cost more than 5-minute ones, both more than plain input

@@ -125,6 +125,8 @@ async def _relay_json(call: Call, resp: aiohttp.ClientResponse) -> web.Response:
         entry.raw_usage = usage if isinstance(usage, dict) else None
         model = parsed.get("model")
         entry.response_model = model if isinstance(model, str) else None
+        tier = parsed.get("service_tier")
+        entry.service_tier = tier if isinstance(tier, str) else None
     headers = response_headers(resp, call.request_id)
     if call.translation is not None:
         if parsed is None:
@@ -224,7 +226,7 @@ async def _relay_stream(call: Call, resp: aiohttp.ClientResponse, injected_usage
             entry.outcome, entry.partial = "client_disconnected", True
             entry.error = "client disconnected mid-stream"
     finally:
-        entry.raw_usage = meter.raw_usage
+        entry.raw_usage, entry.service_tier = meter.raw_usage, meter.service_tier
         entry.response_model = meter.response_model
     return out
 
@@ -250,6 +252,7 @@ async def _record_before_last_bytes(call: Call, meter: StreamMeter) -> None:
     so a gateway killed at this moment still has the request in its ledger."""
     entry = call.entry
     entry.raw_usage, entry.response_model = meter.raw_usage, meter.response_model
+    entry.service_tier = meter.service_tier
     if meter.upstream_error is not None:
         entry.outcome, entry.error = "upstream_error", meter.upstream_error
     await call.finish()

@@ -56,6 +56,7 @@ class Script:
     tool: str | None = None  # x-fake-tool: answer a fresh user turn with a call to this tool
     tool_input: dict[str, Any] = field(default_factory=dict)  # x-fake-tool-input (JSON)
     tool_result: str | None = None  # the tool result the request carries, echoed back as "got: …"
+    service_tier: str = "default"  # what OpenAI answers say they were served at: the request's tier, echoed
 
     @property
     def fault_after(self) -> int:
@@ -143,6 +144,9 @@ class FakeProvider:
         self._keep(request, raw)
         body = orjson.loads(raw)
         script = _script(request, len(raw))
+        tier = body.get("service_tier")
+        if isinstance(tier, str) and tier != "auto":
+            script.service_tier = tier
         only_for = request.headers.get("x-fake-fault-model")
         if only_for is not None and body.get("model") != only_for:
             script.fault = script.fault_arg = None  # the fault is scripted for another model
@@ -421,6 +425,7 @@ def _chat_completion(model: str, script: Script) -> dict[str, Any]:
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if script.tool else "stop"}],
         "usage": _chat_usage(script.usage),
+        "service_tier": script.service_tier,
     }
 
 
@@ -430,6 +435,7 @@ def _chat_events(model: str, script: Script, include_usage: bool) -> list[bytes]
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,
+        "service_tier": script.service_tier,
     }
     events = [
         _sse(
@@ -514,6 +520,7 @@ def _response_object(
         "usage": _responses_usage(script.usage) if done else None,
         "error": None,
         "incomplete_details": None,
+        "service_tier": script.service_tier,
     }
 
 
