@@ -64,6 +64,8 @@ class Usage:
     output_tokens: int = 0
     reasoning_tokens: int = 0
     web_search_requests: int = 0
+    audio_input_tokens: int = 0  # of the uncached input, audio (OpenAI prompt_tokens_details.audio_tokens)
+    audio_output_tokens: int = 0  # of the output, audio
 
     @property
     def cache_write_tokens(self) -> int:

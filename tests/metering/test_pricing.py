@@ -92,6 +92,8 @@ def test_matches_genai_prices_for_every_anthropic_and_openai_model() -> None:
                     output_tokens=rng.randint(0, 30_000),
                 )
                 u.reasoning_tokens = rng.randint(0, u.output_tokens)
+                u.audio_input_tokens = rng.choice([0, rng.randint(0, u.input_tokens)])  # of the uncached input
+                u.audio_output_tokens = rng.choice([0, rng.randint(0, u.output_tokens - u.reasoning_tokens)])
                 theirs = GenaiUsage(
                     input_tokens=u.input_total,
                     cache_read_tokens=u.cache_read_tokens,
@@ -99,6 +101,9 @@ def test_matches_genai_prices_for_every_anthropic_and_openai_model() -> None:
                     cache_write_1h_tokens=u.cache_write_1h_tokens,
                     output_tokens=u.output_tokens,
                     output_reasoning_tokens=u.reasoning_tokens,
+                    input_audio_tokens=u.audio_input_tokens,
+                    output_audio_tokens=u.audio_output_tokens,
+                    cache_audio_read_tokens=0,  # tokenctl's audio input is uncached audio
                 )
                 try:
                     expected = calc_price(theirs, model.id, provider_id=pid).total_price
@@ -161,3 +166,21 @@ def test_unknown_model_is_recorded_unpriced_not_silently_zero() -> None:
 def test_malformed_override_file_is_rejected_with_a_clear_error(tmp_path, text: str, fragment: str) -> None:
     with pytest.raises(PriceFileError, match=fragment):
         PriceBook.from_file(write(tmp_path, text))
+
+
+def test_audio_tokens_are_priced_as_audio() -> None:
+    """gpt-audio: text at $2.50/$10, audio at $32/$64 per million. OpenAI reports audio inside prompt and
+    completion tokens (``*_tokens_details.audio_tokens``); recorded as text they cost a tenth of the bill."""
+    from tokenctl.metering.usage import from_openai_chat
+
+    raw = {
+        "prompt_tokens": 2000,
+        "completion_tokens": 1500,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 1800},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 1200},
+    }
+    usage = from_openai_chat(raw)
+    assert (usage.audio_input_tokens, usage.audio_output_tokens) == (1800, 1200)
+    cost = PriceBook().cost(OPENAI, "gpt-audio", usage).total
+    expected = (200 * Decimal("2.5") + 1800 * Decimal(32) + 300 * Decimal(10) + 1200 * Decimal(64)) / 10**6
+    assert cost == expected  # $0.1375; as text it would have been $0.02

@@ -591,3 +591,20 @@ def test_openai_service_tiers_are_reserved_and_recorded_at_their_own_prices(make
     assert Decimal(rows[0][0]["cost_usd"]) == standard * Decimal("1.8")
     assert Decimal(rows[2][0]["cost_usd"]) == standard / 2
     assert Decimal(rows[0][0]["reserved_usd"]) > Decimal(rows[3][0]["reserved_usd"]) * Decimal("1.7")  # priority
+
+
+def test_a_request_for_audio_output_reserves_at_the_audio_price(make_gateway: Any) -> None:
+    """gpt-audio writes audio at $64 per million tokens against $10 for text: a request asking for audio
+    (``modalities``) reserves its output at the audio price."""
+    live = make_gateway({"budgets": [{"name": "user-cap", "scope": "user", "limit_usd": "5"}]})
+    headers = {"authorization": f"Bearer {live.key}"}
+    body = {"model": "gpt-audio", "messages": [{"role": "user", "content": "say hi"}], "max_tokens": 2000}
+    text = httpx.post(f"{live.url}/v1/chat/completions", json=body, headers=headers)
+    spoken = httpx.post(
+        f"{live.url}/v1/chat/completions", json={**body, "modalities": ["text", "audio"]}, headers=headers
+    )
+    assert text.status_code == spoken.status_code == 200
+    as_text = Decimal(live.row(text.headers["request-id"])["reserved_usd"])
+    as_audio = Decimal(live.row(spoken.headers["request-id"])["reserved_usd"])
+    audio_premium = Decimal(2000) * (Decimal(64) - Decimal(10)) / 10**6  # $0.108 for the output
+    assert audio_premium <= as_audio - as_text < audio_premium + Decimal("0.0001")  # + the longer body's input

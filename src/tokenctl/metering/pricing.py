@@ -71,6 +71,8 @@ class TokenPrices:
     output_reasoning: Price = None
     web_searches_k: Price = None
     requests_k: Price = None
+    input_audio: Price = None
+    output_audio: Price = None
 
     def cost(self, usage: Usage) -> Decimal:
         """Apply genai-prices' leaf rules: a token type without its own price is charged as its parent."""
@@ -80,13 +82,19 @@ class TokenPrices:
         write = (usage.cache_write_tokens - write_1h) if self.cache_write is not None else 0
         uncached = total_in - read - write - write_1h
         reasoning = usage.reasoning_tokens if self.output_reasoning is not None else 0
+        audio_in = min(usage.audio_input_tokens, uncached) if self.input_audio is not None else 0
+        audio_out = (
+            min(usage.audio_output_tokens, usage.output_tokens - reasoning) if self.output_audio is not None else 0
+        )
         per_m = (
-            _at(self.input, total_in) * uncached
+            _at(self.input, total_in) * (uncached - audio_in)
+            + _at(self.input_audio, total_in) * audio_in
             + _at(self.cache_read, total_in) * read
             + _at(self.cache_write, total_in) * write
             + _at(self.cache_write_1h, total_in) * write_1h
-            + _at(self.output, total_in) * (usage.output_tokens - reasoning)
+            + _at(self.output, total_in) * (usage.output_tokens - reasoning - audio_out)
             + _at(self.output_reasoning, total_in) * reasoning
+            + _at(self.output_audio, total_in) * audio_out
         )
         per_k = _at(self.web_searches_k, total_in) * usage.web_search_requests + _at(self.requests_k, total_in)
         return per_m / _MILLION + per_k / _THOUSAND
@@ -114,6 +122,8 @@ _GENAI_KEYS = {
     "output_reasoning_mtok": "output_reasoning",
     "web_searches_kcount": "web_searches_k",
     "requests_kcount": "requests_k",
+    "input_audio_mtok": "input_audio",
+    "output_audio_mtok": "output_audio",
 }
 
 
@@ -125,7 +135,8 @@ def _priced_tier(service_tier: str | None) -> str | None:
 
 
 def compile_genai_price(model_price: Any) -> TokenPrices:
-    """Keep the price keys tokenctl reports usage for; others (audio, images…) count zero for text traffic."""
+    """Keep the price keys tokenctl reports usage for (text, caching, reasoning, audio, searches); others
+    (images…) are charged at their parent's price."""
     fields = {ours: getattr(model_price, theirs, None) for theirs, ours in _GENAI_KEYS.items()}
     return TokenPrices(**fields)
 

@@ -55,14 +55,19 @@ def _from_openai_inclusive(input_total: int, details: Any, output: int, out_deta
     cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
     written = _int(details.get("cache_write_tokens")) if isinstance(details, dict) else 0
     reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+    audio_in = _int(details.get("audio_tokens")) if isinstance(details, dict) else 0
+    audio_out = _int(out_details.get("audio_tokens")) if isinstance(out_details, dict) else 0
     cached = min(cached, input_total)
     written = min(written, input_total - cached)
+    uncached = input_total - cached - written
     return Usage(
-        input_tokens=input_total - cached - written,
+        input_tokens=uncached,
         cache_read_tokens=cached,
         cache_write_5m_tokens=written,
         output_tokens=output,
         reasoning_tokens=min(reasoning, output),
+        audio_input_tokens=min(audio_in, uncached),
+        audio_output_tokens=min(audio_out, output - min(reasoning, output)),
     )
 
 

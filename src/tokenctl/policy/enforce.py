@@ -144,6 +144,7 @@ class Enforcer:
             out_tokens,
             searches,
             estimate.requested_tier(body, api),
+            estimate.audio(body, api),
         )
         reserved = self._reservation(entry, body, api, worst)
         session = entry.attribution.session_id if entry.attribution else None
@@ -197,6 +198,7 @@ class Enforcer:
                 out_tokens,
                 estimate.web_searches(body, api),
                 estimate.requested_tier(body, api),
+                estimate.audio(body, api),
             )
         )  # counting tokens is not billed
         if self.rules.approvals:

@@ -109,16 +109,44 @@ def requested_tier(body: dict[str, Any], api: str) -> str | None:
     return tier if isinstance(tier, str) else None
 
 
+def audio(body: dict[str, Any], api: str) -> tuple[bool, bool]:
+    """(audio in the input, audio asked for in the output): Chat ``input_audio`` parts, ``modalities``."""
+    if api != "openai.chat":
+        return False, False
+    wants = isinstance(body.get("modalities"), list) and "audio" in body["modalities"]
+    sends = any(
+        isinstance(part, dict) and part.get("type") == "input_audio"
+        for message in body.get("messages") or []
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for part in message["content"]
+    )
+    return sends, wants
+
+
 def worst_case_cost(
-    prices: PriceBook, route: Route, in_tokens: int, out_tokens: int, searches: int = 0, tier: str | None = None
+    prices: PriceBook,
+    route: Route,
+    in_tokens: int,
+    out_tokens: int,
+    searches: int = 0,
+    tier: str | None = None,
+    audio_io: tuple[bool, bool] = (False, False),
 ) -> Decimal:
-    """USD; 0 for an unpriced model without a stand-in (the enforcer refuses those under a blocking budget)."""
+    """USD; 0 for an unpriced model without a stand-in (the enforcer refuses those under a blocking budget).
+    ``audio_io``: price the input, the output as audio (dearer than text on the models that take it)."""
 
     def cost(**usage: int) -> Decimal:
+        audio_in = usage.get("input_tokens", 0) if audio_io[0] else 0
         return prices.cost(
             route.provider,
             route.upstream_model,
-            Usage(output_tokens=out_tokens, web_search_requests=searches, **usage),
+            Usage(
+                output_tokens=out_tokens,
+                web_search_requests=searches,
+                audio_input_tokens=audio_in,
+                audio_output_tokens=out_tokens if audio_io[1] else 0,
+                **usage,
+            ),
             tier,
         ).total
 
