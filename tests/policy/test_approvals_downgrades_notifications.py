@@ -3,6 +3,8 @@ and management through the admin API and the CLI."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from typing import Any
 
@@ -225,7 +227,7 @@ def test_thresholds_notify_once_each_and_blocks_are_shown_by_both_sdks(make_gate
 
 
 def _config_file(live: LiveGateway) -> str:
-    path = live.db_path + ".yaml"
+    path = os.path.join(tempfile.mkdtemp(prefix="tokenctl-cli-"), "tokenctl.yaml")  # the ledger may be a URL
     with open(path, "w") as f:
         f.write(f"ledger: {live.ledger_yaml()}\nserver: {{port: {live.server.port}}}\n")
     return path
