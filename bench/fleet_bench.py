@@ -12,12 +12,10 @@ Needs `wrk`, `taskset` and a Redis at 127.0.0.1:6379 (keys under a fresh prefix,
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +23,7 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_bench import FAKE_PORT, GOVERNED, SMALL_BODY, create_key, start, wait_up, wrk
+from gateway_bench import FAKE_PORT, GOVERNED, create_key, start, store_bench_setup, wait_up, wrk
 
 ROOT = Path(__file__).resolve().parent
 GW_PORT = 19181
@@ -78,15 +76,8 @@ def run_gateway(work: Path, store: str, secs: int, key_prefix: str) -> dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    secs = 3 if args.quick else 8
-    work = Path(tempfile.mkdtemp(prefix="tokenctl-fleet-bench-"))
-    (work / "small.json").write_bytes(SMALL_BODY)
-    (work / "small.lua").write_text("")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    fake = start([sys.executable, "-m", "tokenctl", "fake-provider", "--port", str(FAKE_PORT)], 0, env)
+    secs, work, _, fake = store_bench_setup("fleet")
+    quick = secs == 3
     results: dict[str, object] = {"python": sys.version.split()[0], "cores": os.cpu_count()}
     try:
         direct = f"http://127.0.0.1:{FAKE_PORT}/v1/messages"
@@ -108,7 +99,7 @@ def main() -> None:
         results[store]["added_p99_ms"] = round(lat["p99_ms"] - d["p99_ms"], 3)  # type: ignore[index]
     mem_rps = results["memory"]["throughput_c64"]["rps"]  # type: ignore[index]
     results["redis_vs_memory_rps"] = round(results["redis"]["throughput_c64"]["rps"] / mem_rps, 3)  # type: ignore[index]
-    out = ROOT / "results" / ("fleet-quick.json" if args.quick else "fleet.json")
+    out = ROOT / "results" / ("fleet-quick.json" if quick else "fleet.json")
     out.write_text(json.dumps(results, indent=2))
     print(json.dumps({k: results[k] for k in ("redis_vs_memory_rps",)}), f"wrote {out}")
 

@@ -15,12 +15,10 @@ core 1; two workers get both cores, which they share with wrk, the fake provider
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -31,7 +29,7 @@ import psycopg
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_bench import FAKE_PORT, GOVERNED, SMALL_BODY, create_key, ledger_backlog, start, wait_up, wrk
+from gateway_bench import FAKE_PORT, GOVERNED, create_key, ledger_backlog, start, store_bench_setup, wait_up, wrk
 
 ROOT = Path(__file__).resolve().parent
 GW_PORT = 19182
@@ -121,14 +119,8 @@ def run_setup(work: Path, name: str, secs: int, prefix: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    secs = 3 if args.quick else 8
-    work = Path(tempfile.mkdtemp(prefix="tokenctl-workers-bench-"))
-    (work / "small.json").write_bytes(SMALL_BODY)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    fake = start([sys.executable, "-m", "tokenctl", "fake-provider", "--port", str(FAKE_PORT)], 0, env)
+    secs, work, _, fake = store_bench_setup("workers")
+    quick = secs == 3
     prefix = f"bench-{uuid.uuid4().hex[:6]}:"
     results: dict[str, Any] = {
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -158,7 +150,7 @@ def main() -> None:
         results[name]["added_p50_ms"] = round(lat["p50_ms"] - direct_latency["p50_ms"], 2)
         results[name]["added_p99_ms"] = round(lat["p99_ms"] - direct_latency["p99_ms"], 2)
         results[name]["rps_vs_sqlite_single_process"] = round(results[name]["throughput_c64"]["rps"] / base_rps, 3)
-    out = ROOT / "results" / ("workers-quick.json" if args.quick else "workers.json")
+    out = ROOT / "results" / ("workers-quick.json" if quick else "workers.json")
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
 

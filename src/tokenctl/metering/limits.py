@@ -10,6 +10,7 @@ than its reservation covered. Models not listed (newer, self-hosted) are assumed
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 # Longest pattern first wins; names as sent upstream (dated snapshots match their family).
 OUTPUT_LIMITS: tuple[tuple[str, int], ...] = (
@@ -35,6 +36,7 @@ OUTPUT_LIMITS: tuple[tuple[str, int], ...] = (
 )
 
 
+@lru_cache(maxsize=4096)  # once per model name, not per request
 def known_output_limit(model: str) -> int | None:
     matches = [(len(pattern), limit) for pattern, limit in OUTPUT_LIMITS if fnmatchcase(model, pattern)]
     return max(matches)[1] if matches else None
@@ -62,5 +64,6 @@ WEB_SEARCH_MODELS = (
 WEB_SEARCHES_PER_REQUEST = 5  # max_uses tokenctl sets when it offers the tool: bounds what one request spends
 
 
+@lru_cache(maxsize=4096)
 def has_web_search(model: str) -> bool:
     return any(fnmatchcase(model, pattern) for pattern in WEB_SEARCH_MODELS)
