@@ -28,9 +28,12 @@ from tokenctl.ingress.dialect import DIALECTS, Dialect
 from tokenctl.ingress.request import decided_body, parse_body, read_body
 from tokenctl.metering.limits import output_limit_for
 from tokenctl.policy.access import authorize, check_caller
+from tokenctl.policy.loops import first_prompt_digest
+from tokenctl.policy.turns import at_turn_boundary
 from tokenctl.providers.relay import FallbackNeeded, forward
 from tokenctl.providers.upstream import UpstreamRequest
-from tokenctl.routing.router import ROUTE_HEADER, Facts, last_user_text, request_kind
+from tokenctl.routing.router import ROUTE_HEADER, Facts, request_kind, turn_text
+from tokenctl.routing.trajectory import read_signals
 from tokenctl.text import header_text
 from tokenctl.translate import TRANSLATIONS
 from tokenctl.translate.anthropic_to_chat import Untranslatable
@@ -94,23 +97,43 @@ def _route(call: Call, body: dict[str, Any]) -> None:
     assert entry.route is not None and entry.principal is not None
     if not router.applies_to(entry.route.requested_model, entry.principal):
         return
-    facts = Facts(
-        entry.principal,
-        entry.attribution,
-        request_kind(body, api),
-        call.body_size // 4,
-        last_user_text(body, api),
-        header_text(call.request.headers.get(ROUTE_HEADER), 64),
-    )
-    decision = router.choose(entry.route, api, facts)
+    decision = router.choose(entry.route, api, _facts(call, body))
     if decision is None:
         return
     first, *rest = decision.routes
+    entry.route_tier, entry.route_escalation = decision.tier, decision.escalation
+    entry.route_score, entry.route_features = decision.score, decision.features
+    note = f"{decision.tier} -> {first.upstream_model}: {decision.reason}"
+    if router.settings.dry_run:  # serve what was asked for; the row says what routing would have done
+        if first.upstream_model != entry.route.upstream_model or first.provider is not entry.route.provider:
+            entry.would_route = first
+        entry.policy = [*(entry.policy or []), f"route dry-run: would send {note}"]
+        return
     if first.upstream_model != entry.route.upstream_model or first.provider is not entry.route.provider:
         entry.original_route, entry.saving_source = entry.route, "routing"
     entry.route = first
     call.fallbacks = tuple(rest)
-    entry.policy = [*(entry.policy or []), f"route {decision.tier} -> {first.upstream_model}: {decision.reason}"]
+    entry.policy = [*(entry.policy or []), f"route {note}"]
+
+
+def _facts(call: Call, body: dict[str, Any]) -> Facts:
+    entry, api = call.entry, call.dialect.api
+    assert entry.principal is not None
+    session = entry.attribution.session_id if entry.attribution else None
+    if session is None:  # no session id: the key and the conversation's first prompt name the session
+        digest = first_prompt_digest(body, api)
+        session = f"{entry.principal.key_id}:{digest}" if digest else None
+    return Facts(
+        entry.principal,
+        entry.attribution,
+        request_kind(body, api),
+        call.body_size // 4,
+        turn_text(body, api),
+        header_text(call.request.headers.get(ROUTE_HEADER), 64),
+        new_turn=at_turn_boundary(body, api),
+        signals=read_signals(body, api),
+        session=session,
+    )
 
 
 async def _send(call: Call, body_changed: bool) -> web.StreamResponse:

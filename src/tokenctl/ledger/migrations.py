@@ -474,6 +474,40 @@ def m008_loop_resumes(db: Database) -> None:
     )
 
 
+def m009_routing_decisions(db: Database) -> None:
+    """What routing decided per request, for dry runs, escalations and training on the deployment's own traffic.
+
+    ``route_tier`` the tier chosen (in a dry run: the tier it would have chosen); ``route_dry_run`` 1 when the
+    model asked for was served instead; ``would_model`` / ``would_nanousd`` the dry run's model and what the
+    same usage would have cost on it; ``route_escalation`` why the session moved to the escalation tier on
+    this request; ``route_score`` the classifier's score and ``route_features`` the hashed feature ids it
+    judged (numbers, not text), for ``tokenctl router train --from-ledger``."""
+    for column, kind in (
+        ("route_tier", "TEXT"),
+        ("route_dry_run", "INTEGER"),  # NULL in rows replayed from an older version's journal
+        ("would_model", "TEXT"),
+        ("would_nanousd", "INTEGER"),
+        ("route_escalation", "TEXT"),
+        ("route_score", "REAL"),
+        ("route_features", "TEXT"),
+    ):
+        db.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
+    db.execute(
+        """
+        CREATE TABLE feedback (
+            id          TEXT PRIMARY KEY,
+            ts          REAL NOT NULL,
+            session_id  TEXT,
+            request_id  TEXT,
+            outcome     REAL NOT NULL,      -- 1 the work was done (tests passed, PR merged), 0 it was not
+            source      TEXT,               -- who said so: ci, review, a person
+            key_id      TEXT                -- the key that sent the feedback
+        )
+        """
+    )
+    db.execute("CREATE INDEX feedback_session ON feedback (session_id)")
+
+
 @contextmanager
 def transaction(db: Database) -> Iterator[Database]:
     """BEGIN IMMEDIATE … COMMIT on an autocommit connection, rolled back on error."""
@@ -495,6 +529,7 @@ MIGRATIONS: list[Migration] = [
     m006_small_rollups,
     m007_batch_rollups,
     m008_loop_resumes,
+    m009_routing_decisions,
 ]
 
 

@@ -50,6 +50,12 @@ class LedgerEntry:
     uncached_cost: Decimal | None = None  # the same usage without prompt caching (only when caching was used)
     counterfactual_cost: Decimal | None = None  # the same usage on the originally routed model
     service_tier: str | None = None  # the tier the provider served it at (OpenAI priority, flex): priced so
+    route_tier: str | None = None  # the routing tier chosen (in a dry run: the one it would have chosen)
+    would_route: Route | None = None  # a dry run: the deployment routing would have sent the request to
+    would_cost: Decimal | None = None  # a dry run: the same usage on that deployment
+    route_escalation: str | None = None  # why the session moved to the escalation tier on this request
+    route_score: float | None = None
+    route_features: tuple[int, ...] = ()
 
 
 COLUMNS = (
@@ -100,6 +106,13 @@ COLUMNS = (
     "uncached_nanousd",
     "counterfactual_nanousd",
     "saving_source",
+    "route_tier",
+    "route_dry_run",
+    "would_model",
+    "would_nanousd",
+    "route_escalation",
+    "route_score",
+    "route_features",
 )
 
 INSERT_SQL = (
@@ -201,6 +214,13 @@ def to_row(e: LedgerEntry, tz: tzinfo = UTC) -> tuple[Any, ...]:
         nanos(e.uncached_cost),
         nanos(e.counterfactual_cost),
         e.saving_source,
+        e.route_tier,
+        int(e.would_route is not None),
+        e.would_route.upstream_model if e.would_route else None,
+        nanos(e.would_cost),
+        e.route_escalation,
+        None if e.route_score is None else round(e.route_score, 5),
+        ",".join(map(str, e.route_features)) if e.route_features else None,
     )
 
 

@@ -57,6 +57,11 @@ def _price_alternatives(prices: PriceBook, entry: LedgerEntry, usage: Usage) -> 
         alternative = prices.cost(original.provider, original.upstream_model, usage, entry.service_tier)
         if alternative.priced:
             entry.counterfactual_cost = alternative.total
+    would = entry.would_route
+    if would is not None:  # a routing dry run: what the same answer would have cost where routing would send it
+        projected = prices.cost(would.provider, would.upstream_model, usage)
+        if projected.priced:
+            entry.would_cost = projected.total
 
 
 def _price(prices: PriceBook, entry: LedgerEntry, usage: Usage) -> Cost:

@@ -35,6 +35,11 @@ def features(text: str) -> list[int]:
 
     Works on the UTF-8 bytes (one regex pass, CRC-32 per feature) to stay far below a millisecond.
     """
+    return sorted(_features(text)[0])
+
+
+def _features(text: str) -> tuple[set[int], frozenset[int]]:
+    """(all feature indices, the word and word-pair ones among them)."""
     if len(text) > MAX_CHARS:
         text = text[: MAX_CHARS // 2] + " " + text[-MAX_CHARS // 2 :]
     raw = text.lower().encode("utf-8", "replace")
@@ -43,6 +48,7 @@ def features(text: str) -> list[int]:
     found = {crc(b"w:" + w) & mask for w in words}
     prefixes = [crc(b"b:" + w + b" ") for w in words]  # CRC-32 continues from a prefix's value
     found.update(crc(b, p) & mask for p, b in zip(prefixes, words[1:]))
+    lexical = frozenset(found)
     shape = (
         ("len", min(12, int(math.log2(len(text) + 1)))),
         ("words", min(10, int(math.log2(len(words) + 1)))),
@@ -53,7 +59,7 @@ def features(text: str) -> list[int]:
     found.update(crc(f"{name}:{value}".encode()) & mask for name, value in shape)
     found.update(crc(b"p:" + bytes([c])) & mask for c in _PUNCTUATION.intersection(raw))
     found.add(crc(b"bias") & mask)
-    return sorted(found)
+    return found, lexical
 
 
 def length_value(text: str) -> float:
@@ -67,9 +73,33 @@ class Classifier:
     meta: dict[str, Any] | None = None
 
     def score(self, text: str) -> float:
-        """Estimated probability that the cheap model fails this prompt (higher: needs premium)."""
-        z = sum(self.weights.get(i, 0.0) for i in features(text)) + self.weights.get(LENGTH, 0.0) * length_value(text)
+        """Estimated probability that the premium model does better on this prompt (higher: needs premium)."""
+        return self.judge(text)[0]
+
+    def judge(self, text: str) -> tuple[float, float, list[int]]:
+        """(score, coverage, feature indices): coverage is the share of the text's words and word pairs that
+        the model learned a weight for; a text far from anything it was trained on has a low coverage."""
+        found, lexical = _features(text)
+        weights = self.weights
+        z = sum(weights.get(i, 0.0) for i in found) + weights.get(LENGTH, 0.0) * length_value(text)
+        known = sum(1 for i in lexical if i in weights)
+        coverage = known / len(lexical) if lexical else 0.0
+        return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z)))), coverage, sorted(found)
+
+    def score_features(self, found: Iterable[int], length: float) -> float:
+        z = sum(self.weights.get(i, 0.0) for i in found) + self.weights.get(LENGTH, 0.0) * length
         return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
+
+    @property
+    def coverage_floor(self) -> float:
+        """Below this coverage a text is outside what the model knows (the training prompts' 2nd percentile)."""
+        return float((self.meta or {}).get("coverage_floor", 0.0))
+
+    @property
+    def length_threshold_chars(self) -> int | None:
+        """The prompt length that splits the training prompts at the default premium share (the fallback rule)."""
+        value = (self.meta or {}).get("length_threshold_chars")
+        return int(value) if value is not None else None
 
     def threshold_for_share(self, premium_share: float) -> float:
         """The threshold that sent ``premium_share`` of the training prompts to premium (from stored quantiles)."""
@@ -115,6 +145,13 @@ def train(
 ) -> dict[int, float]:
     """Logistic regression by AdaGrad over the hashed features; deterministic for a given seed."""
     rows = [(features(t), length_value(t), y) for t, y in zip(texts, labels)]
+    return train_rows(rows, epochs=epochs, rate=rate, l2=l2, seed=seed)
+
+
+def train_rows(
+    rows: list[tuple[list[int], float, int]], *, epochs: int = 4, rate: float = 0.02, l2: float = 1e-3, seed: int = 0
+) -> dict[int, float]:
+    """The same, from (feature indices, length value, label) rows: what the ledger keeps of routed turns."""
     order = list(range(len(rows)))
     weights: dict[int, float] = {}
     squares: dict[int, float] = {}

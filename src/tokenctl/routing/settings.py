@@ -13,14 +13,33 @@ routing:
   classifier: {cheap_tier: economy, premium_tier: premium, threshold: 0.19}   # optional
   default_tier: premium
   sticky_sessions: true
+  mode: route                                # or dry_run: serve the model asked for, record what routing would do
+  escalation:                                # a session on another tier moves to this one when it struggles
+    to: premium
+    failing_tool_results: 3                  # tool results in a row that failed (0: off)
+    repeated_tool_calls: 3                   # the same call with the same arguments (0: off)
+    gave_up: true                            # the model says it cannot do it
+    re_asked: true                           # the user asks the same thing again
+    at_once_max_usd: 0.25                    # switch mid-turn when the context costs at most this uncached there
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
-from tokenctl.validate import ConfigError, optional_integer, reject_unknown, section, string_list
+from tokenctl.validate import (
+    ConfigError,
+    boolean,
+    choice,
+    integer,
+    money,
+    optional_integer,
+    reject_unknown,
+    section,
+    string_list,
+)
 
 KINDS = ("title", "probe", "agent", "chat")
 ROUTING_FIELDS = {
@@ -32,10 +51,22 @@ ROUTING_FIELDS = {
     "classifier",
     "default_tier",
     "sticky_sessions",
+    "mode",
+    "escalation",
 }
+MODES = ("route", "dry_run")
+ESCALATION_FIELDS = {"to", "failing_tool_results", "repeated_tool_calls", "gave_up", "re_asked", "at_once_max_usd"}
 TIER_FIELDS = {"models", "escalate_to"}
 RULE_FIELDS = {"tier", "tool", "kind", "team", "project", "min_input_tokens", "max_input_tokens"}
-CLASSIFIER_FIELDS = {"cheap_tier", "premium_tier", "threshold", "premium_share", "model"}
+CLASSIFIER_FIELDS = {
+    "cheap_tier",
+    "premium_tier",
+    "threshold",
+    "premium_share",
+    "model",
+    "calibration_window",
+    "calibration_warmup",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +107,20 @@ class ClassifierSettings:
     cheap_tier: str
     premium_tier: str
     threshold: float | None = None  # None: from premium_share, else the model's own threshold
-    premium_share: float | None = None  # the share of its training prompts the threshold sends to premium
+    premium_share: float | None = None  # the share of this deployment's recent user turns sent to premium
     model_path: str | None = None
+    calibration_window: int = 2000  # premium_share is a quantile of this many recent scores ...
+    calibration_warmup: int = 200  # ... once there are this many; before, of the training prompts' scores
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationSettings:
+    to: str
+    failing_tool_results: int = 3
+    repeated_tool_calls: int = 3
+    gave_up: bool = True
+    re_asked: bool = True
+    at_once_max_usd: Decimal = Decimal("0.25")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +133,12 @@ class RoutingConfig:
     classifier: ClassifierSettings | None = None
     default_tier: str | None = None
     sticky_sessions: bool = True
+    mode: str = "route"
+    escalation: EscalationSettings | None = None
+
+    @property
+    def dry_run(self) -> bool:
+        return self.mode == "dry_run"
 
     @property
     def enabled(self) -> bool:
@@ -115,6 +164,8 @@ def parse_routing(raw: dict[str, Any]) -> RoutingConfig:
         classifier,
         raw.get("default_tier"),
         bool(raw.get("sticky_sessions", True)),
+        choice(raw, "mode", MODES, "route", where),
+        _escalation(raw["escalation"], classifier) if raw.get("escalation") else None,
     )
     _check_tier_names(config)
     return config
@@ -165,17 +216,44 @@ def _classifier(raw: Any) -> ClassifierSettings:
             raise ConfigError(f"{where}.{key}: a number from 0 to 1")
     if threshold is not None and share is not None:
         raise ConfigError(f"{where}: set threshold or premium_share, not both")
+    window = integer(raw, "calibration_window", 2000, where)
+    warmup = integer(raw, "calibration_warmup", 200, where)
+    if window < 1 or not 0 <= warmup <= window:
+        raise ConfigError(f"{where}: calibration_window must be at least 1 and calibration_warmup from 0 to it")
     return ClassifierSettings(
         raw["cheap_tier"],
         raw["premium_tier"],
         None if threshold is None else float(threshold),
         None if share is None else float(share),
         raw.get("model"),
+        window,
+        warmup,
+    )
+
+
+def _escalation(raw: Any, classifier: ClassifierSettings | None) -> EscalationSettings:
+    where = "routing.escalation"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping")
+    reject_unknown(raw, ESCALATION_FIELDS, where)
+    to = raw.get("to") or (classifier.premium_tier if classifier else None)
+    if not isinstance(to, str):
+        raise ConfigError(f"{where}.to: name the tier a struggling session moves to")
+    at_once = money(raw, "at_once_max_usd", where)
+    return EscalationSettings(
+        to,
+        integer(raw, "failing_tool_results", 3, where),
+        integer(raw, "repeated_tool_calls", 3, where),
+        boolean(raw, "gave_up", True, where),
+        boolean(raw, "re_asked", True, where),
+        Decimal("0.25") if at_once is None else at_once,
     )
 
 
 def _check_tier_names(config: RoutingConfig) -> None:
     named = [("default_tier", config.default_tier)]
+    if config.escalation:
+        named.append(("escalation.to", config.escalation.to))
     named += [(f"tiers.{t.name}.escalate_to", t.escalate_to) for t in config.tiers.values()]
     named += [(f"rules[{i}].tier", r.tier) for i, r in enumerate(config.rules)]
     if config.classifier:
