@@ -54,6 +54,7 @@ class Script:
     fault_arg: str | None = None
     stall_ms: int = 0
     tool: str | None = None  # x-fake-tool: answer a fresh user turn with a call to this tool
+    # (x-fake-tool-until: TEXT on Anthropic requests: call it again until a tool result contains TEXT)
     tool_input: dict[str, Any] = field(default_factory=dict)  # x-fake-tool-input (JSON)
     tool_result: str | None = None  # the tool result the request carries, echoed back as "got: …"
     service_tier: str = "default"  # what OpenAI answers say they were served at: the request's tier, echoed
@@ -88,8 +89,9 @@ class FakeProvider:
         model = body.get("model", "fake")
         if script.tool:
             script.tool_result = _last_tool_result(body)
-            if script.tool_result is not None:
-                script.tool = None  # the tool ran: answer its result
+            until = request.headers.get("x-fake-tool-until")
+            if script.tool_result is not None and (until is None or until in script.tool_result):
+                script.tool = None  # the tool ran (and, with x-fake-tool-until, said so): answer its result
         if body.get("stream"):
             return await self._stream(request, script, _anthropic_events(model, script), "anthropic")
         return await self._json(request, script, _anthropic_message(model, script))
