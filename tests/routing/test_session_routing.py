@@ -67,7 +67,10 @@ class Agent:
 
     def _send(self) -> Any:
         reply = self.client.messages.create(
-            model="auto", max_tokens=300, tools=TOOLS, messages=self.messages  # type: ignore[arg-type]
+            model="auto",
+            max_tokens=300,
+            tools=TOOLS,
+            messages=self.messages,  # type: ignore[arg-type]
         )
         self.messages.append({"role": "assistant", "content": [b.model_dump() for b in reply.content]})
         return reply

@@ -13,9 +13,9 @@ import pytest
 
 from tokenctl.policy.turns import at_turn_boundary
 from tokenctl.routing.calibrate import LiveThreshold
+from tokenctl.routing.catalog import Catalog
 from tokenctl.routing.classifier import Classifier
 from tokenctl.routing.router import Facts, Router, turn_text
-from tokenctl.routing.catalog import Catalog
 from tokenctl.routing.settings import parse_routing
 from tokenctl.routing.trajectory import read_signals
 from tokenctl.types import Principal, Route
@@ -43,7 +43,10 @@ def test_failures_count_in_a_row_from_is_error_or_the_output() -> None:
     assert read_signals(body, "anthropic.messages").failing_results == 1
     tool_use = body["messages"][-2]
     for output in ("Traceback (most recent call last):\n  File ...", "npm ERR! 3 errors", "Exit code 2"):
-        body["messages"] += [copy.deepcopy(tool_use), {"role": "user", "content": [dict(result, is_error=False, content=output)]}]
+        body["messages"] += [
+            copy.deepcopy(tool_use),
+            {"role": "user", "content": [dict(result, is_error=False, content=output)]},
+        ]
     assert read_signals(body, "anthropic.messages").failing_results == 4
     body["messages"].append({"role": "user", "content": "please keep going"})  # the user's turn ends the run
     assert read_signals(body, "anthropic.messages").failing_results == 0
@@ -62,7 +65,11 @@ def test_chat_tool_messages_and_reasking_are_read() -> None:
     messages: list[Any] = [
         {"role": "system", "content": "You are a coding agent"},
         {"role": "user", "content": "Why is the login page returning a 500 error?"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "sh", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "sh", "arguments": "{}"}}],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "bash: psql: command not found"},
     ]
     assert read_signals({"messages": messages}, "openai.chat").failing_results == 1
