@@ -148,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     m.set_defaults(run=_migrate, ledger_mode="create")
 
     add_governance_commands(sub, _config)
-    add_router_commands(sub)
+    add_router_commands(sub, _config)
 
     dm = sub.add_parser("demo", help="a full dashboard on synthetic data, with the fake provider: no provider key")
     dm.add_argument("--dir", default="tokenctl-demo", help="folder for the demo's ledger and config (emptied first)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,17 @@ from typing import Any
 import orjson
 
 from tokenctl.cli.render import render_table
+from tokenctl.config import Config
+from tokenctl.ledger.db import connect
+from tokenctl.ledger.feedback import FeedbackError, parse_outcome, record_feedback
 from tokenctl.routing import evaluate as ev
-from tokenctl.routing.classifier import Classifier, train
+from tokenctl.routing.classifier import Classifier, features, length_value, train, train_rows
+from tokenctl.routing.ledger_training import LedgerLabels, labels_from_ledger
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "routing" / "model" / "router.json.gz"
 
 
-def add_router_commands(sub: Any) -> None:
+def add_router_commands(sub: Any, load: Callable[[argparse.Namespace], Config]) -> None:
     r = sub.add_parser("router", help="evaluate and train the routing classifier").add_subparsers(title="router")
     e = r.add_parser("eval", help="APGR and CPT with bootstrap intervals next to baselines, from a CSV of outcomes")
     _data_arguments(e)
@@ -50,14 +55,31 @@ def add_router_commands(sub: Any) -> None:
         default=0.3,
         help="default threshold: send this share of the training prompts to premium",
     )
-    t.set_defaults(run=_train)
+    t.add_argument(
+        "--from-ledger",
+        action="store_true",
+        help="also learn from this deployment's routed turns: escalations, errors and feedback label them",
+    )
+    t.add_argument("--since", metavar="YYYY-MM-DD", help="with --from-ledger: only turns from this day on (UTC)")
+    t.add_argument("--ledger", help="SQLite ledger file or postgresql:// URL (default: the config's ledger)")
+    t.add_argument("--min-turns", type=int, default=50, help="with --from-ledger: refuse with fewer labelled turns")
+    t.set_defaults(run=lambda args: _train(args, load))
+    fb = r.add_parser("feedback", help="record whether a session's work was done (CI passed, PR merged)")
+    fb.add_argument("--session", help="the session id")
+    fb.add_argument("--request", help="or one request id of the session")
+    fb.add_argument("--outcome", required=True, help="success | failure (or merged, passed, rejected, failed; or 0..1)")
+    fb.add_argument("--source", default="cli", help="who says so (ci, review, …), kept with the feedback")
+    fb.add_argument("--ledger", help="SQLite ledger file or postgresql:// URL (default: the config's ledger)")
+    fb.set_defaults(run=lambda args: _feedback(args, load), ledger_mode="write")
 
 
 def _data_arguments(p: argparse.ArgumentParser, many: bool = False) -> None:
-    p.add_argument("--data", required=True, action="append" if many else "store", help="CSV with one row per prompt")
+    p.add_argument(
+        "--data", required=not many, action="append" if many else "store", help="CSV with one row per prompt"
+    )
     p.add_argument("--prompt-col", default="prompt", help="the CSV column with the prompt text")
-    p.add_argument("--strong-col", required=True, help="strong model's outcome: True/False or a score in 0..1")
-    p.add_argument("--weak-col", required=True, help="weak model's outcome, as above")
+    p.add_argument("--strong-col", required=not many, help="strong model's outcome: True/False or a score in 0..1")
+    p.add_argument("--weak-col", required=not many, help="weak model's outcome, as above")
     p.add_argument(
         "--drop",
         action="append" if many else "store",
@@ -196,28 +218,97 @@ def _plot(path: str, data: ev.Outcomes, scored: dict[str, list[float]], args: ar
     plt.close(fig)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, load: Callable[[argparse.Namespace], Config]) -> int:
+    if not args.data and not args.from_ledger:
+        raise SystemExit("router train: give --data CSV (with --strong-col and --weak-col), --from-ledger, or both")
+    if args.data and not (args.strong_col and args.weak_col):
+        raise SystemExit("router train: --data needs --strong-col and --weak-col")
     drops = args.drop or []
+    rows: list[tuple[list[int], float, int]] = []
     texts: list[str] = []
-    labels: list[int] = []
-    for i, path in enumerate(args.data):
+    for i, path in enumerate(args.data or []):
         data = _read(path, args, drops[i] if i < len(drops) else None)
         texts += data.prompts
-        labels += [ev.label(data, j) for j in range(len(data.prompts))]
-    classifier = Classifier(train(texts, labels))
-    scores = sorted(classifier.score(t) for t in texts)
+        rows += [(features(p), length_value(p), ev.label(data, j)) for j, p in enumerate(data.prompts)]
+    meta: dict[str, Any] = {"trained_on": [Path(p).name for p in args.data or []]}
+    if args.from_ledger:
+        labels = _ledger_labels(args, load)
+        meta["trained_on"].append(f"ledger ({len(labels.rows)} turns, {labels.positives} needed premium)")
+        meta["ledger_labels"] = labels.why
+        rows += labels.rows
+    weights = train_rows(rows)
+    classifier = Classifier(weights)
+    scores = sorted(classifier.score_features(f, length) for f, length, _ in rows)
     classifier.threshold = scores[int((1 - args.premium_share) * (len(scores) - 1))]
-    classifier.meta = {
-        "trained_on": [Path(p).name for p in args.data],
-        "prompts": len(texts),
-        "premium_share_at_threshold": args.premium_share,
-        "score_quantiles": [round(scores[int(q / 20 * (len(scores) - 1))], 5) for q in range(21)],
-    }
+    meta.update(
+        prompts=len(rows),
+        premium_share_at_threshold=args.premium_share,
+        score_quantiles=[round(scores[int(q / 20 * (len(scores) - 1))], 5) for q in range(21)],
+    )
+    if texts and not args.from_ledger:  # the out-of-domain check needs the training texts
+        coverage = sorted(classifier.judge(t)[1] for t in texts)
+        lengths = sorted(len(t) for t in texts)
+        meta["coverage_floor"] = round(coverage[int(0.02 * (len(coverage) - 1))], 4)
+        meta["length_threshold_chars"] = lengths[int((1 - args.premium_share) * (len(lengths) - 1))]
+    else:
+        packaged = Classifier.load().meta or {}
+        meta["length_threshold_chars"] = packaged.get("length_threshold_chars")
+    classifier.meta = meta
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     classifier.save(args.out)
     print(
-        f"trained on {len(texts):,} prompts; threshold {classifier.threshold:.4f} sends "
+        f"trained on {len(rows):,} prompts and turns; threshold {classifier.threshold:.4f} sends "
         f"{args.premium_share:.0%} of them to premium; wrote {args.out}",
         file=sys.stderr,
     )
     return 0
+
+
+def _ledger_labels(args: argparse.Namespace, load: Callable[[argparse.Namespace], Config]) -> LedgerLabels:
+    config = load(args)
+    c = config.routing.classifier
+    if c is None:
+        raise SystemExit("router train --from-ledger: the config has no routing.classifier (which tier is cheap?)")
+    db = connect(config.ledger_path)
+    try:
+        labels = labels_from_ledger(db, {c.cheap_tier}, args.since)
+    finally:
+        db.close()
+    for reason, turns in sorted(labels.why.items(), key=lambda x: -x[1]):
+        print(f"  {turns:>7,}  {reason}", file=sys.stderr)
+    negatives = len(labels.rows) - labels.positives
+    if len(labels.rows) < args.min_turns or not labels.positives or not negatives:
+        raise SystemExit(
+            f"router train --from-ledger: {len(labels.rows)} labelled turns ({labels.positives} needed premium, "
+            f"{negatives} did not); need at least {args.min_turns} with both kinds. Route more traffic through the "
+            "cheap tier (or a dry run plus feedback), or lower --min-turns"
+        )
+    return labels
+
+
+def _feedback(args: argparse.Namespace, load: Callable[[argparse.Namespace], Config]) -> int:
+    config = load(args)
+    db = connect(config.ledger_path)
+    try:
+        result = record_feedback(
+            db,
+            session_id=args.session,
+            request_id=args.request,
+            outcome=parse_outcome(_number_or_word(args.outcome)),
+            source=args.source,
+            key_id="cli",
+            now=time.time(),
+        )
+    except FeedbackError as exc:
+        raise SystemExit(f"router feedback: {exc}") from exc
+    finally:
+        db.close()
+    print(f"recorded {result['id']}: session {result['session_id']} outcome {result['outcome']:g}")
+    return 0
+
+
+def _number_or_word(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value

@@ -31,6 +31,7 @@ from tokenctl.gateway import GATEWAY, Gateway
 from tokenctl.ledger import approvals as approval_store
 from tokenctl.ledger.audit import read_audit
 from tokenctl.ledger.db import connect
+from tokenctl.ledger.feedback import FeedbackError, parse_outcome, record_feedback
 from tokenctl.ledger.loop_resumes import NotPaused, detections, resume_paused, resumes
 from tokenctl.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenctl.policy.decisions import decide_approval
@@ -110,6 +111,8 @@ async def _route(gw: Gateway, request: web.Request, parts: list[str]) -> web.Str
         return await _approvals(gw, request, parts[1:])
     if parts and parts[0] == "loops":
         return await _loops(gw, request, parts[1:])
+    if parts == ["feedback"] and method == "POST":
+        return await _feedback(gw, request)
     if parts == ["audit"] and method == "GET":
         q = request.query
         limit = _int_param(q.get("limit", "100"), "limit")
@@ -181,6 +184,28 @@ async def _loops(gw: Gateway, request: web.Request, rest: list[str]) -> web.Resp
         except NotPaused as exc:
             raise AdminError(404, str(exc)) from exc
     raise AdminError(404, f"no admin endpoint {request.method} {request.path}")
+
+
+async def _feedback(gw: Gateway, request: web.Request) -> web.Response:
+    """``POST /admin/feedback`` {session_id | request_id, outcome, source}: CI results, "PR merged"."""
+    body = await _body(request)
+    try:
+        outcome = parse_outcome(body.get("outcome"))
+        session, req = body.get("session_id"), body.get("request_id")
+        for name, value in (("session_id", session), ("request_id", req), ("source", body.get("source"))):
+            if value is not None and not isinstance(value, str):
+                raise FeedbackError(f"{name} must be a string")
+        now = gw.enforcer.clock()
+        source = body.get("source")
+        result = await _in_db(
+            gw,
+            lambda db: record_feedback(
+                db, session_id=session, request_id=req, outcome=outcome, source=source, key_id="admin", now=now
+            ),
+        )
+    except FeedbackError as exc:
+        raise AdminError(400, str(exc)) from exc
+    return _json({"data": result})
 
 
 async def _reload(gw: Gateway) -> None:
