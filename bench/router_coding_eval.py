@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from tokenctl.routing import evaluate as ev
-from tokenctl.routing.classifier import Classifier, features, length_value, train_rows
+from tokenctl.routing.classifier import Classifier, coverage_floor, features, length_value, train_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDS = 5
+SHIPPED_MODEL = ROOT / "src" / "tokenctl" / "routing" / "model" / "router.json.gz"
 # (file, strong, weak): a premium model against a small one, as a router would pair them
 PAIRS = (
     ("cruxeval.csv", "gpt_4o", "deepseek_instruct_6.7b"),
@@ -68,9 +69,7 @@ def read_table(path: Path) -> Table:
     return Table(prompts, columns, [(features(p), length_value(p)) for p in prompts])
 
 
-def out_of_fold(
-    table: Table, strong: str, weak: str, other: list[Row], seed: int
-) -> list[float]:
+def out_of_fold(table: Table, strong: str, weak: str, other: list[Row], seed: int) -> list[float]:
     """Each prompt's score from a model trained on the other folds (and the other file)."""
     rng = random.Random(seed)
     fold_of = [rng.randrange(FOLDS) for _ in table.prompts]
@@ -154,7 +153,6 @@ def train_shipped(tables: dict[str, Table], out: Path, premium_share: float = 0.
     prompts = [p for t in tables.values() for p in t.prompts]
     judged = [model.judge(p) for p in prompts]
     scores = sorted(s for s, _, _ in judged)
-    coverage = sorted(c for _, c, _ in judged)
     lengths = sorted(len(p) for p in prompts)
     at = int((1 - premium_share) * (len(scores) - 1))
     model.threshold = scores[at]
@@ -163,7 +161,7 @@ def train_shipped(tables: dict[str, Table], out: Path, premium_share: float = 0.
         "prompts": len(prompts),
         "premium_share_at_threshold": premium_share,
         "score_quantiles": [round(scores[int(q / 20 * (len(scores) - 1))], 5) for q in range(21)],
-        "coverage_floor": round(coverage[int(0.02 * (len(coverage) - 1))], 4),
+        "coverage_floor": round(coverage_floor(prompts, [label for _, _, label in rows]), 4),
         "length_threshold_chars": lengths[at],
         "evaluation": "bench/results/router-coding.json",
     }
@@ -178,11 +176,20 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=40, help="bootstrap resamples per split (default 40)")
     parser.add_argument("--pairs", type=int, default=len(PAIRS), help="evaluate only the first N pairs")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "router-coding.json"))
-    parser.add_argument("--train-shipped", action="store_true", help="rebuild src/tokenctl/routing/model/router.json.gz")
+    parser.add_argument(
+        "--train-shipped", action="store_true", help="rebuild src/tokenctl/routing/model/router.json.gz"
+    )
+    parser.add_argument("--only-train", action="store_true", help="rebuild the packaged model, keep the evaluation")
     args = parser.parse_args()
     started = time.perf_counter()
     names = sorted({name for name, _, _ in PAIRS})
     tables = {name: read_table(Path(args.data_dir) / name) for name in names}
+    if args.only_train:
+        report = json.loads(Path(args.out).read_text())
+        report["shipped_model"] = train_shipped(tables, SHIPPED_MODEL)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {SHIPPED_MODEL} and {args.out}", file=sys.stderr)
+        return
     results = []
     for name, strong, weak in PAIRS[: args.pairs]:
         other = [
@@ -202,7 +209,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - started, 1),
     }
     if args.train_shipped:
-        report["shipped_model"] = train_shipped(tables, ROOT / "src" / "tokenctl" / "routing" / "model" / "router.json.gz")
+        report["shipped_model"] = train_shipped(tables, SHIPPED_MODEL)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
 

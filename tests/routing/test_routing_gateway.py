@@ -159,7 +159,7 @@ def test_classifier_decides_when_no_rule_matches(make_gateway: Any) -> None:
         },
     }
     live = make_gateway(config)
-    ask(claude(live), "Explain the proof of the Cauchy-Schwarz inequality.")
+    ask(claude(live), "Refactor the payment module to use async IO and add retries to the HTTP client")
     assert sent_model(live) == "claude-haiku-4-5"
     assert "classifier" in live.wait_rows(1)[0]["policy"]
     strict = make_gateway(
@@ -171,7 +171,7 @@ def test_classifier_decides_when_no_rule_matches(make_gateway: Any) -> None:
             },
         }
     )
-    ask(claude(strict), "Explain the proof of the Cauchy-Schwarz inequality.")
+    ask(claude(strict), "Refactor the payment module to use async IO and add retries to the HTTP client")
     assert sent_model(strict) == "claude-sonnet-4-5"
 
 

@@ -42,12 +42,14 @@ def test_failures_count_in_a_row_from_is_error_or_the_output() -> None:
     result["is_error"] = True
     assert read_signals(body, "anthropic.messages").failing_results == 1
     tool_use = body["messages"][-2]
+    text_only = {k: v for k, v in result.items() if k != "is_error"}  # a client that does not flag errors
     for output in ("Traceback (most recent call last):\n  File ...", "npm ERR! 3 errors", "Exit code 2"):
-        body["messages"] += [
-            copy.deepcopy(tool_use),
-            {"role": "user", "content": [dict(result, is_error=False, content=output)]},
-        ]
+        body["messages"] += [copy.deepcopy(tool_use), {"role": "user", "content": [dict(text_only, content=output)]}]
     assert read_signals(body, "anthropic.messages").failing_results == 4
+    flagged_fine = dict(result, is_error=False, content="Error: this text is the file's content")
+    body["messages"] += [copy.deepcopy(tool_use), {"role": "user", "content": [flagged_fine]}]
+    assert read_signals(body, "anthropic.messages").failing_results == 0  # the client's own flag decides
+    body["messages"] = body["messages"][:-2]
     body["messages"].append({"role": "user", "content": "please keep going"})  # the user's turn ends the run
     assert read_signals(body, "anthropic.messages").failing_results == 0
 
@@ -111,8 +113,9 @@ def test_the_router_calibrates_premium_share_and_falls_back_to_length_out_of_dom
             },
         }
     )
-    classifier = Classifier.load()
-    router = Router(settings, _Catalog(), classifier)
+    packaged = Classifier.load()
+    meta = {k: v for k, v in (packaged.meta or {}).items() if k != "coverage_floor"}  # calibration alone first
+    router = Router(settings, _Catalog(), Classifier(packaged.weights, packaged.threshold, meta))
     principal = Principal(key_id="k", user="u", team="t", project=None)
     route = Route(None, "auto", "auto")  # type: ignore[arg-type]
     rng = random.Random(5)
@@ -124,10 +127,17 @@ def test_the_router_calibrates_premium_share_and_falls_back_to_length_out_of_dom
         assert decision is not None
         premium += i >= 300 and decision.tier == "premium"
     assert abs(premium / 300 - 0.3) < 0.08
-    odd = "ZXhhbXBsZSBiYXNlNjQgYmxvYiB0aGF0IG5vYm9keSB3cml0ZXM" * 20  # base64: no words it knows
-    decision = router.choose(route, "anthropic.messages", Facts(principal, None, "chat", 100, odd, None))
-    assert decision is not None and "outside the classifier's domain" in decision.reason
-    assert decision.score is None
+    short = router.choose(route, "anthropic.messages", Facts(principal, None, "chat", 100, "go on", None))
+    assert short is not None and "outside the classifier's domain (2 words)" in short.reason
+    router = Router(settings, _Catalog(), packaged)
+    blob = "ZXhhbXBsZSBiYXNlNjQgYmxv YiB0aGF0IG5vYm9keSB3 cml0ZXMgd2l0aCBzcGFjZXM " * 20  # base64: no words it knows
+    odd = router.choose(route, "anthropic.messages", Facts(principal, None, "chat", 100, blob, None))
+    assert odd is not None and odd.score is None
+    assert f"coverage 0.45 < {packaged.coverage_floor:.2f}): prompt length 1400 >= 412 chars" in odd.reason
+    assert odd.tier == "premium"
+    code = "Fix the failing date test in tests/test_parser.py and refactor the helper function"
+    known = router.choose(route, "anthropic.messages", Facts(principal, None, "chat", 100, code, None))
+    assert known is not None and known.score is not None and known.reason.startswith("classifier ")
 
 
 class _Catalog(Catalog):

@@ -16,7 +16,7 @@ from tokenctl.config import Config
 from tokenctl.ledger.db import connect
 from tokenctl.ledger.feedback import FeedbackError, parse_outcome, record_feedback
 from tokenctl.routing import evaluate as ev
-from tokenctl.routing.classifier import Classifier, features, length_value, train, train_rows
+from tokenctl.routing.classifier import Classifier, coverage_floor, features, length_value, train, train_rows
 from tokenctl.routing.ledger_training import LedgerLabels, labels_from_ledger
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "routing" / "model" / "router.json.gz"
@@ -246,9 +246,8 @@ def _train(args: argparse.Namespace, load: Callable[[argparse.Namespace], Config
         score_quantiles=[round(scores[int(q / 20 * (len(scores) - 1))], 5) for q in range(21)],
     )
     if texts and not args.from_ledger:  # the out-of-domain check needs the training texts
-        coverage = sorted(classifier.judge(t)[1] for t in texts)
         lengths = sorted(len(t) for t in texts)
-        meta["coverage_floor"] = round(coverage[int(0.02 * (len(coverage) - 1))], 4)
+        meta["coverage_floor"] = round(coverage_floor(texts, [label for _, _, label in rows]), 4)
         meta["length_threshold_chars"] = lengths[int((1 - args.premium_share) * (len(lengths) - 1))]
     else:
         packaged = Classifier.load().meta or {}

@@ -260,7 +260,9 @@ class Router:
         words = len(facts.text.split())
         score, coverage, found = classifier.judge(facts.text) if words >= _MIN_WORDS_TO_SCORE else (0.0, 0.0, [])
         if words < _MIN_WORDS_TO_SCORE or coverage < classifier.coverage_floor:
-            return self._by_length(classifier, facts, words, coverage)
+            pick = self._by_length(classifier, facts, words, coverage)
+            pick.features = tuple(found)  # kept for training on this deployment's own traffic
+            return pick
         threshold = self.threshold
         if self.live is not None:
             threshold = self.live.value()

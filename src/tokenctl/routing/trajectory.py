@@ -4,7 +4,8 @@ Everything is read from the request body, which carries the whole conversation, 
 never seen the session reads the same signals. Nothing here keeps or returns prompt text.
 
 - ``failing_results``: tool results in a row, at the end of the conversation, that report a failure
-  (Anthropic ``is_error``, a non-zero exit code, a traceback, failing tests, an error line);
+  (Anthropic ``is_error`` where the client sends it, as Claude Code does; otherwise the output's text:
+  a non-zero exit code, a traceback, failing tests, an error line);
 - ``repeated_calls``: the latest tool call made this many times in a row with the same arguments;
 - ``gave_up``: the model's latest text says it cannot do the task;
 - ``re_asked``: the newest user message repeats an earlier one (the user asking again).
@@ -19,14 +20,17 @@ from typing import Any
 
 from tokenctl.policy.loops import trailing_repeats
 
-_FAILURE = re.compile(
-    r"(?:exit(?:ed with)? (?:code|status)[: ]*[1-9]\d*"
-    r"|Process exited with code [1-9]"
-    r"|Traceback \(most recent call last\)"
-    r"|^FAILED\b|\b[1-9]\d* (?:failed|errors?)\b"
-    r"|^(?:error|fatal)(?:\[\w+\])?:"
-    r"|\b\w*Error: |command not found|No such file or directory|Permission denied)",
-    re.IGNORECASE | re.MULTILINE,
+# (substring that must be there, pattern that confirms it) on the lower-cased output: the substring test keeps
+# the common case, an output with none of them, at a few microseconds per kilobyte
+_FAILURE_CHECKS: tuple[tuple[str, re.Pattern[str] | None], ...] = (
+    ("exit", re.compile(r"exit(?:ed with)? (?:code|status)[: ]*[1-9]")),
+    ("traceback (most recent call last)", None),
+    ("failed", re.compile(r"^failed\b|\b[1-9]\d* failed\b", re.MULTILINE)),
+    ("error", re.compile(r"\b[1-9]\d* errors?\b|^error(?:\[\w+\])?:|error: ", re.MULTILINE)),
+    ("fatal:", None),
+    ("command not found", None),
+    ("no such file or directory", None),
+    ("permission denied", None),
 )
 _GIVES_UP = re.compile(
     r"\b(?:I (?:can ?not|can't|cannot|am unable to|am not able to|'m unable to|'m not able to|was unable to|"
@@ -87,9 +91,9 @@ def _results_newest_first(items: list[dict[str, Any]]) -> Iterator[bool | None]:
     for item in reversed(items):
         kind, role = item.get("type"), item.get("role")
         if kind in _RESULT_TYPES:
-            yield _failed(item.get("output"), False)
+            yield _failed(item.get("output"), None)
         elif role == "tool":  # Chat Completions
-            yield _failed(item.get("content"), False)
+            yield _failed(item.get("content"), None)
         elif role == "user":
             content = item.get("content")
             blocks = content if isinstance(content, list) else [content]
@@ -98,16 +102,19 @@ def _results_newest_first(items: list[dict[str, Any]]) -> Iterator[bool | None]:
                 yield None
                 return
             for block in reversed(results):
-                yield _failed(block.get("content"), block.get("is_error") is True)
+                flag = block.get("is_error")
+                yield _failed(block.get("content"), flag if isinstance(flag, bool) else None)
 
 
-def _failed(output: Any, flagged: bool) -> bool:
-    if flagged:
-        return True
+def _failed(output: Any, flagged: bool | None) -> bool:
+    """A tool result's own ``is_error`` decides when the client sends one (Claude Code does); else its text."""
+    if flagged is not None:
+        return flagged
     text = _text(output)
     if len(text) > 2 * _SCAN_CHARS:
         text = text[:_SCAN_CHARS] + "\n" + text[-_SCAN_CHARS:]
-    return bool(_FAILURE.search(text))
+    low = text.lower()
+    return any(key in low and (pattern is None or pattern.search(low)) for key, pattern in _FAILURE_CHECKS)
 
 
 def _text(content: Any) -> str:
@@ -160,6 +167,8 @@ def _is_reminder(block: dict[str, Any]) -> bool:
 
 def _user_asks_again(items: list[dict[str, Any]]) -> bool:
     if not items or items[-1].get("role") != "user":
+        return False
+    if not user_texts(items[-1:]):  # tool results, not the user's words
         return False
     texts = user_texts(items)
     if len(texts) < 2:
