@@ -10,7 +10,7 @@ import pytest
 
 from tokenctl.config import SECTIONS, find_config_path, load_config
 from tokenctl.policy.rules import APPROVAL_FIELDS, BUDGET_FIELDS, POLICY_FIELDS
-from tokenctl.routing.settings import CLASSIFIER_FIELDS, ROUTING_FIELDS, RULE_FIELDS, TIER_FIELDS
+from tokenctl.routing.settings import CLASSIFIER_FIELDS, ESCALATION_FIELDS, ROUTING_FIELDS, RULE_FIELDS, TIER_FIELDS
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "tokenctl.example.yaml"
 
@@ -35,6 +35,7 @@ def test_the_example_loads_when_copied_as_its_first_line_says(tmp_path: Path, mo
         ("routing.tiers", TIER_FIELDS),
         ("routing.rules[]", RULE_FIELDS),
         ("routing.classifier", CLASSIFIER_FIELDS),
+        ("routing.escalation", ESCALATION_FIELDS),
     ],
 )
 def test_the_example_shows_every_field(where: str, fields: set[str]) -> None:

@@ -6,11 +6,15 @@ SDKs in the shapes Claude Code and Codex send (tool_result blocks with is_error,
 from __future__ import annotations
 
 import copy
+from decimal import Decimal
 from typing import Any
 
 import anthropic
 import openai
 import orjson
+import pytest
+
+from tokenctl.cli.main import main
 
 SESSION = {"x-claude-code-session-id": "0c5e6a1e-2b4d-4e8a-9a61-00000000e5c1"}
 BASE: dict[str, Any] = {
@@ -208,7 +212,9 @@ def test_codex_tool_outputs_that_fail_escalate_a_responses_session(make_gateway:
     assert rows[3]["route_escalation"] == "3 failing tool results in a row on economy"
 
 
-def test_a_dry_run_serves_the_model_asked_for_and_records_the_would_be_route(make_gateway: Any) -> None:
+def test_a_dry_run_serves_the_model_asked_for_and_records_the_would_be_route(
+    make_gateway: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     c = config()
     c["routing"]["mode"] = "dry_run"
     live = make_gateway(c)
@@ -227,3 +233,12 @@ def test_a_dry_run_serves_the_model_asked_for_and_records_the_would_be_route(mak
     # the would-be escalation is recorded too; premium is what was served, so there is no would-be model
     assert rows[3]["route_escalation"] == "3 failing tool results in a row on economy"
     assert rows[3]["route_tier"] == "premium" and rows[3]["would_model"] is None
+    # tokenctl report routing: what the dry run would have saved, from the same rows
+    capsys.readouterr()
+    assert main(["report", "routing", "--ledger", str(live.config.ledger_path), "--format", "json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    served = sum(r["cost_nanousd"] for r in rows[:3])
+    would = sum(r["would_nanousd"] for r in rows[:3])
+    assert Decimal(report["dry_run_would_save_usd"]) == Decimal(served - would) / 10**9 > 0
+    tiers = {t["tier"]: t for t in report["by_tier"]}
+    assert tiers["economy"]["dry_run_requests"] == 3 and tiers["premium"]["escalations"] == 1

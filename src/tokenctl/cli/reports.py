@@ -1,4 +1,4 @@
-"""``tokenctl report overview|concentration|savings|sessions``: the dashboard's views in the terminal.
+"""``tokenctl report overview|concentration|savings|sessions|routing``: the dashboard's views in the terminal.
 
 The same queries as ``/ui`` (dashboard/queries.py over the rollups), printed as a table, CSV or JSON.
 """
@@ -31,7 +31,7 @@ from tokenctl.policy.period import current_window
 from tokenctl.policy.seed import ledger_seeds
 from tokenctl.policy.store import MemoryStore
 
-VIEWS = ("breakdown", "overview", "concentration", "savings", "sessions")
+VIEWS = ("breakdown", "overview", "concentration", "savings", "sessions", "routing")
 
 
 def add_view_arguments(r: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def add_view_arguments(r: argparse.ArgumentParser) -> None:
         nargs="?",
         choices=VIEWS,
         default="breakdown",
-        help="breakdown (default, by --by), or the dashboard's overview, concentration, savings, sessions",
+        help="breakdown (default, by --by), or the dashboard's overview, concentration, savings, sessions, routing",
     )
     r.add_argument(
         "--start",
@@ -133,6 +133,7 @@ _VIEWS: dict[str, Callable[[Any, queries.View, datetime, Config], Any]] = {
     "concentration": lambda db, view, now, config: queries.concentration(db, view),
     "savings": lambda db, view, now, config: queries.savings(db, view),
     "sessions": lambda db, view, now, config: queries.sessions(db, view),
+    "routing": lambda db, view, now, config: queries.routing(db, view),
 }
 
 # -- output -----------------------------------------------------------------------------------------

@@ -228,6 +228,38 @@ def savings(db: Database, view: View) -> dict[str, Any]:
     }
 
 
+def routing(db: Database, view: View) -> dict[str, Any]:
+    """What routing did, per tier: requests, turns the classifier judged, escalations, and for a dry run what
+    the same usage would have cost where routing would have sent it (read from the requests, not rollups)."""
+    where, params = view.requests_where()
+    sql = f"""SELECT route_tier, COUNT(*), SUM(CASE WHEN route_score IS NOT NULL THEN 1 ELSE 0 END),
+                     SUM(CASE WHEN route_escalation IS NOT NULL THEN 1 ELSE 0 END),
+                     SUM(CASE WHEN route_dry_run = 1 THEN 1 ELSE 0 END), SUM(cost_nanousd),
+                     SUM(CASE WHEN route_dry_run = 1 AND would_nanousd IS NOT NULL THEN cost_nanousd ELSE 0 END),
+                     SUM(CASE WHEN route_dry_run = 1 AND would_nanousd IS NOT NULL THEN would_nanousd ELSE 0 END)
+              FROM requests WHERE {where} AND route_tier IS NOT NULL GROUP BY route_tier ORDER BY route_tier"""
+    tiers, served, would = [], 0, 0
+    for tier, count, scored, escalations, dry, cost, dry_cost, dry_would in db.execute(sql, params):
+        served, would = served + int(dry_cost or 0), would + int(dry_would or 0)
+        tiers.append(
+            {
+                "tier": tier,
+                "requests": int(count),
+                "turns_scored": int(scored or 0),
+                "escalations": int(escalations or 0),
+                "dry_run_requests": int(dry or 0),
+                "cost_usd": usd(cost),
+                "dry_run_would_cost_usd": usd(dry_would) if dry else None,
+            }
+        )
+    return {
+        "dry_run_cost_usd": usd(served),
+        "dry_run_would_cost_usd": usd(would),
+        "dry_run_would_save_usd": usd(served - would),
+        "by_tier": tiers,
+    }
+
+
 def _saving_row(row: dict[str, Any]) -> dict[str, Any]:
     keys = (
         "group",
