@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tokenctl.cache.settings import CACHE_FIELDS
 from tokenctl.config import SECTIONS, find_config_path, load_config
 from tokenctl.policy.rules import APPROVAL_FIELDS, BUDGET_FIELDS, POLICY_FIELDS
 from tokenctl.routing.settings import CLASSIFIER_FIELDS, ESCALATION_FIELDS, ROUTING_FIELDS, RULE_FIELDS, TIER_FIELDS
@@ -36,6 +37,7 @@ def test_the_example_loads_when_copied_as_its_first_line_says(tmp_path: Path, mo
         ("routing.rules[]", RULE_FIELDS),
         ("routing.classifier", CLASSIFIER_FIELDS),
         ("routing.escalation", ESCALATION_FIELDS),
+        ("cache", CACHE_FIELDS),
     ],
 )
 def test_the_example_shows_every_field(where: str, fields: set[str]) -> None:

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 from aiohttp import web
 
+from tokenctl.cache.store import MemoryResponseCache, RedisResponseCache, ResponseCache
 from tokenctl.config import Config
 from tokenctl.dashboard.views import DASHBOARD, Dashboard
 from tokenctl.dashboard.views import routes as dashboard_routes
@@ -150,6 +151,7 @@ async def _gateway_lifecycle(
         _router(config, catalog, prices),
         metrics,
         _telemetry(config),
+        _response_cache(config, clock),
     )
     app[GATEWAY] = gateway
     app[DASHBOARD] = dashboard = Dashboard(gateway)
@@ -170,10 +172,23 @@ async def _gateway_lifecycle(
         await http.close()
         ledger.close(timeout=config.shutdown_grace_seconds)
         await store.close()
+        if gateway.response_cache is not None:
+            await gateway.response_cache.close()
         keys_db.close()
         rules_db.close()
         desk.close()
         dashboard.reader.close()
+
+
+def _response_cache(config: Config, clock: Callable[[], float]) -> ResponseCache | None:
+    """Answers kept in this process, or in the fleet's Redis when ``store.redis_url`` is set."""
+    c = config.cache
+    if not c.enabled:
+        return None
+    if config.store.redis_url is not None:
+        timeout = config.store.timeout_ms / 1000
+        return RedisResponseCache(config.store.redis_url, c.ttl_seconds, config.store.key_prefix, timeout, clock)
+    return MemoryResponseCache(c.ttl_seconds, c.max_entries, c.max_bytes, clock)
 
 
 def _telemetry(config: Config) -> Telemetry | None:

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from tokenctl.cache.settings import CacheConfig, parse_cache
 from tokenctl.policy.loops import LoopRule, parse_loops
 from tokenctl.policy.rules import (
     ApprovalRule,
@@ -126,6 +127,7 @@ class Config:
     approvals: tuple[ApprovalRule, ...] = ()
     loops: tuple[LoopRule, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     source: str = "<defaults>"
 
 
@@ -165,6 +167,7 @@ SECTIONS: dict[str, set[str]] = {
         "approvals",
         "loops",
         "routing",
+        "cache",
     },
     "server": {
         "host",
@@ -333,6 +336,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
         approvals=parse_rule_list(raw.get("approvals"), "approvals", parse_approval),
         loops=parse_loops(raw.get("loops")),
         routing=parse_routing(section(raw, "routing")),
+        cache=parse_cache(section(raw, "cache")),
         source=source,
     )
 

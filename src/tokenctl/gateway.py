@@ -7,12 +7,13 @@ import itertools
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
+from tokenctl.cache.store import Cached, ResponseCache
 from tokenctl.config import Config
 from tokenctl.identity.keys import KeyCache
 from tokenctl.ingress.dialect import Dialect
@@ -49,6 +50,7 @@ class Gateway:
     router: Router
     metrics: Metrics
     telemetry: Telemetry | None = None  # OpenTelemetry export, when configured
+    response_cache: ResponseCache | None = None  # when ``cache.enabled``
 
     async def reload_rules(self, rules_db: Any) -> None:
         """Apply budgets, policies and approval rules changed in the ledger database (CLI or admin API)."""
@@ -80,12 +82,26 @@ class RequestBody:
         self.raw, self.parsed = b"", {}
 
 
+@dataclass(slots=True)
+class CacheFill:
+    """A cacheable request's key and the answer's bytes as they reach the client."""
+
+    key: str
+    now: float
+    stream: bool = False
+    content_type: str = "application/json"
+    chunks: list[bytes] = field(default_factory=list)
+    complete: bool = False  # every byte of the answer was written to the client
+    stored: bool = False
+
+
 class Call:
     """One request in flight: its id, timers and the ledger entry being filled in."""
 
     __slots__ = (
         "admission",
         "body_size",
+        "cache_fill",
         "dialect",
         "entry",
         "fallbacks",
@@ -117,6 +133,7 @@ class Call:
         self.upstream_dialect = dialect  # the API the provider answers in (another one when translating)
         self.translation: Translation | None = None
         self.translator: StreamTranslator | None = None
+        self.cache_fill: CacheFill | None = None  # a cacheable miss: the answer's bytes, kept once it is complete
 
     def answer_started(self, sent: UpstreamRequest) -> None:
         """The provider answered: no fallback will send the body again, so nothing needs to hold it."""
@@ -149,8 +166,31 @@ class Call:
                 log.exception("settling budgets failed for request %s", self.request_id)
         self.gw.ledger.record(entry)
         self.gw.metrics.request_done(entry)
+        await self.fill_cache()
         if self.gw.telemetry is not None:
             try:
                 self.gw.telemetry.request_done(entry, self.request.headers)
             except Exception:  # tracing must never cost a request
                 log.exception("exporting the trace of request %s failed", self.request_id)
+
+    async def fill_cache(self) -> None:
+        """Keep a complete, successful answer for the response cache (never a partial or failed one), once the
+        request is metered (its cost is what replays avoid) and every byte reached the client."""
+        entry, cache, fill = self.entry, self.gw.response_cache, self.cache_fill
+        if cache is None or fill is None or not (self.finished and fill.complete) or fill.stored:
+            return
+        fill.stored = True
+        if entry.status != 200 or entry.outcome != "ok" or entry.partial or not fill.chunks:
+            return
+        cost = entry.cost.total if entry.cost is not None else None
+        if cost is None or entry.cost is None or not entry.cost.priced or entry.route is None:
+            return  # an answer whose cost is unknown would replay a wrong saving
+        answer = Cached(
+            b"".join(fill.chunks),
+            fill.content_type,
+            fill.stream,
+            int((cost * 1_000_000_000).to_integral_value()),
+            entry.route.upstream_model,
+            fill.now,
+        )
+        await cache.put(fill.key, answer)

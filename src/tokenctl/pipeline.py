@@ -1,4 +1,4 @@
-"""The request path, in order: ingress → identity → policy → routing → provider → metering → ledger.
+"""The request path, in order: ingress → identity → policy → routing → cache → budgets → provider → metering → ledger.
 
 ``handle`` is the whole story of one proxied request; every stage it calls lives in
 its own package. Whatever happens, exactly one ledger entry is recorded per request.
@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tokenctl.cache.key import CACHE_HEADER, cache_decision, cache_key
+from tokenctl.cache.replay import zero_usage
 from tokenctl.errors import (
     BadRequest,
     ClientGone,
@@ -21,7 +23,7 @@ from tokenctl.errors import (
     UnsupportedRoute,
     UpstreamError,
 )
-from tokenctl.gateway import Call, Gateway, RequestBody
+from tokenctl.gateway import CacheFill, Call, Gateway, RequestBody
 from tokenctl.identity.attribution import attribute
 from tokenctl.identity.authenticate import authenticate, client_key
 from tokenctl.ingress.dialect import DIALECTS, Dialect
@@ -85,7 +87,12 @@ async def _proxy(call: Call) -> web.StreamResponse:
         raise
     authorize(entry.principal, entry.route)
     _route(call, body)
-    call.admission = admission = await gw.enforcer.admit(entry, body, raw, api)
+    call.admission = admission = await gw.enforcer.check(entry, body, raw, api)  # loops, model policies
+    if gw.response_cache is not None and api in _CACHEABLE_APIS:
+        replayed = await _from_cache(call, body)
+        if replayed is not None:
+            return replayed  # nothing is sent, so nothing is reserved
+    await gw.enforcer.reserve(admission, entry, body, raw, api)  # budgets, approvals
     call.request_body = RequestBody(raw, body)
     del raw, body  # the call holds them now, and drops them once the provider answers
     return await _send(call, admission.body_changed)
@@ -114,6 +121,39 @@ def _route(call: Call, body: dict[str, Any]) -> None:
     entry.route = first
     call.fallbacks = tuple(rest)
     entry.policy = [*(entry.policy or []), f"route {note}"]
+
+
+async def _from_cache(call: Call, body: dict[str, Any]) -> web.Response | None:
+    """The cache stage: a stored answer for an exact repeat, or None (and, for a cacheable miss, a place to
+    keep the answer once it is complete)."""
+    gw, entry = call.gw, call.entry
+    assert gw.response_cache is not None and entry.route is not None and entry.principal is not None
+    model = entry.route.upstream_model
+    use, why = cache_decision(gw.config.cache, call.request.headers, body, entry.principal, model)
+    if not use:
+        entry.response_cache = "bypass"
+        entry.policy = [*(entry.policy or []), f"response cache bypassed: {why}"]
+        return None
+    key = cache_key(gw.config.cache, entry.principal, call.dialect.api, model, body)
+    cached = await gw.response_cache.get(key)
+    if cached is None:
+        entry.response_cache = "miss"
+        call.cache_fill = CacheFill(key, gw.enforcer.clock())
+        return None
+    entry.status, entry.response_cache, entry.cache_avoided = 200, "hit", cached.cost_nanousd
+    entry.response_model = cached.model
+    age = gw.enforcer.clock() - cached.stored_at
+    entry.policy = [
+        *(entry.policy or []),
+        f"response cache hit: an answer stored {age:.0f}s ago replayed; ${cached.cost_nanousd / 1e9:.6f} avoided",
+    ]
+    headers = {**_id_headers(call), CACHE_HEADER: "hit", "content-type": cached.content_type}
+    if cached.stream:
+        headers["cache-control"] = "no-cache"
+    return web.Response(body=zero_usage(cached.body, cached.stream), status=200, headers=headers)
+
+
+_CACHEABLE_APIS = frozenset({"anthropic.messages", "openai.chat", "openai.responses"})
 
 
 def _facts(call: Call, body: dict[str, Any]) -> Facts:

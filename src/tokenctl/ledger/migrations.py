@@ -508,6 +508,15 @@ def m009_routing_decisions(db: Database) -> None:
     db.execute("CREATE INDEX feedback_session ON feedback (session_id)")
 
 
+def m010_response_cache(db: Database) -> None:
+    """``response_cache`` hit | miss | bypass for requests the cache looked at; ``cache_avoided_nanousd`` what a
+    hit's answer cost when it was made (what replaying it avoided). Hits are few beside all requests, so a
+    partial index keeps the savings query off the rest of the table."""
+    db.execute("ALTER TABLE requests ADD COLUMN response_cache TEXT")
+    db.execute("ALTER TABLE requests ADD COLUMN cache_avoided_nanousd INTEGER")
+    db.execute("CREATE INDEX requests_cache_hits ON requests (ts) WHERE response_cache = 'hit'")
+
+
 @contextmanager
 def transaction(db: Database) -> Iterator[Database]:
     """BEGIN IMMEDIATE … COMMIT on an autocommit connection, rolled back on error."""
@@ -530,6 +539,7 @@ MIGRATIONS: list[Migration] = [
     m007_batch_rollups,
     m008_loop_resumes,
     m009_routing_decisions,
+    m010_response_cache,
 ]
 
 

@@ -56,6 +56,8 @@ class LedgerEntry:
     route_escalation: str | None = None  # why the session moved to the escalation tier on this request
     route_score: float | None = None
     route_features: tuple[int, ...] = ()
+    response_cache: str | None = None  # hit | miss | bypass, when the response cache looked at the request
+    cache_avoided: int | None = None  # a hit: nano-dollars the cached answer cost when it was made
 
 
 COLUMNS = (
@@ -113,6 +115,8 @@ COLUMNS = (
     "route_escalation",
     "route_score",
     "route_features",
+    "response_cache",
+    "cache_avoided_nanousd",
 )
 
 INSERT_SQL = (
@@ -221,6 +225,8 @@ def to_row(e: LedgerEntry, tz: tzinfo = UTC) -> tuple[Any, ...]:
         e.route_escalation,
         None if e.route_score is None else round(e.route_score, 5),
         ",".join(map(str, e.route_features)) if e.route_features else None,
+        e.response_cache,
+        e.cache_avoided,
     )
 
 

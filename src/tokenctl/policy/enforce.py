@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -106,11 +106,27 @@ class Enforcer:
     # -- admission --------------------------------------------------------------------------------
 
     async def admit(self, entry: LedgerEntry, body: dict[str, Any], raw: bytes, api: str) -> Admission:
+        admission = await self.check(entry, body, raw, api)
+        await self.reserve(admission, entry, body, raw, api)
+        return admission
+
+    async def check(self, entry: LedgerEntry, body: dict[str, Any], raw: bytes, api: str) -> Admission:
+        """Loop rules and model policies: what every request must pass, one answered from the cache too."""
         admission = Admission()
-        if not (self.rules.policies or self.rules.budgets or self.rules.approvals or self.loop_rules):
-            return admission
+        if self.rules.policies or self.loop_rules:
+            await self._guarded(entry, self._check(entry, body, raw, api, admission))
+        return admission
+
+    async def reserve(
+        self, admission: Admission, entry: LedgerEntry, body: dict[str, Any], raw: bytes, api: str
+    ) -> None:
+        """Budgets and approvals: what a request that goes to a provider must pass (a cache hit costs nothing)."""
+        if self.rules.budgets or self.rules.approvals:
+            await self._guarded(entry, self._reserve(entry, body, raw, api, admission))
+
+    async def _guarded(self, entry: LedgerEntry, stage: Coroutine[Any, Any, None]) -> None:
         try:
-            await self._admit(entry, body, raw, api, admission)
+            await stage
         except GatewayError as exc:
             self._audit_stop(entry, exc)
             raise
@@ -119,7 +135,6 @@ class Enforcer:
             raise BudgetStoreUnavailable(
                 "tokenctl cannot check budgets right now (budget store unavailable); the request was not sent"
             ) from exc
-        return admission
 
     async def readmit(
         self, admission: Admission, entry: LedgerEntry, body: dict[str, Any], body_size: int, api: str
@@ -158,7 +173,7 @@ class Enforcer:
         entry.reserved_usd = reserved
         entry.funding = admission.budget.pool if admission.budget is not None else None
 
-    async def _admit(
+    async def _check(
         self, entry: LedgerEntry, body: dict[str, Any], raw: bytes, api: str, admission: Admission
     ) -> None:
         assert entry.principal is not None and entry.route is not None
@@ -177,6 +192,14 @@ class Enforcer:
                 admission.body_changed = True
                 self._decide(entry, "clamp", ", ".join(changes), rule=_rule_names(changes))
             await self._rate_limit(entry, policies, in_tokens, now, admission)
+
+    async def _reserve(
+        self, entry: LedgerEntry, body: dict[str, Any], raw: bytes, api: str, admission: Admission
+    ) -> None:
+        assert entry.principal is not None and entry.route is not None
+        principal, now = entry.principal, self.clock()
+        session = entry.attribution.session_id if entry.attribution else None
+        in_tokens = estimate.input_tokens(len(raw))
         charges = self.budgets.charges_for(principal, session, now) if self.rules.budgets else []
         if charges:
             self._check_ledger()

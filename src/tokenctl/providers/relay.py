@@ -15,8 +15,9 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from tokenctl.cache.key import CACHE_HEADER
 from tokenctl.errors import UpstreamError, UpstreamTimeout
-from tokenctl.gateway import Call
+from tokenctl.gateway import CacheFill, Call
 from tokenctl.metering.stream import StreamMeter
 from tokenctl.providers.upstream import DROP_RESPONSE_HEADERS, UpstreamRequest
 from tokenctl.text import header_text
@@ -135,6 +136,12 @@ async def _relay_json(call: Call, resp: aiohttp.ClientResponse) -> web.Response:
         data = orjson.dumps(call.translation.response(parsed, call.translator))
         headers["content-type"] = "application/json"
         headers.pop("content-length", None)
+    if call.cache_fill is not None:
+        call.cache_fill.chunks.append(data)
+        call.cache_fill.content_type = headers.get("content-type", "application/json")
+        call.cache_fill.complete = True
+    if call.entry.response_cache is not None:
+        headers[CACHE_HEADER] = call.entry.response_cache  # miss or bypass
     return web.Response(body=data, status=resp.status, headers=headers)
 
 
@@ -201,6 +208,10 @@ async def _relay_stream(call: Call, resp: aiohttp.ClientResponse, injected_usage
     entry = call.entry
     headers = response_headers(resp, call.request_id)
     headers["cache-control"] = "no-cache"
+    if call.cache_fill is not None:
+        call.cache_fill.stream, call.cache_fill.content_type = True, "text/event-stream"
+    if call.entry.response_cache is not None:
+        headers[CACHE_HEADER] = call.entry.response_cache
     out = web.StreamResponse(status=resp.status, headers=headers)
     entry.status = resp.status
     try:
@@ -219,8 +230,11 @@ async def _relay_stream(call: Call, resp: aiohttp.ClientResponse, injected_usage
             estimate = (call.body_size // 4, meter.estimated_output_tokens())  # what the ledger records then
             ending = call.translator.finish(meter.raw_usage, estimate)
             await _record_before_last_bytes(call, meter)
-            await _write(out, ending)
+            await _write(out, ending, call.cache_fill)
         await _end(out, complete=failure is None)
+        if failure is None and call.cache_fill is not None:
+            call.cache_fill.complete = True
+            await call.fill_cache()
     except _ClientGone:
         if not call.finished:  # once recorded complete, a client that closes on the last event changes nothing
             entry.outcome, entry.partial = "client_disconnected", True
@@ -289,18 +303,20 @@ async def _pump(call: Call, resp: aiohttp.ClientResponse, out: web.StreamRespons
             relayed = call.translator.feed(relayed)
         elif meter.terminal and not call.finished:
             await _record_before_last_bytes(call, meter)
-        await _write(out, relayed)
+        await _write(out, relayed, call.cache_fill)
     if pending.strip():
         relayed = meter.feed(pending + b"\n\n")
         if call.translator is None and meter.terminal and not call.finished:
             await _record_before_last_bytes(call, meter)
-        await _write(out, relayed)
+        await _write(out, relayed, call.cache_fill)
     return None
 
 
-async def _write(out: web.StreamResponse, data: bytes) -> None:
+async def _write(out: web.StreamResponse, data: bytes, fill: CacheFill | None = None) -> None:
     if not data:
         return
+    if fill is not None:
+        fill.chunks.append(data)
     try:
         await out.write(data)
     except (ConnectionError, RuntimeError) as exc:  # aiohttp: closing transport / closed response

@@ -342,6 +342,8 @@ async function pageSavings(params) {
            { id: "sav-cache" }),
       card("Model policies", money(s.policy_saved_usd), "downgrades and default-model rewrites", { id: "sav-policy" }),
       card("Routing", money(s.routing_saved_usd), "easy work sent to cheaper models", { id: "sav-routing" }),
+      card("Response cache", money(s.response_cache_saved_usd), `${int(s.response_cache_hits)} repeats answered from the cache`,
+           { id: "sav-response-cache" }),
       card("Blocked", int(s.blocked_requests), "requests stopped by budgets, policies or rate limits")),
     h("p", { class: "muted small" }, "Savings compare each request's cost with the same usage without prompt caching " +
       "and on the model the client asked for. A negative caching figure means cache writes cost more than reads saved."),
