@@ -15,7 +15,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import LiveGateway
+from tests.conftest import ADMIN_KEY, LiveGateway
 
 CAPTURE = Path(__file__).resolve().parents[1] / "data" / "claude_code_tool_turn.json"  # from shared/captures
 LOOPS = {"loops": [{"name": "same-tool", "repeated_tool_calls": 4, "action": "pause"}]}
@@ -198,3 +198,45 @@ def test_a_ralph_loop_of_20_sessions_with_one_first_prompt_is_paused(make_gatewa
     assert session(3) == 200  # a session counted before the loop was seen goes on
     now[0] += 61 * 60  # an hour later the window holds none of them
     assert session(200) == 200
+
+
+def test_a_throttle_rule_slows_a_loop_with_429_and_retry_after_instead_of_stopping_it(make_gateway: Any) -> None:
+    now = [1_800_000_000.0]
+    rule = {"name": "slow", "repeated_tool_calls": 4, "action": "throttle", "throttle_per_minute": 2}
+    live = make_gateway({"loops": [rule]}, clock=lambda: now[0])
+    body, headers = _claude_code_turn(4)
+    answers = [_send(live, body, headers) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]  # the bucket holds 2 a minute
+    refused = answers[2]
+    assert 25 <= float(refused.headers["retry-after"]) <= 31
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert "loop rule 'slow' is slowing this session to 2 requests a minute" in refused.json()["error"]["message"]
+    now[0] += 30  # one request's worth refilled
+    assert _send(live, body, headers).status_code == 200
+    below, _ = _claude_code_turn(3)
+    assert _send(live, below, headers).status_code == 200  # the run is shorter than the rule: not throttled
+    audits = httpx.get(
+        f"{live.url}/admin/audit?action=loop_throttle", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10
+    ).json()["data"]
+    assert len(audits) == 1 and "Bash called 4 times in a row" in audits[0]["detail"]  # once, not per request
+    resumed = httpx.post(
+        f"{live.url}/admin/loops/sess-loop-1/resume", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10
+    )
+    assert resumed.status_code == 200, resumed.text
+    assert [_send(live, body, headers).status_code for _ in range(4)] == [200] * 4  # resumed: not throttled
+
+
+def test_a_session_running_unattended_is_paused_after_the_configured_minutes(make_gateway: Any) -> None:
+    now = [1_800_000_000.0]
+    rule = {"name": "unattended", "unattended_minutes": 60, "action": "pause"}
+    live = make_gateway({"loops": [rule]}, clock=lambda: now[0])
+    user_turn, headers = _claude_code_turn(0)
+    assert _send(live, user_turn, headers).status_code == 200  # the user wrote: the clock starts
+    step, _ = _claude_code_turn(2, vary=True)
+    now[0] += 59 * 60
+    assert _send(live, step, headers).status_code == 200
+    now[0] += 60
+    paused = _send(live, step, headers)
+    assert paused.status_code == 402 and "ran unattended for 60 min" in paused.json()["error"]["message"]
+    assert _send(live, user_turn, headers).status_code == 200  # the user is back: the session goes on
+    assert _send(live, step, headers).status_code == 200

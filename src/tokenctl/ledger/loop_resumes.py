@@ -12,7 +12,7 @@ from tokenctl.ledger.engine import Database
 from tokenctl.ledger.migrations import transaction
 from tokenctl.policy.loops import LoopRule
 
-_COUNT = re.compile(r"(?:called|started) (\d+) times")
+_COUNT = re.compile(r"(?:called|started) (\d+) times|unattended for (\d+) min")
 
 
 class NotPaused(LookupError):
@@ -36,12 +36,12 @@ def resumes(db: Database) -> dict[tuple[str, str], int]:
 
 
 def detections(db: Any, limit: int) -> list[dict[str, Any]]:
-    """The latest pause or alert per (session, rule), with how often it fired and whether it was resumed."""
+    """The latest pause, throttle or alert per (session, rule), with how often it fired and whether it was resumed."""
     events = read_audit(db, limit=10_000, action="loop_*")
     resumed = resumes(db)
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for event in events:  # newest first
-        if event["action"] not in ("loop_pause", "loop_alert"):
+        if event["action"] not in ("loop_pause", "loop_throttle", "loop_alert"):
             continue
         key = (event["subject"], event["rule"])
         if key not in latest:
@@ -49,17 +49,18 @@ def detections(db: Any, limit: int) -> list[dict[str, Any]]:
         latest[key]["times"] += 1
     out = []
     for (subject, rule), event in latest.items():
-        count = _COUNT.search(event["detail"] or "")
+        found = _COUNT.search(event["detail"] or "")
+        count = int(found.group(1) or found.group(2)) if found else None
         allowed = resumed.get((subject, rule))
         out.append(
             {
                 "subject": subject,
                 "rule": rule,
                 "action": event["action"].removeprefix("loop_"),
-                "repeats": int(count.group(1)) if count else None,
+                "repeats": count,
                 "last_seen": event["ts"],
                 "times": event["times"],
-                "resumed": allowed is not None and count is not None and allowed >= int(count.group(1)),
+                "resumed": allowed is not None and count is not None and allowed >= count,
                 "evidence": event["detail"],
             }
         )
@@ -70,7 +71,7 @@ def resume_paused(
     db: Database, rules: Sequence[LoopRule], subject: str, rule_name: str | None, by: str
 ) -> tuple[str, int]:
     """Let a paused session go on until it repeats its rule's count again; (rule, repeats now allowed)."""
-    paused = [d for d in detections(db, 10_000) if d["subject"] == subject and d["action"] == "pause"]
+    paused = [d for d in detections(db, 10_000) if d["subject"] == subject and d["action"] in ("pause", "throttle")]
     if rule_name:
         paused = [d for d in paused if d["rule"] == rule_name]
     if not paused:

@@ -97,6 +97,7 @@ class Enforcer:
         self.loop_rules = config.loops
         self.loop_resumes: dict[tuple[str, str], int] = {}  # (subject, rule) -> repeats allowed (refreshed)
         self._ralph_seen: OrderedDict[tuple[str, str], int] = OrderedDict()  # (subject, session) -> count at start
+        self._user_wrote: OrderedDict[str, float] = OrderedDict()  # session -> when its user last wrote
         self._session_models: OrderedDict[str, str] = OrderedDict()  # session -> model it was downgraded to
 
     def set_rules(self, rules: RuleSet) -> None:
@@ -241,10 +242,17 @@ class Enforcer:
         key = entry.principal.key_id
         run, tool = trailing_repeats(body, api)
         ralph: tuple[str, int] | None = None  # (subject, sessions) once counted for this request
+        watching = any(r.unattended_minutes is not None for r in self.loop_rules)
+        unattended = self._unattended_minutes(body, api, session) if watching else 0
         for rule in self.loop_rules:
             if covers(rule, entry.principal, session) is None:
                 continue
-            if rule.repeated_tool_calls is not None:
+            if rule.unattended_minutes is not None:
+                if session is None or unattended < rule.unattended_minutes:
+                    continue
+                subject, count = session, unattended
+                evidence = f"the session ran unattended for {unattended} min (tool-result steps only)"
+            elif rule.repeated_tool_calls is not None:
                 if run < rule.repeated_tool_calls:
                     continue
                 subject = session or f"key:{key}"
@@ -262,6 +270,18 @@ class Enforcer:
             allowed = self.loop_resumes.get((subject, rule.name), 0)
             if count > allowed:
                 await self._loop_action(entry, rule, subject, evidence, allowed)
+
+    def _unattended_minutes(self, body: dict[str, Any], api: str, session: str | None) -> int:
+        """Whole minutes since the session's user last wrote (0 at a user turn, or for a session not seen before)."""
+        if session is None:
+            return 0
+        now = self.clock()
+        if at_turn_boundary(body, api) or session not in self._user_wrote:
+            self._user_wrote[session] = now
+        self._user_wrote.move_to_end(session)
+        if len(self._user_wrote) > self.MAX_SESSIONS:
+            self._user_wrote.popitem(last=False)
+        return int((now - self._user_wrote[session]) // 60)
 
     async def _ralph_sessions(
         self, body: dict[str, Any], api: str, session: str | None, key: str, window_minutes: int
@@ -293,12 +313,31 @@ class Enforcer:
                 )
             self._decide(entry, "loop", f"{rule.name}: {evidence}", rule=rule.name, quiet=True)
             return
+        if rule.action == "throttle":
+            await self._throttle(entry, rule, subject, evidence, event, allowed)
+            return
         self.audit(event)
         raise LoopPaused(
             f"tokenctl: loop rule {rule.name!r} paused this session: {evidence}. If the agent is not stuck, "
             f"resume it with `tokenctl loops resume {subject}` (or ask your administrator).",
             rule=rule.name,
         )
+
+    async def _throttle(
+        self, entry: LedgerEntry, rule: LoopRule, subject: str, evidence: str, event: AuditEvent, allowed: int
+    ) -> None:
+        """Slow the subject to ``throttle_per_minute`` while the rule holds: 429 with Retry-After beyond it."""
+        if await self.store.first_crossing(f"loop:{rule.name}:{subject}:{allowed}"):
+            self.audit(event)
+            self.notifier.send(self.settings.webhook_url, f"tokenctl: loop rule {rule.name} ({subject}): {evidence}")
+        wait = await self.store.take_rate(f"loop:{rule.name}:{subject}", rule.throttle_per_minute, 1, self.clock())
+        self._decide(entry, "loop", f"{rule.name}: {evidence}; throttled", rule=rule.name, quiet=True)
+        if wait > 0:
+            raise RateLimited(
+                f"tokenctl: loop rule {rule.name!r} is slowing this session to {rule.throttle_per_minute} "
+                f"requests a minute: {evidence}. Resume it with `tokenctl loops resume {subject}`.",
+                retry_after=wait,
+            )
 
     def _reservation(self, entry: LedgerEntry, body: dict[str, Any], api: str, worst: Decimal) -> Decimal:
         """What budgets reserve: the worst case, at most the ceiling; the ceiling itself (the stated worst case)

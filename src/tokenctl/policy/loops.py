@@ -8,7 +8,13 @@ acts when that run reaches ``repeated_tool_calls``:
 - ``alert``: an audit entry and a webhook, once per session and run length reached;
 - ``pause``: the request is refused (402, shown once by Claude Code) with a message naming the rule and the
   command that resumes the session. ``tokenctl loops resume SESSION`` lets it go on for another
-  ``repeated_tool_calls`` repeats, so a real loop is paused again and a false alarm costs one command.
+  ``repeated_tool_calls`` repeats, so a real loop is paused again and a false alarm costs one command;
+- ``throttle``: while the rule holds, the subject gets ``throttle_per_minute`` requests a minute; the rest are
+  answered 429 with ``Retry-After`` (clients wait and retry), so a loop slows to a trickle instead of stopping.
+
+A session running unattended (``unattended_minutes: N``): requests keep coming, all of them tool-result steps,
+N minutes after the user last wrote (in this process's memory: a replica counts from when it first saw
+the session). Resuming it allows another N minutes.
 
 A Ralph loop starts a new session each time, so nothing within one session repeats: a rule with
 ``same_first_prompt_sessions: N`` counts the distinct sessions of one key whose first user message is the
@@ -29,8 +35,9 @@ import orjson
 
 from tokenctl.validate import ConfigError, choice, reject_unknown
 
-LOOP_ACTIONS = ("alert", "pause")
-_FIELDS = {"name", "scope", "match", "repeated_tool_calls", "same_first_prompt_sessions", "window_minutes", "action"}
+LOOP_ACTIONS = ("alert", "pause", "throttle")
+DETECTORS = ("repeated_tool_calls", "same_first_prompt_sessions", "unattended_minutes")
+_FIELDS = {"name", "scope", "match", "window_minutes", "action", "throttle_per_minute", *DETECTORS}
 _SCOPES = ("org", "team", "user", "project", "key")
 
 
@@ -43,10 +50,12 @@ class LoopRule:
     action: str = "pause"
     same_first_prompt_sessions: int | None = None  # this many sessions of one key with one first prompt …
     window_minutes: int = 60  # … within this window
+    unattended_minutes: int | None = None  # a session this long without the user writing
+    throttle_per_minute: int = 2  # the throttle action's rate while the rule holds
 
     @property
     def threshold(self) -> int:
-        return self.repeated_tool_calls or self.same_first_prompt_sessions or 0
+        return self.repeated_tool_calls or self.same_first_prompt_sessions or self.unattended_minutes or 0
 
 
 def parse_loop(raw: Any, where: str) -> LoopRule:
@@ -56,12 +65,16 @@ def parse_loop(raw: Any, where: str) -> LoopRule:
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}.name: required")
-    counts = {k: raw.get(k) for k in ("repeated_tool_calls", "same_first_prompt_sessions") if k in raw}
+    counts = {k: raw.get(k) for k in DETECTORS if k in raw}
     if len(counts) != 1:
-        raise ConfigError(f"{where}: set one of repeated_tool_calls or same_first_prompt_sessions")
+        raise ConfigError(f"{where}: set one of {', '.join(DETECTORS)}")
     ((field, count),) = counts.items()
-    if not isinstance(count, int) or isinstance(count, bool) or count < 2:
-        raise ConfigError(f"{where}.{field}: a whole number, at least 2")
+    least = 1 if field == "unattended_minutes" else 2
+    if not isinstance(count, int) or isinstance(count, bool) or count < least:
+        raise ConfigError(f"{where}.{field}: a whole number, at least {least}")
+    per_minute = raw.get("throttle_per_minute", 2)
+    if not isinstance(per_minute, int) or isinstance(per_minute, bool) or per_minute < 1:
+        raise ConfigError(f"{where}.throttle_per_minute: a whole number, at least 1")
     window = raw.get("window_minutes", 60)
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
         raise ConfigError(f"{where}.window_minutes: a whole number of minutes, at least 1")
@@ -74,6 +87,8 @@ def parse_loop(raw: Any, where: str) -> LoopRule:
         action=choice(raw, "action", LOOP_ACTIONS, "pause", where),
         same_first_prompt_sessions=count if field == "same_first_prompt_sessions" else None,
         window_minutes=window,
+        unattended_minutes=count if field == "unattended_minutes" else None,
+        throttle_per_minute=per_minute,
     )
 
 
