@@ -240,3 +240,43 @@ def test_a_session_running_unattended_is_paused_after_the_configured_minutes(mak
     assert paused.status_code == 402 and "ran unattended for 60 min" in paused.json()["error"]["message"]
     assert _send(live, user_turn, headers).status_code == 200  # the user is back: the session goes on
     assert _send(live, step, headers).status_code == 200
+
+
+def test_near_identical_answers_in_a_row_are_paused(make_gateway: Any) -> None:
+    live = make_gateway({"loops": [{"name": "same-answer", "near_identical_turns": 3, "action": "pause"}]})
+    body, headers = _claude_code_turn(0)
+    answer = "I will now summarise the attached PDF document section by section for you again, as requested."
+    for n in (1, 2):
+        body["messages"] += [
+            {"role": "assistant", "content": answer + ("" if n == 1 else " Here.")},
+            {"role": "user", "content": "continue"},
+        ]
+        assert _send(live, body, headers).status_code == 200  # one, then two near-identical answers
+    body["messages"] += [{"role": "assistant", "content": answer}, {"role": "user", "content": "continue"}]
+    paused = _send(live, body, headers)
+    assert paused.status_code == 402
+    assert "the model gave 3 near-identical answers in a row" in paused.json()["error"]["message"]
+    body["messages"][-2] = {"role": "assistant", "content": "The build passes now; here is the diff of the fix."}
+    assert _send(live, body, headers).status_code == 200  # a different answer ends the run
+
+
+def test_spend_velocity_above_the_hourly_rule_alerts_once(make_gateway: Any) -> None:
+    now = [1_800_000_000.0]
+    rule = {"name": "burn", "spend_per_hour_usd": 1, "action": "alert"}
+    live = make_gateway({"loops": [rule]}, clock=lambda: now[0])
+    body, headers = _claude_code_turn(0)
+    body["model"] = "claude-opus-4-1"  # $15 / $75 per million: 20k input tokens and 10k output ≈ $1.05
+    heavy = {**headers, "x-fake-usage": "input=20000,output=10000"}
+    assert _send(live, body, heavy).status_code == 200
+    first = live.wait_rows(1)[0]
+    assert first["cost_nanousd"] > 1_000_000_000 and "burn" not in (first["policy"] or "")
+    _send(live, body, heavy)  # the hour's spend is now above $1: flagged
+    rows = live.wait_rows(2)
+    assert "burn: spent $1 in the last hour (rule: $1/hour)" in rows[1]["policy"]
+    now[0] += 3601  # an hour later the earlier spend has left the window
+    _send(live, body, headers)
+    assert "burn" not in (live.wait_rows(3)[2]["policy"] or "")
+    audits = httpx.get(
+        f"{live.url}/admin/audit?action=loop_alert", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10
+    ).json()["data"]
+    assert len(audits) == 1 and audits[0]["subject"] == "sess-loop-1"

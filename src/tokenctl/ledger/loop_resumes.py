@@ -12,7 +12,9 @@ from tokenctl.ledger.engine import Database
 from tokenctl.ledger.migrations import transaction
 from tokenctl.policy.loops import LoopRule
 
-_COUNT = re.compile(r"(?:called|started) (\d+) times|unattended for (\d+) min")
+_COUNT = re.compile(
+    r"(?:called|started) (\d+) times|unattended for (\d+) min|spent \$(\d+) in|gave (\d+) near-identical"
+)
 
 
 class NotPaused(LookupError):
@@ -50,7 +52,7 @@ def detections(db: Any, limit: int) -> list[dict[str, Any]]:
     out = []
     for (subject, rule), event in latest.items():
         found = _COUNT.search(event["detail"] or "")
-        count = int(found.group(1) or found.group(2)) if found else None
+        count = int(next(g for g in found.groups() if g is not None)) if found else None
         allowed = resumed.get((subject, rule))
         out.append(
             {

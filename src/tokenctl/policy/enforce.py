@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -37,7 +37,7 @@ from tokenctl.metering.pricing import PriceBook
 from tokenctl.policy import estimate, models
 from tokenctl.policy.approval import ApprovalDesk, fingerprint, triggered_rule
 from tokenctl.policy.budget import BudgetAdmission, Budgets, Charge, covers, to_nanos, to_usd
-from tokenctl.policy.loops import LoopRule, first_prompt_digest, trailing_repeats
+from tokenctl.policy.loops import LoopRule, first_prompt_digest, trailing_repeats, trailing_similar_answers
 from tokenctl.policy.notify import Notifier
 from tokenctl.policy.rules import ApprovalRule, BudgetRule, ModelPolicy
 from tokenctl.policy.store import SpendStore
@@ -98,6 +98,7 @@ class Enforcer:
         self.loop_resumes: dict[tuple[str, str], int] = {}  # (subject, rule) -> repeats allowed (refreshed)
         self._ralph_seen: OrderedDict[tuple[str, str], int] = OrderedDict()  # (subject, session) -> count at start
         self._user_wrote: OrderedDict[str, float] = OrderedDict()  # session -> when its user last wrote
+        self._spend: OrderedDict[str, deque[tuple[float, int]]] = OrderedDict()  # subject -> (when, nanos) an hour
         self._session_models: OrderedDict[str, str] = OrderedDict()  # session -> model it was downgraded to
 
     def set_rules(self, rules: RuleSet) -> None:
@@ -252,6 +253,18 @@ class Enforcer:
                     continue
                 subject, count = session, unattended
                 evidence = f"the session ran unattended for {unattended} min (tool-result steps only)"
+            elif rule.near_identical_turns is not None:
+                count = trailing_similar_answers(body, api)
+                if count < rule.near_identical_turns:
+                    continue
+                subject = session or f"key:{key}"
+                evidence = f"the model gave {count} near-identical answers in a row"
+            elif rule.spend_per_hour_usd is not None:
+                subject = session or f"key:{key}"
+                count = int(self._spent_last_hour(subject) // 1_000_000_000)
+                if count < rule.spend_per_hour_usd:
+                    continue
+                evidence = f"spent ${count} in the last hour (rule: ${rule.spend_per_hour_usd}/hour)"
             elif rule.repeated_tool_calls is not None:
                 if run < rule.repeated_tool_calls:
                     continue
@@ -282,6 +295,30 @@ class Enforcer:
         if len(self._user_wrote) > self.MAX_SESSIONS:
             self._user_wrote.popitem(last=False)
         return int((now - self._user_wrote[session]) // 60)
+
+    def _watch_spend(self) -> bool:
+        return any(r.spend_per_hour_usd is not None for r in self.loop_rules)
+
+    def _record_spend(self, subject: str, nanos: int) -> None:
+        if nanos <= 0:
+            return
+        spent = self._spend.get(subject)
+        if spent is None:
+            spent = self._spend[subject] = deque()
+            if len(self._spend) > self.MAX_SESSIONS:
+                self._spend.popitem(last=False)
+        spent.append((self.clock(), nanos))
+        self._spend.move_to_end(subject)
+
+    def _spent_last_hour(self, subject: str) -> int:
+        """Nano-dollars the subject's requests settled within the last 60 minutes, in this process."""
+        spent = self._spend.get(subject)
+        if not spent:
+            return 0
+        since = self.clock() - 3600
+        while spent and spent[0][0] <= since:
+            spent.popleft()
+        return sum(n for _, n in spent)
 
     async def _ralph_sessions(
         self, body: dict[str, Any], api: str, session: str | None, key: str, window_minutes: int
@@ -558,6 +595,9 @@ class Enforcer:
     # -- settlement -------------------------------------------------------------------------------
 
     async def settle(self, admission: Admission, entry: LedgerEntry) -> None:
+        if entry.cost is not None and entry.principal is not None and self._watch_spend():
+            session = entry.attribution.session_id if entry.attribution else None
+            self._record_spend(session or f"key:{entry.principal.key_id}", to_nanos(entry.cost.total))
         if admission.budget is None and not admission.token_buckets:
             return  # nothing was reserved or taken for this request
         actual = to_nanos(entry.cost.total) if entry.cost is not None else 0

@@ -36,7 +36,13 @@ import orjson
 from tokenctl.validate import ConfigError, choice, reject_unknown
 
 LOOP_ACTIONS = ("alert", "pause", "throttle")
-DETECTORS = ("repeated_tool_calls", "same_first_prompt_sessions", "unattended_minutes")
+DETECTORS = (
+    "repeated_tool_calls",
+    "same_first_prompt_sessions",
+    "unattended_minutes",
+    "near_identical_turns",
+    "spend_per_hour_usd",
+)
 _FIELDS = {"name", "scope", "match", "window_minutes", "action", "throttle_per_minute", *DETECTORS}
 _SCOPES = ("org", "team", "user", "project", "key")
 
@@ -51,11 +57,20 @@ class LoopRule:
     same_first_prompt_sessions: int | None = None  # this many sessions of one key with one first prompt …
     window_minutes: int = 60  # … within this window
     unattended_minutes: int | None = None  # a session this long without the user writing
+    near_identical_turns: int | None = None  # the model's answers nearly the same this many times in a row
+    spend_per_hour_usd: int | None = None  # the subject spent this many dollars within the last 60 minutes
     throttle_per_minute: int = 2  # the throttle action's rate while the rule holds
 
     @property
     def threshold(self) -> int:
-        return self.repeated_tool_calls or self.same_first_prompt_sessions or self.unattended_minutes or 0
+        return (
+            self.repeated_tool_calls
+            or self.same_first_prompt_sessions
+            or self.unattended_minutes
+            or self.near_identical_turns
+            or self.spend_per_hour_usd
+            or 0
+        )
 
 
 def parse_loop(raw: Any, where: str) -> LoopRule:
@@ -69,7 +84,7 @@ def parse_loop(raw: Any, where: str) -> LoopRule:
     if len(counts) != 1:
         raise ConfigError(f"{where}: set one of {', '.join(DETECTORS)}")
     ((field, count),) = counts.items()
-    least = 1 if field == "unattended_minutes" else 2
+    least = 1 if field in ("unattended_minutes", "spend_per_hour_usd") else 2
     if not isinstance(count, int) or isinstance(count, bool) or count < least:
         raise ConfigError(f"{where}.{field}: a whole number, at least {least}")
     per_minute = raw.get("throttle_per_minute", 2)
@@ -88,6 +103,8 @@ def parse_loop(raw: Any, where: str) -> LoopRule:
         same_first_prompt_sessions=count if field == "same_first_prompt_sessions" else None,
         window_minutes=window,
         unattended_minutes=count if field == "unattended_minutes" else None,
+        near_identical_turns=count if field == "near_identical_turns" else None,
+        spend_per_hour_usd=count if field == "spend_per_hour_usd" else None,
         throttle_per_minute=per_minute,
     )
 
@@ -156,6 +173,35 @@ def trailing_repeats(body: dict[str, Any], api: str) -> tuple[int, str | None]:
             break
         run += 1
     return run, name
+
+
+def trailing_similar_answers(body: dict[str, Any], api: str) -> int:
+    """How many of the model's latest answers in a row are nearly the same text (word sets 80 % alike).
+
+    Only answers with some text count (a tool call alone is the repeated-call detector's); any answer that
+    differs ends the run."""
+    items = body.get("input") if api == "openai.responses" else body.get("messages")
+    texts = []
+    for item in reversed(items) if isinstance(items, list) else ():
+        if isinstance(item, dict) and item.get("role") == "assistant":
+            text = _text(item.get("content"))
+            if len(text) >= 20:
+                texts.append(text)
+                if len(texts) > 50:
+                    break
+    if not texts:
+        return 0
+    latest, run = _word_set(texts[0]), 1
+    for other in texts[1:]:
+        words = _word_set(other)
+        if len(latest & words) < 0.8 * len(latest | words):
+            break
+        run += 1
+    return run
+
+
+def _word_set(text: str) -> set[str]:
+    return set(text.lower()[:4000].split())
 
 
 def _text(content: Any) -> str:
