@@ -254,7 +254,7 @@ class Enforcer:
                 subject, count = session, unattended
                 evidence = f"the session ran unattended for {unattended} min (tool-result steps only)"
             elif rule.near_identical_turns is not None:
-                count = trailing_similar_answers(body, api)
+                count = trailing_similar_answers(body, api, rule.near_identical_turns)
                 if count < rule.near_identical_turns:
                     continue
                 subject = session or f"key:{key}"

@@ -175,28 +175,29 @@ def trailing_repeats(body: dict[str, Any], api: str) -> tuple[int, str | None]:
     return run, name
 
 
-def trailing_similar_answers(body: dict[str, Any], api: str) -> int:
-    """How many of the model's latest answers in a row are nearly the same text (word sets 80 % alike).
+def trailing_similar_answers(body: dict[str, Any], api: str, limit: int = 50) -> int:
+    """How many of the model's latest answers in a row are nearly the same text (word sets 80 % alike), up to
+    ``limit`` (the largest count a rule asks for: walking further would change no decision).
 
     Only answers with some text count (a tool call alone is the repeated-call detector's); any answer that
-    differs ends the run."""
+    differs ends the run, so an ordinary session costs one or two comparisons."""
     items = body.get("input") if api == "openai.responses" else body.get("messages")
-    texts = []
+    latest: set[str] | None = None
+    run = 0
     for item in reversed(items) if isinstance(items, list) else ():
-        if isinstance(item, dict) and item.get("role") == "assistant":
-            text = _text(item.get("content"))
-            if len(text) >= 20:
-                texts.append(text)
-                if len(texts) > 50:
-                    break
-    if not texts:
-        return 0
-    latest, run = _word_set(texts[0]), 1
-    for other in texts[1:]:
-        words = _word_set(other)
-        if len(latest & words) < 0.8 * len(latest | words):
+        if not isinstance(item, dict) or item.get("role") != "assistant":
+            continue
+        text = _text(item.get("content"))
+        if len(text) < 20:
+            continue
+        words = _word_set(text)
+        if latest is None:
+            latest = words
+        elif len(latest & words) < 0.8 * len(latest | words):
             break
         run += 1
+        if run >= limit:
+            break
     return run
 
 

@@ -21,8 +21,11 @@ def at_turn_boundary(body: dict[str, Any], api: str) -> bool:
         if isinstance(items, str) or not items:
             return True
         return _is_user_turn(items[-1])
-    messages = [m for m in body.get("messages") or () if isinstance(m, dict) and m.get("role") != "system"]
-    return not messages or _is_user_turn(messages[-1])
+    messages = body.get("messages")
+    for message in reversed(messages) if isinstance(messages, list) else ():  # the newest non-system message
+        if isinstance(message, dict) and message.get("role") != "system":
+            return _is_user_turn(message)
+    return True
 
 
 def _is_user_turn(item: Any) -> bool:

@@ -400,7 +400,7 @@ def turn_text(body: dict[str, Any], api: str) -> str:
         return items
     if not isinstance(items, list):
         return ""
-    texts = user_texts([i for i in items if isinstance(i, dict)])
+    texts = user_texts(items)
     if not texts:
         return ""
     newest = texts[-1]

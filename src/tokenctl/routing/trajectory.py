@@ -64,17 +64,17 @@ def read_signals(body: dict[str, Any], api: str) -> Signals:
     )
 
 
-def _history(body: dict[str, Any], api: str) -> list[dict[str, Any]]:
+def _history(body: dict[str, Any], api: str) -> list[Any]:
+    """The conversation as sent (not copied: the walkers below read it from its end and skip what is not
+    a mapping)."""
     items = body.get("input") if api == "openai.responses" else body.get("messages")
-    if not isinstance(items, list):
-        return []
-    return [i for i in items if isinstance(i, dict)]
+    return items if isinstance(items, list) else []
 
 
 # -- tool results ----------------------------------------------------------------------------------
 
 
-def _trailing_failures(items: list[dict[str, Any]]) -> int:
+def _trailing_failures(items: list[Any]) -> int:
     """Failed tool results in a row from the newest back; a success or a user's own message ends the run."""
     count = 0
     for failed in _results_newest_first(items):
@@ -86,9 +86,11 @@ def _trailing_failures(items: list[dict[str, Any]]) -> int:
     return count
 
 
-def _results_newest_first(items: list[dict[str, Any]]) -> Iterator[bool | None]:
+def _results_newest_first(items: list[Any]) -> Iterator[bool | None]:
     """For each tool result, newest first: did it fail? ``None`` marks a user turn (the run stops there)."""
     for item in reversed(items):
+        if not isinstance(item, dict):
+            continue
         kind, role = item.get("type"), item.get("role")
         if kind in _RESULT_TYPES:
             yield _failed(item.get("output"), None)
@@ -130,20 +132,20 @@ def _text(content: Any) -> str:
 # -- the model's and the user's words --------------------------------------------------------------
 
 
-def _latest_assistant_gives_up(items: list[dict[str, Any]]) -> bool:
+def _latest_assistant_gives_up(items: list[Any]) -> bool:
     for item in reversed(items):
-        if item.get("role") == "assistant":
+        if isinstance(item, dict) and item.get("role") == "assistant":
             text = _text(item.get("content"))
             if text:
                 return bool(_GIVES_UP.search(text[-_SCAN_CHARS:]))
     return False
 
 
-def user_texts(items: list[dict[str, Any]]) -> list[str]:
+def user_texts(items: list[Any]) -> list[str]:
     """The text of each message the user wrote (tool results are not the user's words), oldest first."""
     texts = []
     for item in items:
-        if item.get("role") != "user":
+        if not isinstance(item, dict) or item.get("role") != "user":
             continue
         content = item.get("content")
         if isinstance(content, str):
@@ -165,8 +167,8 @@ def _is_reminder(block: dict[str, Any]) -> bool:
     return text.startswith(("<system-reminder>", "<environment_context>", "<user_instructions>", "# AGENTS.md"))
 
 
-def _user_asks_again(items: list[dict[str, Any]]) -> bool:
-    if not items or items[-1].get("role") != "user":
+def _user_asks_again(items: list[Any]) -> bool:
+    if not items or not isinstance(items[-1], dict) or items[-1].get("role") != "user":
         return False
     if not user_texts(items[-1:]):  # tool results, not the user's words
         return False
