@@ -169,3 +169,19 @@ def test_the_redis_store_keeps_answers_for_every_replica_and_a_dead_redis_is_a_m
         await dead.close()
 
     asyncio.run(run())
+
+
+def test_report_cache_splits_hits_and_prompt_caching_by_team(
+    make_gateway: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    live = make_gateway(CACHE)
+    ask(claude(live))
+    ask(claude(live))
+    rows = live.wait_rows(2)
+    capsys.readouterr()
+    assert main(["report", "cache", "--ledger", str(live.config.ledger_path), "--format", "json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["response_cache_hits"] == 1
+    (team,) = report["by_team"]
+    assert team["team"] == "payments" and team["requests"] == 2 and team["response_cache_hits"] == 1
+    assert round(float(team["response_cache_saved_usd"]) * 1e9) == rows[0]["cost_nanousd"]

@@ -280,3 +280,20 @@ def test_spend_velocity_above_the_hourly_rule_alerts_once(make_gateway: Any) -> 
         f"{live.url}/admin/audit?action=loop_alert", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10
     ).json()["data"]
     assert len(audits) == 1 and audits[0]["subject"] == "sess-loop-1"
+
+
+def test_report_loops_lists_detections_and_refuses_filters(
+    make_gateway: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tokenctl.cli.main import main
+
+    live = make_gateway(LOOPS)
+    body, headers = _claude_code_turn(4)
+    assert _send(live, body, headers).status_code == 402
+    live.wait_rows(1)
+    capsys.readouterr()
+    assert main(["report", "loops", "--ledger", str(live.config.ledger_path), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["subject"] == "sess-loop-1" and rows[0]["action"] == "pause" and rows[0]["repeats"] == 4
+    code = main(["report", "loops", "--team", "web", "--ledger", str(live.config.ledger_path)])
+    assert code == 2 and "--team do not apply" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``tokenctl report overview|concentration|savings|sessions|routing``: the dashboard's views in the terminal.
+"""``tokenctl report overview|concentration|savings|sessions|routing|cache|loops``: the dashboard's views.
 
 The same queries as ``/ui`` (dashboard/queries.py over the rollups), printed as a table, CSV or JSON.
 """
@@ -24,6 +24,7 @@ from tokenctl.dashboard import queries
 from tokenctl.dashboard.budgets import budget_board
 from tokenctl.dashboard.overview import overview
 from tokenctl.ledger.db import connect, transaction
+from tokenctl.ledger.loop_resumes import detections
 from tokenctl.ledger.migrations import SMALL_ROLLUPS, rebuild_daily, rebuild_sessions, rebuild_small_rollups
 from tokenctl.policy.budget import Budgets
 from tokenctl.policy.manage import combined_rules
@@ -31,7 +32,7 @@ from tokenctl.policy.period import current_window
 from tokenctl.policy.seed import ledger_seeds
 from tokenctl.policy.store import MemoryStore
 
-VIEWS = ("breakdown", "overview", "concentration", "savings", "sessions", "routing")
+VIEWS = ("breakdown", "overview", "concentration", "savings", "sessions", "routing", "cache", "loops")
 
 
 def add_view_arguments(r: argparse.ArgumentParser) -> None:
@@ -40,7 +41,8 @@ def add_view_arguments(r: argparse.ArgumentParser) -> None:
         nargs="?",
         choices=VIEWS,
         default="breakdown",
-        help="breakdown (default, by --by), or the dashboard's overview, concentration, savings, sessions, routing",
+        help="breakdown (default, by --by), or the dashboard's overview, concentration, savings, sessions, routing, "
+        "cache, loops",
     )
     r.add_argument(
         "--start",
@@ -76,6 +78,12 @@ def _check_view_arguments(args: argparse.Namespace) -> None:
         raise ValueError(
             f"`report {args.view}` always shows today, this month and last month; --start/--end do not apply to it"
         )
+    if args.view == "loops":
+        given = [f"--{n}" for n in ("start", "end", *queries.FILTERS) if getattr(args, n, None) is not None]
+        if given:
+            raise ValueError(
+                f"`report loops` lists the latest detection per session and rule; {', '.join(given)} do not apply"
+            )
 
 
 def run_view(args: argparse.Namespace, config: Config) -> int:
@@ -134,6 +142,8 @@ _VIEWS: dict[str, Callable[[Any, queries.View, datetime, Config], Any]] = {
     "savings": lambda db, view, now, config: queries.savings(db, view),
     "sessions": lambda db, view, now, config: queries.sessions(db, view),
     "routing": lambda db, view, now, config: queries.routing(db, view),
+    "cache": lambda db, view, now, config: queries.cache(db, view),
+    "loops": lambda db, view, now, config: detections(db, 200),
 }
 
 # -- output -----------------------------------------------------------------------------------------

@@ -242,6 +242,41 @@ def _response_cache_hits(db: Database, view: View) -> tuple[int, int]:
     return int(row[0] or 0), int(row[1] or 0)
 
 
+def cache(db: Database, view: View) -> dict[str, Any]:
+    """Prompt caching and the response cache per team: read share, what prompt caching saved, cache hits."""
+    where, params = view.requests_where()
+    hits = {
+        team: (int(n), int(saved or 0))
+        for team, n, saved in db.execute(
+            f"SELECT team, COUNT(*), SUM(cache_avoided_nanousd) FROM requests"
+            f" WHERE response_cache = 'hit' AND {where} GROUP BY team",
+            params,
+        )
+    }
+    teams = []
+    for row in breakdown(db, view, "team", limit=200):
+        n, saved = hits.get(row["group"], (0, 0))
+        teams.append(
+            {
+                "team": row["group"],
+                "requests": row["requests"],
+                "cache_read_share": row["cache_read_share"],
+                "prompt_cache_saved_usd": row["cache_saved_usd"],
+                "response_cache_hits": n,
+                "response_cache_saved_usd": usd(saved),
+            }
+        )
+    whole = totals(db, view)
+    all_hits, all_saved = _response_cache_hits(db, view)
+    return {
+        "cache_read_share": whole["cache_read_share"],
+        "prompt_cache_saved_usd": whole["cache_saved_usd"],
+        "response_cache_hits": all_hits,
+        "response_cache_saved_usd": usd(all_saved),
+        "by_team": teams,
+    }
+
+
 def routing(db: Database, view: View) -> dict[str, Any]:
     """What routing did, per tier: requests, turns the classifier judged, escalations, and for a dry run what
     the same usage would have cost where routing would have sent it (read from the requests, not rollups)."""
