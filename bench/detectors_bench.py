@@ -4,7 +4,8 @@
 
 Each detector reads the request body the gateway has already parsed: the trailing run of identical tool
 calls, the trailing run of near-identical answers, the turn boundary (for the unattended clock), the first
-prompt's digest (Ralph loops) and the routing trajectory signals. Timed over 2,000 bodies of 20, 100 and
+prompt's digest (Ralph loops), the routing trajectory signals and the prompt-cache prefix digests (cache
+health). Timed over 2,000 bodies of 20, 100 and
 400 steps, as the median and 99th percentile per call, beside the cost of parsing the body with orjson
 (what every request already pays). Writes bench/results/detectors.json.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from tokenctl.metering.cache_health import CacheHealth
 from tokenctl.policy.loops import first_prompt_digest, trailing_repeats, trailing_similar_answers
 from tokenctl.policy.turns import at_turn_boundary
 from tokenctl.routing.trajectory import read_signals
@@ -52,12 +54,14 @@ def per_call_us(bodies: list[dict[str, Any]], work: Callable[[dict[str, Any]], o
 
 
 def main() -> None:
+    health = CacheHealth()
     detectors: dict[str, Callable[[dict[str, Any]], object]] = {
         "repeated tool calls": lambda b: trailing_repeats(b, API),
         "near-identical answers (rule count 5)": lambda b: trailing_similar_answers(b, API, 5),
         "turn boundary (unattended)": lambda b: at_turn_boundary(b, API),
         "first prompt digest (Ralph)": lambda b: first_prompt_digest(b, API),
         "routing trajectory signals": lambda b: read_signals(b, API),
+        "prompt-cache prefix digests": lambda b: health.prefix("session", b),
     }
     result: dict[str, Any] = {}
     for steps in (20, 100, 400):

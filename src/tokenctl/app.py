@@ -25,6 +25,7 @@ from tokenctl.ledger.db import connect
 from tokenctl.ledger.engine import Database
 from tokenctl.ledger.loop_resumes import resumes
 from tokenctl.ledger.writer import LedgerWriter
+from tokenctl.metering.cache_health import CacheHealth
 from tokenctl.metering.pricing import PriceBook
 from tokenctl.observe.metrics import Metrics
 from tokenctl.policy.approval import ApprovalDesk
@@ -152,6 +153,7 @@ async def _gateway_lifecycle(
         metrics,
         _telemetry(config),
         _response_cache(config, clock),
+        _cache_health(config),
     )
     app[GATEWAY] = gateway
     app[DASHBOARD] = dashboard = Dashboard(gateway)
@@ -189,6 +191,11 @@ def _response_cache(config: Config, clock: Callable[[], float]) -> ResponseCache
         timeout = config.store.timeout_ms / 1000
         return RedisResponseCache(config.store.redis_url, c.ttl_seconds, config.store.key_prefix, timeout, clock)
     return MemoryResponseCache(c.ttl_seconds, c.max_entries, c.max_bytes, clock)
+
+
+def _cache_health(config: Config) -> CacheHealth | None:
+    o = config.observability
+    return CacheHealth(o.cache_alarm_misses, o.cache_alarm_turns) if o.cache_alarm_misses > 0 else None
 
 
 def _telemetry(config: Config) -> Telemetry | None:

@@ -95,6 +95,8 @@ class ObservabilityConfig:
     otlp_endpoint: str | None = None  # e.g. http://collector:4318: traces and metrics over OTLP/HTTP; None = off
     otlp_headers: tuple[tuple[str, str], ...] = ()
     service_name: str = "tokenctl"
+    cache_alarm_misses: int = 0  # a session with this many prompt-cache misses ... (0: cache health off)
+    cache_alarm_turns: int = 3  # ... among its last this many turns raises an alarm
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +210,15 @@ SECTIONS: dict[str, set[str]] = {
         "responses_api",
     },
     "store": {"redis_url", "timeout_ms", "key_prefix", "reseed_wait_seconds", "max_connections"},
-    "observability": {"metrics_public", "log_format", "otlp_endpoint", "otlp_headers", "service_name"},
+    "observability": {
+        "metrics_public",
+        "log_format",
+        "otlp_endpoint",
+        "otlp_headers",
+        "service_name",
+        "cache_alarm_misses",
+        "cache_alarm_turns",
+    },
     "enforcement": {
         "timezone",
         "reservation_ceiling_usd",
@@ -409,6 +419,8 @@ def _parse_observability(raw: dict[str, Any]) -> ObservabilityConfig:
         otlp_endpoint=endpoint.rstrip("/") if endpoint else None,
         otlp_headers=tuple((str(k), str(v)) for k, v in headers.items()),
         service_name=str(raw.get("service_name", "tokenctl")),
+        cache_alarm_misses=integer(raw, "cache_alarm_misses", 0, where),
+        cache_alarm_turns=max(1, integer(raw, "cache_alarm_turns", 3, where)),
     )
 
 

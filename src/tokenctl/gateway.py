@@ -19,6 +19,7 @@ from tokenctl.identity.keys import KeyCache
 from tokenctl.ingress.dialect import Dialect
 from tokenctl.ledger.record import LedgerEntry
 from tokenctl.ledger.writer import LedgerWriter
+from tokenctl.metering.cache_health import CacheHealth, Prefix, miss_cost
 from tokenctl.metering.meter import settle
 from tokenctl.metering.pricing import PriceBook
 from tokenctl.observe.metrics import Metrics
@@ -51,6 +52,7 @@ class Gateway:
     metrics: Metrics
     telemetry: Telemetry | None = None  # OpenTelemetry export, when configured
     response_cache: ResponseCache | None = None  # when ``cache.enabled``
+    cache_health: CacheHealth | None = None  # prompt-cache misses per session (observability.cache_alarm_*)
 
     async def reload_rules(self, rules_db: Any) -> None:
         """Apply budgets, policies and approval rules changed in the ledger database (CLI or admin API)."""
@@ -102,6 +104,7 @@ class Call:
         "admission",
         "body_size",
         "cache_fill",
+        "cache_prefix",
         "dialect",
         "entry",
         "fallbacks",
@@ -134,6 +137,7 @@ class Call:
         self.translation: Translation | None = None
         self.translator: StreamTranslator | None = None
         self.cache_fill: CacheFill | None = None  # a cacheable miss: the answer's bytes, kept once it is complete
+        self.cache_prefix: Prefix | None = None  # digests of the prompt-cache prefix, for cache health
 
     def answer_started(self, sent: UpstreamRequest) -> None:
         """The provider answered: no fallback will send the body again, so nothing needs to hold it."""
@@ -159,6 +163,8 @@ class Call:
         except Exception:  # metering must never lose the row
             log.exception("metering failed for request %s; recorded without cost", self.request_id)
             entry.error = (entry.error or "") + " [metering failed]"
+        if self.cache_prefix is not None:
+            self._judge_prompt_cache(self.cache_prefix)
         if self.admission is not None:
             try:
                 await self.gw.enforcer.settle(self.admission, entry)
@@ -172,6 +178,23 @@ class Call:
                 self.gw.telemetry.request_done(entry, self.request.headers)
             except Exception:  # tracing must never cost a request
                 log.exception("exporting the trace of request %s failed", self.request_id)
+
+    def _judge_prompt_cache(self, prefix: Prefix) -> None:
+        """Name a prompt-cache miss in the row, with what it cost; alarm once when a session keeps missing."""
+        entry, health = self.entry, self.gw.cache_health
+        session = entry.attribution.session_id if entry.attribution else None
+        if health is None or session is None or entry.status != 200 or entry.outcome != "ok" or entry.route is None:
+            return
+        try:
+            verdict = health.observe(prefix, entry.usage, self.gw.enforcer.clock())
+            if verdict.cause is None:
+                return
+            entry.cache_miss = verdict.cause
+            entry.cache_miss_cost = miss_cost(self.gw.prices, entry.route, entry.usage)
+            if verdict.alarm is not None:
+                self.gw.enforcer.cache_alarm(entry, session, verdict.alarm)
+        except Exception:  # cache health must never cost a request its row
+            log.exception("judging the prompt cache of request %s failed", self.request_id)
 
     async def fill_cache(self) -> None:
         """Keep a complete, successful answer for the response cache (never a partial or failed one), once the

@@ -78,6 +78,8 @@ async def _proxy(call: Call) -> web.StreamResponse:
     entry.requested_model = body["model"]
     entry.stream = body.get("stream") is True
     entry.attribution = attribute(request.headers, body, gw.config.tags_header)
+    if gw.cache_health is not None and api == "anthropic.messages" and entry.attribution.session_id:
+        call.cache_prefix = gw.cache_health.prefix(entry.attribution.session_id, body)
     entry.anthropic_beta = header_text(request.headers.get("anthropic-beta"), 1024)
     try:
         entry.route = gw.catalog.resolve(body["model"], api)

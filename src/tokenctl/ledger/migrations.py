@@ -517,6 +517,14 @@ def m010_response_cache(db: Database) -> None:
     db.execute("CREATE INDEX requests_cache_hits ON requests (ts) WHERE response_cache = 'hit'")
 
 
+def m011_prompt_cache_misses(db: Database) -> None:
+    """``cache_miss``: why a turn wrote the prompt cache instead of reading it (the prefix part that changed, the
+    lifetime running out, no cache_control); ``cache_miss_nanousd``: what the written tokens cost above
+    reading them."""
+    db.execute("ALTER TABLE requests ADD COLUMN cache_miss TEXT")
+    db.execute("ALTER TABLE requests ADD COLUMN cache_miss_nanousd INTEGER")
+
+
 @contextmanager
 def transaction(db: Database) -> Iterator[Database]:
     """BEGIN IMMEDIATE … COMMIT on an autocommit connection, rolled back on error."""
@@ -540,6 +548,7 @@ MIGRATIONS: list[Migration] = [
     m008_loop_resumes,
     m009_routing_decisions,
     m010_response_cache,
+    m011_prompt_cache_misses,
 ]
 
 

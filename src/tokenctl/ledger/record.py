@@ -58,6 +58,8 @@ class LedgerEntry:
     route_features: tuple[int, ...] = ()
     response_cache: str | None = None  # hit | miss | bypass, when the response cache looked at the request
     cache_avoided: int | None = None  # a hit: nano-dollars the cached answer cost when it was made
+    cache_miss: str | None = None  # why this turn wrote the prompt cache instead of reading it
+    cache_miss_cost: Decimal | None = None  # what the written tokens cost above reading them
 
 
 COLUMNS = (
@@ -117,6 +119,8 @@ COLUMNS = (
     "route_features",
     "response_cache",
     "cache_avoided_nanousd",
+    "cache_miss",
+    "cache_miss_nanousd",
 )
 
 INSERT_SQL = (
@@ -227,6 +231,8 @@ def to_row(e: LedgerEntry, tz: tzinfo = UTC) -> tuple[Any, ...]:
         ",".join(map(str, e.route_features)) if e.route_features else None,
         e.response_cache,
         e.cache_avoided,
+        e.cache_miss,
+        nanos(e.cache_miss_cost),
     )
 
 

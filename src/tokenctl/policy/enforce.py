@@ -360,6 +360,14 @@ class Enforcer:
             rule=rule.name,
         )
 
+    def cache_alarm(self, entry: LedgerEntry, session: str, text: str) -> None:
+        """A session that keeps missing the prompt cache: one audit entry and webhook per cause."""
+        assert entry.principal is not None
+        self.audit(
+            AuditEvent(entry.principal.key_id, "cache_alarm", None, session, entry.request_id, text, self.clock())
+        )
+        self.notifier.send(self.settings.webhook_url, f"tokenctl: prompt cache of session {session}: {text}")
+
     async def _throttle(
         self, entry: LedgerEntry, rule: LoopRule, subject: str, evidence: str, event: AuditEvent, allowed: int
     ) -> None:
