@@ -21,6 +21,7 @@ from tokenctl.cli.progress import Progress
 from tokenctl.cli.render import render_table
 from tokenctl.config import Config
 from tokenctl.dashboard import queries
+from tokenctl.dashboard.anomalies import find_anomalies
 from tokenctl.dashboard.budgets import budget_board
 from tokenctl.dashboard.overview import overview
 from tokenctl.ledger.db import connect, transaction
@@ -32,7 +33,7 @@ from tokenctl.policy.period import current_window
 from tokenctl.policy.seed import ledger_seeds
 from tokenctl.policy.store import MemoryStore
 
-VIEWS = ("breakdown", "overview", "concentration", "savings", "sessions", "routing", "cache", "loops")
+VIEWS = ("breakdown", "overview", "concentration", "savings", "sessions", "routing", "cache", "loops", "anomalies")
 
 
 def add_view_arguments(r: argparse.ArgumentParser) -> None:
@@ -42,7 +43,7 @@ def add_view_arguments(r: argparse.ArgumentParser) -> None:
         choices=VIEWS,
         default="breakdown",
         help="breakdown (default, by --by), or the dashboard's overview, concentration, savings, sessions, routing, "
-        "cache, loops",
+        "cache, loops, anomalies",
     )
     r.add_argument(
         "--start",
@@ -83,6 +84,13 @@ def _check_view_arguments(args: argparse.Namespace) -> None:
         if given:
             raise ValueError(
                 f"`report loops` lists the latest detection per session and rule; {', '.join(given)} do not apply"
+            )
+    if args.view == "anomalies":
+        given = [f"--{n}" for n in ("start", *queries.FILTERS) if getattr(args, n, None) is not None]
+        if given:
+            raise ValueError(
+                f"`report anomalies` looks at every user and team over the 7 days up to --end (default today); "
+                f"{', '.join(given)} do not apply"
             )
 
 
@@ -144,6 +152,7 @@ _VIEWS: dict[str, Callable[[Any, queries.View, datetime, Config], Any]] = {
     "routing": lambda db, view, now, config: queries.routing(db, view),
     "cache": lambda db, view, now, config: queries.cache(db, view),
     "loops": lambda db, view, now, config: detections(db, 200),
+    "anomalies": lambda db, view, now, config: find_anomalies(db, view.end or now.date()),
 }
 
 # -- output -----------------------------------------------------------------------------------------
