@@ -17,7 +17,7 @@ from tokenctl.cache.store import Cached, ResponseCache
 from tokenctl.config import Config
 from tokenctl.identity.keys import KeyCache
 from tokenctl.ingress.dialect import Dialect
-from tokenctl.ledger.record import LedgerEntry
+from tokenctl.ledger.record import LedgerEntry, nanos
 from tokenctl.ledger.writer import LedgerWriter
 from tokenctl.metering.cache_health import CacheHealth, Prefix, miss_cost
 from tokenctl.metering.meter import settle
@@ -205,14 +205,13 @@ class Call:
         fill.stored = True
         if entry.status != 200 or entry.outcome != "ok" or entry.partial or not fill.chunks:
             return
-        cost = entry.cost.total if entry.cost is not None else None
-        if cost is None or entry.cost is None or not entry.cost.priced or entry.route is None:
+        if entry.cost is None or not entry.cost.priced or entry.route is None:
             return  # an answer whose cost is unknown would replay a wrong saving
         answer = Cached(
             b"".join(fill.chunks),
             fill.content_type,
             fill.stream,
-            int((cost * 1_000_000_000).to_integral_value()),
+            nanos(entry.cost.total) or 0,
             entry.route.upstream_model,
             fill.now,
         )

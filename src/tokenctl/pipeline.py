@@ -35,7 +35,7 @@ from tokenctl.policy.turns import at_turn_boundary
 from tokenctl.providers.relay import FallbackNeeded, forward
 from tokenctl.providers.upstream import UpstreamRequest
 from tokenctl.routing.router import ROUTE_HEADER, Facts, request_kind, turn_text
-from tokenctl.routing.trajectory import read_signals
+from tokenctl.routing.trajectory import Signals, read_signals
 from tokenctl.text import header_text
 from tokenctl.translate import TRANSLATIONS
 from tokenctl.translate.anthropic_to_chat import Untranslatable
@@ -159,7 +159,7 @@ _CACHEABLE_APIS = frozenset({"anthropic.messages", "openai.chat", "openai.respon
 
 
 def _facts(call: Call, body: dict[str, Any]) -> Facts:
-    entry, api = call.entry, call.dialect.api
+    entry, api, router = call.entry, call.dialect.api, call.gw.router
     assert entry.principal is not None
     session = entry.attribution.session_id if entry.attribution else None
     if session is None:  # no session id: the key and the conversation's first prompt name the session
@@ -170,10 +170,10 @@ def _facts(call: Call, body: dict[str, Any]) -> Facts:
         entry.attribution,
         request_kind(body, api),
         call.body_size // 4,
-        turn_text(body, api),
+        turn_text(body, api) if router.classifier is not None else "",  # only the classifier reads the text
         header_text(call.request.headers.get(ROUTE_HEADER), 64),
         new_turn=at_turn_boundary(body, api),
-        signals=read_signals(body, api),
+        signals=read_signals(body, api) if router.settings.escalation is not None else Signals(),
         session=session,
     )
 
