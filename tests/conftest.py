@@ -86,6 +86,8 @@ class ServerThread:
         self.loop.run_forever()
 
     def stop(self) -> None:
+        if self.loop.is_closed():
+            return  # stopped already (a test restarting a gateway stops the first one itself)
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)

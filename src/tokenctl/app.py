@@ -39,6 +39,7 @@ from tokenctl.providers.upstream import Upstream
 from tokenctl.routing.catalog import Catalog
 from tokenctl.routing.classifier import Classifier
 from tokenctl.routing.router import Router
+from tokenctl.watch.watcher import Watcher
 
 if TYPE_CHECKING:
     from tokenctl.observe.otel import Telemetry
@@ -154,6 +155,7 @@ async def _gateway_lifecycle(
         _telemetry(config),
         _response_cache(config, clock),
         _cache_health(config),
+        Watcher(config, enforcer, prices, notifier, ledger.record),
     )
     app[GATEWAY] = gateway
     app[DASHBOARD] = dashboard = Dashboard(gateway)
@@ -161,6 +163,8 @@ async def _gateway_lifecycle(
         asyncio.create_task(_refresh(gateway, rules_db, config.key_refresh_seconds)),
         asyncio.create_task(enforcer.budgets.keep_live_reservations(enforcer.clock)),
     ]
+    if config.alerts.check_minutes > 0 and gateway.watcher is not None:
+        background.append(asyncio.create_task(gateway.watcher.run()))
     try:
         yield
     finally:
@@ -176,6 +180,8 @@ async def _gateway_lifecycle(
         await store.close()
         if gateway.response_cache is not None:
             await gateway.response_cache.close()
+        if gateway.watcher is not None:
+            gateway.watcher.close()
         keys_db.close()
         rules_db.close()
         desk.close()

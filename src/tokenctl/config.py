@@ -31,6 +31,7 @@ from tokenctl.policy.rules import (
 from tokenctl.routing.settings import RoutingConfig, parse_routing
 from tokenctl.text import redact_url
 from tokenctl.validate import ConfigError, boolean, integer, money, number, reject_unknown, resolve_path, section
+from tokenctl.watch.settings import AlertsConfig, parse_alerts
 
 __all__ = ["Config", "ConfigError", "ProviderConfig", "load_config", "parse_config"]
 
@@ -130,6 +131,7 @@ class Config:
     loops: tuple[LoopRule, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     source: str = "<defaults>"
 
 
@@ -170,6 +172,7 @@ SECTIONS: dict[str, set[str]] = {
         "loops",
         "routing",
         "cache",
+        "alerts",
     },
     "server": {
         "host",
@@ -317,7 +320,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
 
     budgets = parse_rule_list(raw.get("budgets"), "budgets", parse_budget)
     check_budget_links(budgets)
-    return Config(
+    config = Config(
         host=str(server.get("host", "127.0.0.1")),
         port=integer(server, "port", 8080, "server"),
         max_body_bytes=integer(server, "max_body_bytes", 32 * 1024 * 1024, "server"),
@@ -347,8 +350,15 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
         loops=parse_loops(raw.get("loops")),
         routing=parse_routing(section(raw, "routing")),
         cache=parse_cache(section(raw, "cache")),
+        alerts=parse_alerts(section(raw, "alerts")),
         source=source,
     )
+    if config.alerts.check_minutes == 0 and any(r.spend_per_hour_x_baseline for r in config.loops):
+        raise ConfigError(
+            "loops: spend_per_hour_x_baseline needs the keys' usual spend, read by the watcher: "
+            "alerts.check_minutes must be above 0"
+        )
+    return config
 
 
 def _parse_enforcement(raw: dict[str, Any]) -> EnforcementConfig:

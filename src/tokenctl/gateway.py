@@ -30,6 +30,7 @@ from tokenctl.routing.catalog import Catalog
 from tokenctl.routing.router import Router
 from tokenctl.translate import StreamTranslator, Translation
 from tokenctl.types import Route
+from tokenctl.watch.watcher import Watcher
 
 if TYPE_CHECKING:
     from tokenctl.metering.stream import StreamMeter
@@ -53,6 +54,7 @@ class Gateway:
     telemetry: Telemetry | None = None  # OpenTelemetry export, when configured
     response_cache: ResponseCache | None = None  # when ``cache.enabled``
     cache_health: CacheHealth | None = None  # prompt-cache misses per session (observability.cache_alarm_*)
+    watcher: Watcher | None = None  # alerts read from the ledger, keys' usual spend per hour (alerts.*)
 
     async def reload_rules(self, rules_db: Any) -> None:
         """Apply budgets, policies and approval rules changed in the ledger database (CLI or admin API)."""

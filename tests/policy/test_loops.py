@@ -297,3 +297,63 @@ def test_report_loops_lists_detections_and_refuses_filters(
     assert rows[0]["subject"] == "sess-loop-1" and rows[0]["action"] == "pause" and rows[0]["repeats"] == 4
     code = main(["report", "loops", "--team", "web", "--ledger", str(live.config.ledger_path)])
     assert code == 2 and "--team do not apply" in capsys.readouterr().err
+
+
+def _history(live: LiveGateway, key_id: str, now: float, hours: int, usd: str) -> None:
+    """``hours`` earlier active hours of ``key_id``, ``usd`` each, recorded through the gateway's ledger writer."""
+    from decimal import Decimal
+
+    from tokenctl.ledger.record import LedgerEntry
+    from tokenctl.types import Cost, Principal
+
+    for i in range(hours):
+        live.gw.ledger.record(
+            LedgerEntry(
+                request_id=f"hist-{key_id}-{i}",
+                started_at=now - 86400 - i * 7200,  # every other hour, from yesterday back
+                api="anthropic.messages",
+                status=200,
+                principal=Principal(key_id=key_id, user="alice", team="payments", project=None),
+                cost=Cost(Decimal(usd), Decimal(usd), True, "test"),
+            )
+        )
+    assert live.gw.ledger.flush(10)
+
+
+def test_spend_velocity_above_k_times_the_keys_own_baseline_is_paused(make_gateway: Any) -> None:
+    """A key that usually spends $0.50 an hour is paused once it spends 4x that ($2) within an hour; a key
+    without enough history has no baseline and is not judged by the rule; the next hour it runs again."""
+    now = [1_800_000_000.0]
+    rule = {"name": "velocity", "spend_per_hour_x_baseline": 4, "min_usd": 1, "action": "pause"}
+    live = make_gateway({"loops": [rule]}, clock=lambda: now[0], keys={"new": {"user": "carol", "team": "web"}})
+    body, headers = _claude_code_turn(0)
+    body["model"] = "claude-opus-4-1"
+    heavy = {**headers, "x-fake-usage": "input=20000,output=10000"}  # about $1.05 a request
+    cheap = {**headers, "x-fake-usage": "input=10,output=1"}
+    assert _send(live, body, cheap).status_code == 200
+    key_id = live.wait_rows(1)[0]["key_id"]
+    _history(live, key_id, now[0], 12, "0.5")
+    now[0] += 3601  # the watcher's hourly full read of the ledger picks the history up
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    assert httpx.post(f"{live.url}/admin/alerts/check", headers=admin, timeout=10).status_code == 200
+    assert live.gw.enforcer.velocity_baselines == {key_id: 500_000_000}
+    assert _send(live, body, heavy).status_code == 200
+    assert _send(live, body, heavy).status_code == 200  # $2.10 spent: above 4 x $0.50
+    paused = _send(live, body, heavy)
+    assert paused.status_code == 402 and paused.headers["x-should-retry"] == "false"
+    message = paused.json()["error"]["message"]
+    assert "'velocity' paused this key's requests: spent $2 in the last hour ($2.10), 4.2x its usual $0.50/hour" in (
+        message
+    )
+    assert f"tokenctl loops resume key:{key_id}" in message
+    other = {**headers, "x-claude-code-session-id": "sess-new"}
+    for _ in range(3):  # the same spend from a key with no history: no baseline, not paused
+        response = httpx.post(
+            f"{live.url}/v1/messages",
+            json=body,
+            headers={**other, "x-api-key": live.keys["new"], "x-fake-usage": "input=20000,output=10000"},
+            timeout=10,
+        )
+        assert response.status_code == 200
+    now[0] += 3601  # an hour on, the spend has left the window
+    assert _send(live, body, cheap).status_code == 200

@@ -10,6 +10,8 @@
     POST   /admin/approvals/{id}/approve      {"by", "note", "for_user_hours", "for_user_usd"}
     POST   /admin/approvals/{id}/deny         {"by", "note"}
     GET    /admin/audit?limit=100&action=block
+    GET    /admin/alerts?limit=100            alerts raised (spend anomalies, cache health), newest first
+    POST   /admin/alerts/check                read the ledger for alerts now (the watcher does every few minutes)
     GET    /admin/loops                       latest loop detection per session and rule
     POST   /admin/loops/{session}/resume      {"by", "rule"}: let a paused session go on
 
@@ -38,6 +40,7 @@ from tokenctl.policy.decisions import decide_approval
 from tokenctl.policy.manage import RuleError, delete_rule, put_rule
 from tokenctl.policy.status import budget_status
 from tokenctl.validate import ConfigError
+from tokenctl.watch.alerts_log import recent_alerts
 
 _KINDS = {"budgets": "budget", "policies": "policy", "approval-rules": "approval"}
 
@@ -111,6 +114,8 @@ async def _route(gw: Gateway, request: web.Request, parts: list[str]) -> web.Str
         return await _approvals(gw, request, parts[1:])
     if parts and parts[0] == "loops":
         return await _loops(gw, request, parts[1:])
+    if parts and parts[0] == "alerts":
+        return await _alerts(gw, request, parts[1:])
     if parts == ["feedback"] and method == "POST":
         return await _feedback(gw, request)
     if parts == ["audit"] and method == "GET":
@@ -183,6 +188,18 @@ async def _loops(gw: Gateway, request: web.Request, rest: list[str]) -> web.Resp
             return _json({"data": await _in_db(gw, go)})
         except NotPaused as exc:
             raise AdminError(404, str(exc)) from exc
+    raise AdminError(404, f"no admin endpoint {request.method} {request.path}")
+
+
+async def _alerts(gw: Gateway, request: web.Request, rest: list[str]) -> web.Response:
+    if not rest and request.method == "GET":
+        limit = _int_param(request.query.get("limit", "100"), "limit")
+        return _json({"data": await _in_db(gw, lambda db: recent_alerts(db, limit))})
+    if rest == ["check"] and request.method == "POST" and gw.watcher is not None:
+        raised = await gw.watcher.check()
+        return _json(
+            {"data": [{"action": a.action, "subject": a.subject, "day": a.day, "detail": a.detail} for a in raised]}
+        )
     raise AdminError(404, f"no admin endpoint {request.method} {request.path}")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -40,12 +40,13 @@ from tokenctl.policy.budget import BudgetAdmission, Budgets, Charge, covers, to_
 from tokenctl.policy.loops import LoopRule, first_prompt_digest, trailing_repeats, trailing_similar_answers
 from tokenctl.policy.notify import Notifier
 from tokenctl.policy.rules import ApprovalRule, BudgetRule, ModelPolicy
-from tokenctl.policy.store import SpendStore
+from tokenctl.policy.store import SpendStore, StoreUnavailable
 from tokenctl.policy.turns import at_turn_boundary
 from tokenctl.routing.catalog import Catalog
 from tokenctl.types import Route
 
 log = logging.getLogger("tokenctl.policy")
+_NANOS_PER_USD = 1_000_000_000
 
 Recorder = Callable[[AuditEvent], None]
 
@@ -98,7 +99,10 @@ class Enforcer:
         self.loop_resumes: dict[tuple[str, str], int] = {}  # (subject, rule) -> repeats allowed (refreshed)
         self._ralph_seen: OrderedDict[tuple[str, str], int] = OrderedDict()  # (subject, session) -> count at start
         self._user_wrote: OrderedDict[str, float] = OrderedDict()  # session -> when its user last wrote
-        self._spend: OrderedDict[str, deque[tuple[float, int]]] = OrderedDict()  # subject -> (when, nanos) an hour
+        self._watches_velocity = any(
+            r.spend_per_hour_usd is not None or r.spend_per_hour_x_baseline is not None for r in self.loop_rules
+        )
+        self.velocity_baselines: dict[str, int] = {}  # key id -> nanos in its usual active hour (the watcher's)
         self._session_models: OrderedDict[str, str] = OrderedDict()  # session -> model it was downgraded to
 
     def set_rules(self, rules: RuleSet) -> None:
@@ -261,10 +265,24 @@ class Enforcer:
                 evidence = f"the model gave {count} near-identical answers in a row"
             elif rule.spend_per_hour_usd is not None:
                 subject = session or f"key:{key}"
-                count = int(self._spent_last_hour(subject) // 1_000_000_000)
+                count = await self._spent_last_hour(subject) // _NANOS_PER_USD
                 if count < rule.spend_per_hour_usd:
                     continue
                 evidence = f"spent ${count} in the last hour (rule: ${rule.spend_per_hour_usd}/hour)"
+            elif rule.spend_per_hour_x_baseline is not None:
+                usual = self.velocity_baselines.get(key)
+                if usual is None:
+                    continue  # no baseline yet: too few active hours in the ledger
+                subject = f"key:{key}"
+                spent = await self._spent_last_hour(subject)
+                count = spent // _NANOS_PER_USD
+                if spent < max(rule.spend_per_hour_x_baseline * usual, rule.min_usd * _NANOS_PER_USD):
+                    continue
+                evidence = (
+                    f"spent ${count} in the last hour (${spent / _NANOS_PER_USD:.2f}), {spent / max(usual, 1):.1f}x "
+                    f"its usual ${usual / _NANOS_PER_USD:.2f}/hour (rule: {rule.spend_per_hour_x_baseline}x, "
+                    f"at least ${rule.min_usd})"
+                )
             elif rule.repeated_tool_calls is not None:
                 if run < rule.repeated_tool_calls:
                     continue
@@ -296,29 +314,34 @@ class Enforcer:
             self._user_wrote.popitem(last=False)
         return int((now - self._user_wrote[session]) // 60)
 
-    def _watch_spend(self) -> bool:
-        return any(r.spend_per_hour_usd is not None for r in self.loop_rules)
+    def _velocity_subjects(self, entry: LedgerEntry) -> set[str]:
+        """Whose spend per hour the loop rules watch for this request: its session (or key), and its key."""
+        assert entry.principal is not None
+        key = f"key:{entry.principal.key_id}"
+        session = entry.attribution.session_id if entry.attribution else None
+        subjects = set()
+        for rule in self.loop_rules:
+            if rule.spend_per_hour_usd is not None:
+                subjects.add(session or key)
+            elif rule.spend_per_hour_x_baseline is not None:
+                subjects.add(key)
+        return subjects
 
-    def _record_spend(self, subject: str, nanos: int) -> None:
-        if nanos <= 0:
+    async def _record_spend(self, entry: LedgerEntry) -> None:
+        """Add a settled request's cost to the spend per hour of the subjects loop rules watch (budget store: a
+        fleet on Redis sums every replica). Best effort: a store that cannot be reached loses this one amount."""
+        nanos = to_nanos(entry.cost.total) if entry.cost is not None else 0
+        if nanos <= 0 or entry.principal is None:
             return
-        spent = self._spend.get(subject)
-        if spent is None:
-            spent = self._spend[subject] = deque()
-            if len(self._spend) > self.MAX_SESSIONS:
-                self._spend.popitem(last=False)
-        spent.append((self.clock(), nanos))
-        self._spend.move_to_end(subject)
+        for subject in self._velocity_subjects(entry):
+            try:
+                await self.store.window_sum(f"spend:{subject}", nanos, 60, self.clock())
+            except StoreUnavailable:
+                log.warning("spend per hour of %s not counted: the budget store is unavailable", subject)
 
-    def _spent_last_hour(self, subject: str) -> int:
-        """Nano-dollars the subject's requests settled within the last 60 minutes, in this process."""
-        spent = self._spend.get(subject)
-        if not spent:
-            return 0
-        since = self.clock() - 3600
-        while spent and spent[0][0] <= since:
-            spent.popleft()
-        return sum(n for _, n in spent)
+    async def _spent_last_hour(self, subject: str) -> int:
+        """Nano-dollars the subject's requests settled within the last 60 minutes (per minute)."""
+        return await self.store.window_sum(f"spend:{subject}", 0, 60, self.clock())
 
     async def _ralph_sessions(
         self, body: dict[str, Any], api: str, session: str | None, key: str, window_minutes: int
@@ -355,7 +378,7 @@ class Enforcer:
             return
         self.audit(event)
         raise LoopPaused(
-            f"tokenctl: loop rule {rule.name!r} paused this session: {evidence}. If the agent is not stuck, "
+            f"tokenctl: loop rule {rule.name!r} paused {_whose(subject)}: {evidence}. If the agent is not stuck, "
             f"resume it with `tokenctl loops resume {subject}` (or ask your administrator).",
             rule=rule.name,
         )
@@ -603,9 +626,8 @@ class Enforcer:
     # -- settlement -------------------------------------------------------------------------------
 
     async def settle(self, admission: Admission, entry: LedgerEntry) -> None:
-        if entry.cost is not None and entry.principal is not None and self._watch_spend():
-            session = entry.attribution.session_id if entry.attribution else None
-            self._record_spend(session or f"key:{entry.principal.key_id}", to_nanos(entry.cost.total))
+        if self._watches_velocity:
+            await self._record_spend(entry)
         if admission.budget is None and not admission.token_buckets:
             return  # nothing was reserved or taken for this request
         actual = to_nanos(entry.cost.total) if entry.cost is not None else 0
@@ -645,6 +667,10 @@ def _subject(entry: LedgerEntry) -> str:
     return (
         " ".join(f"{k}={v}" for k, v in (("user", p.user), ("team", p.team), ("project", p.project)) if v) or p.key_id
     )
+
+
+def _whose(subject: str) -> str:
+    return "this key's requests" if subject.startswith("key:") else "this session"
 
 
 def _rule_names(changes: list[str]) -> str:

@@ -16,6 +16,12 @@ A session running unattended (``unattended_minutes: N``): requests keep coming, 
 N minutes after the user last wrote (in this process's memory: a replica counts from when it first saw
 the session). Resuming it allows another N minutes.
 
+Spend velocity: ``spend_per_hour_usd: N`` acts when a session (or a key's requests without one) settled N
+dollars within the last 60 minutes; ``spend_per_hour_x_baseline: K`` when a key spent K times its own usual
+hour (the median of its active hours over the last 14 days, read from the ledger by the watcher) and at least
+``min_usd``. Both count in the budget store, per minute, so a fleet on Redis sums every replica's spend; a key
+with fewer than 10 active hours in the ledger has no baseline yet and the K× rule does not act on it.
+
 A Ralph loop starts a new session each time, so nothing within one session repeats: a rule with
 ``same_first_prompt_sessions: N`` counts the distinct sessions of one key whose first user message is the
 same (compared by digest) within ``window_minutes``, in the budget store (shared by a fleet), and acts on the
@@ -42,8 +48,9 @@ DETECTORS = (
     "unattended_minutes",
     "near_identical_turns",
     "spend_per_hour_usd",
+    "spend_per_hour_x_baseline",
 )
-_FIELDS = {"name", "scope", "match", "window_minutes", "action", "throttle_per_minute", *DETECTORS}
+_FIELDS = {"name", "scope", "match", "window_minutes", "action", "throttle_per_minute", "min_usd", *DETECTORS}
 _SCOPES = ("org", "team", "user", "project", "key")
 
 
@@ -59,6 +66,8 @@ class LoopRule:
     unattended_minutes: int | None = None  # a session this long without the user writing
     near_identical_turns: int | None = None  # the model's answers nearly the same this many times in a row
     spend_per_hour_usd: int | None = None  # the subject spent this many dollars within the last 60 minutes
+    spend_per_hour_x_baseline: int | None = None  # a key spent this many times its usual hour's spend ...
+    min_usd: int = 5  # ... and at least this many dollars, within the last 60 minutes
     throttle_per_minute: int = 2  # the throttle action's rate while the rule holds
 
     @property
@@ -69,7 +78,7 @@ class LoopRule:
             or self.unattended_minutes
             or self.near_identical_turns
             or self.spend_per_hour_usd
-            or 0
+            or (self.min_usd if self.spend_per_hour_x_baseline else 0)  # a resumed key may spend this much more
         )
 
 
@@ -90,6 +99,11 @@ def parse_loop(raw: Any, where: str) -> LoopRule:
     per_minute = raw.get("throttle_per_minute", 2)
     if not isinstance(per_minute, int) or isinstance(per_minute, bool) or per_minute < 1:
         raise ConfigError(f"{where}.throttle_per_minute: a whole number, at least 1")
+    min_usd = raw.get("min_usd", 5)
+    if "min_usd" in raw and field != "spend_per_hour_x_baseline":
+        raise ConfigError(f"{where}.min_usd: only for spend_per_hour_x_baseline")
+    if not isinstance(min_usd, int) or isinstance(min_usd, bool) or min_usd < 1:
+        raise ConfigError(f"{where}.min_usd: a whole number of dollars, at least 1")
     window = raw.get("window_minutes", 60)
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
         raise ConfigError(f"{where}.window_minutes: a whole number of minutes, at least 1")
@@ -105,6 +119,8 @@ def parse_loop(raw: Any, where: str) -> LoopRule:
         unattended_minutes=count if field == "unattended_minutes" else None,
         near_identical_turns=count if field == "near_identical_turns" else None,
         spend_per_hour_usd=count if field == "spend_per_hour_usd" else None,
+        spend_per_hour_x_baseline=count if field == "spend_per_hour_x_baseline" else None,
+        min_usd=min_usd,
         throttle_per_minute=per_minute,
     )
 

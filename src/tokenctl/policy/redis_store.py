@@ -13,7 +13,8 @@ Keys (under ``store.key_prefix``, default ``tokenctl:``):
   requests, so only a dead replica's run out.
 - ``d:<reservation id>``: a settlement already applied (a retried settlement is not counted twice).
 - ``m:<marker>``: a notification threshold already crossed; ``t:<bucket>``: a rate-limit bucket;
-  ``u:<set>``: distinct members seen in a window (sessions per first prompt, for loop rules).
+  ``u:<set>``: distinct members seen in a window (sessions per first prompt, for loop rules); ``w:<name>``:
+  amounts per minute (spend per hour, for loop rules).
 
 A request costs one round trip at admission (``reserve``) and one at settlement (``settle``, which also
 answers the totals for notification thresholds); renewals of all running requests go in one call per
@@ -209,6 +210,23 @@ redis.call('EXPIRE', key, math.ceil(window) + 60)
 return redis.call('ZCARD', key)
 """
 
+# ARGV: prefix, name, amount, window minutes, now. Adds the amount to the current minute's field and answers the
+# sum of the fields within the window (older ones are deleted).
+_WINDOW_SUM = """
+local key = P .. 'w:' .. ARGV[2]
+local amount, window = tonumber(ARGV[3]), tonumber(ARGV[4])
+local minute = math.floor(tonumber(ARGV[5]) / 60)
+if amount > 0 then redis.call('HINCRBY', key, tostring(minute), amount) end
+local total = 0
+local fields = redis.call('HGETALL', key)
+for i = 1, #fields, 2 do
+  if tonumber(fields[i]) <= minute - window then redis.call('HDEL', key, fields[i])
+  else total = total + tonumber(fields[i + 1]) end
+end
+if amount > 0 then redis.call('EXPIRE', key, window * 60 + 60) end
+return tostring(total)
+"""
+
 # ARGV: prefix, bucket, per_minute, amount, now, force. Answers the seconds to wait ('0' = taken).
 _TAKE_RATE = """
 local key = P .. 't:' .. ARGV[2]
@@ -273,6 +291,7 @@ class RedisStore:
                 ("reserved_counters", _RESERVED_COUNTERS),
                 ("take_rate", _TAKE_RATE),
                 ("distinct", _DISTINCT),
+                ("window_sum", _WINDOW_SUM),
             )
         }
         self.epoch: str | None = None  # the epoch this replica last seeded or saw
@@ -343,6 +362,9 @@ class RedisStore:
 
     async def distinct_count(self, name: str, member: str, window: float, now: float) -> int:
         return int(await self._call("distinct", [name, member, f"{window:.3f}", f"{now:.6f}"]))
+
+    async def window_sum(self, name: str, amount: int, window_minutes: int, now: float) -> int:
+        return int(await self._call("window_sum", [name, amount, window_minutes, f"{now:.6f}"]))
 
     async def reserved_counters(self, now: float) -> list[str]:
         return list(await self._call("reserved_counters", [10_000]))

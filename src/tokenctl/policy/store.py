@@ -79,6 +79,8 @@ class SpendStore(Protocol):
 
     async def reserved_counters(self, now: float) -> list[str]: ...
 
+    async def window_sum(self, name: str, amount: int, window_minutes: int, now: float) -> int: ...
+
     async def renew(self, reservation_ids: Sequence[str], expires_at: float, now: float) -> None: ...
 
     def on_lost_state(self, seeder: Seeder) -> None: ...
@@ -112,6 +114,7 @@ class MemoryStore:
         self._markers: set[str] = set()
         self._rates: dict[str, tuple[float, float]] = {}  # bucket -> (tokens, last refill time)
         self._sets: dict[str, dict[str, float]] = {}  # distinct members seen, with when they were last seen
+        self._windows: dict[str, dict[int, int]] = {}  # name -> {minute: amount} (spend per hour of loop rules)
         self._next_prune = 0.0
 
     async def reserve(
@@ -130,6 +133,8 @@ class MemoryStore:
         self._reservations[reservation_id] = (heads, amount)
         self._deadline[reservation_id] = expires_at
         heapq.heappush(self._expiry, (expires_at, reservation_id))
+        if len(self._expiry) > 4 * len(self._reservations) + 1024:
+            self._compact_expiry()
         return None
 
     async def renew(self, reservation_ids: Sequence[str], expires_at: float, now: float) -> None:
@@ -182,6 +187,17 @@ class MemoryStore:
         for old in [m for m, at in seen.items() if at <= now - window]:
             del seen[old]
         return len(seen)
+
+    async def window_sum(self, name: str, amount: int, window_minutes: int, now: float) -> int:
+        """Add ``amount`` at ``now`` (0 to only read) to a sum kept per minute, and answer the sum of the current
+        minute and the ``window_minutes - 1`` before it."""
+        minute = int(now // 60)
+        minutes = self._windows.setdefault(name, {})
+        if amount:
+            minutes[minute] = minutes.get(minute, 0) + amount
+        for old in [m for m in minutes if m <= minute - window_minutes]:
+            del minutes[old]
+        return sum(minutes.values())
 
     async def open_reservations(self, now: float) -> int:
         self._expire(now)
@@ -251,9 +267,17 @@ class MemoryStore:
             self._markers.clear()  # worst case: a threshold notification repeats once
         for name in [n for n, seen in self._sets.items() if not seen or max(seen.values()) < now - 86400]:
             del self._sets[name]  # nothing seen for a day: longer than any window worth keeping
+        for name in [n for n, minutes in self._windows.items() if not minutes or max(minutes) < now // 60 - 1440]:
+            del self._windows[name]  # nothing added for a day: longer than any window a rule asks for
         stale = [b for b, (_, last) in self._rates.items() if now - last > 120]
         for bucket in stale:
             del self._rates[bucket]
-        if len(self._expiry) > 4 * max(16, len(self._reservations)):  # settled ids still in the heap
-            self._expiry = [(t, r) for t, r in self._expiry if r in self._reservations]
-            heapq.heapify(self._expiry)
+        if len(self._expiry) > 4 * max(16, len(self._reservations)):
+            self._compact_expiry()
+
+    def _compact_expiry(self) -> None:
+        """Drop the heap entries of settled reservations and of renewals superseded by a later one: called when
+        they outnumber the live reservations 4 to 1, so the heap stays within a constant factor of them
+        (amortised O(1) per reservation) instead of growing with every request until the next prune."""
+        self._expiry = [(t, r) for t, r in self._expiry if self._deadline.get(r) == t]
+        heapq.heapify(self._expiry)
