@@ -181,7 +181,7 @@ async def _gateway_lifecycle(
         if gateway.response_cache is not None:
             await gateway.response_cache.close()
         if gateway.watcher is not None:
-            gateway.watcher.close()
+            await gateway.watcher.close()
         keys_db.close()
         rules_db.close()
         desk.close()

@@ -18,6 +18,8 @@ from tokenctl.ledger.writer import LedgerWriter
 from tokenctl.testing.fake_provider import FakeProvider
 from tokenctl.testing.synthetic import synthetic_entries
 
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC).timestamp()
 SEEDED_REQUESTS = 3000
 BUDGETS = {
@@ -90,3 +92,18 @@ def seeded(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory, ledger_
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright (the browser tests skip where neither is installed, outside CI)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            raise RuntimeError(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium for the browser tests")
+        pytest.skip("Debian chromium is not installed")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
+        yield b
+        b.close()

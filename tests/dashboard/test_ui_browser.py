@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import ADMIN_KEY
-from tests.dashboard.conftest import Seeded
+from tests.dashboard.conftest import CHROMIUM, SHOTS, Seeded
 from tokenctl.ledger import approvals
 from tokenctl.ledger.approvals import HeldRequest
 from tokenctl.ledger.db import connect
 
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 PAGES = ["overview", "breakdown", "concentration", "savings", "sessions", "requests", "budgets", "approvals", "audit"]
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -37,15 +34,6 @@ if not os.path.exists(CHROMIUM):
 def ledger_engine() -> str:
     """What the pages show is the same JSON on either engine (test_access and test_cli_parity check both)."""
     return "sqlite"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
-        yield b
-        b.close()
 
 
 class Page:

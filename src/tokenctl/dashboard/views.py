@@ -3,8 +3,9 @@
     GET  /ui/                          the single-page dashboard (login form when not signed in)
     POST /ui/login, /ui/logout         form sign-in with the admin key or a team viewer key
     GET  /ui/api/me | overview | breakdown?by= | concentration | savings | sessions[/{id}] | requests[/{id}]
-         | budgets | approvals | audit
+         | budgets | approvals | audit | health
     POST /ui/api/approvals/{id}/approve|deny   admin only
+    POST /ui/api/loops/{subject}/resume        admin only
 
 Query parameters: ``start``/``end`` (YYYY-MM-DD, inclusive, default this month), drill-down filters
 ``team user project model tool key provider`` (an empty value means "none"), ``limit``.
@@ -38,12 +39,14 @@ from tokenctl.dashboard.auth import (
     set_session_cookie,
 )
 from tokenctl.dashboard.budgets import budget_board
+from tokenctl.dashboard.health import health
 from tokenctl.dashboard.overview import overview
 from tokenctl.gateway import Gateway
 from tokenctl.ledger import approvals as approval_store
 from tokenctl.ledger.audit import read_audit
 from tokenctl.ledger.db import connect
 from tokenctl.ledger.engine import UNAVAILABLE, Database
+from tokenctl.ledger.loop_resumes import NotPaused, resume_paused, resumes
 from tokenctl.policy.decisions import decide_approval
 from tokenctl.validate import ConfigError
 
@@ -424,6 +427,31 @@ async def _decide(dash: Dashboard, request: web.Request, viewer: Viewer, rest: l
     return await dash.reader.run(lambda db: decide_approval(db, approval_id, approve, body))
 
 
+async def _health(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:
+    today = dash.now().date()
+    view = view_of(request, viewer, today)
+    return await dash.reader.run(lambda db: health(db, view, today, admin=viewer.is_admin))
+
+
+async def _resume_loop(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:
+    """``POST /ui/api/loops/{subject}/resume``: what ``tokenctl loops resume`` does, for the admin."""
+    if not viewer.is_admin:
+        raise Forbidden("only the admin can resume a paused session")
+    if len(rest) != 2 or rest[1] != "resume":
+        raise ApiError(404, f"no dashboard endpoint POST {request.path}")
+    subject, gw = rest[0], dash.gw
+
+    def go(db: Database) -> dict[str, Any]:
+        try:
+            name, allowed = resume_paused(db, gw.config.loops, subject, None, "admin (dashboard)")
+        except NotPaused as exc:
+            raise ApiError(404, str(exc)) from exc
+        gw.enforcer.loop_resumes = resumes(db)  # in force here at once; other replicas at their next refresh
+        return {"subject": subject, "rule": name, "repeats_allowed": allowed}
+
+    return await dash.reader.run(go)
+
+
 async def _audit(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:
     if not viewer.is_admin:
         raise Forbidden("the audit log is for the admin")
@@ -444,4 +472,6 @@ _API: dict[tuple[str, str], Handler] = {
     ("GET", "approvals"): _approvals,
     ("POST", "approvals"): _decide,
     ("GET", "audit"): _audit,
+    ("GET", "health"): _health,
+    ("POST", "loops"): _resume_loop,
 }

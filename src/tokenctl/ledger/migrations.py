@@ -525,6 +525,12 @@ def m011_prompt_cache_misses(db: Database) -> None:
     db.execute("ALTER TABLE requests ADD COLUMN cache_miss_nanousd INTEGER")
 
 
+def m012_cache_miss_index(db: Database) -> None:
+    """Misses are a few turns among many: a partial index keeps the Health page and the watcher's cause lookups
+    off the rest of the table."""
+    db.execute("CREATE INDEX requests_cache_misses ON requests (ts) WHERE cache_miss IS NOT NULL")
+
+
 @contextmanager
 def transaction(db: Database) -> Iterator[Database]:
     """BEGIN IMMEDIATE … COMMIT on an autocommit connection, rolled back on error."""
@@ -549,6 +555,7 @@ MIGRATIONS: list[Migration] = [
     m009_routing_decisions,
     m010_response_cache,
     m011_prompt_cache_misses,
+    m012_cache_miss_index,
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -52,6 +53,7 @@ class Watcher:
         self._db: Database | None = None
         self._raised: set[str] | None = None  # markers already sent (read from the audit log once)
         self._lock = asyncio.Lock()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="tokenctl-watch")  # owns the connection
 
     async def run(self) -> None:
         """Check at once (baselines are needed from the start), then every ``check_minutes``."""
@@ -66,7 +68,8 @@ class Watcher:
         """One round: the alerts raised by it (those already raised are not raised again)."""
         async with self._lock:
             now = self.enforcer.clock()
-            alerts, baselines, raised = await asyncio.get_running_loop().run_in_executor(None, self._read, now)
+            read = asyncio.wrap_future(self._thread.submit(self._read, now))
+            alerts, baselines, raised = await read
             if baselines is not None:
                 self.enforcer.velocity_baselines = baselines
             sent = []
@@ -81,7 +84,10 @@ class Watcher:
                 sent.append(alert)
             return sent
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """After the loop's task is cancelled: a read still running in the thread ends before its connection
+        is closed (closing it under the read would crash the process)."""
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.shutdown)
         if self._db is not None:
             self._db.close()
 

@@ -151,7 +151,7 @@ function card(title, value, note, attrs) {
 }
 
 function table(columns, rows, { onclick = null, empty = "Nothing here for this period.", id = null } = {}) {
-  if (!rows.length) return h("p", { class: "empty muted" }, empty);
+  if (!rows.length) return h("p", { class: "empty muted", id }, empty);
   const body = h("tbody", {}, rows.map((r) => {
     const tr = h("tr", { class: onclick ? "clickable" : "" },
                  columns.map((c) => h("td", { class: c.num ? "num" : "", "data-col": c.key || null },
@@ -567,9 +567,112 @@ async function pageAudit() {
   ], data.rows, { id: "audit-table", empty: "Nothing recorded yet." }))];
 }
 
+// Daily cache-read share, 0–100 %, with the first and last day and the scale written on it.
+function shareChart(days) {
+  const n = days.length;
+  const svg = lineChart([{ points: days.map((d, i) => [n > 1 ? i / (n - 1) : 0.5, d.cache_read_share]) }],
+                        { maxY: 1, height: 140, width: 480 });
+  svg.append(h("text", { x: 2, y: 11, class: "axis" }, "100%"), h("text", { x: 2, y: 136, class: "axis" }, "0%"));
+  if (n) {
+    svg.append(h("text", { x: 40, y: 136, class: "axis" }, days[0].day),
+               h("text", { x: 476, y: 136, class: "axis", "text-anchor": "end" }, days[n - 1].day));
+  }
+  for (const [i, d] of days.entries()) {
+    svg.append(h("circle", { cx: (n > 1 ? i / (n - 1) : 0.5) * 480, cy: 140 - d.cache_read_share * 140, r: 3,
+                             class: "dot" }, h("title", {}, `${d.day}: ${pct(d.cache_read_share)} of ` +
+                                               `${int(d.prompt_tokens)} prompt tokens read from the cache`)));
+  }
+  return svg;
+}
+
+async function pageHealth(params) {
+  const data = await api("health", scopeParams(params));
+  const whole = data.days.reduce((a, d) => [a[0] + d.prompt_tokens, a[1] + d.cache_read_share * d.prompt_tokens],
+                                 [0, 0]);
+  const missTurns = data.causes.reduce((a, c) => a + c.turns, 0);
+  const lost = data.causes.reduce((a, c) => a + Number(c.lost_usd), 0);
+  const open = data.loops.filter((l) => !l.resumed && l.action !== "alert");
+  const resume = async (row, button) => {
+    if (!window.confirm(`Resume ${row.subject} (rule ${row.rule})? It may go on until it repeats as often again.`)) {
+      return;
+    }
+    button.disabled = true;
+    try {
+      await post(`loops/${encodeURIComponent(row.subject)}/resume`, {});
+      render();
+    } catch (err) {
+      button.disabled = false;
+      button.parentElement.append(h("span", { class: "error" }, " " + err.message));
+    }
+  };
+  const withTeam = (team) => link("health", params, { team });
+  return [
+    h("div", { class: "cards" },
+      card("Read from the prompt cache", whole[0] ? pct(whole[1] / whole[0]) : "–", `of ${int(whole[0])} prompt tokens`),
+      card("Cache misses", int(missTurns), "turns that wrote the cache instead of reading it", { id: "health-misses" }),
+      card("Lost to misses", money(lost), "what the writes cost above reading"),
+      card("Open loop detections", int(open.length), "paused or throttled, not resumed", { id: "health-loops" }),
+      card("Spend anomalies", int(data.anomalies.length), "days far above the usual, last 7 days")),
+    section("Prompt-cache read share per day", shareChart(data.days),
+      h("p", { class: "muted small" }, "The share of prompt tokens read from the provider's cache. A drop is a " +
+        "harness that stopped hitting its cache: the causes below say why.")),
+    section("Misses by cause", table([
+      { title: "cause", key: "cause" },
+      { title: "turns", num: true, render: (r) => int(r.turns) },
+      { title: "lost", num: true, render: (r) => money(r.lost_usd) },
+      { title: "what to do", render: (r) => r.advice },
+    ], data.causes, { id: "health-causes", empty: "No misses named (observability.cache_alarm_misses turns it on)." }),
+      data.misses_cut ? h("p", { class: "muted small" }, "Counted from the first 200,000 misses only.") : null),
+    section("Teams", table([
+      { title: "team", render: (r) => h("a", { href: withTeam(r.team) }, none(r.team)) },
+      { title: "prompt tokens", num: true, render: (r) => int(r.prompt_tokens) },
+      { title: "read from cache", num: true, render: (r) => shareBar(r.cache_read_share) },
+      { title: "misses", num: true, render: (r) => int(r.misses) },
+      { title: "lost", num: true, render: (r) => money(r.lost_usd) },
+      { title: "top cause", render: (r) => r.top_cause },
+    ], data.teams, { id: "health-teams" })),
+    section("Keys (top 50 by spend)", table([
+      { title: "key", render: (r) => h("code", {}, none(r.key)) },
+      { title: "prompt tokens", num: true, render: (r) => int(r.prompt_tokens) },
+      { title: "read from cache", num: true, render: (r) => shareBar(r.cache_read_share) },
+      { title: "misses", num: true, render: (r) => int(r.misses) },
+      { title: "lost", num: true, render: (r) => money(r.lost_usd) },
+      { title: "top cause", render: (r) => r.top_cause },
+    ], data.keys, { id: "health-keys" })),
+    section("Loop detections", table([
+      { title: "session or key", render: (r) => h("code", {}, r.subject) },
+      { title: "rule", key: "rule" },
+      { title: "action", key: "action" },
+      { title: "count", num: true, render: (r) => r.repeats === null ? "" : int(r.repeats) },
+      { title: "times", num: true, render: (r) => int(r.times) },
+      { title: "last seen", render: (r) => time(r.last_seen) },
+      { title: "evidence", key: "evidence" },
+      { title: "", render: (r) => r.resumed ? "resumed"
+        : r.action === "alert" ? "alerted"
+        : data.can_resume ? h("span", { class: "actions" },
+            h("button", { type: "button", class: "resume", onclick: (e) => resume(r, e.target) }, "Resume"))
+        : "paused" },
+    ], data.loops, { id: "health-loops-table", empty: "No loop was caught." })),
+    section("Spend anomalies (the 7 days up to the range's end)", table([
+      { title: "who", render: (r) => `${r.kind} ${r.member}` },
+      { title: "day", key: "day" },
+      { title: "spent", num: true, render: (r) => money(r.spend_usd) },
+      { title: "usual", num: true, render: (r) => money(r.usual_usd) },
+      { title: "× usual", num: true, render: (r) => r.times_usual === null ? "" : r.times_usual + "×" },
+      { title: "top sessions", key: "top_sessions" },
+    ], data.anomalies, { id: "health-anomalies", empty: "No day far above its usual." })),
+    section("Alerts raised", table([
+      { title: "time", render: (r) => time(r.ts) },
+      { title: "alert", render: (r) => r.action.replace(/_/g, " ") },
+      { title: "subject", key: "subject" },
+      { title: "detail", key: "detail" },
+    ], data.alerts, { id: "health-alerts", empty: "No alert raised yet." })),
+  ];
+}
+
 const PAGES = { overview: pageOverview, breakdown: pageBreakdown, concentration: pageConcentration,
                 savings: pageSavings, sessions: pageSessions, requests: pageRequests, budgets: pageBudgets,
-                approvals: pageApprovals, audit: pageAudit };
+                approvals: pageApprovals, audit: pageAudit, health: pageHealth };
 
 // ------------------------------------------------------------------------------------------ shell
 
