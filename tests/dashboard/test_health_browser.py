@@ -54,8 +54,9 @@ def test_the_health_page_shows_cache_misses_loops_and_anomalies(
     assert "the system prompt changed" in cause.inner_text()
     assert Decimal(cause.locator(".usd").get_attribute("data-usd")) == exact(lost["lost"])
     assert "keep it stable" in cause.inner_text()
-    team_row = page.locator("#health-teams tbody tr", has_text="web").first
-    assert "the system prompt changed" in team_row.inner_text()
+    for table, member in (("teams", "web"), ("users", "k-cold-user"), ("keys", "k-cold")):
+        row = page.locator(f"#health-{table} tbody tr", has_text=member).first
+        assert "the system prompt changed" in row.inner_text() and "$0.0750" in row.inner_text()
     tab.shot("admin-health")
     anomalies = page.locator("#health-anomalies").inner_text()
     assert "user bob" in anomalies and "bob-runaway" in anomalies

@@ -121,3 +121,26 @@ def test_a_key_whose_prompt_cache_went_cold_is_named_with_the_cause(
     assert spend.startswith(f"{TODAY}: cache writes cost $0.94 today (threshold $0.5), 250,000 tokens written")
     assert len(_wait_hooks(fake, 4)) == 4
     assert _check(live) == []
+
+
+def test_report_cache_names_misses_per_team_user_and_key(tmp_path: Path, capsys: Any) -> None:
+    import orjson
+
+    from tokenctl.cli.main import main
+
+    path = str(tmp_path / "report.db")
+    writer = LedgerWriter(path)
+    writer.start()
+    _day_of_turns(writer, TODAY, "k-cold", "web", 30_000, 250_000, misses=6)
+    _day_of_turns(writer, TODAY, "k-warm", "data", 270_000, 10_000)
+    writer.close()
+    day = TODAY.isoformat()
+    assert main(["report", "cache", "--ledger", path, "--start", day, "--end", day, "--format", "json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    web = next(t for t in report["by_team"] if t["team"] == "web")
+    assert (web["misses"], web["lost_usd"], web["top_cause"]) == (6, "0.075", "the system prompt changed")
+    cold = next(k for k in report["by_key"] if k["key"] == "k-cold")
+    assert cold["misses"] == 6 and cold["cache_read_share"] == 0.1
+    warm = next(u for u in report["by_user"] if u["user"] == "k-warm-user")
+    assert warm["misses"] == 0 and warm["cache_read_share"] == 0.9
+    assert report["causes"][0]["cause"] == "the system prompt changed" and report["causes"][0]["turns"] == 6

@@ -23,6 +23,7 @@ from tokenctl.config import Config
 from tokenctl.dashboard import queries
 from tokenctl.dashboard.anomalies import find_anomalies
 from tokenctl.dashboard.budgets import budget_board
+from tokenctl.dashboard.health import cache_report
 from tokenctl.dashboard.overview import overview
 from tokenctl.ledger.db import connect, transaction
 from tokenctl.ledger.loop_resumes import detections
@@ -150,7 +151,7 @@ _VIEWS: dict[str, Callable[[Any, queries.View, datetime, Config], Any]] = {
     "savings": lambda db, view, now, config: queries.savings(db, view),
     "sessions": lambda db, view, now, config: queries.sessions(db, view),
     "routing": lambda db, view, now, config: queries.routing(db, view),
-    "cache": lambda db, view, now, config: queries.cache(db, view),
+    "cache": lambda db, view, now, config: cache_report(db, view),
     "loops": lambda db, view, now, config: detections(db, 200),
     "anomalies": lambda db, view, now, config: find_anomalies(db, view.end or now.date()),
 }

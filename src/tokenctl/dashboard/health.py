@@ -9,7 +9,7 @@ from datetime import date
 from typing import Any
 
 from tokenctl.dashboard.anomalies import find_anomalies
-from tokenctl.dashboard.queries import View, breakdown, usd
+from tokenctl.dashboard.queries import View, breakdown, cache, usd
 from tokenctl.ledger.engine import Database
 from tokenctl.ledger.loop_resumes import detections
 from tokenctl.watch.alerts_log import recent_alerts
@@ -25,6 +25,7 @@ def health(db: Database, view: View, today: date, *, admin: bool) -> dict[str, A
         "end": str(view.end),
         "days": [_cache_row(r, "day", None) for r in breakdown(db, view, "day", limit=10_000)],
         "teams": [_cache_row(r, "team", misses["by_team"]) for r in breakdown(db, view, "team", limit=200)],
+        "users": [_cache_row(r, "user", misses["by_user"]) for r in breakdown(db, view, "user", limit=50)],
         "keys": [_cache_row(r, "key", misses["by_key"]) for r in breakdown(db, view, "key", limit=50)],
         "causes": misses["causes"],
         "misses_cut": misses["cut"],
@@ -33,6 +34,23 @@ def health(db: Database, view: View, today: date, *, admin: bool) -> dict[str, A
         "anomalies": _anomalies(db, view, today),
         "alerts": recent_alerts(db, 50, view.team),
     }
+
+
+def cache_report(db: Database, view: View) -> dict[str, Any]:
+    """``tokenctl report cache``: prompt caching and the response cache per team, plus the read share, misses
+    and money lost per team, user and key, and the misses by cause."""
+    data = cache(db, view)
+    misses = _misses(db, view)
+    lost = {r["team"]: r for r in (_cache_row(t, "team", misses["by_team"]) for t in breakdown(db, view, "team", 200))}
+    for row in data["by_team"]:
+        extra = lost.get(row["team"], {})
+        row.update(
+            misses=extra.get("misses", 0), lost_usd=extra.get("lost_usd", "0"), top_cause=extra.get("top_cause", "")
+        )
+    data["by_user"] = [_cache_row(r, "user", misses["by_user"]) for r in breakdown(db, view, "user", limit=50)]
+    data["by_key"] = [_cache_row(r, "key", misses["by_key"]) for r in breakdown(db, view, "key", limit=50)]
+    data["causes"] = misses["causes"]
+    return data
 
 
 def _cache_row(
@@ -56,19 +74,21 @@ def _misses(db: Database, view: View) -> dict[str, Any]:
     """Prompt-cache misses in the view by cause, and per team and key (what the watcher and alarms name)."""
     where, params = view.requests_where()
     rows = db.execute(
-        f"SELECT cache_miss, team, key_id, cache_miss_nanousd FROM requests WHERE cache_miss IS NOT NULL AND {where}"
+        f"SELECT cache_miss, team, user, key_id, cache_miss_nanousd FROM requests WHERE cache_miss IS NOT NULL"
+        f" AND {where}"
         " LIMIT ?",
         (*params, _MAX_MISSES),
     ).fetchall()
     causes: dict[str, list[int]] = {}
     by_team: dict[str, tuple[int, int, Counter[str]]] = {}
+    by_user: dict[str, tuple[int, int, Counter[str]]] = {}
     by_key: dict[str, tuple[int, int, Counter[str]]] = {}
-    for text, team, key, nanos in rows:
+    for text, team, user, key, nanos in rows:
         cause = str(text).split(" (")[0]
         cell = causes.setdefault(cause, [0, 0])
         cell[0] += 1
         cell[1] += int(nanos or 0)
-        for table, member in ((by_team, team or ""), (by_key, key or "")):
+        for table, member in ((by_team, team or ""), (by_user, user or ""), (by_key, key or "")):
             count, lost, counter = table.get(member, (0, 0, Counter()))
             counter[cause] += 1
             table[member] = (count + 1, lost + int(nanos or 0), counter)
@@ -84,6 +104,7 @@ def _misses(db: Database, view: View) -> dict[str, Any]:
             for cause, (n, lost) in ordered
         ],
         "by_team": by_team,
+        "by_user": by_user,
         "by_key": by_key,
         "cut": len(rows) >= _MAX_MISSES,
     }

@@ -631,6 +631,14 @@ async function pageHealth(params) {
       { title: "lost", num: true, render: (r) => money(r.lost_usd) },
       { title: "top cause", render: (r) => r.top_cause },
     ], data.teams, { id: "health-teams" })),
+    section("Users (top 50 by spend)", table([
+      { title: "user", render: (r) => none(r.user) },
+      { title: "prompt tokens", num: true, render: (r) => int(r.prompt_tokens) },
+      { title: "read from cache", num: true, render: (r) => shareBar(r.cache_read_share) },
+      { title: "misses", num: true, render: (r) => int(r.misses) },
+      { title: "lost", num: true, render: (r) => money(r.lost_usd) },
+      { title: "top cause", render: (r) => r.top_cause },
+    ], data.users, { id: "health-users" })),
     section("Keys (top 50 by spend)", table([
       { title: "key", render: (r) => h("code", {}, none(r.key)) },
       { title: "prompt tokens", num: true, render: (r) => int(r.prompt_tokens) },
