@@ -68,6 +68,7 @@ class EnforcementConfig:
     timezone: str = "UTC"
     reservation_ceiling_usd: Decimal = Decimal(5)  # the most one request reserves, whatever its max_tokens
     default_max_output_tokens: int = 16_384  # assumed when a request sets no output limit and the model's is unknown
+    stream_step_tokens: int = 1024  # a followed stream reserves its output this many tokens at a time (0: all at once)
     reservation_ttl_seconds: float = 900.0  # a reservation not settled by then (crash) expires
     webhook_url: str | None = None  # Slack-compatible: POST {"text": ...}
     approvals_webhook_url: str | None = None  # defaults to webhook_url
@@ -226,6 +227,7 @@ SECTIONS: dict[str, set[str]] = {
         "timezone",
         "reservation_ceiling_usd",
         "default_max_output_tokens",
+        "stream_step_tokens",
         "reservation_ttl_seconds",
         "webhook_url",
         "approvals_webhook_url",
@@ -382,6 +384,7 @@ def _parse_enforcement(raw: dict[str, Any]) -> EnforcementConfig:
         timezone=tz,
         reservation_ceiling_usd=Decimal(5) if ceiling is None else ceiling,
         default_max_output_tokens=integer(raw, "default_max_output_tokens", 16_384, where),
+        stream_step_tokens=integer(raw, "stream_step_tokens", 1024, where),
         reservation_ttl_seconds=number(raw, "reservation_ttl_seconds", 900.0, where),
         webhook_url=urls["webhook_url"],
         approvals_webhook_url=urls["approvals_webhook_url"] or urls["webhook_url"],

@@ -142,3 +142,20 @@ async def test_the_memory_store_forgets_settled_reservations_at_once() -> None:
         await store.settle(f"s{i}", claims, 1, now)
     assert await store.totals(["team"], now + 1_500) == [(55_000, 3)]  # not expired at its first deadline
     assert await store.totals(["team"], now + 2_000) == [(55_000, 0)]
+
+
+async def test_a_reservation_grows_to_a_new_total_within_the_limits(store: SpendStore) -> None:
+    now = time.time()
+    claims = [Claim(("team",), 100), Claim(("org",), None)]
+    assert await store.reserve("s1", claims, 30, now + 60, now) is None
+    assert await store.reserve("s2", claims, 40, now + 60, now) is None
+    assert await store.extend("s1", claims, 50, now + 60, now) is None  # +20: 90 of 100
+    assert await store.extend("s1", claims, 50, now + 60, now) is None  # a retry adds nothing
+    assert await store.totals(["team", "org"], now) == [(0, 90), (0, 90)]
+    refusal = await store.extend("s1", claims, 61, now + 60, now)  # +11 would make 101
+    assert refusal is not None and (refusal.claim, refusal.settled, refusal.reserved) == (0, 0, 90)
+    assert await store.totals(["team"], now) == [(0, 90)]  # unchanged
+    assert await store.settle("s1", claims, 45, now) == [45, 45]  # settling drops the whole 50
+    assert await store.totals(["team"], now) == [(45, 40)]
+    assert await store.extend("gone", claims, 10, now + 60, now) is None  # none held: made at the total
+    assert await store.totals(["team"], now) == [(45, 50)]

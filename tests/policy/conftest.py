@@ -17,6 +17,7 @@ def make_gateway(request: pytest.FixtureRequest, make_gateway: Any) -> Any:
     store = {"store": {"redis_url": "redis://127.0.0.1:6379/0", "key_prefix": f"t{uuid.uuid4().hex[:10]}:"}}
 
     def make(extra: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-        return make_gateway({**store, **(extra or {})}, **kwargs)
+        extra = extra or {}
+        return make_gateway({**extra, "store": {**store["store"], **extra.get("store", {})}}, **kwargs)
 
     return make

@@ -48,7 +48,8 @@ def test_an_expensive_request_is_held_approved_from_the_cli_and_passes_on_retry(
     fake.hooks.clear()
     live = make_gateway({**_hooks(fake), "approvals": [{"name": "big", "scope": "org", "above_usd": "0.5"}]})
     client = anthropic.Anthropic(base_url=live.url, api_key=live.key, max_retries=0)
-    ask = {"model": "claude-opus-4-5", "max_tokens": 60_000, "messages": [{"role": "user", "content": "refactor all"}]}
+    big = "refactor all of it: " + "y" * 150_000  # 50,000 input tokens at up to $10/M, + 4,096 expected out: $0.60
+    ask = {"model": "claude-opus-4-5", "max_tokens": 60_000, "messages": [{"role": "user", "content": big}]}
     with pytest.raises(anthropic.APIStatusError) as held:
         client.messages.create(**ask, stream=True).close()
     assert held.value.status_code == 402
@@ -81,9 +82,11 @@ def test_an_expensive_request_is_held_approved_from_the_cli_and_passes_on_retry(
 
 
 def test_a_user_grant_lets_later_requests_through_until_its_amount_is_used(make_gateway: Any) -> None:
-    live = make_gateway({"approvals": [{"name": "big", "scope": "user", "match": "alice", "above_usd": "0.5"}]})
-    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key, max_retries=0)
-    ask = {"model": "gpt-5", "input": "plan the migration", "max_output_tokens": 100_000}  # gpt-5 $10/M output: ~$1
+    live = make_gateway({"approvals": [{"name": "big", "scope": "user", "match": "alice", "above_usd": "0.05"}]})
+    answers = {"x-fake-usage": "output=4096"}  # the key's usual answer, which approvals expect of it
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key, max_retries=0, default_headers=answers)
+    plan = "plan the migration " + "x" * 120_000  # gpt-5: 40,000 input tokens, $0.05, + 4,096 out at $10/M: $0.091
+    ask = {"model": "gpt-5", "input": plan, "max_output_tokens": 100_000}
     with pytest.raises(openai.APIStatusError) as held:
         client.responses.create(**ask)
     assert held.value.status_code == 402 and held.value.body["code"] == "approval_required"
@@ -91,13 +94,13 @@ def test_a_user_grant_lets_later_requests_through_until_its_amount_is_used(make_
     decided = httpx.post(
         f"{live.url}/admin/approvals/{approval_id}/approve",
         headers=ADMIN,
-        json={"by": "dana", "for_user_hours": 2, "for_user_usd": "2.5"},
+        json={"by": "dana", "for_user_hours": 2, "for_user_usd": "0.25"},
     ).json()["data"]
     assert decided["grant_scope"] == "user" and decided["status"] == "approved"
     assert client.responses.create(**ask).status == "completed"
-    assert client.responses.create(**{**ask, "input": "another question"}).status == "completed"
-    with pytest.raises(openai.APIStatusError, match="needs approval"):  # $2.5 covers two ~$1 requests, not three
-        client.responses.create(**{**ask, "input": "a third one"})
+    assert client.responses.create(**{**ask, "input": plan + " another question"}).status == "completed"
+    with pytest.raises(openai.APIStatusError, match="needs approval"):  # $0.25 covers two $0.091 requests, not three
+        client.responses.create(**{**ask, "input": plan + " a third one"})
 
 
 def test_a_denied_request_is_told_so_and_deciding_twice_is_a_conflict(make_gateway: Any) -> None:

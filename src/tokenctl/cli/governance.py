@@ -140,6 +140,12 @@ def _approval_commands(sub: Any, load: ConfigLoader) -> None:
         if verb == "approve":
             c.add_argument("--for-user-hours", type=float, help="let the user's held requests through for this long")
             c.add_argument("--for-user-usd", help="… up to this amount in total")
+            c.add_argument(
+                "--only-request",
+                action="store_true",
+                help="only this request, retried (default: a request of an agent session lets that session's "
+                "next turns through for 12 h)",
+            )
         _ledger(c)
         c.set_defaults(run=lambda args, v=verb: _decide(args, load, v == "approve"), ledger_mode="write")
 
@@ -326,6 +332,7 @@ def _decide(args: argparse.Namespace, load: ConfigLoader, approve: bool) -> int:
             body["for_user_hours"] = args.for_user_hours
         if args.for_user_usd is not None:
             body["for_user_usd"] = args.for_user_usd
+        body["only_request"] = args.only_request
     db = connect(load(args).ledger_path)
     try:
         result = decide_approval(db, args.approval_id, approve, body)

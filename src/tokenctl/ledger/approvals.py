@@ -1,7 +1,9 @@
 """Approval records: a held request, the decision on it, and what an approval lets through.
 
-An approval either lets *that request* through once (matched by fingerprint: key and body), or,
-when approved for the user, lets that user's requests through until a time and up to an amount.
+An approval lets *that request* through once (matched by fingerprint: key and body); for a request of an
+agent session, *that session* (the same key and session id: its retries and its next turns) for
+``SESSION_GRANT_SECONDS``; or, when approved for the user, that user's requests until a time and up to an
+amount.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ _FIELDS = (
     "grant_until",
     "grant_usd",
     "grant_used_usd",
+    "session_id",
 )
+SESSION_GRANT_SECONDS = 12 * 3600  # an approved session's turns pass for this long
 
 
 class ApprovalNotFound(LookupError):
@@ -59,6 +63,7 @@ class HeldRequest:
     estimated_usd: Decimal
     input_tokens: int
     reason: str
+    session_id: str | None = None
 
 
 def _as_dict(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -73,7 +78,8 @@ def create_pending(db: Database, held: HeldRequest) -> dict[str, Any]:
     with transaction(db):
         db.execute(
             "INSERT INTO approvals (approval_id, created_at, status, rule, fingerprint, key_id, user, team, project,"
-            " model, estimated_usd, input_tokens, reason) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " model, estimated_usd, input_tokens, reason, session_id)"
+            " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 approval_id,
                 time.time(),
@@ -87,6 +93,7 @@ def create_pending(db: Database, held: HeldRequest) -> dict[str, Any]:
                 str(held.estimated_usd),
                 held.input_tokens,
                 held.reason,
+                held.session_id,
             ),
         )
     return get_approval(db, approval_id)
@@ -116,16 +123,20 @@ def decide(
     note: str | None = None,
     for_user_seconds: float | None = None,
     for_user_usd: Decimal | None = None,
+    only_request: bool = False,
 ) -> dict[str, Any]:
-    """Approve or deny a pending approval. ``for_user_*`` turns an approval into a grant for the user."""
+    """Approve or deny a pending approval. ``for_user_*`` turns an approval into a grant for the user; an
+    approval of a session's request covers the session, unless ``only_request``."""
     now = time.time()
     user_grant = approve and (for_user_seconds is not None or for_user_usd is not None)
     with transaction(db):
-        row = db.execute("SELECT status FROM approvals WHERE approval_id = ?", (approval_id,)).fetchone()
+        row = db.execute("SELECT status, session_id FROM approvals WHERE approval_id = ?", (approval_id,)).fetchone()
         if row is None:
             raise ApprovalNotFound(f"no approval with id {approval_id!r}")
         if row[0] != "pending":
             raise ApprovalStateError(f"approval {approval_id} is already {row[0]}")
+        scope = "user" if user_grant else "session" if row[1] and not only_request else "request"
+        until = now + (for_user_seconds or 86_400) if user_grant else now + SESSION_GRANT_SECONDS
         db.execute(
             "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?, note = ?, grant_scope = ?,"
             " grant_until = ?, grant_usd = ? WHERE approval_id = ?",
@@ -134,8 +145,8 @@ def decide(
                 by,
                 now,
                 note,
-                ("user" if user_grant else "request") if approve else None,
-                now + (for_user_seconds or 86_400) if user_grant else None,
+                scope if approve else None,
+                until if approve and scope != "request" else None,
                 str(for_user_usd) if user_grant and for_user_usd is not None else None,
                 approval_id,
             ),
@@ -162,6 +173,16 @@ def use_request_approval(db: Database, approval_id: str) -> bool:
             (approval_id,),
         )
     return cur.rowcount == 1
+
+
+def use_session_grant(db: Database, key_id: str, session_id: str) -> str | None:
+    """An unexpired approval of this key's session: its id, or None."""
+    row = db.execute(
+        "SELECT approval_id FROM approvals WHERE key_id = ? AND session_id = ? AND status = 'approved'"
+        " AND grant_scope = 'session' AND grant_until > ? ORDER BY created_at DESC LIMIT 1",
+        (key_id, session_id, time.time()),
+    ).fetchone()
+    return str(row[0]) if row else None
 
 
 def use_user_grant(db: Database, key_user: str | None, key_id: str, amount: Decimal) -> str | None:

@@ -531,6 +531,13 @@ def m012_cache_miss_index(db: Database) -> None:
     db.execute("CREATE INDEX requests_cache_misses ON requests (ts) WHERE cache_miss IS NOT NULL")
 
 
+def m013_session_approvals(db: Database) -> None:
+    """``session_id`` of a held request: approving it lets that session's next turns and retries through (an
+    agent's next turn is a new request, so approving "this request once" would hold it again)."""
+    db.execute("ALTER TABLE approvals ADD COLUMN session_id TEXT")
+    db.execute("CREATE INDEX approvals_session ON approvals (key_id, session_id)")
+
+
 @contextmanager
 def transaction(db: Database) -> Iterator[Database]:
     """BEGIN IMMEDIATE … COMMIT on an autocommit connection, rolled back on error."""
@@ -556,6 +563,7 @@ MIGRATIONS: list[Migration] = [
     m010_response_cache,
     m011_prompt_cache_misses,
     m012_cache_miss_index,
+    m013_session_approvals,
 ]
 
 

@@ -89,6 +89,16 @@ class StreamMeter:
         text_bytes = max(0, self.delta_bytes - self.delta_overhead * self.deltas)
         return max(self.deltas, text_bytes // 4)
 
+    def output_tokens_upper(self) -> int:
+        """The output so far, counted high (a token per 3 bytes of text: prose and code have more): what a
+        stream-metered reservation must already cover."""
+        text_bytes = max(0, self.delta_bytes - self.delta_overhead * self.deltas)
+        return max(self.deltas, text_bytes // 3)
+
+    def start_usage(self) -> dict[str, Any] | None:
+        """The provider's input count, when it sends one before the output (Anthropic's ``message_start``)."""
+        return None
+
     def _note_error(self, event: bytes) -> None:
         self.terminal = True
         payload = _load(event) or {}
@@ -145,6 +155,9 @@ class AnthropicStreamMeter(StreamMeter):
     @property
     def output_known(self) -> bool:
         return self._delta_usage is not None
+
+    def start_usage(self) -> dict[str, Any] | None:
+        return self._start_usage
 
 
 class ChatStreamMeter(StreamMeter):

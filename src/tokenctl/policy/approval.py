@@ -2,8 +2,9 @@
 
 The client gets a 402 naming the approval id; approvers are told by webhook and decide with
 ``tokenctl approvals approve|deny`` or the admin API. Retrying the same request (same key and body)
-after approval passes once; an approval given for the user lets that user's held requests pass until
-its time runs out or its amount is used. Only requests above a threshold reach the database, in a
+after approval passes once; the approval of an agent session's request lets that session's next turns and
+retries pass (for 12 hours); an approval given for the user lets that user's held requests pass until its
+time runs out or its amount is used. Only requests above a threshold reach the database, in a
 worker thread, so ordinary requests never wait for it.
 """
 
@@ -70,6 +71,8 @@ class ApprovalDesk:
         with self._lock:
             db = self._connection()
             grant = store.use_user_grant(db, held.user, held.key_id, held.estimated_usd)
+            if grant is None and held.session_id:
+                grant = store.use_session_grant(db, held.key_id, held.session_id)
             if grant is not None:
                 return grant, False
             found = store.find_for_request(db, held.fingerprint)

@@ -205,7 +205,7 @@ class Budgets:
         raise self._exceeded(refused, refusal, amount, allowance=exhausted)
 
     def _exceeded(
-        self, charge: Charge, refusal: Refusal, amount: int, allowance: Charge | None = None
+        self, charge: Charge, refusal: Refusal, amount: int, allowance: Charge | None = None, growing: bool = False
     ) -> BudgetExceeded:
         rule = charge.rule
         limit = to_usd(charge.claim.limit or 0)
@@ -221,8 +221,10 @@ class Budgets:
             prefix = f"your allowance {allowance.rule.name!r} is used up and "
         message = (
             f"tokenctl: {prefix}{what} is exhausted: spent ${to_usd(refusal.settled)} "
-            f"+ ${to_usd(refusal.reserved)} reserved for requests in flight of ${limit}; this request needs up to "
-            f"${to_usd(amount)}. It {when}. Ask your administrator to raise the budget."
+            f"+ ${to_usd(refusal.reserved)} reserved for requests in flight of ${limit}; this request needs "
+            f"{'another' if growing else 'up to'} ${to_usd(amount)}"
+            f"{' to go on, so the answer was stopped here' if growing else ''}. It {when}. "
+            "Ask your administrator to raise the budget."
         )
         return BudgetExceeded(
             message,
@@ -233,6 +235,18 @@ class Budgets:
             needed=to_usd(amount),
             resets_at=resets,
         )
+
+    async def extend(self, admission: BudgetAdmission, total: int, now: float) -> None:
+        """Grow the request's reservation to ``total`` (a stream's output outgrew it) on the same budgets it was
+        admitted on; BudgetExceeded if one of them has no room left for the difference."""
+        more = total - admission.amount
+        if more <= 0:
+            return
+        expires = now + self.reservation_ttl
+        refusal = await self.store.extend(admission.reservation_id, admission.claims, total, expires, now)
+        if refusal is not None:
+            raise self._exceeded(admission.charges[refusal.claim], refusal, more, growing=True)
+        admission.amount = total
 
     async def settle(self, admission: BudgetAdmission, actual: int, now: float) -> list[int] | None:
         """Settle the actual cost; each charge's settled total afterwards (None if the store could not say)."""

@@ -22,10 +22,22 @@ def decide_approval(db: Any, approval_id: str, approve: bool, body: dict[str, An
     seconds = None if hours is None else float(hours) * 3600
     if approve and amount is not None and seconds is None:
         seconds = 86_400.0
+    only_request = body.get("only_request", False)
+    if not isinstance(only_request, bool):
+        raise ConfigError("only_request: must be true or false")
     result = approval_store.decide(
-        db, approval_id, approve=approve, by=by, note=body.get("note"), for_user_seconds=seconds, for_user_usd=amount
+        db,
+        approval_id,
+        approve=approve,
+        by=by,
+        note=body.get("note"),
+        for_user_seconds=seconds,
+        for_user_usd=amount,
+        only_request=only_request,
     )
     grant = ""
+    if result["grant_scope"] == "session":
+        grant = f" for session {result['session_id']} (its next turns and retries) for 12 h"
     if result["grant_scope"] == "user":
         until = datetime.fromtimestamp(result["grant_until"], UTC).strftime("%Y-%m-%d %H:%M UTC")
         grant = f" for user {result['user'] or result['key_id']} until {until}"

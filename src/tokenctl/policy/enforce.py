@@ -10,8 +10,9 @@ notifications. A request no rule covers costs two dictionary scans and no store 
 from __future__ import annotations
 
 import logging
+import statistics
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -34,6 +35,8 @@ from tokenctl.ledger.approvals import HeldRequest
 from tokenctl.ledger.audit import AuditEvent
 from tokenctl.ledger.record import LedgerEntry
 from tokenctl.metering.pricing import PriceBook
+from tokenctl.metering.stream import StreamMeter
+from tokenctl.metering.usage import from_anthropic
 from tokenctl.policy import estimate, models
 from tokenctl.policy.approval import ApprovalDesk, fingerprint, triggered_rule
 from tokenctl.policy.budget import BudgetAdmission, Budgets, Charge, covers, to_nanos, to_usd
@@ -41,12 +44,14 @@ from tokenctl.policy.loops import LoopRule, first_prompt_digest, trailing_repeat
 from tokenctl.policy.notify import Notifier
 from tokenctl.policy.rules import ApprovalRule, BudgetRule, ModelPolicy
 from tokenctl.policy.store import SpendStore, StoreUnavailable
+from tokenctl.policy.stream_budget import StreamBudget, first_share
 from tokenctl.policy.turns import at_turn_boundary
 from tokenctl.routing.catalog import Catalog
 from tokenctl.types import Route
 
 log = logging.getLogger("tokenctl.policy")
 _NANOS_PER_USD = 1_000_000_000
+EXPECTED_OUTPUT_TOKENS = 4_096  # what approvals expect a key with no answers yet to write
 
 Recorder = Callable[[AuditEvent], None]
 
@@ -63,6 +68,7 @@ class Admission:
     """What ``admit`` decided for one request; ``settle`` needs it back."""
 
     budget: BudgetAdmission | None = None
+    stream: StreamBudget | None = None  # a followed stream: its reservation grows with its output
     body_changed: bool = False
     token_buckets: list[tuple[str, int]] = field(default_factory=list)
 
@@ -102,6 +108,7 @@ class Enforcer:
         self._watches_velocity = any(
             r.spend_per_hour_usd is not None or r.spend_per_hour_x_baseline is not None for r in self.loop_rules
         )
+        self._outputs: OrderedDict[str, deque[int]] = OrderedDict()  # key -> output tokens of its last answers
         self.velocity_baselines: dict[str, int] = {}  # key id -> nanos in its usual active hour (the watcher's)
         self._session_models: OrderedDict[str, str] = OrderedDict()  # session -> model it was downgraded to
 
@@ -154,20 +161,7 @@ class Enforcer:
         await self.budgets.settle(old, 0, self.clock())  # released: nothing was spent on the failed attempt
         self._check_priced(entry.route, old.charges)
         now = self.clock()
-        out_tokens = estimate.output_limit(
-            body, api, self.settings.default_max_output_tokens, entry.route.upstream_model
-        )
-        searches = estimate.web_searches(body, api)
-        worst = estimate.worst_case_cost(
-            self.prices,
-            entry.route,
-            estimate.input_tokens(body_size),
-            out_tokens,
-            searches,
-            estimate.requested_tier(body, api),
-            estimate.audio(body, api),
-        )
-        reserved = self._reservation(entry, body, api, worst)
+        _, reserved, admission.stream = self._plan(entry, body, api, estimate.input_tokens(body_size))
         session = entry.attribution.session_id if entry.attribution else None
         try:
             admission.budget = await self.budgets.admit(
@@ -214,26 +208,11 @@ class Enforcer:
             await self._maybe_downgrade(entry, body, api, charges, session, now)
         if not (charges or self.rules.approvals):
             return
-        out_tokens = estimate.output_limit(
-            body, api, self.settings.default_max_output_tokens, entry.route.upstream_model
-        )
-        worst = (
-            Decimal(0)
-            if api == "anthropic.count_tokens"
-            else estimate.worst_case_cost(
-                self.prices,
-                entry.route,
-                in_tokens,
-                out_tokens,
-                estimate.web_searches(body, api),
-                estimate.requested_tier(body, api),
-                estimate.audio(body, api),
-            )
-        )  # counting tokens is not billed
+        worst, reserved, stream = self._plan(entry, body, api, in_tokens)
         if self.rules.approvals:
-            await self._approval_gate(entry, worst, in_tokens, raw)
-        reserved = self._reservation(entry, body, api, worst)
+            await self._approval_gate(entry, self._expected_cost(entry, body, api, in_tokens, worst), in_tokens, raw)
         if charges:
+            admission.stream = stream
             budget = await self.budgets.admit(entry.request_id, principal, session, to_nanos(reserved), now, charges)
             admission.budget = budget
             entry.reserved_usd = reserved
@@ -407,6 +386,109 @@ class Enforcer:
                 retry_after=wait,
             )
 
+    def _plan(
+        self, entry: LedgerEntry, body: dict[str, Any], api: str, in_tokens: int
+    ) -> tuple[Decimal, Decimal, StreamBudget | None]:
+        """(the request's worst case, what to reserve now, how a followed stream grows its reservation)."""
+        assert entry.route is not None
+        if api == "anthropic.count_tokens":
+            return Decimal(0), Decimal(0), None  # counting tokens is not billed
+        route = entry.route
+        limit = estimate.output_limit(body, api, self.settings.default_max_output_tokens, route.upstream_model)
+        searches, tier, audio = (
+            estimate.web_searches(body, api),
+            estimate.requested_tier(body, api),
+            estimate.audio(body, api),
+        )
+
+        def cost(inputs: int, outputs: int, fees: int = searches) -> Decimal:
+            return estimate.worst_case_cost(self.prices, route, inputs, outputs, fees, tier, audio)
+
+        worst = cost(in_tokens, limit)
+        step = self.settings.stream_step_tokens
+        first = first_share(body, api, route.provider.kind, route.upstream_model, limit, step)
+        if first is None or estimate.input_unknown(body, api):
+            return worst, self._reservation(entry, body, api, worst), None
+        reserved = min(cost(in_tokens, first), self.settings.reservation_ceiling_usd)
+        # What it holds for the input: all of the estimate, or less when the ceiling cut it (then Anthropic's
+        # message_start grows it to the real count before any output).
+        for_input = max(0, to_nanos(reserved) - to_nanos(cost(0, first, 0)))
+        followed = StreamBudget(step, to_nanos(cost(0, step, 0)), first, limit, for_input)
+        return worst, reserved, followed
+
+    def _expected_cost(
+        self, entry: LedgerEntry, body: dict[str, Any], api: str, in_tokens: int, worst: Decimal
+    ) -> Decimal:
+        """What approvals compare with ``above_usd``: the input as sent plus the output this key usually writes
+        (the median of its last answers in this process; ``EXPECTED_OUTPUT_TOKENS`` before it has any), never
+        more than the worst case. Not the worst case itself: Claude Code asks for up to 64,000 output tokens on
+        every turn, so a rule on the worst case would hold every "say hi"."""
+        assert entry.principal is not None and entry.route is not None
+        usual = self._outputs.get(entry.principal.key_id)
+        output = int(statistics.median(usual)) if usual else EXPECTED_OUTPUT_TOKENS
+        limit = estimate.output_limit(body, api, self.settings.default_max_output_tokens, entry.route.upstream_model)
+        expected = estimate.worst_case_cost(
+            self.prices,
+            entry.route,
+            in_tokens,
+            min(output, limit),
+            estimate.web_searches(body, api),
+            estimate.requested_tier(body, api),
+            estimate.audio(body, api),
+        )
+        return min(expected, worst)
+
+    def _note_output(self, entry: LedgerEntry) -> None:
+        if entry.principal is None or entry.status != 200 or not entry.usage.output_tokens:
+            return
+        key = entry.principal.key_id
+        seen = self._outputs.get(key)
+        if seen is None:
+            seen = self._outputs[key] = deque(maxlen=50)
+            if len(self._outputs) > self.MAX_SESSIONS:
+                self._outputs.popitem(last=False)
+        seen.append(entry.usage.output_tokens)
+
+    async def keep_up(self, admission: Admission, entry: LedgerEntry, meter: StreamMeter) -> str | None:
+        """Called as a followed stream's events pass: grow its reservation to what the output needs (and to the
+        real input, once Anthropic's message_start says it). Answers why the stream must stop, or None."""
+        followed, budget = admission.stream, admission.budget
+        if followed is None or budget is None:
+            return None
+        seen = meter.output_tokens_upper()
+        start = meter.start_usage() if not followed.input_checked else None
+        if start is None and not followed.wants_more(seen):
+            return None  # the common case: nothing to do
+        try:
+            if start is not None:
+                followed.input_checked = True
+                await self._grow_to_input(admission, entry, start)
+            while followed.wants_more(seen):
+                await self.budgets.extend(budget, budget.amount + followed.step_nanos, self.clock())
+                followed.covered_tokens += followed.step_tokens
+                followed.steps += 1
+        except BudgetExceeded as exc:
+            self._audit_stop(entry, exc)
+            self._decide(entry, "budget", f"stopped mid-stream: {exc.budget} exhausted", rule=exc.budget, quiet=True)
+            return exc.message
+        except Exception:  # the store failed: stop rather than let the stream run on unchecked
+            log.exception("growing the reservation of request %s failed", entry.request_id)
+            return "tokenctl cannot check budgets right now (budget store unavailable); the answer was stopped here"
+        finally:
+            entry.reserved_usd = to_usd(budget.amount)
+        return None
+
+    async def _grow_to_input(self, admission: Admission, entry: LedgerEntry, start: dict[str, Any]) -> None:
+        """The provider counted more input than the body suggested (dense text, documents): reserve the rest."""
+        assert admission.stream is not None and admission.budget is not None and entry.route is not None
+        actual = to_nanos(
+            self.prices.cost(entry.route.provider, entry.route.upstream_model, from_anthropic(start)).total
+        )
+        more = actual - admission.stream.input_nanos
+        if more > 0:
+            admission.stream.input_nanos = actual
+            await self.budgets.extend(admission.budget, admission.budget.amount + more, self.clock())
+
     def _reservation(self, entry: LedgerEntry, body: dict[str, Any], api: str, worst: Decimal) -> Decimal:
         """What budgets reserve: the worst case, at most the ceiling; the ceiling itself (the stated worst case)
         when part of the input is not in the body (server-held context, files fetched by URL or id)."""
@@ -557,6 +639,7 @@ class Enforcer:
             worst,
             in_tokens,
             reason,
+            session,
         )
         try:
             approval_id, _ = await self.desk.check(held)
@@ -628,6 +711,8 @@ class Enforcer:
     async def settle(self, admission: Admission, entry: LedgerEntry) -> None:
         if self._watches_velocity:
             await self._record_spend(entry)
+        if self.rules.approvals:
+            self._note_output(entry)
         if admission.budget is None and not admission.token_buckets:
             return  # nothing was reserved or taken for this request
         actual = to_nanos(entry.cost.total) if entry.cost is not None else 0

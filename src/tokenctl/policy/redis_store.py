@@ -122,6 +122,38 @@ redis.call('ZADD', P .. 'exp', now_ms() + tonumber(ARGV[4]), id)
 return {epoch}
 """
 
+# ARGV as _RESERVE, with the reservation's new total as the amount. Checks and adds only the difference to what
+# it holds (a retry adds nothing); a reservation that expired is made again at the total.
+_EXTEND = """
+if not seeded() then return 'unseeded' end
+sweep()
+local epoch = redis.call('GET', P .. 'epoch')
+local id, total = ARGV[2], tonumber(ARGV[3])
+local key = P .. 'r:' .. id
+local held = tonumber(redis.call('HGET', key, 'a') or '0')
+local more = total - held
+if more <= 0 then return {epoch} end
+local heads, ttls, i = {}, {}, 6
+for c = 1, tonumber(ARGV[5]) do
+  local limit, ttl, k = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local s, r = sum(i + 3, k)
+  if limit ~= '' and s + r + more > tonumber(limit) then return {epoch, c - 1, s, r} end
+  heads[c], ttls[c] = ARGV[i + 3], ttl
+  i = i + 3 + k
+end
+for c, head in ipairs(heads) do
+  local counter = P .. 'c:' .. head
+  redis.call('HINCRBY', counter, 'r', more)
+  keep_for(counter, ttls[c])
+end
+redis.call('HSET', key, 'a', total, 'h', cjson.encode(heads))
+if held == 0 then
+  redis.call('DEL', P .. 'd:' .. id)
+  redis.call('ZADD', P .. 'exp', now_ms() + tonumber(ARGV[4]), id)
+end
+return {epoch}
+"""
+
 # ARGV: prefix, id, amount, epoch ('' = a live settlement, applied to whatever epoch is current), n claims,
 # then per claim: counter ttl, n counters, counters. Answers {epoch, each claim's settled total}, 'unseeded' or
 # 'stale' (a kept settlement from before the counters were rebuilt: the ledger already counts it).
@@ -283,6 +315,7 @@ class RedisStore:
             name: self.redis.register_script(_PRELUDE + body)
             for name, body in (
                 ("reserve", _RESERVE),
+                ("extend", _EXTEND),
                 ("settle", _SETTLE),
                 ("totals", _TOTALS),
                 ("seed", _SEED),
@@ -309,13 +342,23 @@ class RedisStore:
     async def reserve(
         self, reservation_id: str, claims: Sequence[Claim], amount: int, expires_at: float, now: float
     ) -> Refusal | None:
+        return await self._reserve_op("reserve", reservation_id, claims, amount, expires_at, now)
+
+    async def extend(
+        self, reservation_id: str, claims: Sequence[Claim], total: int, expires_at: float, now: float
+    ) -> Refusal | None:
+        return await self._reserve_op("extend", reservation_id, claims, total, expires_at, now)
+
+    async def _reserve_op(
+        self, script: str, reservation_id: str, claims: Sequence[Claim], amount: int, expires_at: float, now: float
+    ) -> Refusal | None:
         await self._apply_pending()
         args: list[Any] = [reservation_id, amount, _ms(expires_at - now), len(claims)]
         for claim in claims:
             limit = "" if claim.limit is None else claim.limit
             args += [limit, _counter_ttl(claim, now), len(claim.counters), *claim.counters]
         try:
-            answer = await self._seeded("reserve", args)
+            answer = await self._seeded(script, args)
         except StoreUnavailable:
             # It may have been applied before the answer was lost: release it when Redis is back.
             self._keep(reservation_id, claims, 0, now)

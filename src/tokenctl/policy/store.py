@@ -7,6 +7,8 @@ for several replicas) adds exactly. The enforcement logic (``policy.budget``) on
 - ``reserve``: for every claim, check ``settled + reserved + amount <= limit`` over the claim's
   counters; if all hold, add ``amount`` to the reserved part of each claim's first counter, all at
   once, else change nothing and say which claim refused.
+- ``extend``: grow a reservation to a new total (a stream whose output outgrew what it reserved), with the
+  same check for the difference; a retried call with the same total adds nothing.
 - ``settle``: drop the reservation (if it has not expired) and add the actual amount to the
   settled part of each claim's first counter. Settling an expired reservation still counts the spend.
   It answers each claim's settled total afterwards (for notification thresholds), or None when the
@@ -57,6 +59,10 @@ Seeder = Callable[[], Awaitable[tuple[Seeds, float]]]  # the seeds from the ledg
 class SpendStore(Protocol):
     async def reserve(
         self, reservation_id: str, claims: Sequence[Claim], amount: int, expires_at: float, now: float
+    ) -> Refusal | None: ...
+
+    async def extend(
+        self, reservation_id: str, claims: Sequence[Claim], total: int, expires_at: float, now: float
     ) -> Refusal | None: ...
 
     async def settle(
@@ -135,6 +141,31 @@ class MemoryStore:
         heapq.heappush(self._expiry, (expires_at, reservation_id))
         if len(self._expiry) > 4 * len(self._reservations) + 1024:
             self._compact_expiry()
+        return None
+
+    async def extend(
+        self, reservation_id: str, claims: Sequence[Claim], total: int, expires_at: float, now: float
+    ) -> Refusal | None:
+        """Grow the reservation to ``total`` if every claim has room for the difference (one that expired is
+        made again at ``total``)."""
+        self._expire(now)
+        held = self._reservations.get(reservation_id)
+        more = total - (held[1] if held is not None else 0)
+        if more <= 0:
+            return None
+        for index, claim in enumerate(claims):
+            if claim.limit is None:
+                continue
+            settled, reserved = self._sum(claim.counters)
+            if settled + reserved + more > claim.limit:
+                return Refusal(index, settled, reserved)
+        heads = tuple(claim.counters[0] for claim in claims)
+        for claim in claims:
+            self._counter(claim.counters[0], claim.drop_after).reserved += more
+        self._reservations[reservation_id] = (heads, total)
+        if held is None:
+            self._deadline[reservation_id] = expires_at
+            heapq.heappush(self._expiry, (expires_at, reservation_id))
         return None
 
     async def renew(self, reservation_ids: Sequence[str], expires_at: float, now: float) -> None:

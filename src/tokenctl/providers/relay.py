@@ -19,6 +19,7 @@ from tokenctl.cache.key import CACHE_HEADER
 from tokenctl.errors import UpstreamError, UpstreamTimeout
 from tokenctl.gateway import CacheFill, Call
 from tokenctl.metering.stream import StreamMeter
+from tokenctl.policy.enforce import Admission
 from tokenctl.providers.upstream import DROP_RESPONSE_HEADERS, UpstreamRequest
 from tokenctl.text import header_text
 
@@ -276,6 +277,7 @@ async def _pump(call: Call, resp: aiohttp.ClientResponse, out: web.StreamRespons
     """Relay complete events until the upstream ends. Returns why the upstream failed, or None."""
     meter = call.meter
     assert meter is not None
+    followed = call.admission if call.admission is not None and call.admission.stream is not None else None
     pending = b""
     chunks = resp.content.iter_any()
     while True:
@@ -298,7 +300,14 @@ async def _pump(call: Call, resp: aiohttp.ClientResponse, out: web.StreamRespons
         pending = chunk[cut + 2 :]
         if call.entry.ttft_ms is None:
             call.entry.ttft_ms = (time.perf_counter() - call.started) * 1000
-        relayed = meter.feed(chunk[: cut + 2])
+        stop = None
+        if followed is None:
+            relayed = meter.feed(chunk[: cut + 2])
+        else:
+            relayed, stop = await _follow(call, followed, meter, chunk[: cut + 2])
+        if stop is not None:  # the budget has no room for more: what it covered, then the reason
+            await _write(out, call.translator.feed(relayed) if call.translator is not None else relayed)
+            return stop
         if call.translator is not None:
             relayed = call.translator.feed(relayed)
         elif meter.terminal and not call.finished:
@@ -310,6 +319,21 @@ async def _pump(call: Call, resp: aiohttp.ClientResponse, out: web.StreamRespons
             await _record_before_last_bytes(call, meter)
         await _write(out, relayed, call.cache_fill)
     return None
+
+
+async def _follow(call: Call, followed: Admission, meter: StreamMeter, block: bytes) -> tuple[bytes, str | None]:
+    """Meter a stream-metered answer event by event, growing its reservation as it goes: (the events its
+    reservation covers, why it must stop or None). The event that needed more than the budget has is not sent."""
+    sent: list[bytes] = []
+    for event in block.split(b"\n\n"):
+        if not event:
+            continue
+        relayed = meter.feed(event + b"\n\n")
+        stop = await call.gw.enforcer.keep_up(followed, call.entry, meter)
+        if stop is not None:
+            return b"".join(sent), stop
+        sent.append(relayed)
+    return b"".join(sent), None
 
 
 async def _write(out: web.StreamResponse, data: bytes, fill: CacheFill | None = None) -> None:

@@ -9,6 +9,8 @@ API key). Requests are scripted with headers, which tokenctl forwards like any u
     input = body bytes / 4, output = chunks + reasoning, no cache.
 ``x-fake-chunks: 20``
     Number of text deltas in the answer (default 8).
+``x-fake-word-bytes: 400``
+    Each delta's text padded to this many bytes (a long answer); unset output = chunks x bytes / 4.
 ``x-fake-fault: <fault>``
     ``status:429`` (also 500, 503, 529, any code: an error in the API's own error shape, with
     ``retry-after: 1`` for 429/529), ``slow:<ms>`` (wait before answering), ``cut:<n>`` (close the
@@ -58,6 +60,7 @@ class Script:
     tool_input: dict[str, Any] = field(default_factory=dict)  # x-fake-tool-input (JSON)
     tool_result: str | None = None  # the tool result the request carries, echoed back as "got: …"
     service_tier: str = "default"  # what OpenAI answers say they were served at: the request's tier, echoed
+    word_bytes: int = 0  # x-fake-word-bytes: each text delta this long
 
     @property
     def fault_after(self) -> int:
@@ -215,11 +218,14 @@ def _script(request: web.Request, body_size: int) -> Script:
     usage.setdefault("input", max(1, body_size // 4))
     for name in ("cache_read", "cache_write_5m", "cache_write_1h", "reasoning"):
         usage.setdefault(name, 0)
-    usage.setdefault("output", chunks + usage["reasoning"])
+    word_bytes = int(request.headers.get("x-fake-word-bytes", "0"))
+    usage.setdefault("output", chunks * max(1, word_bytes // 4) + usage["reasoning"])
     fault, _, arg = request.headers.get("x-fake-fault", "").partition(":")
     stall = int(arg) if fault == "stall" else 0
     tool_input = orjson.loads(request.headers.get("x-fake-tool-input", "{}"))
-    return Script(usage, chunks, fault or None, arg or None, stall, request.headers.get("x-fake-tool"), tool_input)
+    script = Script(usage, chunks, fault or None, arg or None, stall, request.headers.get("x-fake-tool"), tool_input)
+    script.word_bytes = word_bytes
+    return script
 
 
 def _last_tool_result(body: dict[str, Any]) -> str | None:
@@ -251,7 +257,7 @@ def _last_chat_tool_result(body: dict[str, Any]) -> str | None:
 def _words(script: Script) -> list[str]:
     if script.tool_result is not None:
         return [f"got: {script.tool_result.strip()[:200]} ", *(f"word{i} " for i in range(1, script.chunks))]
-    return [f"word{i} " for i in range(script.chunks)]
+    return [f"word{i} ".ljust(script.word_bytes, "x") for i in range(script.chunks)]
 
 
 def _sse(event: str | None, payload: dict[str, Any]) -> bytes:

@@ -509,9 +509,11 @@ async function pageApprovals(params) {
   const decide = async (row, verdict, button) => {
     const box = button.closest(".decision");
     const note = box.querySelector("input.note").value.trim();
-    const hours = Number(box.querySelector("select.grant").value);
+    const choice = box.querySelector("select.grant").value;
+    const hours = choice === "request" ? 0 : Number(choice);
     const upTo = box.querySelector("input.up-to").value.trim();
     const body = { note: note || "from the dashboard" };
+    if (verdict === "approve" && choice === "request") body.only_request = true;
     let what = `${verdict === "approve" ? "Approve" : "Deny"} ${row.approval_id} (${none(row.user)}, ${row.model}, ` +
                `estimated ${usd(row.estimated_usd)})`;
     if (verdict === "approve" && hours) {
@@ -532,7 +534,9 @@ async function pageApprovals(params) {
   const decision = (r) => h("span", { class: "actions decision" },
     h("input", { class: "note", type: "text", placeholder: "note (audit log)", "aria-label": "note" }),
     h("select", { class: "grant", "aria-label": "grant" },
-      h("option", { value: "0" }, "this request"), h("option", { value: "1" }, "+ user 1 h"),
+      h("option", { value: "0" }, r.session_id ? "this session, 12 h" : "this request"),
+      r.session_id ? h("option", { value: "request" }, "only this request") : null,
+      h("option", { value: "1" }, "+ user 1 h"),
       h("option", { value: "8" }, "+ user 8 h"), h("option", { value: "24" }, "+ user 24 h")),
     h("input", { class: "up-to", type: "text", inputmode: "decimal", placeholder: "up to $", "aria-label": "up to USD",
                  size: "6" }),

@@ -1,0 +1,141 @@
+"""Stream-metered reservations: a stream reserves its input and a first step of output, grows its reservation
+as the output arrives and is stopped mid-answer, with the dialect's in-stream error naming the budget, when
+the budget has no room for the next step; so a small budget admits a short answer that a worst-case
+reservation would have refused, and settled spend stays under the cap under concurrency, in both SDKs."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from tests.conftest import LiveGateway
+
+CAP = {"budgets": [{"name": "team-cap", "scope": "team", "match": "payments", "limit_usd": "0.05"}]}
+SONNET = "claude-sonnet-4-5"  # $3 / $15 per million: a 1,024-token step of output is $0.01536
+LONG = {"x-fake-chunks": "200", "x-fake-word-bytes": "400", "x-fake-usage": "input=40"}  # 20,000 tokens: $0.30
+
+
+def _settled(live: LiveGateway) -> Decimal:
+    return sum((Decimal(r["cost_usd"]) for r in live.rows()), Decimal(0))
+
+
+def _claude(live: LiveGateway, headers: dict[str, str] | None = None) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=live.url, api_key=live.key, max_retries=0, default_headers=headers or {})
+
+
+def test_a_stream_that_outgrows_its_budget_is_stopped_mid_answer(make_gateway: Any) -> None:
+    live = make_gateway(CAP)
+    client = _claude(live, LONG)
+    text = []
+    with pytest.raises(anthropic.APIStatusError) as stopped:
+        with client.messages.stream(
+            model=SONNET, max_tokens=64_000, messages=[{"role": "user", "content": "write a long essay"}]
+        ) as stream:
+            for chunk in stream.text_stream:
+                text.append(chunk)
+    message = str(stopped.value)
+    assert "budget 'team-cap'" in message and "so the answer was stopped here" in message
+    assert 0 < len(text) < 200  # part of the answer arrived, then it stopped
+    (row,) = live.wait_rows(1)
+    assert row["outcome"] == "stream_failed" and row["partial"] == 1 and "team-cap" in row["error"]
+    assert "stopped mid-stream: team-cap exhausted" in row["policy"]
+    assert Decimal(row["reserved_usd"]) <= Decimal("0.05")
+    assert Decimal(row["cost_usd"]) <= Decimal(row["reserved_usd"])  # the output it metered was covered
+    assert _settled(live) <= Decimal("0.05")
+    assert len(live.fake.received) == 1
+
+
+def test_a_short_answer_passes_where_a_worst_case_reservation_blocked(make_gateway: Any) -> None:
+    """Claude Code sends max_tokens 64,000: reserving all of it ($0.96 on Sonnet) would refuse "say hi" under a
+    $0.05 budget. Streamed, it reserves its first step and passes; not streamed, it still reserves the worst
+    case, and the 402's own figures show it does not fit."""
+    live = make_gateway(CAP)
+    client = _claude(live)
+    ask = {"model": SONNET, "max_tokens": 64_000, "messages": [{"role": "user", "content": "say hi"}]}
+    with client.messages.stream(**ask) as stream:  # type: ignore[arg-type]
+        assert stream.get_final_message().stop_reason == "end_turn"
+    first = live.wait_rows(1)[0]
+    assert first["status"] == 200 and Decimal(first["reserved_usd"]) < Decimal("0.02")
+    with pytest.raises(anthropic.APIStatusError) as blocked:
+        client.messages.create(**ask, timeout=30)  # type: ignore[arg-type]
+    assert blocked.value.status_code == 402 and "needs up to $0.96" in str(blocked.value)
+
+
+def test_the_real_input_count_is_checked_before_any_output_flows(make_gateway: Any) -> None:
+    """A small body the provider counts as 20,000 input tokens ($0.06 on Sonnet, a document it fetched, dense
+    text): message_start says so, the reservation cannot grow to it, and the stream ends before any text."""
+    live = make_gateway(CAP)
+    client = _claude(live, {"x-fake-usage": "input=20000", "x-fake-chunks": "20"})
+    text = []
+    with pytest.raises(anthropic.APIStatusError) as stopped:
+        with client.messages.stream(
+            model=SONNET, max_tokens=1_000, messages=[{"role": "user", "content": "summarise it"}]
+        ) as stream:
+            text.extend(stream.text_stream)
+    assert text == [] and "budget 'team-cap'" in str(stopped.value)
+
+
+def test_a_translated_chat_stream_is_stopped_with_the_chat_error(make_gateway: Any) -> None:
+    live = make_gateway(CAP)
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key, max_retries=0, default_headers=LONG)
+    got = []
+    with pytest.raises(openai.APIError) as stopped:
+        for chunk in client.chat.completions.create(
+            model=SONNET,
+            max_completion_tokens=64_000,
+            stream=True,
+            messages=[{"role": "user", "content": "write a long essay"}],
+        ):
+            got.extend(c.delta.content or "" for c in chunk.choices)
+    assert got and "budget 'team-cap'" in str(stopped.value)
+    assert _settled(live) <= Decimal("0.05")
+
+
+def test_concurrent_streams_from_both_sdks_stay_under_the_cap(make_gateway: Any) -> None:
+    """300 streams that would cost $0.06 each (from 20 keys, Anthropic SDK and OpenAI SDK through translation)
+    against a $1 cap: each is admitted on its first step, grows as it goes, and the ones the budget cannot
+    carry are stopped; settled spend never passes the cap."""
+    keys = {f"k{i}": {"user": f"user{i}", "team": "payments"} for i in range(20)}
+    budgets = {"budgets": [{"name": "team-cap", "scope": "team", "match": "payments", "limit_usd": 1}]}
+    # 300 SDK clients share this process's GIL with the gateway: give Redis calls time to be answered
+    live = make_gateway({**budgets, "store": {"timeout_ms": 10_000}}, keys=keys)
+    script = {"x-fake-chunks": "40", "x-fake-word-bytes": "400", "x-fake-usage": "input=40", "x-fake-fault": "stall:5"}
+
+    async def one(i: int) -> str:
+        key = live.keys[f"k{i % 20}"]
+        try:
+            if i % 2:
+                chat = openai.AsyncOpenAI(base_url=f"{live.url}/v1", api_key=key, max_retries=0, default_headers=script)
+                async for _ in await chat.chat.completions.create(
+                    model=SONNET, max_completion_tokens=8_000, stream=True, messages=[{"role": "user", "content": "go"}]
+                ):
+                    pass
+            else:
+                claude = anthropic.AsyncAnthropic(base_url=live.url, api_key=key, max_retries=0, default_headers=script)
+                async with claude.messages.stream(
+                    model=SONNET, max_tokens=8_000, messages=[{"role": "user", "content": "go"}]
+                ) as stream:
+                    await stream.get_final_message()
+            return "complete"
+        except (anthropic.APIStatusError, openai.APIError) as exc:
+            return "blocked" if getattr(exc, "status_code", None) == 402 else "stopped"
+
+    async def burst() -> list[str]:
+        return await asyncio.gather(*(one(i) for i in range(300)))
+
+    outcomes = asyncio.run(burst())
+    rows = live.wait_rows(300, timeout=30)
+    assert len(rows) == 300
+    assert outcomes.count("stopped") > 0  # streams were admitted on their first step and stopped as they grew
+    assert all(Decimal(r["cost_usd"]) <= Decimal(r["reserved_usd"] or 0) for r in rows)  # none past its reservation
+    settled = _settled(live)
+    assert settled <= Decimal(1), settled
+    assert settled > Decimal("0.8")  # the budget was used, not refused early
+    stopped_rows = [r for r in rows if r["outcome"] == "stream_failed"]
+    assert len(stopped_rows) == outcomes.count("stopped")
+    assert all("team-cap" in r["error"] for r in stopped_rows)
