@@ -227,7 +227,7 @@ async def _refresh(gw: Gateway, rules_db: Database, interval: float) -> None:
         await asyncio.sleep(interval)
         try:
             await loop.run_in_executor(None, gw.keys.refresh)
-            gw.enforcer.loop_resumes = await loop.run_in_executor(None, resumes, rules_db)
+            gw.enforcer.merge_resumes(await loop.run_in_executor(None, resumes, rules_db))
             changed = await loop.run_in_executor(None, last_change, rules_db)
             if changed != seen:
                 await gw.reload_rules(rules_db)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -94,8 +95,14 @@ def seeded(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory, ledger_
                 os.environ[k] = v
 
 
+@pytest.fixture(scope="session")
+def _fresh_screenshots() -> None:
+    """Screenshots of this run only (every browser test module writes there)."""
+    shutil.rmtree(SHOTS, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser(_fresh_screenshots: None) -> Iterator[Any]:
     """Debian's Chromium driven by Playwright (the browser tests skip where neither is installed, outside CI)."""
     sync_api = pytest.importorskip("playwright.sync_api")
     if not os.path.exists(CHROMIUM):

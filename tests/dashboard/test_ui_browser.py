@@ -8,7 +8,6 @@ works; a team viewer sees only its team. Screenshots go to ``test-artifacts/scre
 from __future__ import annotations
 
 import os
-import shutil
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -245,9 +244,6 @@ def test_team_viewer_sees_only_its_team(seeded: Seeded, browser: Any) -> None:
     tab.close()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fresh_screenshots() -> None:
-    shutil.rmtree(SHOTS, ignore_errors=True)
 
 
 def test_unpriced_requests_are_flagged_not_shown_as_plain_zero(make_gateway: Any, browser: Any) -> None:

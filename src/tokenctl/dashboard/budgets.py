@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from tokenctl.dashboard.forecast import exhaustion
+from tokenctl.dashboard.forecast import exhaustion, period_end_spend
 from tokenctl.dashboard.queries import View, usd
 from tokenctl.ledger.engine import Database
 from tokenctl.policy.budget import Budgets
@@ -21,15 +21,14 @@ from tokenctl.policy.status import status_row
 
 # Rollup column holding each budget scope's member (sessions are not in the daily rollup).
 _SCOPE_COLUMNS = {"team": "team", "user": "user", "project": "project", "key": "key_id"}
-MAX_ROWS = 200
-BURN_DOWN_ROWS = 30
+MAX_ROWS = 1000
 
 
 RunInDb = Callable[[Callable[[Database], Any]], Awaitable[Any]]
 
 
 async def budget_board(budgets: Budgets, run: RunInDb, view: View, now: float) -> list[dict[str, Any]]:
-    """Status rows, fullest first; the fullest ``BURN_DOWN_ROWS`` carry a burn-down and an exhaustion date.
+    """Status rows, fullest first, each with its burn-down, exhaustion date and forecast for the window's end.
 
     ``run`` executes a function with a ledger connection in a worker thread; the store is read here.
     """
@@ -43,7 +42,7 @@ async def budget_board(budgets: Budgets, run: RunInDb, view: View, now: float) -
     rows.sort(key=lambda r: -r["used_percent"])
     rows = rows[:MAX_ROWS]
 
-    projected = [r for r in rows[:BURN_DOWN_ROWS] if r["_key"][2] is None and not r["_key"][0].pool]
+    projected = [r for r in rows if r["_key"][2] is None and not r["_key"][0].pool]
     await run(lambda db: _add_projections(db, budgets, projected, now))
     for row in rows:
         del row["_key"]
@@ -130,6 +129,7 @@ def _daily_spend(
 def _project(
     row: dict[str, Any], rule: BudgetRule, spend: list[tuple[str, int]], start: datetime, now: datetime
 ) -> None:
+    row["forecast"] = None
     if rule.period.kind == "lifetime":
         row["projected_exhaustion"] = None
         return
@@ -140,5 +140,23 @@ def _project(
     row["burn_down"] = points
     resets = datetime.fromisoformat(row["resets_at"]) if row["resets_at"] else None
     spent = Decimal(row["spent_usd"]) + Decimal(row["reserved_usd"])
-    when = exhaustion(Decimal(row["limit_usd"]), spent, start, now, resets)
+    limit = Decimal(row["limit_usd"])
+    when = exhaustion(limit, spent, start, now, resets)
     row["projected_exhaustion"] = None if when is None else when.isoformat(timespec="minutes")
+    if resets is not None and rule.period.kind != "rolling":
+        row["forecast"] = _forecast(limit, period_end_spend(spent, start, now, resets), when)
+
+
+def _forecast(limit: Decimal, at_reset: Decimal, when: datetime | None) -> dict[str, Any]:
+    """How the window ends at its rate so far: a CFO's sentence and its figures."""
+    over = at_reset - limit
+    cents = Decimal("0.01")
+    if over > 0 and when is not None:
+        text = f"on track to exceed by ${over.quantize(cents):,} around {when.strftime('%b %-d')}"
+    else:
+        text = f"on track: ${at_reset.quantize(cents):,} of ${limit:,} at reset"
+    return {
+        "at_reset_usd": str(at_reset.quantize(Decimal("0.000001"))),
+        "over_usd": str(max(over, Decimal(0))),
+        "text": text,
+    }

@@ -50,3 +50,12 @@ def exhaustion(
     seconds_left = float((limit - spent) / spent) * elapsed
     when = now + timedelta(seconds=seconds_left)
     return None if resets_at is not None and when >= resets_at else when
+
+
+def period_end_spend(spent: Decimal, window_start: datetime, now: datetime, resets_at: datetime) -> Decimal:
+    """What the window will have spent when it resets, at its average rate so far."""
+    elapsed = (now - window_start).total_seconds()
+    if elapsed <= 0:
+        return spent
+    left = max(0.0, (resets_at - now).total_seconds())
+    return spent + spent * Decimal(str(round(left / elapsed, 9)))

@@ -7,7 +7,7 @@ which drill-down filters apply. Amounts leave here as exact decimal strings of U
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -220,6 +220,7 @@ def savings(db: Database, view: View) -> dict[str, Any]:
         "cost_usd": whole["cost_usd"],
         "counterfactual_usd": str(Decimal(whole["cost_usd"]) + saved),
         "saved_usd": str(saved),
+        "tokenctl_saved_usd": str(saved - Decimal(whole["cache_saved_usd"])),  # policies, routing, response cache
         "cache_saved_usd": whole["cache_saved_usd"],
         "policy_saved_usd": whole["policy_saved_usd"],
         "routing_saved_usd": whole["routing_saved_usd"],
@@ -342,9 +343,20 @@ _SESSION_COLUMNS = (
 )
 
 
-def sessions(db: Database, view: View, limit: int = 100) -> list[dict[str, Any]]:
-    """The most expensive sessions active in the view's days."""
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def sessions(db: Database, view: View, limit: int = 100, find: str | None = None) -> list[dict[str, Any]]:
+    """The most expensive sessions active in the view's days; ``find``: a session id's start, or a user."""
+    unknown = sorted(set(view.filters) - {"team", "user", "project", "tool", "model"})
+    if unknown:
+        raise ValueError(f"sessions cannot be filtered by {', '.join(unknown)} (sessions are kept per team, user, "
+                         "project, tool and model)")
     clauses, params = ["1 = 1"], []
+    if find:
+        clauses.append("(session_id LIKE ? ESCAPE '\\' OR user = ?)")
+        params += [_like_prefix(find), find]
     if view.start:
         clauses.append("last_day >= ?")
         params.append(view.start.isoformat())
@@ -410,9 +422,12 @@ REQUEST_COLUMNS = (
 )  # never prompt or response text: the ledger does not hold it
 
 
-def requests(db: Database, view: View, limit: int = 100) -> list[dict[str, Any]]:
-    """The latest requests in the view, newest first."""
+def requests(db: Database, view: View, limit: int = 100, find: str | None = None) -> list[dict[str, Any]]:
+    """The latest requests in the view, newest first; ``find``: a request id, a session id or a user."""
     where, params = view.requests_where()
+    if find:
+        where += " AND (request_id = ? OR session_id = ? OR user = ?)"
+        params = [*params, find, find, find]
     sql = f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests WHERE {where} ORDER BY ts DESC LIMIT ?"
     return [_request_dict(row) for row in db.execute(sql, [*params, limit])]
 
@@ -452,11 +467,23 @@ def session_detail(db: Database, view: View, session_id: str) -> dict[str, Any] 
     read = sum(t["cache_read_tokens"] for t in turns)
     failed = [t for t in turns if t["status"] >= 400 or t["outcome"] != "ok"]
     ok = [t for t in turns if t not in failed]
+    running = Decimal(0)
+    for turn in turns:  # what the session had cost by the end of each turn
+        running += Decimal(turn["cost_usd"])
+        turn["running_usd"] = str(running)
+        turn["failed"] = turn in failed
+    last = turns[-1]
+    ended = datetime.fromisoformat(last["ts"].replace("Z", "+00:00")) + timedelta(milliseconds=last["duration_ms"])
+    started = datetime.fromisoformat(turns[0]["ts"].replace("Z", "+00:00"))
     return {
         "session_id": session_id,
         "team": turns[0]["team"],
         "user": turns[0]["user"],
         "tool": turns[0]["tool"],
+        "projects": sorted({t["project"] for t in turns if t["project"]}),
+        "started": turns[0]["ts"],
+        "ended": ended.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "duration_s": round((ended - started).total_seconds(), 1),
         "requests": len(turns),
         "cost_usd": str(sum((Decimal(t["cost_usd"]) for t in turns), Decimal(0))),
         "cache_read_share": round(read / prompt, 4) if prompt else 0.0,

@@ -387,7 +387,8 @@ async def _list_or_one(
             raise ApiError(404, f"no {noun} {rest[0]!r} that you may see")
         return found
     limit = _limit(request, 100)
-    rows = await dash.reader.run(lambda db: listing(db, view, limit + 1))  # one more tells whether it is cut
+    find = request.query.get("find", "").strip()[:200] or None
+    rows = await dash.reader.run(lambda db: listing(db, view, limit + 1, find))  # one more tells if it is cut
     return {"rows": rows[:limit], "limit": limit, "more": len(rows) > limit}
 
 
@@ -446,7 +447,7 @@ async def _resume_loop(dash: Dashboard, request: web.Request, viewer: Viewer, re
             name, allowed = resume_paused(db, gw.config.loops, subject, None, "admin (dashboard)")
         except NotPaused as exc:
             raise ApiError(404, str(exc)) from exc
-        gw.enforcer.loop_resumes = resumes(db)  # in force here at once; other replicas at their next refresh
+        gw.enforcer.merge_resumes(resumes(db))  # in force here at once; other replicas at their next refresh
         return {"subject": subject, "rule": name, "repeats_allowed": allowed}
 
     return await dash.reader.run(go)

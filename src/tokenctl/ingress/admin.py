@@ -181,7 +181,7 @@ async def _loops(gw: Gateway, request: web.Request, rest: list[str]) -> web.Resp
 
         def go(db: Any) -> dict[str, Any]:
             name, allowed = resume_paused(db, gw.config.loops, subject, rule, by)
-            gw.enforcer.loop_resumes = resumes(db)  # in force here at once; other replicas at their next refresh
+            gw.enforcer.merge_resumes(resumes(db))  # in force here at once; other replicas at their next refresh
             return {"subject": subject, "rule": name, "repeats_allowed": allowed}
 
         try:

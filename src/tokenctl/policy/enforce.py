@@ -112,6 +112,15 @@ class Enforcer:
         self.velocity_baselines: dict[str, int] = {}  # key id -> nanos in its usual active hour (the watcher's)
         self._session_models: OrderedDict[str, str] = OrderedDict()  # session -> model it was downgraded to
 
+    def merge_resumes(self, read: dict[tuple[str, str], int]) -> None:
+        """Take in resumes read from the ledger. Each only ever allows more, so the larger of what was read and
+        what is held wins: a refresh whose read began before a resume was written cannot undo it."""
+        merged = dict(self.loop_resumes)
+        for key, allowed in read.items():
+            if allowed > merged.get(key, -1):
+                merged[key] = allowed
+        self.loop_resumes = merged
+
     def set_rules(self, rules: RuleSet) -> None:
         self.rules = rules
         self.budgets.set_rules(rules.budgets)

@@ -44,6 +44,19 @@ function cost(row) {
                        "$0 or at the stand-in of enforcement.unpriced_models" }, `⚠ ${int(unpriced)} unpriced`));
 }
 function money(value, cls) { return h("span", { class: "usd " + (cls || ""), "data-usd": value }, usd(value)); }
+// A big amount as a CFO reads it ($1.2k, $3.4M), the exact one on hover; below $10,000 the exact one.
+function bigMoney(value) {
+  const n = Number(value || 0);
+  if (Math.abs(n) < 10_000) return money(value);
+  return h("span", { class: "usd", "data-usd": value, title: usd(value) }, "$" + compact(n));
+}
+function compact(n) {
+  return new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 }).format(n);
+}
+// Token counts in cards: 2.7B with the exact count on hover.
+function bigInt(n) {
+  return Math.abs(Number(n || 0)) < 100_000 ? int(n) : h("span", { title: int(n) + " exactly" }, compact(Number(n)));
+}
 function int(n) { return new Intl.NumberFormat("en-US").format(Number(n || 0)); }
 function pct(share) { return (Number(share || 0) * 100).toFixed(1) + "%"; }
 function none(v) { return v === "" || v === null || v === undefined ? "(none)" : v; }
@@ -92,20 +105,24 @@ async function post(path, body) {
 // -------------------------------------------------------------------------------------------- charts
 
 function barChart(points, { height = 160, label = (p) => p.label, value = (p) => p.value, format = usd,
-                            onclick = null } = {}) {
+                            onclick = null, partial = () => false } = {}) {
   const top = 16;  // room for the scale label above the bars
   const width = Math.max(320, points.length * 22);
   const max = Math.max(...points.map(value), 0) || 1;
   const bw = width / Math.max(points.length, 1);
   const svg = h("svg", { viewBox: `0 0 ${width} ${top + height + 20}`, class: "chart", role: "img" });
+  const middle = top + height / 2 + 0.5;
   svg.append(h("line", { x1: 0, x2: width, y1: top + 0.5, y2: top + 0.5, class: "gridline" }),
-             h("text", { x: 2, y: 11, class: "axis" }, "max " + format(max)));
+             h("text", { x: 2, y: 11, class: "axis" }, "max " + format(max)),
+             h("line", { x1: 0, x2: width, y1: middle, y2: middle, class: "gridline" }),
+             h("text", { x: 2, y: middle - 3, class: "axis" }, format(max / 2)));
   points.forEach((p, i) => {
     const v = value(p);
     const bh = (v / max) * height;
+    const part = partial(p);
     const bar = h("rect", { x: i * bw + 2, y: top + height - bh, width: Math.max(bw - 4, 1), height: Math.max(bh, 0),
-                            class: "bar" + (onclick ? " clickable" : "") },
-                  h("title", {}, `${label(p)}: ${format(v)}`));
+                            class: "bar" + (onclick ? " clickable" : "") + (part ? " partial" : "") },
+                  h("title", {}, `${label(p)}: ${format(v)}${part ? " (today so far)" : ""}`));
     if (onclick) bar.addEventListener("click", () => onclick(p));
     svg.append(bar);
     if (points.length <= 31 && i % Math.ceil(points.length / 10) === 0) {
@@ -131,9 +148,9 @@ function lineChart(series, { height = 160, width = 480, maxY = null, guide = nul
   return svg;
 }
 
-function shareBar(share, cls) {
+function shareBar(share, cls, label) {
   return h("span", { class: "sharebar " + (cls || "") },
-           h("span", { style: null, class: "fill", "data-share": share }), pct(share));
+           h("span", { class: "track" }, h("span", { class: "fill", "data-share": share })), label || pct(share));
 }
 
 function fillShareBars(root) {
@@ -223,21 +240,22 @@ async function pageOverview(params) {
   return [
     ...behind,
     h("div", { class: "cards" },
-      card("Today", money(o.today_usd), `${int(o.today_requests)} requests`, { id: "kpi-today" }),
-      card("This month", money(o.month_usd), o.month_unpriced_requests
+      card("Today", bigMoney(o.today_usd), `${int(o.today_requests)} requests`, { id: "kpi-today" }),
+      card("This month", bigMoney(o.month_usd), o.month_unpriced_requests
         ? `${int(o.month_requests)} requests in ${o.month}; ⚠ ${int(o.month_unpriced_requests)} without a price`
         : `${int(o.month_requests)} requests in ${o.month}`, { id: "kpi-month" }),
-      card("Month-end forecast", money(o.forecast_usd), `${usd(o.daily_rate_usd)}/day: ${o.rate_basis}`,
+      card("Month-end forecast", bigMoney(o.forecast_usd), `${usd(o.daily_rate_usd)}/day: ${o.rate_basis}`,
            { id: "kpi-forecast" }),
-      card("Last month", money(o.last_month_usd), null, { id: "kpi-last-month" }),
+      card("Last month", bigMoney(o.last_month_usd), null, { id: "kpi-last-month" }),
       card("Cache read share", pct(o.cache_read_share), "of prompt tokens this month", { id: "kpi-cache" }),
-      card("Saved this month", money(o.month_saved_usd), "caching, policies and routing", { id: "kpi-saved" }),
-      card(`Selected: ${o.range.start} to ${o.range.end}`, money(o.range.cost_usd),
+      card("Saved this month", bigMoney(o.month_saved_usd), "prompt caching, policies, routing and the response cache", { id: "kpi-saved" }),
+      card(`Selected: ${o.range.start} to ${o.range.end}`, bigMoney(o.range.cost_usd),
            `${int(o.range.requests)} requests` +
              (o.range.unpriced_requests ? `; ⚠ ${int(o.range.unpriced_requests)} without a price` : ""),
            { id: "kpi-range" })),
-    section("Spend per day, last 30 days",
-      barChart(trend, { onclick: (p) => { location.hash = link("breakdown", new URLSearchParams(),
+    section(`Spend per day, last 30 days (USD, ${me.timezone}; today, lighter, is still under way)`,
+      barChart(trend, { partial: (p) => p.day === me.today,
+                        onclick: (p) => { location.hash = link("breakdown", new URLSearchParams(),
                                                                { by: "team", start: p.day, end: p.day }); } })),
     h("div", { class: "two" },
       section("Top teams this month", topTable(o.top_teams, "team")),
@@ -309,8 +327,7 @@ async function pageConcentration(params) {
            c.unattributed_requests ? `not counted: keys without a user, ${usd(c.unattributed_usd)} in ` +
              `${int(c.unattributed_requests)} requests` : "every request had a user")),
     section("Share of spend by share of users (the 80/20 curve)",
-      lineChart([{ points: curve, cls: "lorenz" }, { points: [[0, 0], [1, 1]], cls: "even" }],
-                { maxY: 1, width: 360, height: 240 }),
+      lorenzChart(curve),
       h("p", { class: "muted small" }, "Users sorted by spend, highest first. The diagonal is an even spread.")),
     section("Leaderboard", table([
       { title: "#", render: (r) => r.rank },
@@ -324,22 +341,39 @@ async function pageConcentration(params) {
   ];
 }
 
+function lorenzChart(curve) {
+  const svg = lineChart([{ points: curve, cls: "lorenz" }, { points: [[0, 0], [1, 1]], cls: "even" }],
+                        { maxY: 1, width: 360, height: 240 });
+  svg.append(h("text", { x: 4, y: 12, class: "axis" }, "100% of spend"),
+             h("text", { x: 4, y: 236, class: "axis" }, "0%"),
+             h("text", { x: 356, y: 236, class: "axis", "text-anchor": "end" }, "100% of users (highest spend first) →"),
+             h("text", { x: 72, y: 20 + 0.2 * 220, class: "axis" }, "↑ share of spend"));
+  for (const p of curve.filter((_, i) => i % Math.ceil(curve.length / 12) === 0)) {
+    svg.append(h("circle", { cx: p[0] * 360, cy: 240 - p[1] * 240, r: 2.5, class: "dot" },
+                 h("title", {}, `top ${pct(p[0])} of users: ${pct(p[1])} of spend`)));
+  }
+  return svg;
+}
+
 async function pageSavings(params) {
   const s = await api("savings", scopeParams(params));
   const cols = (dim) => [
     { title: dim, render: (r) => none(r.group) },
     { title: "spent", num: true, render: (r) => cost(r) },
-    { title: "caching saved", num: true, render: (r) => money(r.cache_saved_usd) },
+    { title: "prompt cache saved", num: true, render: (r) => money(r.cache_saved_usd) },
     { title: "policies saved", num: true, render: (r) => money(r.policy_saved_usd) },
     { title: "routing saved", num: true, render: (r) => money(r.routing_saved_usd) },
     { title: "blocked", num: true, render: (r) => int(r.blocked) },
   ];
   return [
     h("div", { class: "cards" },
-      card("Spent", money(s.cost_usd), `would have been ${usd(s.counterfactual_usd)}`, { id: "sav-spent" }),
-      card("Saved in all", money(s.saved_usd), null, { id: "sav-total" }),
-      card("Prompt caching", money(s.cache_saved_usd), `${pct(s.cache_read_share)} of prompt tokens read from cache`,
+      card("Spent", bigMoney(s.cost_usd), `would have been ${usd(s.counterfactual_usd)}`, { id: "sav-spent" }),
+      card("Saved by tokenctl", bigMoney(s.tokenctl_saved_usd), "model policies, routing and the response cache",
+           { id: "sav-tokenctl" }),
+      card("Saved by the provider's prompt cache", bigMoney(s.cache_saved_usd),
+           `${pct(s.cache_read_share)} of prompt tokens read from cache: the provider's discount, not tokenctl's`,
            { id: "sav-cache" }),
+      card("Saved in all", money(s.saved_usd), "both together", { id: "sav-total" }),
       card("Model policies", money(s.policy_saved_usd), "downgrades and default-model rewrites", { id: "sav-policy" }),
       card("Routing", money(s.routing_saved_usd), "easy work sent to cheaper models", { id: "sav-routing" }),
       card("Response cache", money(s.response_cache_saved_usd), `${int(s.response_cache_hits)} repeats answered from the cache`,
@@ -354,8 +388,8 @@ async function pageSavings(params) {
 
 async function pageSessions(params, arg) {
   if (arg) return sessionDetail(decodeURIComponent(arg), params);
-  const data = await api("sessions", scopeParams(params));
-  return [section("Most expensive sessions", table([
+  const data = await api("sessions", withFind(params));
+  return [section("Most expensive sessions", searchBox("sessions", params, "session id (its start) or user"), table([
     { title: "session", render: (r) => h("code", {}, r.session_id) },
     { title: "user", render: (r) => none(r.user) },
     { title: "team", render: (r) => none(r.team) },
@@ -371,6 +405,24 @@ async function pageSessions(params, arg) {
     cutNote(data, "sessions"))];
 }
 
+function withFind(params) {
+  const q = scopeParams(params);
+  if (params.get("find")) q.set("find", params.get("find"));
+  return q;
+}
+
+// A search box for a list page: what it finds is in the URL, so a search can be shared.
+function searchBox(page, params, what) {
+  return h("form", { class: "filters-bar search", role: "search", onsubmit: (e) => {
+    e.preventDefault();
+    location.hash = link(page, params, { find: e.currentTarget.find.value.trim() || null });
+  } },
+    h("input", { name: "find", type: "search", placeholder: "Find: " + what, "aria-label": "find " + what,
+                 value: params.get("find") || "", size: "36" }),
+    h("button", { type: "submit" }, "Find"),
+    params.get("find") ? h("a", { href: link(page, params, { find: null }) }, "clear") : null);
+}
+
 // Says when a list shows only its first rows, instead of stopping silently.
 function cutNote(data, noun) {
   return data.more ? h("p", { class: "muted small cut-note" },
@@ -378,11 +430,43 @@ function cutNote(data, noun) {
                    : null;
 }
 
+// Lines broken at failed turns (a failed turn carried no context: drawing it as 0 would look like a cache
+// break), with a marker where each failed turn was.
+function turnSegments(turns, value) {
+  const n = Math.max(turns.length - 1, 1);
+  const segments = [[]];
+  turns.forEach((t, i) => {
+    if (t.failed) { if (segments[segments.length - 1].length) segments.push([]); return; }
+    segments[segments.length - 1].push([i / n, value(t)]);
+  });
+  return segments.filter((points) => points.length);
+}
+
+function sessionChart(turns) {
+  const width = 720, height = 160;
+  const svg = lineChart([...turnSegments(turns, (t) => t.prompt_tokens).map((points) => ({ points, cls: "context" })),
+                         ...turnSegments(turns, (t) => t.cache_read_tokens).map((points) => ({ points, cls: "cached" }))],
+                        { width, height });
+  const n = Math.max(turns.length - 1, 1);
+  turns.forEach((t, i) => {
+    if (!t.failed) return;
+    svg.append(h("circle", { cx: (i / n) * width, cy: height - 4, r: 4, class: "failed-turn" },
+                 h("title", {}, `turn ${i + 1} failed: ${t.status} ${t.outcome}, ${usd(t.cost_usd)}`)));
+  });
+  const top = Math.max(1, ...turns.map((t) => t.prompt_tokens));
+  svg.append(h("text", { x: 2, y: 11, class: "axis" }, `${compact(top)} tokens`),
+             h("text", { x: 2, y: height - 2, class: "axis" }, "0"));
+  return svg;
+}
+
+function humanSeconds(seconds) {
+  if (seconds < 90) return `${seconds.toFixed(1)} s`;
+  if (seconds < 5400) return `${(seconds / 60).toFixed(1)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
 async function sessionDetail(id, params) {
   const s = await api("sessions/" + encodeURIComponent(id), scopeParams(params));
-  const n = Math.max(s.turns.length - 1, 1);
-  const ctx = s.turns.map((t, i) => [i / n, t.prompt_tokens]);
-  const cached = s.turns.map((t, i) => [i / n, t.cache_read_tokens]);
   return [
     h("p", {}, h("a", { href: link("sessions", params) }, "← sessions")),
     h("h2", {}, "Session ", h("code", {}, s.session_id)),
@@ -393,14 +477,16 @@ async function sessionDetail(id, params) {
       card("Context growth", `${int(s.first_context_tokens)} → ${int(s.last_context_tokens)}`,
            `largest ${int(s.max_context_tokens)} tokens`),
       card("Retries and failures", int(s.retries), `${usd(s.failed_cost_usd)} spent on failed attempts`),
-      card("Models", h("span", { class: "small-value" }, s.models.join(", ") || "(none)"))),
-    section("Context per turn (prompt tokens; the lower line is what came from cache)",
-      lineChart([{ points: ctx, cls: "context" }, { points: cached, cls: "cached" }], { width: 720 })),
-    section("Turns", requestTable(s.turns, params)),
+      card("Models", h("span", { class: "small-value" }, s.models.join(", ") || "(none)")),
+      card("Duration", humanSeconds(s.duration_s), `${time(s.started)} to ${time(s.ended)}`, { id: "session-duration" }),
+      card("Project", h("span", { class: "small-value" }, s.projects.join(", ") || "(none)"))),
+    section("Context per turn (prompt tokens; the lower line is what came from cache; red marks are failed turns)",
+      sessionChart(s.turns)),
+    section("Turns", requestTable(s.turns, params, true)),
   ];
 }
 
-function requestTable(rows, params) {
+function requestTable(rows, params, running) {
   return table([
     { title: "time", render: (r) => time(r.ts) },
     { title: "user", render: (r) => none(r.user) },
@@ -411,16 +497,18 @@ function requestTable(rows, params) {
     { title: "cache read", num: true, render: (r) => pct(r.cache_read_share) },
     { title: "output", num: true, render: (r) => int(r.output_tokens) },
     { title: "cost", num: true, key: "cost", render: (r) => cost(r) },
+    running ? { title: "running total", num: true, render: (r) => money(r.running_usd) } : null,
     { title: "latency", num: true, render: (r) => `${int(Math.round(r.duration_ms))} ms` },
     { title: "policy", render: (r) => r.policy || "" },
-  ], rows, { id: "requests-table",
+  ].filter(Boolean), rows, { id: "requests-table",
              onclick: (r) => { location.hash = link("requests/" + encodeURIComponent(r.request_id), params); } });
 }
 
 async function pageRequests(params, arg) {
   if (arg) return requestDetail(decodeURIComponent(arg), params);
-  const data = await api("requests", scopeParams(params));
-  return [section("Latest requests", requestTable(data.rows, params), cutNote(data, "requests"))];
+  const data = await api("requests", withFind(params));
+  return [section("Latest requests", searchBox("requests", params, "request id, session id or user"),
+                  requestTable(data.rows, params), cutNote(data, "requests"))];
 }
 
 const DETAIL_FIELDS = [
@@ -475,14 +563,20 @@ function budgetTable(rows) {
     { title: "period", render: (r) => r.period },
     { title: "action", render: (r) => r.action },
     { title: "used", render: (r) => shareBar(r.used_percent / 100, r.used_percent >= 100 ? "over"
-                                                                  : r.used_percent >= 80 ? "warn" : "") },
+                                                                  : r.used_percent >= 80 ? "warn" : "",
+                                             r.used_percent >= 100 ? "exhausted" : `${r.used_percent}%`) },
     { title: "spent", num: true, render: (r) => money(r.spent_usd) },
     { title: "reserved", num: true, render: (r) => money(r.reserved_usd) },
     { title: "limit", num: true, render: (r) => money(r.limit_usd) },
     { title: "burn-down", render: (r) => burnDown(r) },
-    { title: "runs out", render: (r) => r.projected_exhaustion ? r.projected_exhaustion.replace("T", " ")
-                                                               : (r.burn_down ? "not before reset" : "") },
-    { title: "resets", render: (r) => r.resets_at ? r.resets_at.replace("T", " ").slice(0, 16) : "never" },
+    { title: "forecast", render: (r) => r.forecast ? h("span", { class: Number(r.forecast.over_usd) > 0 ? "bad" : "" },
+                                                      r.forecast.text) : "" },
+    { title: "runs out", render: (r) => r.used_percent >= 100 ? "exhausted"
+      : r.projected_exhaustion ? r.projected_exhaustion.replace("T", " ").slice(0, 16)
+      : (r.burn_down ? "not before reset" : "") },
+    { title: "resets", render: (r) => r.period.startsWith("rolling")
+      ? `rolling: spend drops out ${r.period.replace("rolling_", "")} after it was made`
+      : r.resets_at ? r.resets_at.replace("T", " ").slice(0, 16) : "never" },
   ], rows, { empty: "No budgets are configured. Add them in the config file or with tokenctl budgets set.",
              id: "budgets-table" });
 }
@@ -494,9 +588,24 @@ function burnDown(r) {
   return lineChart([{ points: pts, cls: "burn" }], { width: 120, height: 28, guide: Number(r.limit_usd) });
 }
 
-async function pageBudgets() {
+async function pageBudgets(params) {
   const b = await api("budgets");
-  return [section("Budgets", budgetTable(b.rows),
+  const scope = params.get("scope") || "";
+  const find = (params.get("find") || "").toLowerCase();
+  const rows = b.rows.filter((r) => (!scope || r.scope === scope)
+    && (!find || `${r.budget} ${r.member}`.toLowerCase().includes(find)));
+  const scopes = [...new Set(b.rows.map((r) => r.scope))].sort();
+  const controls = h("form", { class: "filters-bar", id: "budget-filter", onsubmit: (e) => {
+    e.preventDefault();
+    const form = e.currentTarget;
+    location.hash = link("budgets", params, { scope: form.scope.value || null, find: form.find.value.trim() || null });
+  } },
+    h("label", {}, "Scope ", h("select", { name: "scope" }, h("option", { value: "" }, "all"),
+      scopes.map((x) => h("option", { value: x, selected: x === scope }, x)))),
+    h("label", {}, "Budget or member ", h("input", { name: "find", type: "search", value: params.get("find") || "" })),
+    h("button", { type: "submit" }, "Filter"),
+    h("span", { class: "muted small" }, `${int(rows.length)} of ${int(b.rows.length)} budget rows`));
+  return [section("Budgets", controls, budgetTable(rows),
     h("p", { class: "muted small" }, "Spent and reserved are live from the gateway. \"Runs out\" extends the " +
       "average spend per day since the period began; the burn-down line climbs towards the limit line."))];
 }
@@ -759,8 +868,10 @@ async function start() {
     b.addEventListener("click", () => setRange(...preset(b.dataset.preset)));
   }
   for (const id of ["start", "end"]) {
-    document.getElementById(id).addEventListener("change", () =>
-      setRange(document.getElementById("start").value, document.getElementById("end").value));
+    document.getElementById(id).addEventListener("change", () => {
+      const start = document.getElementById("start"), end = document.getElementById("end");
+      if (start.checkValidity() && end.checkValidity()) setRange(start.value, end.value);
+    });
   }
   const menu = document.getElementById("menu");
   menu.addEventListener("click", () => {
