@@ -221,6 +221,13 @@ def _prepare(call: Call, body_changed: bool) -> UpstreamRequest:
     upstream = call.gw.upstreams[route.provider.name]
     if route.upstream_api is None:
         call.upstream_dialect, call.translation, call.translator = call.dialect, None, None
+        followed = call.admission.stream if call.admission is not None else None
+        if followed is not None and followed.assemble:  # streamed upstream so a budget can stop it; JSON back
+            note = "streamed upstream and assembled: its reservation grows with the output"
+            call.entry.policy = [*(call.entry.policy or []), note]
+            return upstream.prepare(
+                call.dialect.api, call.request.headers, raw, {**body, "stream": True}, route, body_changed=True
+            )
         return upstream.prepare(call.dialect.api, call.request.headers, raw, body, route, body_changed=body_changed)
     call.translation = translation = TRANSLATIONS[(call.dialect.api, route.upstream_api)]
     try:

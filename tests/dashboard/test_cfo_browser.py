@@ -78,7 +78,7 @@ def test_pickers_take_iso_dates_and_charts_have_a_scale(seeded: Seeded, browser:
     page.locator("#end").dispatch_event("change")
     page.wait_for_url("**start=2026-10-01&end=2026-10-31")
     page.wait_for_selector("main[data-page='overview'][aria-busy='false']")
-    chart = page.locator("svg.chart").first
+    chart = page.locator("#trend-30d svg.chart")
     assert "max $" in (chart.text_content() or "") and len(chart.locator("line.gridline").all()) == 2
     today = chart.locator("rect.bar.partial")
     assert today.count() == 1 and "(today so far)" in (today.locator("title").text_content() or "")
@@ -148,4 +148,42 @@ def test_a_session_shows_failed_turns_running_cost_and_duration(seeded: Seeded, 
     assert Decimal(last.locator(".usd").get_attribute("data-usd")) == exact(sum(t[2] for t in turns))
     assert "to" in page.locator("#session-duration").inner_text()
     tab.shot("admin-session-failed-turns")
+    tab.close()
+
+
+def test_spend_over_time_is_stacked_and_compared_with_the_previous_period(seeded: Seeded, browser: Any) -> None:
+    by_model = dict(
+        seeded.sql(
+            "SELECT model, SUM(cost_nanousd) FROM requests WHERE day >= '2026-11-01' AND day <= '2026-11-20'"
+            " GROUP BY model"
+        )
+    )
+    now = sum(by_model.values())
+    before = seeded.sql("SELECT SUM(cost_nanousd) FROM requests WHERE day >= '2026-10-12' AND day <= '2026-10-31'")[0][
+        0
+    ]
+    tab = Page(browser, seeded.url, ADMIN_KEY)
+    page = tab.open("overview")
+    data = page.request.get(f"{seeded.url}/ui/api/stacked?by=model&start=2026-11-01&end=2026-11-20").json()
+    assert len(data["days"]) == 20 and data["previous_start"] == "2026-10-12"
+    for series in data["series"]:  # five models: no "other" needed, each summing to the ledger's figure
+        assert sum(Decimal(v) for v in series["usd"]) == exact(by_model[series["group"]])
+    assert page.locator("#stacked-spend rect.seg").count() > 20
+    expected = (now - before) / before * 100
+    assert f"{'+' if expected > 0 else ''}{expected:.1f}%" in page.locator("#stack-change").inner_text()
+    page.click("#stack-tabs a:has-text('team')")
+    page.wait_for_url("**stack=team")
+    page.wait_for_selector("main[data-page='overview'][aria-busy='false']")
+    assert "payments" in page.locator("#stacked-spend .legend").inner_text()
+    web_now, web_before = (
+        seeded.sql(
+            "SELECT SUM(cost_nanousd) FROM requests WHERE team = 'search' AND day >= ? AND day <= ?", start, end
+        )[0][0]
+        for start, end in (("2026-11-01", "2026-11-20"), ("2026-10-12", "2026-10-31"))
+    )
+    breakdown = tab.open("breakdown?by=team")
+    row = breakdown.locator("#breakdown-table tbody tr", has_text="search").first.inner_text()
+    change = (web_now - web_before) / web_before * 100
+    assert f"{'+' if change > 0 else ''}{change:.1f}%" in row
+    tab.shot("admin-overview-stacked")
     tab.close()

@@ -244,8 +244,6 @@ def test_team_viewer_sees_only_its_team(seeded: Seeded, browser: Any) -> None:
     tab.close()
 
 
-
-
 def test_unpriced_requests_are_flagged_not_shown_as_plain_zero(make_gateway: Any, browser: Any) -> None:
     import httpx2 as httpx
 

@@ -35,7 +35,12 @@ def _sum(samples: dict[Any, float], name: str, **labels: str) -> float:
 
 
 def test_metrics_match_the_ledger_and_carry_no_user_labels(make_gateway: Any) -> None:
-    live = make_gateway({"budgets": [{"name": "org-cap", "scope": "org", "limit_usd": "0.03"}]})
+    live = make_gateway(
+        {
+            "budgets": [{"name": "org-cap", "scope": "org", "limit_usd": "0.03"}],
+            "enforcement": {"stream_step_tokens": 0},  # worst cases reserved whole: the 402 below needs it
+        }
+    )
     anthropic = {"x-api-key": live.key, "anthropic-version": "2023-06-01", "x-fake-usage": "input=100,output=40"}
     with httpx.Client(timeout=10) as client:
         for _ in range(3):

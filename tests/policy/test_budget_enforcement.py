@@ -86,8 +86,14 @@ def test_200_concurrent_requests_from_many_keys_never_pass_a_1_dollar_cap(make_g
 
 
 def test_50_concurrent_requests_against_a_budget_that_fits_5_admit_exactly_5(make_gateway: Any) -> None:
-    # haiku 4.5: $1/M input, $5/M output; max_tokens 2000 -> $0.01 output plus a small input share.
-    live = make_gateway({"budgets": [{"name": "tiny", "scope": "user", "match": "alice", "limit_usd": "0.0525"}]})
+    # haiku 4.5: $1/M input, $5/M output; max_tokens 2000 -> $0.01 output plus a small input share. Reserved
+    # whole (stream_step_tokens 0), as answers tokenctl cannot follow are: the test counts exact admissions.
+    live = make_gateway(
+        {
+            "budgets": [{"name": "tiny", "scope": "user", "match": "alice", "limit_usd": "0.0525"}],
+            "enforcement": {"stream_step_tokens": 0},
+        }
+    )
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=60)) as client:
@@ -156,7 +162,10 @@ def test_spend_survives_a_restart_and_the_counter_equals_the_ledger(
     from tokenctl.app import create_app
 
     # Each request reserves ~$0.0101 and settles ~$0.0051: two fit in $0.02, a third only if spend were lost.
-    budgets = {"budgets": [{"name": "cap", "scope": "user", "match": "alice", "limit_usd": "0.02"}]}
+    budgets = {
+        "budgets": [{"name": "cap", "scope": "user", "match": "alice", "limit_usd": "0.02"}],
+        "enforcement": {"stream_step_tokens": 0},  # reserved whole, so the reservation sizes above hold
+    }
     live = make_gateway(budgets)
     with httpx.Client(timeout=30) as client:
         for _ in range(2):
@@ -447,6 +456,7 @@ def fallback_config(limit: str) -> dict[str, Any]:
             "default_tier": "economy",
         },
         "budgets": [{"name": "team-cap", "scope": "team", "limit_usd": limit}],
+        "enforcement": {"stream_step_tokens": 0},  # worst cases reserved whole: the prices compared here
     }
 
 

@@ -168,6 +168,53 @@ def daily(db: Database, view: View) -> dict[str, dict[str, Any]]:
     return {row["group"]: row for row in breakdown(db, view, "day", limit=10_000)}
 
 
+STACK_BY = ("model", "team", "tool", "provider", "project")
+
+
+def previous(view: View) -> View:
+    """The period of the same length just before the view's (for "change against the previous period")."""
+    assert view.start is not None and view.end is not None
+    days = (view.end - view.start).days + 1
+    return View(view.team, view.filters, view.start - timedelta(days=days), view.start - timedelta(days=1))
+
+
+def stacked(db: Database, view: View, by: str, top: int = 5) -> dict[str, Any]:
+    """Spend per day of the view split by ``by``: its ``top`` groups by spend, the rest summed as "other"; and
+    what the same-length period before cost."""
+    if by not in STACK_BY:
+        raise ValueError(f"by: one of {', '.join(STACK_BY)}")
+    assert view.start is not None and view.end is not None
+    column = DIMENSIONS[by]
+    where, params = view.rollup_where()
+    rows = db.execute(
+        f"SELECT day, {column}, SUM(cost_nanousd) FROM {view.table(by)} WHERE {where} GROUP BY day, {column}", params
+    ).fetchall()
+    by_group: dict[str, int] = {}
+    for _, group, nanos in rows:
+        by_group[group] = by_group.get(group, 0) + int(nanos or 0)
+    leaders = [g for g, _ in sorted(by_group.items(), key=lambda item: (-item[1], item[0]))[:top]]
+    days = [(view.start + timedelta(days=i)).isoformat() for i in range((view.end - view.start).days + 1)]
+    index = {d: i for i, d in enumerate(days)}
+    names = [*leaders, "other"] if len(by_group) > top else leaders
+    series = {g: [0] * len(days) for g in names}
+    for day, group, nanos in rows:
+        name = group if group in series else "other"
+        series[name][index[day]] += int(nanos or 0)
+    before = previous(view)
+    earlier = totals(db, before)["cost_nanousd"]
+    now = sum(by_group.values())
+    return {
+        "by": by,
+        "days": days,
+        "series": [{"group": g, "usd": [usd(n) for n in series[g]]} for g in names],
+        "total_usd": usd(now),
+        "previous_usd": usd(earlier),
+        "previous_start": str(before.start),
+        "previous_end": str(before.end),
+        "change": round((now - earlier) / earlier, 4) if earlier else None,
+    }
+
+
 def concentration(db: Database, view: View, top: int = 10) -> dict[str, Any]:
     """How concentrated spend is across users: the top 20 %'s share, the Lorenz curve and a leaderboard.
 
@@ -351,8 +398,10 @@ def sessions(db: Database, view: View, limit: int = 100, find: str | None = None
     """The most expensive sessions active in the view's days; ``find``: a session id's start, or a user."""
     unknown = sorted(set(view.filters) - {"team", "user", "project", "tool", "model"})
     if unknown:
-        raise ValueError(f"sessions cannot be filtered by {', '.join(unknown)} (sessions are kept per team, user, "
-                         "project, tool and model)")
+        raise ValueError(
+            f"sessions cannot be filtered by {', '.join(unknown)} (sessions are kept per team, user, "
+            "project, tool and model)"
+        )
     clauses, params = ["1 = 1"], []
     if find:
         clauses.append("(session_id LIKE ? ESCAPE '\\' OR user = ?)")

@@ -2,7 +2,7 @@
 
     GET  /ui/                          the single-page dashboard (login form when not signed in)
     POST /ui/login, /ui/logout         form sign-in with the admin key or a team viewer key
-    GET  /ui/api/me | overview | breakdown?by= | concentration | savings | sessions[/{id}] | requests[/{id}]
+    GET  /ui/api/me | overview | breakdown?by= | stacked?by= | concentration | savings | sessions[/{id}] | requests[/{id}]
          | budgets | approvals | audit | health
     POST /ui/api/approvals/{id}/approve|deny   admin only
     POST /ui/api/loops/{subject}/resume        admin only
@@ -343,13 +343,29 @@ async def _breakdown(dash: Dashboard, request: web.Request, viewer: Viewer, rest
     by = request.query.get("by", "team")
     limit = _limit(request, 500)
     rows, total = await dash.reader.run(lambda db: queries.breakdown_with_total(db, view, by, limit))
+    before = queries.previous(view)
+    earlier = (
+        {}
+        if by == "day"
+        else {
+            r["group"]: r["cost_usd"]
+            for r in await dash.reader.run(lambda db: queries.breakdown(db, before, by, 10_000))
+        }
+    )
     return {
+        "previous": {"start": str(before.start), "end": str(before.end), "cost_usd": earlier},
         "by": by,
         "start": str(view.start),
         "end": str(view.end),
         "rows": [queries.public(r) for r in rows],
         "total": queries.public(total),
     }
+
+
+async def _stacked(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:
+    view = view_of(request, viewer, dash.now().date())
+    by = request.query.get("by", "model")
+    return await dash.reader.run(lambda db: queries.stacked(db, view, by))
 
 
 async def _concentration(dash: Dashboard, request: web.Request, viewer: Viewer, rest: list[str]) -> Any:
@@ -466,6 +482,7 @@ _API: dict[tuple[str, str], Handler] = {
     ("GET", "overview"): _overview,
     ("GET", "breakdown"): _breakdown,
     ("GET", "concentration"): _concentration,
+    ("GET", "stacked"): _stacked,
     ("GET", "savings"): _savings,
     ("GET", "sessions"): _sessions,
     ("GET", "requests"): _requests,

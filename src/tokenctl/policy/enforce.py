@@ -415,14 +415,17 @@ class Enforcer:
 
         worst = cost(in_tokens, limit)
         step = self.settings.stream_step_tokens
-        first = first_share(body, api, route.provider.kind, route.upstream_model, limit, step)
+        streams = body.get("stream") is True
+        native = route.upstream_api is None and route.provider.kind == "anthropic"
+        assemble = not streams and api == "anthropic.messages" and native
+        first = first_share(body, api, route.provider.kind, route.upstream_model, limit, step, streams or assemble)
         if first is None or estimate.input_unknown(body, api):
             return worst, self._reservation(entry, body, api, worst), None
         reserved = min(cost(in_tokens, first), self.settings.reservation_ceiling_usd)
         # What it holds for the input: all of the estimate, or less when the ceiling cut it (then Anthropic's
         # message_start grows it to the real count before any output).
         for_input = max(0, to_nanos(reserved) - to_nanos(cost(0, first, 0)))
-        followed = StreamBudget(step, to_nanos(cost(0, step, 0)), first, limit, for_input)
+        followed = StreamBudget(step, to_nanos(cost(0, step, 0)), first, limit, for_input, assemble=assemble)
         return worst, reserved, followed
 
     def _expected_cost(
@@ -458,7 +461,7 @@ class Enforcer:
                 self._outputs.popitem(last=False)
         seen.append(entry.usage.output_tokens)
 
-    async def keep_up(self, admission: Admission, entry: LedgerEntry, meter: StreamMeter) -> str | None:
+    async def keep_up(self, admission: Admission, entry: LedgerEntry, meter: StreamMeter) -> GatewayError | None:
         """Called as a followed stream's events pass: grow its reservation to what the output needs (and to the
         real input, once Anthropic's message_start says it). Answers why the stream must stop, or None."""
         followed, budget = admission.stream, admission.budget
@@ -479,10 +482,12 @@ class Enforcer:
         except BudgetExceeded as exc:
             self._audit_stop(entry, exc)
             self._decide(entry, "budget", f"stopped mid-stream: {exc.budget} exhausted", rule=exc.budget, quiet=True)
-            return exc.message
+            return exc
         except Exception:  # the store failed: stop rather than let the stream run on unchecked
             log.exception("growing the reservation of request %s failed", entry.request_id)
-            return "tokenctl cannot check budgets right now (budget store unavailable); the answer was stopped here"
+            return BudgetStoreUnavailable(
+                "tokenctl cannot check budgets right now (budget store unavailable); the answer was stopped here"
+            )
         finally:
             entry.reserved_usd = to_usd(budget.amount)
         return None

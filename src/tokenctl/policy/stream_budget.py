@@ -8,7 +8,8 @@ cap stops a stream mid-answer instead of being passed by whatever the stream goe
 
 What cannot be followed reserves its whole worst case at admission, as before: output the provider bills but
 does not stream (OpenAI reasoning models' hidden reasoning, Anthropic thinking without a stated budget), and
-answers that are not streamed. Anthropic extended thinking with ``budget_tokens`` reserves that budget up front
+answers that are not streamed, except Anthropic Messages requests to an Anthropic provider: those are streamed
+upstream and put together for the client (``providers/assemble.py``), so a budget stops them too, with a 402. Anthropic extended thinking with ``budget_tokens`` reserves that budget up front
 plus the first step (the thinking it streams is a summary of what it bills). Anthropic's ``message_start``
 carries the real input count: a reservation that estimated less is grown to it before any output flows.
 """
@@ -30,15 +31,19 @@ class StreamBudget:
     input_nanos: int  # what the reservation holds for the input (Anthropic's message_start is compared with it)
     input_checked: bool = False
     steps: int = 0  # top-ups taken (the ledger notes them)
+    assemble: bool = False  # the client asked for JSON: streamed upstream, put together for it
 
     def wants_more(self, seen_tokens: int) -> bool:
         """Half a step before the covered output is used up (never beyond the request's own limit)."""
         return self.covered_tokens < self.limit_tokens and seen_tokens >= self.covered_tokens - self.step_tokens // 2
 
 
-def first_share(body: dict[str, Any], api: str, provider_kind: str, model: str, limit: int, step: int) -> int | None:
-    """Output tokens to reserve at admission when the stream can be followed; None: reserve the whole limit."""
-    if body.get("stream") is not True or step <= 0:
+def first_share(
+    body: dict[str, Any], api: str, provider_kind: str, model: str, limit: int, step: int, streamed: bool = True
+) -> int | None:
+    """Output tokens to reserve at admission when the stream can be followed (``streamed``: it is, or will be,
+    streamed upstream); None: reserve the whole limit."""
+    if not streamed or step <= 0:
         return None
     hidden = hidden_output(body, api, provider_kind, model)
     return None if hidden is None else min(limit, hidden + step)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -16,10 +17,11 @@ import orjson
 from aiohttp import web
 
 from tokenctl.cache.key import CACHE_HEADER
-from tokenctl.errors import UpstreamError, UpstreamTimeout
+from tokenctl.errors import GatewayError, UpstreamError, UpstreamTimeout
 from tokenctl.gateway import CacheFill, Call
-from tokenctl.metering.stream import StreamMeter
+from tokenctl.metering.stream import StreamMeter, event_data, event_name
 from tokenctl.policy.enforce import Admission
+from tokenctl.providers.assemble import MessageAssembler
 from tokenctl.providers.upstream import DROP_RESPONSE_HEADERS, UpstreamRequest
 from tokenctl.text import header_text
 
@@ -72,6 +74,9 @@ async def forward(call: Call, up: UpstreamRequest, retry_allowed: bool = False) 
         call.answer_started(up)
         if resp.status >= 400:
             return await _relay_upstream_error(call, resp)
+        followed = call.admission.stream if call.admission is not None else None
+        if resp.content_type == "text/event-stream" and followed is not None and followed.assemble:
+            return await _relay_assembled(call, resp)
         if resp.content_type == "text/event-stream" and call.upstream_dialect.new_meter is not None:
             return await _relay_stream(call, resp, up.injected_stream_usage)
         return await _relay_json(call, resp)
@@ -144,6 +149,67 @@ async def _relay_json(call: Call, resp: aiohttp.ClientResponse) -> web.Response:
     if call.entry.response_cache is not None:
         headers[CACHE_HEADER] = call.entry.response_cache  # miss or bypass
     return web.Response(body=data, status=resp.status, headers=headers)
+
+
+async def _relay_assembled(call: Call, resp: aiohttp.ClientResponse) -> web.Response:
+    """A non-streaming request streamed upstream: metered and its reservation grown event by event, then the
+    answer put together as the JSON the client asked for; a budget with no room for more ends it with the
+    budget's 402 (nothing was sent yet), the partial output metered."""
+    assert call.admission is not None and call.upstream_dialect.new_meter is not None
+    meter = call.meter = call.upstream_dialect.new_meter(False)
+    entry, message = call.entry, MessageAssembler()
+    entry.status = resp.status
+    try:
+        async for event in _events(resp):
+            meter.feed(event)
+            stop = await call.gw.enforcer.keep_up(call.admission, entry, meter)
+            if stop is not None:
+                entry.partial = True
+                raise stop
+            name = event_name(event)
+            if name:
+                payload = _load_object(event_data(event))
+                if payload is not None:
+                    message.add(name, payload)
+    finally:
+        entry.raw_usage, entry.service_tier = meter.raw_usage, meter.service_tier
+        entry.response_model = meter.response_model
+    headers = response_headers(resp, call.request_id)
+    headers["content-type"] = "application/json"
+    if message.error is not None:  # the provider's own error, as it would have answered it without streaming
+        entry.outcome, entry.error = "upstream_error", _redacted_error(500, message.error)
+        overloaded = (message.error.get("error") or {}).get("type") == "overloaded_error"
+        entry.status = 529 if overloaded else 500
+        return web.Response(body=orjson.dumps(message.error), status=entry.status, headers=headers)
+    if not meter.terminal:
+        entry.partial = True
+        raise UpstreamError("the provider closed the answer before it was complete")
+    data = orjson.dumps(message.document())
+    if call.cache_fill is not None:
+        call.cache_fill.chunks.append(data)
+        call.cache_fill.content_type = "application/json"
+        call.cache_fill.complete = True
+    if entry.response_cache is not None:
+        headers[CACHE_HEADER] = entry.response_cache
+    return web.Response(body=data, status=resp.status, headers=headers)
+
+
+async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """Each complete SSE event of an upstream answer, with its blank line."""
+    pending = b""
+    try:
+        async for chunk in resp.content.iter_any():
+            pending += chunk.replace(b"\r\n", b"\n") if b"\r" in chunk else chunk
+            *complete, pending = pending.split(b"\n\n")
+            for event in complete:
+                if event.strip():
+                    yield event + b"\n\n"
+    except TimeoutError as exc:
+        raise UpstreamTimeout("the provider stopped sending (read timeout)") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(f"provider connection failed mid-answer ({type(exc).__name__})") from exc
+    if pending.strip():
+        yield pending + b"\n\n"
 
 
 async def _relay_upstream_error(call: Call, resp: aiohttp.ClientResponse) -> web.Response:
@@ -307,7 +373,7 @@ async def _pump(call: Call, resp: aiohttp.ClientResponse, out: web.StreamRespons
             relayed, stop = await _follow(call, followed, meter, chunk[: cut + 2])
         if stop is not None:  # the budget has no room for more: what it covered, then the reason
             await _write(out, call.translator.feed(relayed) if call.translator is not None else relayed)
-            return stop
+            return stop.message
         if call.translator is not None:
             relayed = call.translator.feed(relayed)
         elif meter.terminal and not call.finished:
@@ -321,7 +387,9 @@ async def _pump(call: Call, resp: aiohttp.ClientResponse, out: web.StreamRespons
     return None
 
 
-async def _follow(call: Call, followed: Admission, meter: StreamMeter, block: bytes) -> tuple[bytes, str | None]:
+async def _follow(
+    call: Call, followed: Admission, meter: StreamMeter, block: bytes
+) -> tuple[bytes, GatewayError | None]:
     """Meter a stream-metered answer event by event, growing its reservation as it goes: (the events its
     reservation covers, why it must stop or None). The event that needed more than the budget has is not sent."""
     sent: list[bytes] = []

@@ -133,6 +133,46 @@ function barChart(points, { height = 160, label = (p) => p.label, value = (p) =>
   return svg;
 }
 
+// Spend per day stacked by group (the top ones and "other"), with a legend, hover values and a scale.
+function stackedChart(data) {
+  const top = 16, height = 160, n = data.days.length;
+  const width = Math.max(320, n * 22), bw = width / Math.max(n, 1);
+  const totals = data.days.map((_, i) => data.series.reduce((a, s) => a + Number(s.usd[i]), 0));
+  const max = Math.max(...totals, 0) || 1;
+  const svg = h("svg", { viewBox: `0 0 ${width} ${top + height + 20}`, class: "chart stacked", role: "img" });
+  svg.append(h("line", { x1: 0, x2: width, y1: top + 0.5, y2: top + 0.5, class: "gridline" }),
+             h("text", { x: 2, y: 11, class: "axis" }, "max " + usd(max) + " a day"),
+             h("line", { x1: 0, x2: width, y1: top + height / 2 + 0.5, y2: top + height / 2 + 0.5, class: "gridline" }),
+             h("text", { x: 2, y: top + height / 2 - 3, class: "axis" }, usd(max / 2)));
+  data.days.forEach((day, i) => {
+    let y = top + height;
+    data.series.forEach((s, k) => {
+      const v = Number(s.usd[i]);
+      if (!v) return;
+      const bh = (v / max) * height;
+      y -= bh;
+      svg.append(h("rect", { x: i * bw + 2, y, width: Math.max(bw - 4, 1), height: bh,
+                             class: `seg s${k}` + (day === me.today ? " partial" : "") },
+                   h("title", {}, `${day} · ${none(s.group)}: ${usd(v)}` + (day === me.today ? " (today so far)" : ""))));
+    });
+    if (n <= 31 ? i % Math.ceil(n / 10) === 0 : i % Math.ceil(n / 8) === 0) {
+      svg.append(h("text", { x: i * bw + bw / 2, y: top + height + 14, class: "axis", "text-anchor": "middle" },
+                   day.slice(5)));
+    }
+  });
+  const legend = h("div", { class: "legend" }, data.series.map((s, k) => {
+    const sum = s.usd.reduce((a, v) => a + Number(v), 0);
+    return h("span", { class: "key" }, h("span", { class: `swatch s${k}` }), `${none(s.group)} ${usd(sum)}`);
+  }));
+  return h("div", {}, svg, legend);
+}
+
+function change(ratio) {
+  if (ratio === null || ratio === undefined) return "no spend before";
+  const sign = ratio > 0 ? "+" : "";
+  return h("span", { class: ratio > 0 ? "up" : "down" }, `${sign}${(ratio * 100).toFixed(1)}%`);
+}
+
 function lineChart(series, { height = 160, width = 480, maxY = null, guide = null } = {}) {
   // series: [{points: [[x 0..1, y]], cls}]
   const top = maxY || Math.max(1e-9, ...series.flatMap((s) => s.points.map((p) => p[1])), guide || 0);
@@ -230,7 +270,11 @@ function errorBox(err) { return h("p", { class: "error", role: "alert" }, "Could
 // ------------------------------------------------------------------------------------------- pages
 
 async function pageOverview(params) {
-  const [o, b] = await Promise.all([api("overview", scopeParams(params)), api("budgets")]);
+  const stackBy = params.get("stack") || "model";
+  const stackQuery = scopeParams(params);
+  stackQuery.set("by", stackBy);
+  const [o, b, st] = await Promise.all([api("overview", scopeParams(params)), api("budgets"),
+                                         api("stacked", stackQuery)]);
   const trend = o.trend.map((p) => ({ label: p.day, value: Number(p.cost_usd), day: p.day }));
   const behind = o.ledger && o.ledger.behind
     ? [h("p", { class: "error", role: "alert", id: "ledger-behind" },
@@ -248,15 +292,21 @@ async function pageOverview(params) {
            { id: "kpi-forecast" }),
       card("Last month", bigMoney(o.last_month_usd), null, { id: "kpi-last-month" }),
       card("Cache read share", pct(o.cache_read_share), "of prompt tokens this month", { id: "kpi-cache" }),
-      card("Saved this month", bigMoney(o.month_saved_usd), "prompt caching, policies, routing and the response cache", { id: "kpi-saved" }),
+      card("Saved this month", bigMoney(o.month_saved_usd), "prompt caching, policies and routing", { id: "kpi-saved" }),
       card(`Selected: ${o.range.start} to ${o.range.end}`, bigMoney(o.range.cost_usd),
            `${int(o.range.requests)} requests` +
              (o.range.unpriced_requests ? `; ⚠ ${int(o.range.unpriced_requests)} without a price` : ""),
            { id: "kpi-range" })),
+    section(`Spend per day by ${stackBy}, ${o.range.start} to ${o.range.end}`,
+      h("div", { class: "tabs", id: "stack-tabs" }, ["model", "team", "tool"].map((d) =>
+        h("a", { href: link("overview", params, { stack: d }), class: d === stackBy ? "active" : "" }, d))),
+      h("p", { class: "small", id: "stack-change" }, `${usd(st.total_usd)} against ${usd(st.previous_usd)} in the ` +
+        `previous ${st.days.length} days (${st.previous_start} to ${st.previous_end}): `, change(st.change)),
+      h("div", { id: "stacked-spend" }, stackedChart(st))),
     section(`Spend per day, last 30 days (USD, ${me.timezone}; today, lighter, is still under way)`,
-      barChart(trend, { partial: (p) => p.day === me.today,
+      h("div", { id: "trend-30d" }, barChart(trend, { partial: (p) => p.day === me.today,
                         onclick: (p) => { location.hash = link("breakdown", new URLSearchParams(),
-                                                               { by: "team", start: p.day, end: p.day }); } })),
+                                                               { by: "team", start: p.day, end: p.day }); } }))),
     h("div", { class: "two" },
       section("Top teams this month", topTable(o.top_teams, "team")),
       section("Top models this month", topTable(o.top_models, "model"))),
@@ -312,7 +362,10 @@ async function pageBreakdown(params) {
       { title: "saved", num: true, render: (r) => money(String(Number(r.cache_saved_usd) + Number(r.policy_saved_usd)
                                                                 + Number(r.routing_saved_usd))) },
       { title: "avg latency", num: true, render: (r) => `${int(Math.round(r.avg_latency_ms))} ms` },
-    ], rows, { onclick: drill, id: "breakdown-table" })),
+      by === "day" ? null : { title: `vs ${data.previous.start} to ${data.previous.end}`, num: true,
+        render: (r) => { const before = Number(data.previous.cost_usd[r.group] || 0);
+                         return before ? change((Number(r.cost_usd) - before) / before) : "new"; } },
+    ].filter(Boolean), rows, { onclick: drill, id: "breakdown-table" })),
   ];
 }
 
@@ -798,8 +851,10 @@ const PAGES = { overview: pageOverview, breakdown: pageBreakdown, concentration:
 // ------------------------------------------------------------------------------------------ shell
 
 function renderControls(params) {
-  document.getElementById("start").value = params.get("start") || monthStart();
-  document.getElementById("end").value = params.get("end") || me.today;
+  for (const [id, value] of [["start", params.get("start") || monthStart()], ["end", params.get("end") || me.today]]) {
+    const input = document.getElementById(id);
+    if (document.activeElement !== input) input.value = value;  // never under the cursor of someone typing a date
+  }
   const chips = clear(document.getElementById("filters"));
   for (const f of FILTERS) {
     if (!params.has(f)) continue;
