@@ -105,6 +105,15 @@ def test_savings_separate_the_providers_cache_from_tokenctl(seeded: Seeded, brow
     assert amount("sav-tokenctl") == exact(policy or 0) + amount("sav-response-cache")  # policies, routing, cache hits
     assert amount("sav-tokenctl") + amount("sav-cache") == amount("sav-total")
     assert "not tokenctl's" in page.locator("#sav-cache").inner_text()
+    asked = dict(
+        seeded.sql(
+            "SELECT requested_model, SUM(counterfactual_nanousd - cost_nanousd) FROM requests"
+            " WHERE ts >= '2026-11-01' AND saving_source IS NOT NULL GROUP BY requested_model"
+        )
+    )
+    assert "claude-opus-4-1" in asked  # the synthetic ledger's downgrades: asked for Opus, served on Sonnet
+    opus = page.locator("#savings-asked tbody tr", has_text="claude-opus-4-1").first
+    assert Decimal(opus.locator("td[data-col=saved] .usd").get_attribute("data-usd")) == exact(asked["claude-opus-4-1"])
     tab.close()
 
 
@@ -182,6 +191,7 @@ def test_spend_over_time_is_stacked_and_compared_with_the_previous_period(seeded
         for start, end in (("2026-11-01", "2026-11-20"), ("2026-10-12", "2026-10-31"))
     )
     breakdown = tab.open("breakdown?by=team")
+    assert breakdown.locator("#breakdown-stacked rect.seg").count() > 20
     row = breakdown.locator("#breakdown-table tbody tr", has_text="search").first.inner_text()
     change = (web_now - web_before) / web_before * 100
     assert f"{'+' if change > 0 else ''}{change:.1f}%" in row

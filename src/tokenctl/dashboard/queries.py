@@ -277,7 +277,39 @@ def savings(db: Database, view: View) -> dict[str, Any]:
         "cache_read_share": whole["cache_read_share"],
         "by_team": [_saving_row(r) for r in breakdown(db, view, "team", limit=50)],
         "by_model": [_saving_row(r) for r in breakdown(db, view, "model", limit=50)],
+        "by_model_asked": savings_by_model_asked(db, view),
     }
+
+
+def savings_by_model_asked(db: Database, view: View) -> list[dict[str, Any]]:
+    """What policies and routing saved, credited to the model the client asked for (a downgrade from Opus to
+    Sonnet saved money on Opus), and what it cost on the model that served it instead."""
+    where, params = view.requests_where()
+    rows = db.execute(
+        f"SELECT requested_model, saving_source, COUNT(*), SUM(counterfactual_nanousd - cost_nanousd),"
+        f" SUM(cost_nanousd) FROM requests WHERE saving_source IS NOT NULL AND {where}"
+        " GROUP BY requested_model, saving_source ORDER BY 4 DESC",
+        params,
+    ).fetchall()
+    out: dict[str, dict[str, Any]] = {}
+    for model, source, n, saved, spent in rows:
+        row = out.setdefault(
+            model or "", {"model_asked": model or "", "requests": 0, "policy": 0, "routing": 0, "served_cost": 0}
+        )
+        row["requests"] += int(n)
+        row[str(source) if source in ("policy", "routing") else "policy"] += int(saved or 0)
+        row["served_cost"] += int(spent or 0)
+    return [
+        {
+            "model_asked": r["model_asked"],
+            "requests": r["requests"],
+            "policy_saved_usd": usd(r["policy"]),
+            "routing_saved_usd": usd(r["routing"]),
+            "saved_usd": usd(r["policy"] + r["routing"]),
+            "served_cost_usd": usd(r["served_cost"]),
+        }
+        for r in sorted(out.values(), key=lambda r: -(r["policy"] + r["routing"]))
+    ]
 
 
 def _response_cache_hits(db: Database, view: View) -> tuple[int, int]:

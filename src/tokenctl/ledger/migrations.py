@@ -538,6 +538,12 @@ def m013_session_approvals(db: Database) -> None:
     db.execute("CREATE INDEX approvals_session ON approvals (key_id, session_id)")
 
 
+def m014_savings_index(db: Database) -> None:
+    """Requests a policy or the router served on another model (a share of all): a partial index lets the
+    Savings page credit what they saved to the model the client asked for without reading the rest."""
+    db.execute("CREATE INDEX requests_savings ON requests (ts) WHERE saving_source IS NOT NULL")
+
+
 @contextmanager
 def transaction(db: Database) -> Iterator[Database]:
     """BEGIN IMMEDIATE … COMMIT on an autocommit connection, rolled back on error."""
@@ -564,6 +570,7 @@ MIGRATIONS: list[Migration] = [
     m011_prompt_cache_misses,
     m012_cache_miss_index,
     m013_session_approvals,
+    m014_savings_index,
 ]
 
 

@@ -53,10 +53,7 @@ function bigMoney(value) {
 function compact(n) {
   return new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 }).format(n);
 }
-// Token counts in cards: 2.7B with the exact count on hover.
-function bigInt(n) {
-  return Math.abs(Number(n || 0)) < 100_000 ? int(n) : h("span", { title: int(n) + " exactly" }, compact(Number(n)));
-}
+
 function int(n) { return new Intl.NumberFormat("en-US").format(Number(n || 0)); }
 function pct(share) { return (Number(share || 0) * 100).toFixed(1) + "%"; }
 function none(v) { return v === "" || v === null || v === undefined ? "(none)" : v; }
@@ -339,8 +336,17 @@ async function pageBreakdown(params) {
     else if (by === "user") location.hash = link("sessions", params, { user: r.group, by: null });
     else location.hash = link("breakdown", params, { [by]: r.group, by: DRILL_NEXT[by] });
   };
+  const stackable = ["model", "team", "tool", "provider", "project"].includes(by);
+  let stack = null;
+  if (stackable) {
+    const q2 = scopeParams(params); q2.set("by", by);
+    stack = await api("stacked", q2);
+  }
   return [
     tabs,
+    stack ? section(`Spend per day by ${by}`, h("p", { class: "small", id: "breakdown-change" },
+      `${usd(stack.total_usd)} against ${usd(stack.previous_usd)} in the previous ${stack.days.length} days: `,
+      change(stack.change)), h("div", { id: "breakdown-stacked" }, stackedChart(stack))) : null,
     h("div", { class: "cards" },
       card("Spend", money(data.total.cost_usd), `${int(data.total.requests)} requests`, { id: "breakdown-total" }),
       card("Cache read share", pct(data.total.cache_read_share)),
@@ -435,7 +441,15 @@ async function pageSavings(params) {
     h("p", { class: "muted small" }, "Savings compare each request's cost with the same usage without prompt caching " +
       "and on the model the client asked for. A negative caching figure means cache writes cost more than reads saved."),
     h("div", { class: "two" }, section("By team", table(cols("team"), s.by_team)),
-                               section("By model", table(cols("model"), s.by_model))),
+                               section("By model that served", table(cols("model"), s.by_model))),
+    section("What policies and routing saved, by the model the client asked for", table([
+      { title: "model asked for", render: (r) => none(r.model_asked) },
+      { title: "requests served on another", num: true, render: (r) => int(r.requests) },
+      { title: "cost where served", num: true, render: (r) => money(r.served_cost_usd) },
+      { title: "policies saved", num: true, render: (r) => money(r.policy_saved_usd) },
+      { title: "routing saved", num: true, render: (r) => money(r.routing_saved_usd) },
+      { title: "saved", num: true, key: "saved", render: (r) => money(r.saved_usd) },
+    ], s.by_model_asked, { id: "savings-asked", empty: "No request was served on another model in this period." })),
   ];
 }
 
@@ -774,7 +788,8 @@ async function pageHealth(params) {
   const withTeam = (team) => link("health", params, { team });
   return [
     h("div", { class: "cards" },
-      card("Read from the prompt cache", whole[0] ? pct(whole[1] / whole[0]) : "–", `of ${int(whole[0])} prompt tokens`),
+      card("Read from the prompt cache", whole[0] ? pct(whole[1] / whole[0]) : "–",
+           h("span", { title: `${int(whole[0])} exactly` }, `of ${compact(whole[0])} prompt tokens`)),
       card("Cache misses", int(missTurns), "turns that wrote the cache instead of reading it", { id: "health-misses" }),
       card("Lost to misses", money(lost), "what the writes cost above reading"),
       card("Open loop detections", int(open.length), "paused or throttled, not resumed", { id: "health-loops" }),
