@@ -93,6 +93,25 @@ local function sum(first, count)
   end
   return s, r
 end
+-- Reserve and extend: ARGV[5] claims from ARGV[6] on (limit, counter ttl, n counters, counters). If every
+-- claim has room for `amount` more, add it to each claim's first counter and answer those counters; else
+-- answer nil and {claim index, settled, reserved} of the first that has none.
+local function hold(amount)
+  local heads, ttls, i = {}, {}, 6
+  for c = 1, tonumber(ARGV[5]) do
+    local limit, ttl, k = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+    local s, r = sum(i + 3, k)
+    if limit ~= '' and s + r + tonumber(amount) > tonumber(limit) then return nil, {c - 1, s, r} end
+    heads[c], ttls[c] = ARGV[i + 3], ttl
+    i = i + 3 + k
+  end
+  for c, head in ipairs(heads) do
+    local counter = P .. 'c:' .. head
+    redis.call('HINCRBY', counter, 'r', amount)
+    keep_for(counter, ttls[c])
+  end
+  return heads, nil
+end
 """
 
 # ARGV: prefix, id, amount, ttl_ms, n claims, then per claim: limit ('' = none), counter ttl, n counters, counters.
@@ -103,19 +122,8 @@ sweep()
 local epoch = redis.call('GET', P .. 'epoch')
 local id, amount = ARGV[2], ARGV[3]
 if redis.call('EXISTS', P .. 'r:' .. id) == 1 then return {epoch} end
-local heads, ttls, i = {}, {}, 6
-for c = 1, tonumber(ARGV[5]) do
-  local limit, ttl, k = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local s, r = sum(i + 3, k)
-  if limit ~= '' and s + r + tonumber(amount) > tonumber(limit) then return {epoch, c - 1, s, r} end
-  heads[c], ttls[c] = ARGV[i + 3], ttl
-  i = i + 3 + k
-end
-for c, head in ipairs(heads) do
-  local counter = P .. 'c:' .. head
-  redis.call('HINCRBY', counter, 'r', amount)
-  keep_for(counter, ttls[c])
-end
+local heads, refused = hold(amount)
+if refused then return {epoch, refused[1], refused[2], refused[3]} end
 redis.call('HSET', P .. 'r:' .. id, 'a', amount, 'h', cjson.encode(heads))
 redis.call('DEL', P .. 'd:' .. id)  -- a new reservation under this id (a fallback's) settles anew
 redis.call('ZADD', P .. 'exp', now_ms() + tonumber(ARGV[4]), id)
@@ -133,19 +141,8 @@ local key = P .. 'r:' .. id
 local held = tonumber(redis.call('HGET', key, 'a') or '0')
 local more = total - held
 if more <= 0 then return {epoch} end
-local heads, ttls, i = {}, {}, 6
-for c = 1, tonumber(ARGV[5]) do
-  local limit, ttl, k = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local s, r = sum(i + 3, k)
-  if limit ~= '' and s + r + more > tonumber(limit) then return {epoch, c - 1, s, r} end
-  heads[c], ttls[c] = ARGV[i + 3], ttl
-  i = i + 3 + k
-end
-for c, head in ipairs(heads) do
-  local counter = P .. 'c:' .. head
-  redis.call('HINCRBY', counter, 'r', more)
-  keep_for(counter, ttls[c])
-end
+local heads, refused = hold(more)
+if refused then return {epoch, refused[1], refused[2], refused[3]} end
 redis.call('HSET', key, 'a', total, 'h', cjson.encode(heads))
 if held == 0 then
   redis.call('DEL', P .. 'd:' .. id)

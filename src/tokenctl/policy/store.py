@@ -127,16 +127,10 @@ class MemoryStore:
         self, reservation_id: str, claims: Sequence[Claim], amount: int, expires_at: float, now: float
     ) -> Refusal | None:
         self._expire(now)
-        for index, claim in enumerate(claims):
-            if claim.limit is None:
-                continue
-            settled, reserved = self._sum(claim.counters)
-            if settled + reserved + amount > claim.limit:
-                return Refusal(index, settled, reserved)
-        heads = tuple(claim.counters[0] for claim in claims)
-        for claim in claims:
-            self._counter(claim.counters[0], claim.drop_after).reserved += amount
-        self._reservations[reservation_id] = (heads, amount)
+        refusal = self._refusal(claims, amount)
+        if refusal is not None:
+            return refusal
+        self._hold(reservation_id, claims, amount, amount)
         self._deadline[reservation_id] = expires_at
         heapq.heappush(self._expiry, (expires_at, reservation_id))
         if len(self._expiry) > 4 * len(self._reservations) + 1024:
@@ -153,16 +147,10 @@ class MemoryStore:
         more = total - (held[1] if held is not None else 0)
         if more <= 0:
             return None
-        for index, claim in enumerate(claims):
-            if claim.limit is None:
-                continue
-            settled, reserved = self._sum(claim.counters)
-            if settled + reserved + more > claim.limit:
-                return Refusal(index, settled, reserved)
-        heads = tuple(claim.counters[0] for claim in claims)
-        for claim in claims:
-            self._counter(claim.counters[0], claim.drop_after).reserved += more
-        self._reservations[reservation_id] = (heads, total)
+        refusal = self._refusal(claims, more)
+        if refusal is not None:
+            return refusal
+        self._hold(reservation_id, claims, more, total)
         if held is None:
             self._deadline[reservation_id] = expires_at
             heapq.heappush(self._expiry, (expires_at, reservation_id))
@@ -252,6 +240,22 @@ class MemoryStore:
         return None
 
     # -- internals --------------------------------------------------------------------------------
+
+    def _refusal(self, claims: Sequence[Claim], amount: int) -> Refusal | None:
+        """The first claim that has no room for ``amount`` more, or None when all do."""
+        for index, claim in enumerate(claims):
+            if claim.limit is None:
+                continue
+            settled, reserved = self._sum(claim.counters)
+            if settled + reserved + amount > claim.limit:
+                return Refusal(index, settled, reserved)
+        return None
+
+    def _hold(self, reservation_id: str, claims: Sequence[Claim], more: int, total: int) -> None:
+        """Add ``more`` to the reserved part of each claim's first counter; the reservation holds ``total``."""
+        for claim in claims:
+            self._counter(claim.counters[0], claim.drop_after).reserved += more
+        self._reservations[reservation_id] = (tuple(claim.counters[0] for claim in claims), total)
 
     def _sum(self, counters: tuple[str, ...]) -> tuple[int, int]:
         settled = reserved = 0
