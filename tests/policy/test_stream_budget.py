@@ -10,11 +10,13 @@ from decimal import Decimal
 from typing import Any
 
 import anthropic
+import httpx2 as httpx
 import openai
 import orjson
 import pytest
 
 from tests.conftest import LiveGateway
+from tokenctl.policy.store import MemoryStore
 
 CAP = {"budgets": [{"name": "team-cap", "scope": "team", "match": "payments", "limit_usd": "0.05"}]}
 SONNET = "claude-sonnet-4-5"  # $3 / $15 per million: a 1,024-token step of output is $0.01536
@@ -185,3 +187,29 @@ def test_concurrent_streams_from_both_sdks_stay_under_the_cap(make_gateway: Any)
     stopped_rows = [r for r in rows if r["outcome"] == "stream_failed"]
     assert len(stopped_rows) == outcomes.count("stopped")
     assert all("team-cap" in r["error"] for r in stopped_rows)
+
+
+class _ExtendFails(MemoryStore):
+    """Admits (reserve works) but cannot grow a reservation: the store went away mid-stream."""
+
+    async def extend(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("store down")
+
+
+def test_claude_codes_stream_stops_when_the_store_fails_mid_answer(make_gateway: Any) -> None:
+    """Claude Code's captured request shape, streamed: the reservation cannot grow because the budget store
+    failed, so the answer stops there (fail closed) with the in-stream error, instead of running unchecked."""
+    from tests.policy.test_loops import _claude_code_turn
+
+    live = make_gateway(CAP, store=_ExtendFails())
+    body, headers = _claude_code_turn(0)
+    body.update(model=SONNET, max_tokens=64_000, stream=True)
+    with httpx.stream(
+        "POST", f"{live.url}/v1/messages", json=body, headers={**headers, **LONG, "x-api-key": live.key}, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        text = b"".join(response.iter_bytes())
+    assert b"event: error" in text and b"budget store unavailable" in text
+    assert text.count(b"content_block_delta") < 200  # stopped, not the whole answer
+    (row,) = live.wait_rows(1)
+    assert row["outcome"] == "stream_failed" and Decimal(row["cost_usd"]) <= Decimal(row["reserved_usd"])

@@ -765,6 +765,18 @@ function shareChart(days) {
   return svg;
 }
 
+// One member per row (a team, user or key): its prompt tokens, cache read share and misses.
+function cacheTable(first, rows, id) {
+  return table([
+    first,
+    { title: "prompt tokens", num: true, render: (r) => int(r.prompt_tokens) },
+    { title: "read from cache", num: true, render: (r) => shareBar(r.cache_read_share) },
+    { title: "misses", num: true, render: (r) => int(r.misses) },
+    { title: "lost", num: true, render: (r) => money(r.lost_usd) },
+    { title: "top cause", render: (r) => r.top_cause },
+  ], rows, { id });
+}
+
 async function pageHealth(params) {
   const data = await api("health", scopeParams(params));
   const whole = data.days.reduce((a, d) => [a[0] + d.prompt_tokens, a[1] + d.cache_read_share * d.prompt_tokens],
@@ -804,30 +816,12 @@ async function pageHealth(params) {
       { title: "what to do", render: (r) => r.advice },
     ], data.causes, { id: "health-causes", empty: "No misses named (observability.cache_alarm_misses turns it on)." }),
       data.misses_cut ? h("p", { class: "muted small" }, "Counted from the first 200,000 misses only.") : null),
-    section("Teams", table([
-      { title: "team", render: (r) => h("a", { href: withTeam(r.team) }, none(r.team)) },
-      { title: "prompt tokens", num: true, render: (r) => int(r.prompt_tokens) },
-      { title: "read from cache", num: true, render: (r) => shareBar(r.cache_read_share) },
-      { title: "misses", num: true, render: (r) => int(r.misses) },
-      { title: "lost", num: true, render: (r) => money(r.lost_usd) },
-      { title: "top cause", render: (r) => r.top_cause },
-    ], data.teams, { id: "health-teams" })),
-    section("Users (top 50 by spend)", table([
-      { title: "user", render: (r) => none(r.user) },
-      { title: "prompt tokens", num: true, render: (r) => int(r.prompt_tokens) },
-      { title: "read from cache", num: true, render: (r) => shareBar(r.cache_read_share) },
-      { title: "misses", num: true, render: (r) => int(r.misses) },
-      { title: "lost", num: true, render: (r) => money(r.lost_usd) },
-      { title: "top cause", render: (r) => r.top_cause },
-    ], data.users, { id: "health-users" })),
-    section("Keys (top 50 by spend)", table([
-      { title: "key", render: (r) => h("code", {}, none(r.key)) },
-      { title: "prompt tokens", num: true, render: (r) => int(r.prompt_tokens) },
-      { title: "read from cache", num: true, render: (r) => shareBar(r.cache_read_share) },
-      { title: "misses", num: true, render: (r) => int(r.misses) },
-      { title: "lost", num: true, render: (r) => money(r.lost_usd) },
-      { title: "top cause", render: (r) => r.top_cause },
-    ], data.keys, { id: "health-keys" })),
+    section("Teams", cacheTable({ title: "team", render: (r) => h("a", { href: withTeam(r.team) }, none(r.team)) },
+                                data.teams, "health-teams")),
+    section("Users (top 50 by spend)", cacheTable({ title: "user", render: (r) => none(r.user) }, data.users,
+                                                  "health-users")),
+    section("Keys (top 50 by spend)", cacheTable({ title: "key", render: (r) => h("code", {}, none(r.key)) },
+                                                 data.keys, "health-keys")),
     section("Loop detections", table([
       { title: "session or key", render: (r) => h("code", {}, r.subject) },
       { title: "rule", key: "rule" },
