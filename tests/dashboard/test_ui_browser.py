@@ -307,6 +307,58 @@ def test_tables_sort_by_any_column_and_export_csv_with_exact_amounts(seeded: See
     tab.close()
 
 
+def test_token_counts_are_humanised_with_the_exact_count_for_hover_sorting_and_csv(
+    seeded: Seeded, browser: Any
+) -> None:
+    import csv
+    import io
+    import re
+
+    expected = dict(
+        seeded.sql(
+            "SELECT team, SUM(input_tokens) FROM requests WHERE ts >= '2026-10-01' AND ts < '2026-11-01' GROUP BY team"
+        )
+    )
+    assert max(expected.values()) >= 10_000  # at least one count is big enough to be shortened
+    tab = Page(browser, seeded.url, ADMIN_KEY)
+    page = tab.open("breakdown?by=team&start=2026-10-01&end=2026-10-31")
+    grid = page.locator("#breakdown-table")
+    column = [c.inner_text() for c in grid.locator("thead th").all()].index("input")
+
+    def shown() -> dict[str, tuple[str, str | None, int]]:
+        out = {}
+        for row in grid.locator("tbody tr").all():
+            cell = row.locator("td").nth(column)
+            exact_span = cell.locator("[data-value]")
+            if exact_span.count():
+                value = int(exact_span.get_attribute("data-value"))
+                out[row.locator("td").first.inner_text()] = (
+                    cell.inner_text(),
+                    exact_span.get_attribute("title"),
+                    value,
+                )
+            else:
+                text = cell.inner_text()
+                out[row.locator("td").first.inner_text()] = (text, None, int(text.replace(",", "")))
+        return out
+
+    cells = shown()
+    assert {team: value for team, (_, _, value) in cells.items()} == expected
+    for team, (text, title, value) in cells.items():
+        if value >= 10_000:
+            assert re.fullmatch(r"\d+(\.\d)?[KMBT]", text), text  # e.g. 48.2K, 2.7B
+            assert title == f"{value:,} exactly"
+        else:
+            assert text == f"{value:,}" and title is None
+    grid.locator("thead th").nth(column).click()
+    assert [v for _, _, v in shown().values()] == sorted(expected.values())
+    with page.expect_download() as download:
+        page.locator(".table-wrap", has=grid).locator("button.csv").click()
+    rows = list(csv.reader(io.StringIO(Path(download.value.path()).read_text())))
+    assert {r[0]: int(r[column]) for r in rows[1:]} == expected
+    tab.close()
+
+
 def test_a_cut_list_says_so(seeded: Seeded, browser: Any) -> None:
     sessions = seeded.sql("SELECT COUNT(*) FROM rollup_sessions WHERE last_day >= '2026-10-01'")[0][0]
     assert sessions > 100  # the seeded ledger has more sessions than a page shows
@@ -359,21 +411,27 @@ def httpx_post_login(base: str, next_value: str) -> str:
     return response.headers["location"]
 
 
-@pytest.mark.parametrize("page_name", ["overview", "breakdown?by=team", "sessions", "budgets", "requests"])
+PHONE_PAGES = ["overview", "breakdown?by=team", "concentration", "savings", "sessions", "requests", "budgets"]
+PHONE_PAGES += ["approvals", "audit", "health", "sessions/{session}"]
+
+
+@pytest.mark.parametrize("page_name", PHONE_PAGES)
 def test_phone_width_has_a_menu_and_no_page_wide_overflow(seeded: Seeded, browser: Any, page_name: str) -> None:
     ctx, page, errors = _context_page(browser, seeded.url, viewport={"width": 390, "height": 844})
     _sign_in(page, seeded.url)
     page.wait_for_url(seeded.url + "/ui/")
+    if "{session}" in page_name:  # the session with the most turns
+        top = seeded.sql("SELECT session_id FROM requests GROUP BY session_id ORDER BY COUNT(*) DESC LIMIT 1")
+        page_name = page_name.format(session=top[0][0]) + "?start=2026-10-01"
     page.goto(f"{seeded.url}/ui/#/{page_name}")
-    page.wait_for_selector(f"main[data-page='{page_name.split('?')[0]}'][aria-busy='false']")
+    page.wait_for_selector(f"main[data-page='{page_name.split('?')[0].split('/')[0]}'][aria-busy='false']")
     wide = page.evaluate("""[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > 391
         && !e.closest('.table-wrap, .panel')).map(e => e.tagName + '.' + e.className).slice(0, 5)""")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, wide
     assert not page.locator("#nav").is_visible()
+    page.screenshot(path=str(SHOTS / f"phone-{page_name.split('?')[0].replace('/', '-')[:40]}.png"), full_page=True)
     page.click("#menu")
     assert page.locator("#nav").is_visible() and page.locator("#menu").get_attribute("aria-expanded") == "true"
-    if page_name == "overview":
-        page.screenshot(path=str(SHOTS / "phone-overview-menu.png"), full_page=True)
     page.locator("#nav a[data-page='savings']").click()
     page.wait_for_selector("main[data-page='savings'][aria-busy='false']")
     assert not page.locator("#nav").is_visible()  # the menu closes once a page is chosen

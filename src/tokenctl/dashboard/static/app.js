@@ -55,6 +55,18 @@ function compact(n) {
 }
 
 function int(n) { return new Intl.NumberFormat("en-US").format(Number(n || 0)); }
+// A count in a table as a CFO reads it (48.2K, 2.7B tokens) from 10,000 up; the exact one on hover, and
+// what the table sorts and exports by.
+function count(n) {
+  const v = Number(n || 0);
+  if (Math.abs(v) < 10_000) return int(v);
+  return h("span", { class: "count", "data-value": v, title: `${int(v)} exactly` }, compact(v));
+}
+// A duration in a table (ms, s or min, see duration()); the exact milliseconds on hover and for sorting.
+function elapsed(ms) {
+  const v = Math.round(Number(ms || 0));
+  return h("span", { class: "duration", "data-value": v, title: `${int(v)} ms` }, duration(v));
+}
 function pct(share) { return (Number(share || 0) * 100).toFixed(1) + "%"; }
 function none(v) { return v === "" || v === null || v === undefined ? "(none)" : v; }
 function time(ts) { return ts ? ts.replace("T", " ").replace("Z", " UTC") : ""; }
@@ -226,6 +238,8 @@ function table(columns, rows, { onclick = null, empty = "Nothing here for this p
 function cellValue(td) {
   const amount = td.querySelector(".usd[data-usd]");
   if (amount) return Number(amount.getAttribute("data-usd"));
+  const exact = td.querySelector("[data-value]");
+  if (exact) return Number(exact.getAttribute("data-value"));
   const text = td.textContent.trim();
   const number = text.replace(/[,%\s]|ms$/g, "");
   return number !== "" && !Number.isNaN(Number(number)) ? Number(number) : text.toLowerCase();
@@ -249,8 +263,9 @@ function downloadCsv(grid, name) {
   const lines = [[...grid.tHead.rows[0].cells].map((th) => th.textContent)];
   for (const tr of grid.tBodies[0].rows) {
     lines.push([...tr.cells].map((td) => {
-      const amount = td.querySelector(".usd[data-usd]");
-      return amount ? amount.getAttribute("data-usd") : td.textContent.trim();  // exact dollars, not rounded
+      const amount = td.querySelector(".usd[data-usd]"), exact = td.querySelector("[data-value]");
+      if (amount) return amount.getAttribute("data-usd");  // exact dollars, not rounded
+      return exact ? exact.getAttribute("data-value") : td.textContent.trim();
     }));
   }
   const blob = new Blob([lines.map((l) => l.map(csvField).join(",")).join("\n") + "\n"], { type: "text/csv" });
@@ -315,7 +330,7 @@ async function pageOverview(params) {
 function topTable(rows, dim) {
   return table([
     { title: dim, render: (r) => none(r.group) },
-    { title: "requests", num: true, render: (r) => int(r.requests) },
+    { title: "requests", num: true, render: (r) => count(r.requests) },
     { title: "cost", num: true, key: "cost", render: (r) => cost(r) },
   ], rows, { onclick: (r) => { location.hash = link("breakdown", new URLSearchParams(),
                                                     { by: DRILL_NEXT[dim], [dim]: r.group }); } });
@@ -358,16 +373,16 @@ async function pageBreakdown(params) {
       { title: by, key: "group", render: (r) => none(r.group) },
       { title: "share", render: (r) => shareBar(Number(r.cost_usd) / total) },
       { title: "cost", key: "cost", num: true, render: (r) => cost(r) },
-      { title: "requests", num: true, render: (r) => int(r.requests) },
-      { title: "errors", num: true, render: (r) => int(r.errors) },
-      { title: "input", num: true, render: (r) => int(r.input_tokens) },
-      { title: "cache read", num: true, render: (r) => int(r.cache_read_tokens) },
-      { title: "cache write", num: true, render: (r) => int(r.cache_write_tokens) },
-      { title: "output", num: true, render: (r) => int(r.output_tokens) },
+      { title: "requests", num: true, render: (r) => count(r.requests) },
+      { title: "errors", num: true, render: (r) => count(r.errors) },
+      { title: "input", num: true, render: (r) => count(r.input_tokens) },
+      { title: "cache read", num: true, render: (r) => count(r.cache_read_tokens) },
+      { title: "cache write", num: true, render: (r) => count(r.cache_write_tokens) },
+      { title: "output", num: true, render: (r) => count(r.output_tokens) },
       { title: "cache share", num: true, render: (r) => pct(r.cache_read_share) },
       { title: "saved", num: true, render: (r) => money(String(Number(r.cache_saved_usd) + Number(r.policy_saved_usd)
                                                                 + Number(r.routing_saved_usd))) },
-      { title: "avg latency", num: true, render: (r) => `${int(Math.round(r.avg_latency_ms))} ms` },
+      { title: "avg latency", num: true, render: (r) => elapsed(r.avg_latency_ms) },
       by === "day" ? null : { title: `vs ${data.previous.start} to ${data.previous.end}`, num: true,
         render: (r) => { const before = Number(data.previous.cost_usd[r.group] || 0);
                          return before ? change((Number(r.cost_usd) - before) / before) : "new"; } },
@@ -392,7 +407,7 @@ async function pageConcentration(params) {
       { title: "#", render: (r) => r.rank },
       { title: "user", render: (r) => none(r.user) },
       { title: "team", render: (r) => none(r.team) },
-      { title: "requests", num: true, render: (r) => int(r.requests) },
+      { title: "requests", num: true, render: (r) => count(r.requests) },
       { title: "cost", num: true, key: "cost", render: (r) => cost(r) },
       { title: "share", render: (r) => shareBar(r.share) },
     ], c.leaderboard, { id: "leaderboard",
@@ -422,7 +437,7 @@ async function pageSavings(params) {
     { title: "prompt cache saved", num: true, render: (r) => money(r.cache_saved_usd) },
     { title: "policies saved", num: true, render: (r) => money(r.policy_saved_usd) },
     { title: "routing saved", num: true, render: (r) => money(r.routing_saved_usd) },
-    { title: "blocked", num: true, render: (r) => int(r.blocked) },
+    { title: "blocked", num: true, render: (r) => count(r.blocked) },
   ];
   return [
     h("div", { class: "cards" },
@@ -444,7 +459,7 @@ async function pageSavings(params) {
                                section("By model that served", table(cols("model"), s.by_model))),
     section("What policies and routing saved, by the model the client asked for", table([
       { title: "model asked for", render: (r) => none(r.model_asked) },
-      { title: "requests served on another", num: true, render: (r) => int(r.requests) },
+      { title: "requests served on another", num: true, render: (r) => count(r.requests) },
       { title: "cost where served", num: true, render: (r) => money(r.served_cost_usd) },
       { title: "policies saved", num: true, render: (r) => money(r.policy_saved_usd) },
       { title: "routing saved", num: true, render: (r) => money(r.routing_saved_usd) },
@@ -462,8 +477,8 @@ async function pageSessions(params, arg) {
     { title: "team", render: (r) => none(r.team) },
     { title: "tool", render: (r) => none(r.tool) },
     { title: "model", render: (r) => none(r.model) },
-    { title: "requests", num: true, render: (r) => int(r.requests) },
-    { title: "errors", num: true, render: (r) => int(r.errors) },
+    { title: "requests", num: true, render: (r) => count(r.requests) },
+    { title: "errors", num: true, render: (r) => count(r.errors) },
     { title: "cache share", num: true, render: (r) => pct(r.cache_read_share) },
     { title: "cost", num: true, key: "cost", render: (r) => cost(r) },
     { title: "last active", render: (r) => time(r.last_ts) },
@@ -529,7 +544,8 @@ function sessionChart(turns) {
 function humanSeconds(seconds) {
   if (seconds < 90) return `${seconds.toFixed(1)} s`;
   if (seconds < 5400) return `${(seconds / 60).toFixed(1)} min`;
-  return `${(seconds / 3600).toFixed(1)} h`;
+  if (seconds < 172_800) return `${(seconds / 3600).toFixed(1)} h`;
+  return `${(seconds / 86_400).toFixed(1)} days`;
 }
 
 async function sessionDetail(id, params) {
@@ -541,7 +557,7 @@ async function sessionDetail(id, params) {
       card("Cost", money(s.cost_usd), `${int(s.requests)} requests by ${none(s.user)} (${none(s.team)})`,
            { id: "session-cost" }),
       card("Cache hit ratio", pct(s.cache_read_share), "prompt tokens read from cache"),
-      card("Context growth", `${int(s.first_context_tokens)} → ${int(s.last_context_tokens)}`,
+      card("Context growth", `${compact(s.first_context_tokens)} → ${compact(s.last_context_tokens)}`,
            `largest ${int(s.max_context_tokens)} tokens`),
       card("Retries and failures", int(s.retries), `${usd(s.failed_cost_usd)} spent on failed attempts`),
       card("Models", h("span", { class: "small-value" }, s.models.join(", ") || "(none)")),
@@ -560,12 +576,12 @@ function requestTable(rows, params, running) {
     { title: "model", render: (r) => none(r.model) + (r.requested_model && r.requested_model !== r.model
                                                        ? ` (asked ${r.requested_model})` : "") },
     { title: "status", render: (r) => h("span", { class: r.status >= 400 ? "bad" : "" }, `${r.status} ${r.outcome}`) },
-    { title: "prompt", num: true, render: (r) => int(r.prompt_tokens) },
+    { title: "prompt", num: true, render: (r) => count(r.prompt_tokens) },
     { title: "cache read", num: true, render: (r) => pct(r.cache_read_share) },
-    { title: "output", num: true, render: (r) => int(r.output_tokens) },
+    { title: "output", num: true, render: (r) => count(r.output_tokens) },
     { title: "cost", num: true, key: "cost", render: (r) => cost(r) },
     running ? { title: "running total", num: true, render: (r) => money(r.running_usd) } : null,
-    { title: "latency", num: true, render: (r) => `${int(Math.round(r.duration_ms))} ms` },
+    { title: "latency", num: true, render: (r) => elapsed(r.duration_ms) },
     { title: "policy", render: (r) => r.policy || "" },
   ].filter(Boolean), rows, { id: "requests-table",
              onclick: (r) => { location.hash = link("requests/" + encodeURIComponent(r.request_id), params); } });
@@ -724,7 +740,7 @@ async function pageApprovals(params) {
     { title: "who", render: (r) => `${none(r.user)} (${none(r.team)})` },
     { title: "model", render: (r) => r.model },
     { title: "estimate", num: true, render: (r) => money(r.estimated_usd) },
-    { title: "input tokens", num: true, render: (r) => int(r.input_tokens) },
+    { title: "input tokens", num: true, render: (r) => count(r.input_tokens) },
     { title: "rule", render: (r) => r.rule },
     { title: "reason", render: (r) => r.reason },
     { title: "status", render: (r) => h("span", { class: "status-" + r.status }, r.status) },
@@ -769,9 +785,9 @@ function shareChart(days) {
 function cacheTable(first, rows, id) {
   return table([
     first,
-    { title: "prompt tokens", num: true, render: (r) => int(r.prompt_tokens) },
+    { title: "prompt tokens", num: true, render: (r) => count(r.prompt_tokens) },
     { title: "read from cache", num: true, render: (r) => shareBar(r.cache_read_share) },
-    { title: "misses", num: true, render: (r) => int(r.misses) },
+    { title: "misses", num: true, render: (r) => count(r.misses) },
     { title: "lost", num: true, render: (r) => money(r.lost_usd) },
     { title: "top cause", render: (r) => r.top_cause },
   ], rows, { id });
@@ -811,7 +827,7 @@ async function pageHealth(params) {
         "harness that stopped hitting its cache: the causes below say why.")),
     section("Misses by cause", table([
       { title: "cause", key: "cause" },
-      { title: "turns", num: true, render: (r) => int(r.turns) },
+      { title: "turns", num: true, render: (r) => count(r.turns) },
       { title: "lost", num: true, render: (r) => money(r.lost_usd) },
       { title: "what to do", render: (r) => r.advice },
     ], data.causes, { id: "health-causes", empty: "No misses named (observability.cache_alarm_misses turns it on)." }),
@@ -827,7 +843,7 @@ async function pageHealth(params) {
       { title: "rule", key: "rule" },
       { title: "action", key: "action" },
       { title: "count", num: true, render: (r) => r.repeats === null ? "" : int(r.repeats) },
-      { title: "times", num: true, render: (r) => int(r.times) },
+      { title: "times", num: true, render: (r) => count(r.times) },
       { title: "last seen", render: (r) => time(r.last_seen) },
       { title: "evidence", key: "evidence" },
       { title: "", render: (r) => r.resumed ? "resumed"
@@ -942,9 +958,13 @@ async function start() {
     const open = document.body.classList.toggle("menu-open");
     menu.setAttribute("aria-expanded", String(open));
   });
-  window.addEventListener("hashchange", () => {
+  const closeMenu = () => {
     document.body.classList.remove("menu-open");
     menu.setAttribute("aria-expanded", "false");
+  };
+  for (const a of document.querySelectorAll("#nav a")) a.addEventListener("click", closeMenu);  // the same page too
+  window.addEventListener("hashchange", () => {
+    closeMenu();
     render();
   });
   await render();
