@@ -20,6 +20,8 @@ async def read_body(request: web.Request, max_bytes: int, timeout: float) -> byt
     if request.content_length is not None and request.content_length > max_bytes:
         raise _too_large(request.content_length, max_bytes)
     try:
+        if request.content.is_eof():  # all of it arrived with the headers (most bodies): no wait, no timer
+            return _buffered(request, max_bytes)
         async with asyncio.timeout(timeout):
             return await _read(request, max_bytes)
     except TimeoutError as exc:
@@ -43,6 +45,13 @@ async def _read(request: web.Request, max_bytes: int) -> bytes:
             raise _too_large(None, max_bytes)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _buffered(request: web.Request, max_bytes: int) -> bytes:
+    data = request.content.read_nowait()
+    if len(data) > max_bytes:
+        raise _too_large(None, max_bytes)
+    return data
 
 
 def _too_large(size: int | None, max_bytes: int) -> PayloadTooLarge:

@@ -99,6 +99,44 @@ class TokenPrices:
         per_k = _at(self.web_searches_k, total_in) * usage.web_search_requests + _at(self.requests_k, total_in)
         return per_m / _MILLION + per_k / _THOUSAND
 
+    def worst_rates(self, total_in: int, audio_io: tuple[bool, bool]) -> WorstRates:
+        """The prices a worst case is computed with at ``total_in`` input tokens (long-context tiers applied):
+        the dearest way the input may be billed (plain, audio, 5-minute or 1-hour cache writes, each charged as
+        its parent when it has no price of its own, as ``cost`` does) and the output's price."""
+        plain = self.input_audio if audio_io[0] and self.input_audio is not None else self.input
+        write = self.cache_write if self.cache_write is not None else self.input
+        write_1h = self.cache_write_1h if self.cache_write_1h is not None else write
+        output = self.output_audio if audio_io[1] and self.output_audio is not None else self.output
+        return WorstRates(
+            max(_at(plain, total_in), _at(write, total_in), _at(write_1h, total_in)),
+            _at(output, total_in),
+            _at(self.web_searches_k, total_in),
+            _at(self.requests_k, total_in),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorstRates:
+    """USD per million input and output tokens, per thousand searches and requests, for one request's worst
+    case: its cost is linear in the tokens, so it is priced once and each amount is a few multiplications."""
+
+    input_m: Decimal
+    output_m: Decimal
+    searches_k: Decimal
+    requests_k: Decimal
+
+    def cost(self, in_tokens: int, out_tokens: int, searches: int) -> Decimal:
+        per_m = self.input_m * in_tokens + self.output_m * out_tokens
+        return per_m / _MILLION + (self.searches_k * searches + self.requests_k) / _THOUSAND
+
+    def scaled(self, factor: Decimal) -> WorstRates:
+        return WorstRates(
+            self.input_m * factor, self.output_m * factor, self.searches_k * factor, self.requests_k * factor
+        )
+
+
+NO_PRICE = WorstRates(_ZERO, _ZERO, _ZERO, _ZERO)
+
 
 def _at(price: Price, total_input: int) -> Decimal:
     if price is None:
@@ -292,6 +330,27 @@ class PriceBook:
         if rule is not None and rule.discount is not None:
             return Cost(total=list_total * (1 - rule.discount), list_total=list_total, priced=True, source="override")
         return Cost(total=list_total, list_total=list_total, priced=True, source="genai-prices")
+
+    def worst_rates(
+        self,
+        provider: ProviderConfig,
+        model: str,
+        total_in: int,
+        service_tier: str | None = None,
+        audio_io: tuple[bool, bool] = (False, False),
+    ) -> WorstRates:
+        """What ``cost`` would charge per token for a worst case (see ``TokenPrices.worst_rates``): the override's
+        prices or discount, the unpriced stand-in, or nothing for an unpriced model without one."""
+        list_prices, rule = self._lookup(provider, model, _priced_tier(service_tier))
+        if rule is not None and rule.prices is not None:
+            return rule.prices.worst_rates(total_in, audio_io)
+        if list_prices is None:
+            fallback = self.unpriced_fallback
+            if fallback is not None and fallback != model and self.knows(provider, fallback):
+                return self.worst_rates(provider, fallback, total_in, None, audio_io)
+            return NO_PRICE
+        rates = list_prices.worst_rates(total_in, audio_io)
+        return rates.scaled(1 - rule.discount) if rule is not None and rule.discount is not None else rates
 
     def _lookup(
         self, provider: ProviderConfig, model: str, tier: str | None = None

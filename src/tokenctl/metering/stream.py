@@ -35,6 +35,9 @@ def event_data(event: bytes) -> bytes:
     start = 0 if event.startswith(b"data:") else event.find(b"\ndata:") + 1
     if start == 0 and not event.startswith(b"data:"):
         return b""
+    end = event.find(b"\n", start)
+    if end < 0 or not event[end:].strip():  # one data line, the last (the usual event): no split needed
+        return event[start + 5 : end if end >= 0 else None].lstrip(b" ")
     lines = [line[5:].lstrip(b" ") for line in event[start:].split(b"\n") if line.startswith(b"data:")]
     return b"\n".join(lines)
 

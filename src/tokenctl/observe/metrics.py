@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -69,19 +69,31 @@ class Metrics:
             "tokenctl_budget_spent_usd", "Settled spend, current window", ("budget", "member"), registry=r
         )
         self._models: set[str] = set()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     # -- per request ------------------------------------------------------------------------------
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set (the client's own lookup validates and
+        locks on every call: a few microseconds on each request)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) > 20_000:  # labels are bounded; this only guards against a bug
+                self._children.clear()
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def request_done(self, entry: LedgerEntry) -> None:
         route = entry.route
         provider = route.provider.name if route is not None else "-"
         model = self._model(route.upstream_model if route is not None else "-")
-        self.requests.labels(entry.api, provider, model, str(entry.status), entry.outcome).inc()
-        self.duration.labels(entry.api).observe(entry.duration_ms / 1000)
+        self._child(self.requests, entry.api, provider, model, str(entry.status), entry.outcome).inc()
+        self._child(self.duration, entry.api).observe(entry.duration_ms / 1000)
         if entry.ttft_ms is not None:
-            self.first_token.labels(entry.api).observe(entry.ttft_ms / 1000)
+            self._child(self.first_token, entry.api).observe(entry.ttft_ms / 1000)
         if entry.outcome in _UPSTREAM_FAILURES:
-            self.upstream_errors.labels(provider, str(entry.status)).inc()
+            self._child(self.upstream_errors, provider, str(entry.status)).inc()
         u = entry.usage
         counts = (
             u.input_tokens,
@@ -92,12 +104,12 @@ class Metrics:
         )
         for kind, count in zip(_TOKEN_KINDS, counts):
             if count:
-                self.tokens.labels(provider, model, kind).inc(count)
+                self._child(self.tokens, provider, model, kind).inc(count)
         if entry.cost is not None and entry.cost.total:
-            self.cost.labels(provider, model).inc(float(entry.cost.total))
+            self._child(self.cost, provider, model).inc(float(entry.cost.total))
 
     def store_call(self, op: str, seconds: float) -> None:
-        self.store_latency.labels(op).observe(seconds)
+        self._child(self.store_latency, op).observe(seconds)
 
     def _model(self, model: str) -> str:
         if model in self._models:

@@ -103,6 +103,7 @@ class Budgets:
         self.set_rules(rules)
 
     def set_rules(self, rules: Sequence[BudgetRule]) -> None:
+        self._charges: dict[tuple[int, str, str | None, Window], Charge] = {}
         self.rules = tuple(rules)
         self.pools = {r.name: r for r in rules if r.pool}
         self._general = tuple(r for r in rules if not r.pool)
@@ -121,7 +122,17 @@ class Budgets:
         return out
 
     def charge(self, rule: BudgetRule, member: str, now: float, slice_member: str | None = None) -> Charge:
+        """The member's charge in the rule's current window: built once per window (charges are immutable)."""
         window = self._windows.get(rule.period, now)
+        key = (id(rule), member, slice_member, window)
+        known = self._charges.get(key)
+        if known is None:
+            if len(self._charges) > 50_000:  # old windows' and gone members' charges
+                self._charges.clear()
+            known = self._charges[key] = self._new_charge(rule, member, window, slice_member)
+        return known
+
+    def _new_charge(self, rule: BudgetRule, member: str, window: Window, slice_member: str | None) -> Charge:
         counters = tuple(counter_name(rule, member, b, slice_member) for b in window.buckets)
         if slice_member is not None:
             limit = rule.member_cap

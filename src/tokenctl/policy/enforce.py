@@ -404,14 +404,13 @@ class Enforcer:
             return Decimal(0), Decimal(0), None  # counting tokens is not billed
         route = entry.route
         limit = estimate.output_limit(body, api, self.settings.default_max_output_tokens, route.upstream_model)
-        searches, tier, audio = (
-            estimate.web_searches(body, api),
-            estimate.requested_tier(body, api),
-            estimate.audio(body, api),
+        searches = estimate.web_searches(body, api)
+        rates = estimate.worst_rates(  # priced once at this input size: each amount below is arithmetic
+            self.prices, route, in_tokens, estimate.requested_tier(body, api), estimate.audio(body, api)
         )
 
         def cost(inputs: int, outputs: int, fees: int = searches) -> Decimal:
-            return estimate.worst_case_cost(self.prices, route, inputs, outputs, fees, tier, audio)
+            return rates.cost(inputs, outputs, fees)
 
         worst = cost(in_tokens, limit)
         step = self.settings.stream_step_tokens
@@ -419,6 +418,8 @@ class Enforcer:
         native = route.upstream_api is None and route.provider.kind == "anthropic"
         assemble = not streams and api == "anthropic.messages" and native
         first = first_share(body, api, route.provider.kind, route.upstream_model, limit, step, streams or assemble)
+        if assemble and first is not None and first >= limit:
+            first = None  # the first step covers all the output it may write: sent as asked, its worst case held
         if first is None or estimate.input_unknown(body, api):
             return worst, self._reservation(entry, body, api, worst), None
         reserved = min(cost(in_tokens, first), self.settings.reservation_ceiling_usd)
@@ -460,6 +461,17 @@ class Enforcer:
             if len(self._outputs) > self.MAX_SESSIONS:
                 self._outputs.popitem(last=False)
         seen.append(entry.usage.output_tokens)
+
+    @staticmethod
+    def keep_up_due(admission: Admission, meter: StreamMeter) -> bool:
+        """Whether ``keep_up`` has anything to do after the events the meter has seen (checked without a call into
+        the store: most events need nothing)."""
+        followed = admission.stream
+        if followed is None or admission.budget is None:
+            return False
+        if not followed.input_checked and meter.start_usage() is not None:
+            return True
+        return followed.wants_more(meter.output_tokens_upper())
 
     async def keep_up(self, admission: Admission, entry: LedgerEntry, meter: StreamMeter) -> GatewayError | None:
         """Called as a followed stream's events pass: grow its reservation to what the output needs (and to the

@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from tokenctl.metering.stream import event_data, event_name
+
 
 class MessageAssembler:
     def __init__(self) -> None:
@@ -19,6 +21,18 @@ class MessageAssembler:
         self._blocks: dict[int, dict[str, Any]] = {}
         self._json: dict[int, list[str]] = {}  # partial tool-call input per block
         self.error: dict[str, Any] | None = None  # the provider's in-stream error event, if one came
+
+    def add_event(self, event: bytes) -> None:
+        """One SSE event as the provider sent it (``event:`` and ``data:`` lines); unparseable ones are skipped."""
+        name = event_name(event)
+        if not name or name == b"ping":
+            return
+        try:
+            payload = orjson.loads(event_data(event))
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(payload, dict):
+            self.add(name, payload)
 
     def add(self, name: bytes, payload: dict[str, Any]) -> None:
         if name == b"message_start" and isinstance(payload.get("message"), dict):

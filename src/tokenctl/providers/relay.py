@@ -19,7 +19,7 @@ from aiohttp import web
 from tokenctl.cache.key import CACHE_HEADER
 from tokenctl.errors import GatewayError, UpstreamError, UpstreamTimeout
 from tokenctl.gateway import CacheFill, Call
-from tokenctl.metering.stream import StreamMeter, event_data, event_name
+from tokenctl.metering.stream import StreamMeter
 from tokenctl.policy.enforce import Admission
 from tokenctl.providers.assemble import MessageAssembler
 from tokenctl.providers.upstream import DROP_RESPONSE_HEADERS, UpstreamRequest
@@ -155,22 +155,23 @@ async def _relay_assembled(call: Call, resp: aiohttp.ClientResponse) -> web.Resp
     """A non-streaming request streamed upstream: metered and its reservation grown event by event, then the
     answer put together as the JSON the client asked for; a budget with no room for more ends it with the
     budget's 402 (nothing was sent yet), the partial output metered."""
-    assert call.admission is not None and call.upstream_dialect.new_meter is not None
+    admission, enforcer = call.admission, call.gw.enforcer
+    assert admission is not None and call.upstream_dialect.new_meter is not None
     meter = call.meter = call.upstream_dialect.new_meter(False)
     entry, message = call.entry, MessageAssembler()
     entry.status = resp.status
     try:
-        async for event in _events(resp):
-            meter.feed(event)
-            stop = await call.gw.enforcer.keep_up(call.admission, entry, meter)
-            if stop is not None:
-                entry.partial = True
-                raise stop
-            name = event_name(event)
-            if name:
-                payload = _load_object(event_data(event))
-                if payload is not None:
-                    message.add(name, payload)
+        async for block in _event_blocks(resp):
+            for event in block.split(b"\n\n"):
+                if not event:
+                    continue
+                meter.feed(event)
+                if enforcer.keep_up_due(admission, meter):
+                    stop = await enforcer.keep_up(admission, entry, meter)
+                    if stop is not None:
+                        entry.partial = True
+                        raise stop
+                message.add_event(event)
     finally:
         entry.raw_usage, entry.service_tier = meter.raw_usage, meter.service_tier
         entry.response_model = meter.response_model
@@ -194,22 +195,28 @@ async def _relay_assembled(call: Call, resp: aiohttp.ClientResponse) -> web.Resp
     return web.Response(body=data, status=resp.status, headers=headers)
 
 
-async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """Each complete SSE event of an upstream answer, with its blank line."""
+async def _event_blocks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The complete SSE events of an upstream answer as they arrive: each chunk's complete events together,
+    separated by blank lines (one step of the iterator per chunk, not per event)."""
     pending = b""
     try:
         async for chunk in resp.content.iter_any():
-            pending += chunk.replace(b"\r\n", b"\n") if b"\r" in chunk else chunk
-            *complete, pending = pending.split(b"\n\n")
-            for event in complete:
-                if event.strip():
-                    yield event + b"\n\n"
+            if b"\r" in chunk:
+                chunk = chunk.replace(b"\r\n", b"\n")
+            if pending:
+                chunk = pending + chunk
+            cut = chunk.rfind(b"\n\n")
+            if cut < 0:
+                pending = chunk
+                continue
+            pending = chunk[cut + 2 :]
+            yield chunk[:cut]
     except TimeoutError as exc:
         raise UpstreamTimeout("the provider stopped sending (read timeout)") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamError(f"provider connection failed mid-answer ({type(exc).__name__})") from exc
     if pending.strip():
-        yield pending + b"\n\n"
+        yield pending
 
 
 async def _relay_upstream_error(call: Call, resp: aiohttp.ClientResponse) -> web.Response:
