@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-FAKE_PORT, GATEWAY_PORT = 18301, 18300
+FAKE_PORT, GATEWAY_PORT, STANDIN_PORT = 18301, 18300, 18302
 
 
 def _wait(port: int) -> None:
@@ -40,11 +40,13 @@ def _run(command: list[str], env: dict[str, str]) -> dict[str, object]:
     return {"rc": done.returncode, "out": done.stdout, "err": done.stderr[-3000:]}
 
 
-def _claude(cli: Path, home: Path, key: str, prompt: str, *extra: str, headers: str = "") -> dict[str, object]:
+def _claude(
+    cli: Path, home: Path, key: str, prompt: str, *extra: str, headers: str = "", port: int = GATEWAY_PORT
+) -> dict[str, object]:
     env = {
         **os.environ,
         "HOME": str(home),
-        "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{GATEWAY_PORT}",
+        "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{port}",
         "ANTHROPIC_API_KEY": key,
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_TELEMETRY": "1",
@@ -99,9 +101,18 @@ def main() -> None:
     gateway = subprocess.Popen(
         [sys.executable, "-m", "tokenctl", "--config", str(config), "serve"], stdout=logs, stderr=logs
     )
+    standin_count = work / "standin-requests"
+    standin = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("billing_standin.py")), str(STANDIN_PORT), str(standin_count)],
+        stdout=logs,
+        stderr=logs,
+    )
     try:
         _wait(FAKE_PORT)
         _wait(GATEWAY_PORT)
+        _wait(STANDIN_PORT)
+        billing_429 = _claude(cli, work / "home-claude-429", broke, "say hi", port=STANDIN_PORT)
+        billing_429["requests"] = int(standin_count.read_text())
         result = {
             "claude": _claude(cli, work / "home-claude", key, "say hi"),
             "claude_blocked": _claude(cli, work / "home-claude-broke", broke, "say hi"),
@@ -124,8 +135,12 @@ def main() -> None:
             "codex_local_tool": _codex(cli, work / "home-codex-local", key, "run the check", "qwen3-coder", EXEC_TOOL),
             # the default model's own shape: tools in an additional_tools item, a namespace, a freeform tool
             "codex_default_on_claude": _codex(cli, work / "home-codex-default", key, "say hi", "gpt-6.2-sol"),
+            "claude_billing_429": billing_429,
+            "claude_version": subprocess.run([str(cli / "claude"), "--version"], capture_output=True, text=True).stdout,
         }
     finally:
+        standin.terminate()
+        standin.wait(10)
         gateway.terminate()
         gateway.wait(30)
         fake.terminate()

@@ -80,6 +80,20 @@ def test_a_budget_stop_reaches_the_claude_code_user_once(run: dict[str, Any]) ->
     assert [r["status"] for r in stops] == [402]  # not retried
 
 
+def test_claude_code_shows_the_402_better_than_a_429_billing_error(run: dict[str, Any]) -> None:
+    """Why tokenctl answers Claude Code's budget stops with 402: the current Claude Code shows both once, but a
+    429 ``billing_error`` (with ``x-should-retry: false``) as "Request rejected (429)", rate-limit wording for
+    a spent budget, where the 402 is shown as "API Error: 402" with tokenctl's message alone."""
+    assert run["claude_version"].startswith("2.1.332")  # the version .ci/run installs
+    rejected = run["claude_billing_429"]
+    shown_429 = rejected["out"] + rejected["err"]
+    assert rejected["rc"] != 0 and rejected["requests"] == 1  # shown once, not retried
+    assert "Request rejected (429)" in shown_429 and "budget 'tiny'" in shown_429
+    blocked = run["claude_blocked"]
+    shown_402 = blocked["out"] + blocked["err"]
+    assert "API Error: 402 tokenctl: budget 'tiny'" in shown_402 and "429" not in shown_402
+
+
 def test_codex_answers_through_tokenctl_and_is_metered(run: dict[str, Any]) -> None:
     codex = run["codex"]
     assert codex["rc"] == 0, codex["err"]

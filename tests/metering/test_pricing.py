@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from genai_prices import Usage as GenaiUsage
@@ -184,3 +185,48 @@ def test_audio_tokens_are_priced_as_audio() -> None:
     cost = PriceBook().cost(OPENAI, "gpt-audio", usage).total
     expected = (200 * Decimal("2.5") + 1800 * Decimal(32) + 300 * Decimal(10) + 1200 * Decimal(64)) / 10**6
     assert cost == expected  # $0.1375; as text it would have been $0.02
+
+
+def test_worst_case_rates_equal_the_full_price_of_every_way_the_input_may_be_billed(tmp_path: Any) -> None:
+    """The enforcer prices a worst case once, as linear rates at the request's input size: each amount must be
+    what ``cost`` charges for the dearest of plain input, 5-minute and 1-hour cache writes (tiers, service
+    tiers, audio, override prices and discounts, the unpriced stand-in included)."""
+    overrides = tmp_path / "prices.yaml"
+    overrides.write_text(
+        "models:\n"
+        '  - {match: "my-local-*", input_per_mtok: 0.5, output_per_mtok: 1.5, cache_write_per_mtok: 0.7}\n'
+        '  - {match: "claude-haiku-4-5", discount: 0.2}\n'
+        '  - {match: "qwen3-32b", gpu_hour_usd: 2.40, input_tokens_per_second: 12000, output_tokens_per_second: 900}\n'
+    )
+    books = [PriceBook.from_file(str(overrides)), PriceBook.from_file(str(overrides), "claude-sonnet-4-5")]
+    models = ["claude-sonnet-4-5", "claude-opus-4-1", "claude-haiku-4-5", "claude-sonnet-4", "gpt-5-mini", "gpt-4o"]
+    models += ["gpt-audio", "o3", "my-local-x", "qwen3-32b", "unknown-model"]
+    rnd = random.Random(7)
+    checked = 0
+    for book in books:
+        for where in (ANTHROPIC, OPENAI):
+            for model in models:
+                for _ in range(12):
+                    tokens = rnd.choice([0, 1, 999, 199_999, 200_000, 200_001, 1_000_000, rnd.randint(0, 400_000)])
+                    out = rnd.choice([0, 32, 64_000, rnd.randint(0, 200_000)])
+                    searches, tier = rnd.choice([0, 5]), rnd.choice([None, "priority", "flex"])
+                    audio_io = (rnd.random() < 0.5, rnd.random() < 0.5)
+                    full = max(
+                        book.cost(where, model, _worst_usage(kind, tokens, out, searches, audio_io), tier).total
+                        for kind in ("input_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens")
+                    )
+                    rates = book.worst_rates(where, model, tokens, tier, audio_io)
+                    assert rates.cost(tokens, out, searches) == full, (where.name, model, tokens, out, tier, audio_io)
+                    checked += full > 0
+    assert checked > 300  # most cases are priced: the comparison is not between zeros
+
+
+def _worst_usage(kind: str, tokens: int, out: int, searches: int, audio_io: tuple[bool, bool]) -> Usage:
+    audio_in = tokens if audio_io[0] and kind == "input_tokens" else 0
+    return Usage(
+        output_tokens=out,
+        web_search_requests=searches,
+        audio_input_tokens=audio_in,
+        audio_output_tokens=out if audio_io[1] else 0,
+        **{kind: tokens},
+    )

@@ -99,6 +99,20 @@ def test_a_non_streaming_answer_is_assembled_as_the_provider_would_send_it(make_
     assert row["output_tokens"] == 70 and "streamed upstream and assembled" in row["policy"]
 
 
+def test_a_non_streaming_request_whose_first_step_covers_its_output_is_sent_as_asked(make_gateway: Any) -> None:
+    """``max_tokens`` within one step: its whole worst case is reserved at once, so there is nothing to grow and
+    it goes to the provider as the client sent it (not streamed upstream, which costs the gateway CPU)."""
+    live = make_gateway(CAP)
+    answer = _claude(live).messages.create(
+        model=SONNET, max_tokens=512, messages=[{"role": "user", "content": "say hi"}], timeout=30
+    )
+    assert answer.content[0].type == "text"
+    (row,) = live.wait_rows(1)
+    assert "assembled" not in (row["policy"] or "") and row["stream"] == 0 and row["status"] == 200
+    assert orjson.loads(live.fake.received[-1].body).get("stream") in (None, False)
+    assert Decimal(row["reserved_usd"]) >= Decimal(row["cost_usd"]) > 0
+
+
 def test_a_non_streaming_answer_that_outgrows_its_budget_gets_the_402(make_gateway: Any) -> None:
     live = make_gateway(CAP)
     client = _claude(live, LONG)
