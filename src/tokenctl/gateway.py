@@ -20,7 +20,7 @@ from tokenctl.ingress.dialect import Dialect
 from tokenctl.ledger.record import LedgerEntry, nanos
 from tokenctl.ledger.writer import LedgerWriter
 from tokenctl.metering.cache_health import CacheHealth, Prefix, miss_cost
-from tokenctl.metering.meter import settle
+from tokenctl.metering.meter import ReasoningHistory, settle
 from tokenctl.metering.pricing import PriceBook
 from tokenctl.observe.metrics import Metrics
 from tokenctl.policy.enforce import Admission, Enforcer
@@ -55,6 +55,7 @@ class Gateway:
     response_cache: ResponseCache | None = None  # when ``cache.enabled``
     cache_health: CacheHealth | None = None  # prompt-cache misses per session (observability.cache_alarm_*)
     watcher: Watcher | None = None  # alerts read from the ledger, keys' usual spend per hour (alerts.*)
+    reasoning: ReasoningHistory = field(default_factory=ReasoningHistory)  # for cut streams' hidden reasoning
 
     async def reload_rules(self, rules_db: Any) -> None:
         """Apply budgets, policies and approval rules changed in the ledger database (CLI or admin API)."""
@@ -161,7 +162,8 @@ class Call:
             # cut short, or a server that never reports stream usage (llama.cpp): estimated and marked so
             estimated_output = meter.estimated_output_tokens()
         try:
-            settle(entry, self.upstream_dialect.extract_usage, self.gw.prices, self.body_size // 4, estimated_output)
+            extract, prices = self.upstream_dialect.extract_usage, self.gw.prices
+            settle(entry, extract, prices, self.body_size // 4, estimated_output, self.gw.reasoning)
         except Exception:  # metering must never lose the row
             log.exception("metering failed for request %s; recorded without cost", self.request_id)
             entry.error = (entry.error or "") + " [metering failed]"

@@ -4,6 +4,7 @@ leaves exactly one ledger row; a failed stream never ends with a clean end-of-st
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 
 import anthropic
 import httpx2 as httpx
@@ -310,3 +311,30 @@ def test_preflight_and_unknown_endpoints(gateway) -> None:
     assert_anthropic_error(wrong_method, 405, "invalid_request_error")
     ws = httpx.get(gateway.url + "/v1/responses", headers={"upgrade": "websocket", "connection": "upgrade"})
     assert ws.status_code == 426
+
+
+def test_a_cut_reasoning_stream_is_billed_the_models_usual_hidden_reasoning(gateway) -> None:
+    """gpt-5-mini bills reasoning it never streams: after complete answers that reasoned 3,000 and 5,000 tokens,
+    a stream cut before its usage is recorded with their median (4,000) on top of the output it relayed, as an
+    estimate that says so; a model that does not reason gets no such addition."""
+    o = openai.OpenAI(api_key=gateway.key, base_url=gateway.url + "/v1", max_retries=0)
+    ask = {"model": "gpt-5-mini", "messages": [{"role": "user", "content": "think"}], "stream": True}
+    for reasoning in (3000, 5000, 4000):
+        usage = f"input=50,output={reasoning + 8},reasoning={reasoning}"
+        for _ in o.chat.completions.create(
+            **ask, stream_options={"include_usage": True}, extra_headers={"x-fake-usage": usage}
+        ):
+            pass
+    with pytest.raises(openai.APIError):
+        for _ in o.chat.completions.create(**ask, extra_headers={"x-fake-fault": "cut:4"}):
+            pass
+    with pytest.raises(openai.APIError):
+        for _ in o.chat.completions.create(**{**ask, "model": "gpt-4o"}, extra_headers={"x-fake-fault": "cut:4"}):
+            pass
+    *complete, cut, plain = gateway.wait_rows(5)
+    assert [r["reasoning_tokens"] for r in complete] == [3000, 5000, 4000]
+    assert cut["outcome"] == "stream_failed" and cut["cost_is_estimate"] == 1
+    assert cut["reasoning_tokens"] == 4000 and cut["output_tokens"] > 4000
+    assert "reasoning estimated: 4000 tokens" in cut["policy"]
+    assert Decimal(cut["cost_usd"]) > Decimal("0.008")  # 4,000 reasoning tokens at gpt-5-mini's $2 per million
+    assert plain["reasoning_tokens"] == 0 and "reasoning estimated" not in (plain["policy"] or "")

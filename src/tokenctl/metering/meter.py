@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -11,12 +13,40 @@ from tokenctl.metering.pricing import PriceBook
 from tokenctl.types import ZERO_COST, Cost, Usage
 
 
+class ReasoningHistory:
+    """The hidden reasoning each model billed on its last complete answers in this process.
+
+    A stream cut before the provider's final usage (the client left, the connection broke) was still billed for
+    the reasoning the model did, which OpenAI models never stream: without a count, the row and the budget would
+    miss it. It is estimated as the median of the model's last ``KEEP`` complete answers (0 for a model that
+    does not reason), and the row says so."""
+
+    KEEP = 50
+    MAX_MODELS = 500
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[str, deque[int]] = OrderedDict()
+
+    def note(self, model: str, reasoning_tokens: int) -> None:
+        seen = self._seen.get(model)
+        if seen is None:
+            seen = self._seen[model] = deque(maxlen=self.KEEP)
+            if len(self._seen) > self.MAX_MODELS:
+                self._seen.popitem(last=False)
+        seen.append(reasoning_tokens)
+
+    def typical(self, model: str) -> int:
+        seen = self._seen.get(model)
+        return int(statistics.median(seen)) if seen else 0
+
+
 def settle(
     entry: LedgerEntry,
     extract: Callable[[dict[str, Any]], Usage] | None,
     prices: PriceBook,
     estimated_input: int = 0,
     estimated_output: int | None = None,
+    reasoning: ReasoningHistory | None = None,
 ) -> None:
     """Fill ``entry.usage`` and ``entry.cost``.
 
@@ -30,11 +60,20 @@ def settle(
         return
     usage = extract(entry.raw_usage) if isinstance(entry.raw_usage, dict) else Usage()
     estimated = False
+    model = entry.route.upstream_model
     if estimated_output is not None:
         usage.output_tokens = max(usage.output_tokens, estimated_output)
         estimated = True
         if usage.input_total == 0:
             usage.input_tokens = estimated_input
+        hidden = reasoning.typical(model) if reasoning is not None else 0
+        if hidden > usage.reasoning_tokens:  # billed but never streamed: the model's usual reasoning
+            usage.output_tokens += hidden - usage.reasoning_tokens
+            usage.reasoning_tokens = hidden
+            note = f"reasoning estimated: {hidden} tokens (the median of {model}'s last complete answers)"
+            entry.policy = [*(entry.policy or []), note]
+    elif reasoning is not None and entry.status == 200 and not entry.partial and usage.output_tokens:
+        reasoning.note(model, usage.reasoning_tokens)
     entry.usage = usage
     if usage.input_total == 0 and usage.output_tokens == 0:
         entry.cost = ZERO_COST
