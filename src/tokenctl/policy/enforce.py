@@ -405,8 +405,12 @@ class Enforcer:
         route = entry.route
         limit = estimate.output_limit(body, api, self.settings.default_max_output_tokens, route.upstream_model)
         searches = estimate.web_searches(body, api)
-        rates = estimate.worst_rates(  # priced once at this input size: each amount below is arithmetic
-            self.prices, route, in_tokens, estimate.requested_tier(body, api), estimate.audio(body, api)
+        rates = self.prices.worst_rates(  # priced once at this input size: each amount below is arithmetic
+            route.provider,
+            route.upstream_model,
+            in_tokens,
+            estimate.requested_tier(body, api),
+            estimate.audio(body, api),
         )
 
         def cost(inputs: int, outputs: int, fees: int = searches) -> Decimal:

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from tokenctl.metering.limits import WEB_SEARCHES_PER_REQUEST, known_output_limit
-from tokenctl.metering.pricing import PriceBook, WorstRates
+from tokenctl.metering.pricing import PriceBook
 from tokenctl.types import Route
 
 BYTES_PER_TOKEN = 3
@@ -134,17 +134,5 @@ def worst_case_cost(
 ) -> Decimal:
     """USD; 0 for an unpriced model without a stand-in (the enforcer refuses those under a blocking budget).
     ``audio_io``: price the input, the output as audio (dearer than text on the models that take it)."""
-    return worst_rates(prices, route, in_tokens, tier, audio_io).cost(in_tokens, out_tokens, searches)
-
-
-def worst_rates(
-    prices: PriceBook,
-    route: Route,
-    in_tokens: int,
-    tier: str | None = None,
-    audio_io: tuple[bool, bool] = (False, False),
-) -> WorstRates:
-    """The per-token prices of a request's worst case at its input size: the input at the dearest of its
-    plain, 5-minute and 1-hour cache-write prices (a request may write all of it to the cache), the output
-    at the output price; audio at audio prices when ``audio_io`` says so."""
-    return prices.worst_rates(route.provider, route.upstream_model, in_tokens, tier, audio_io)
+    rates = prices.worst_rates(route.provider, route.upstream_model, in_tokens, tier, audio_io)
+    return rates.cost(in_tokens, out_tokens, searches)

@@ -195,28 +195,47 @@ async def _relay_assembled(call: Call, resp: aiohttp.ClientResponse) -> web.Resp
     return web.Response(body=data, status=resp.status, headers=headers)
 
 
+class _EventSplitter:
+    """Upstream chunks in, complete SSE events out: each chunk's complete events together, each ending with its
+    blank line (CRLF framing normalised); a partial event waits for the chunk that completes it."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        if self.pending:
+            chunk = self.pending + chunk
+        cut = chunk.rfind(b"\n\n")
+        if cut < 0:
+            self.pending = chunk
+            return b""
+        self.pending = chunk[cut + 2 :]
+        return chunk[: cut + 2]
+
+    def rest(self) -> bytes:
+        """What is left when the upstream ends: a last event without its blank line, completed."""
+        return self.pending + b"\n\n" if self.pending.strip() else b""
+
+
 async def _event_blocks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The complete SSE events of an upstream answer as they arrive: each chunk's complete events together,
-    separated by blank lines (one step of the iterator per chunk, not per event)."""
-    pending = b""
+    """The complete SSE events of an upstream answer as they arrive (one step of the iterator per chunk)."""
+    events = _EventSplitter()
     try:
         async for chunk in resp.content.iter_any():
-            if b"\r" in chunk:
-                chunk = chunk.replace(b"\r\n", b"\n")
-            if pending:
-                chunk = pending + chunk
-            cut = chunk.rfind(b"\n\n")
-            if cut < 0:
-                pending = chunk
-                continue
-            pending = chunk[cut + 2 :]
-            yield chunk[:cut]
+            block = events.feed(chunk)
+            if block:
+                yield block
     except TimeoutError as exc:
         raise UpstreamTimeout("the provider stopped sending (read timeout)") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamError(f"provider connection failed mid-answer ({type(exc).__name__})") from exc
-    if pending.strip():
-        yield pending
+    last = events.rest()
+    if last:
+        yield last
 
 
 async def _relay_upstream_error(call: Call, resp: aiohttp.ClientResponse) -> web.Response:
@@ -351,7 +370,7 @@ async def _pump(call: Call, resp: aiohttp.ClientResponse, out: web.StreamRespons
     meter = call.meter
     assert meter is not None
     followed = call.admission if call.admission is not None and call.admission.stream is not None else None
-    pending = b""
+    events = _EventSplitter()
     chunks = resp.content.iter_any()
     while True:
         try:
@@ -362,22 +381,16 @@ async def _pump(call: Call, resp: aiohttp.ClientResponse, out: web.StreamRespons
             return "upstream stopped sending (read timeout)"
         except aiohttp.ClientError as exc:
             return f"upstream connection failed mid-stream ({type(exc).__name__})"
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n")
-        if pending:
-            chunk = pending + chunk
-        cut = chunk.rfind(b"\n\n")
-        if cut < 0:
-            pending = chunk
+        block = events.feed(chunk)
+        if not block:
             continue
-        pending = chunk[cut + 2 :]
         if call.entry.ttft_ms is None:
             call.entry.ttft_ms = (time.perf_counter() - call.started) * 1000
         stop = None
         if followed is None:
-            relayed = meter.feed(chunk[: cut + 2])
+            relayed = meter.feed(block)
         else:
-            relayed, stop = await _follow(call, followed, meter, chunk[: cut + 2])
+            relayed, stop = await _follow(call, followed, meter, block)
         if stop is not None:  # the budget has no room for more: what it covered, then the reason
             await _write(out, call.translator.feed(relayed) if call.translator is not None else relayed)
             return stop.message
@@ -386,8 +399,9 @@ async def _pump(call: Call, resp: aiohttp.ClientResponse, out: web.StreamRespons
         elif meter.terminal and not call.finished:
             await _record_before_last_bytes(call, meter)
         await _write(out, relayed, call.cache_fill)
-    if pending.strip():
-        relayed = meter.feed(pending + b"\n\n")
+    last = events.rest()
+    if last:
+        relayed = meter.feed(last)
         if call.translator is None and meter.terminal and not call.finished:
             await _record_before_last_bytes(call, meter)
         await _write(out, relayed, call.cache_fill)
@@ -404,9 +418,10 @@ async def _follow(
         if not event:
             continue
         relayed = meter.feed(event + b"\n\n")
-        stop = await call.gw.enforcer.keep_up(followed, call.entry, meter)
-        if stop is not None:
-            return b"".join(sent), stop
+        if call.gw.enforcer.keep_up_due(followed, meter):
+            stop = await call.gw.enforcer.keep_up(followed, call.entry, meter)
+            if stop is not None:
+                return b"".join(sent), stop
         sent.append(relayed)
     return b"".join(sent), None
 
