@@ -179,3 +179,47 @@ def test_rollups_written_in_many_small_batches_equal_a_rebuild_exactly(tmp_path:
     before = snapshot()
     assert main(["rebuild-rollups", "--ledger", path]) == 0
     assert snapshot() == before and before[0]
+
+
+def test_a_batchs_rollup_work_does_not_grow_with_the_ledger(tmp_path: Path) -> None:
+    """Counted in SQLite virtual-machine steps, not time: adding 60 rows must cost the same on a ledger of 2,000
+    session rows as on one of 40,000 (the sessions rollup once walked the whole session index per batch)."""
+    from tokenctl.ledger.migrations import add_to_rollups
+
+    db = sqlite3.connect(str(tmp_path / "growth.db"), isolation_level=None)
+    migrate(db)
+    template = list(to_row(next(synthetic_entries(1, start=START, days=1))))
+    ts, session = COLUMNS.index("ts"), COLUMNS.index("session_id")
+    made = 0
+
+    def add(count: int) -> int:
+        """Insert ``count`` rows spread over 500 sessions and add them to the rollups; the VM steps that took."""
+        nonlocal made
+        rows = []
+        for n in range(made, made + count):
+            row = list(template)
+            row[0], row[session] = f"req_{n:012x}", f"sess-{n % 500}"
+            row[ts] = datetime.fromtimestamp(START + n / 10, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+            rows.append(tuple(row))
+        made += count
+        steps = [0]
+
+        def step() -> int:
+            steps[0] += 1
+            return 0
+
+        db.execute("BEGIN")
+        last = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM requests").fetchone()[0]
+        db.executemany(INSERT_SQL, rows)
+        db.set_progress_handler(step, 100)
+        add_to_rollups(db, last)
+        db.set_progress_handler(None, 100)
+        db.execute("COMMIT")
+        return steps[0]
+
+    add(2_000)
+    small = add(60)
+    add(40_000)
+    large = add(60)
+    assert db.execute("SELECT SUM(requests) FROM rollup_sessions").fetchone()[0] == made
+    assert large < small * 1.5, (small, large)

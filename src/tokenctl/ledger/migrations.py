@@ -396,13 +396,17 @@ def _sessions_sql(where: str, *, upsert: bool) -> str:
         "(SELECT r2.rowid FROM requests r2 WHERE r2.session_id = r.session_id AND r2.day IS NOT NULL"
         f" {where.replace('r.', 'r2.')} ORDER BY r2.ts DESC, r2.rowid DESC LIMIT 1)"
     )
+    # The rows to add are taken first, by rowid: grouped straight from requests, both engines would rather walk
+    # the whole session index (no sort needed), which grows with the ledger (300 us per row at 300k rows).
+    rows = f"WITH batch AS MATERIALIZED (SELECT * FROM requests r WHERE true {where}) " if where else ""
+    source = "batch r" if where else "requests r"
     grouped = (
         f"SELECT r.session_id, min(r.ts) AS first_ts, max(r.ts) AS last_ts, min(r.day) AS first_day,"
-        f" max(r.day) AS last_day, {sums}, {latest} AS latest FROM requests r"
-        f" WHERE r.session_id IS NOT NULL AND r.day IS NOT NULL {where} GROUP BY r.session_id"
+        f" max(r.day) AS last_day, {sums}, {latest} AS latest FROM {source}"
+        f" WHERE r.session_id IS NOT NULL AND r.day IS NOT NULL GROUP BY r.session_id"
     )
     sql = (
-        f"INSERT INTO rollup_sessions ({', '.join(_SESSION_COLUMNS)})"
+        f"{rows}INSERT INTO rollup_sessions ({', '.join(_SESSION_COLUMNS)})"
         f" SELECT g.session_id, l.team, l.user, l.project, l.tool, l.model, g.first_ts, g.last_ts, g.first_day,"
         f" g.last_day, {', '.join('g.' + k for k in SESSION_MEASURES)} FROM ({grouped}) g"
         " JOIN requests l ON l.rowid = g.latest WHERE true"
