@@ -8,6 +8,7 @@ budgets only where the member is fixed (org scope, or a ``match``): never a user
 
 from __future__ import annotations
 
+from collections import Counter as Counter_
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ _DURATIONS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _STORE_LATENCY = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 _TOKEN_KINDS = ("input", "output", "reasoning", "cache_read", "cache_write")
 _UPSTREAM_FAILURES = frozenset({"upstream_error", "stream_failed"})
+_APPLY_EVERY = 2_000  # requests noted before they are applied without a scrape (bounds the memory they hold)
+_ZERO = Decimal(0)
 
 
 class Metrics:
@@ -69,6 +72,7 @@ class Metrics:
             "tokenctl_budget_spent_usd", "Settled spend, current window", ("budget", "member"), registry=r
         )
         self._models: set[str] = set()
+        self._done: list[tuple[Any, ...]] = []
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     # -- per request ------------------------------------------------------------------------------
@@ -85,28 +89,58 @@ class Metrics:
         return child
 
     def request_done(self, entry: LedgerEntry) -> None:
+        """Noted in plain Python and applied to the Prometheus metrics in bulk (at the latest when scraped):
+        each Prometheus update takes a lock, several per request added up to ~10 us on the request path."""
         route = entry.route
         provider = route.provider.name if route is not None else "-"
         model = self._model(route.upstream_model if route is not None else "-")
-        self._child(self.requests, entry.api, provider, model, str(entry.status), entry.outcome).inc()
-        self._child(self.duration, entry.api).observe(entry.duration_ms / 1000)
-        if entry.ttft_ms is not None:
-            self._child(self.first_token, entry.api).observe(entry.ttft_ms / 1000)
-        if entry.outcome in _UPSTREAM_FAILURES:
-            self._child(self.upstream_errors, provider, str(entry.status)).inc()
-        u = entry.usage
-        counts = (
-            u.input_tokens,
-            u.output_tokens,
-            u.reasoning_tokens,
-            u.cache_read_tokens,
-            u.cache_write_5m_tokens + u.cache_write_1h_tokens,
+        u, cost = entry.usage, entry.cost
+        self._done.append(
+            (
+                entry.api,
+                provider,
+                model,
+                str(entry.status),
+                entry.outcome,
+                entry.duration_ms,
+                entry.ttft_ms,
+                (
+                    u.input_tokens,
+                    u.output_tokens,
+                    u.reasoning_tokens,
+                    u.cache_read_tokens,
+                    u.cache_write_5m_tokens + u.cache_write_1h_tokens,
+                ),
+                cost.total if cost is not None else None,
+            )
         )
-        for kind, count in zip(_TOKEN_KINDS, counts):
-            if count:
-                self._child(self.tokens, provider, model, kind).inc(count)
-        if entry.cost is not None and entry.cost.total:
-            self._child(self.cost, provider, model).inc(float(entry.cost.total))
+        if len(self._done) >= _APPLY_EVERY:
+            self.apply()
+
+    def apply(self) -> None:
+        """Add the requests noted since the last call to the Prometheus metrics: one update per label set."""
+        done, self._done = self._done, []
+        counts: Counter_[tuple[str, ...]] = Counter_()
+        tokens: Counter_[tuple[str, ...]] = Counter_()
+        errors: Counter_[tuple[str, ...]] = Counter_()
+        costs: dict[tuple[str, str], Decimal] = {}
+        for api, provider, model, status, outcome, duration_ms, ttft_ms, token_counts, cost in done:
+            counts[(api, provider, model, status, outcome)] += 1
+            self._child(self.duration, api).observe(duration_ms / 1000)
+            if ttft_ms is not None:
+                self._child(self.first_token, api).observe(ttft_ms / 1000)
+            if outcome in _UPSTREAM_FAILURES:
+                errors[(provider, status)] += 1
+            for kind, count in zip(_TOKEN_KINDS, token_counts):
+                if count:
+                    tokens[(provider, model, kind)] += count
+            if cost:
+                costs[(provider, model)] = costs.get((provider, model), _ZERO) + cost
+        for metric, totals in ((self.requests, counts), (self.upstream_errors, errors), (self.tokens, tokens)):
+            for labels, n in totals.items():
+                self._child(metric, *labels).inc(n)
+        for labels, total in costs.items():
+            self._child(self.cost, *labels).inc(float(total))
 
     def store_call(self, op: str, seconds: float) -> None:
         self._child(self.store_latency, op).observe(seconds)
@@ -122,6 +156,7 @@ class Metrics:
     # -- at scrape time ---------------------------------------------------------------------------
 
     async def render(self, ledger: LedgerWriter, budgets: Budgets, now: float) -> bytes:
+        self.apply()
         self.ledger_pending.set(ledger.pending)
         self.ledger_lag.set(ledger.lag_seconds())
         self.store_pending.set(budgets.store.pending())
