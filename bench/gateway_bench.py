@@ -160,6 +160,22 @@ routing:
 """
 
 
+def memory_run(
+    gw_url: str, work: Path, headers: dict[str, str], gproc: psutil.Process, total: int
+) -> dict[str, object]:
+    """RSS sampled while ``total`` small requests go through, at least every ~100k."""
+    small = work / "small.json"
+    small.write_bytes(SMALL_BODY)
+    rss = [round(gproc.memory_info().rss / 2**20, 1)]
+    done = 0
+    step = 5 if total <= 100_000 else 30
+    while done < total:
+        done += wrk(gw_url, small, headers, 32, step)["requests"]
+        rss.append(round(gproc.memory_info().rss / 2**20, 1))
+        print("memory", done, rss[-1], flush=True)
+    return {"requests": done, "rss_mib_samples": rss, "rss_after_mib": rss[-1]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -167,6 +183,12 @@ def main() -> None:
         "--governed",
         action="store_true",
         help="with a budget, a model policy and routing configured (none of them blocking)",
+    )
+    parser.add_argument(
+        "--memory-only",
+        type=int,
+        metavar="N",
+        help="only the memory run, over N requests (e.g. 1000000), sampling RSS every ~100k",
     )
     args = parser.parse_args()
     secs = 3 if args.quick else 5
@@ -211,84 +233,86 @@ def main() -> None:
         (work / "small.json").write_bytes(SMALL_BODY)
         wrk(gw_url, work / "small.json", base_headers, 16, 2)
 
-        # 1. Added latency with a 25 ms upstream (so neither side is saturated), c = 1, 16, 64.
-        latency: dict[str, object] = {}
-        for name, body in bodies.items():
-            path = work / f"{name}.json"
-            path.write_bytes(body)
-            for conns in (1, 16, 64):
-                headers = {**base_headers, "x-fake-fault": "slow:25"}
-                d = wrk(direct_url, path, headers, conns, secs)
-                fresh_floor()
-                f = wrk(floor_url, path, headers, conns, secs)
-                g = wrk(gw_url, path, headers, conns, secs)
-                latency[f"{name}/c{conns}"] = {
-                    "direct": d,
-                    "aiohttp_floor": f,
-                    "tokenctl": g,
-                    "added_p50_ms": round(g["p50_ms"] - d["p50_ms"], 3),
-                    "added_p99_ms": round(g["p99_ms"] - d["p99_ms"], 3),
-                    "floor_added_p50_ms": round(f["p50_ms"] - d["p50_ms"], 3),
-                    "floor_added_p99_ms": round(f["p99_ms"] - d["p99_ms"], 3),
-                }
-                print(name, conns, latency[f"{name}/c{conns}"], flush=True)
-        results["latency_25ms_upstream"] = latency
+        if not args.memory_only:
+            # 1. Added latency with a 25 ms upstream (so neither side is saturated), c = 1, 16, 64.
+            latency: dict[str, object] = {}
+            for name, body in bodies.items():
+                path = work / f"{name}.json"
+                path.write_bytes(body)
+                for conns in (1, 16, 64):
+                    headers = {**base_headers, "x-fake-fault": "slow:25"}
+                    d = wrk(direct_url, path, headers, conns, secs)
+                    fresh_floor()
+                    f = wrk(floor_url, path, headers, conns, secs)
+                    g = wrk(gw_url, path, headers, conns, secs)
+                    latency[f"{name}/c{conns}"] = {
+                        "direct": d,
+                        "aiohttp_floor": f,
+                        "tokenctl": g,
+                        "added_p50_ms": round(g["p50_ms"] - d["p50_ms"], 3),
+                        "added_p99_ms": round(g["p99_ms"] - d["p99_ms"], 3),
+                        "floor_added_p50_ms": round(f["p50_ms"] - d["p50_ms"], 3),
+                        "floor_added_p99_ms": round(f["p99_ms"] - d["p99_ms"], 3),
+                    }
+                    print(name, conns, latency[f"{name}/c{conns}"], flush=True)
+            results["latency_25ms_upstream"] = latency
 
-        # 2. Throughput and CPU per request: zero-latency upstream, gateway saturated on its core.
-        throughput: dict[str, object] = {}
-        for name in bodies:
-            path = work / f"{name}.json"
-            for conns in (16, 64):
-                d = wrk(direct_url, path, base_headers, conns, secs)
-                fproc = fresh_floor()
-                before = cpu_seconds(fproc)
-                f = wrk(floor_url, path, base_headers, conns, secs)
-                floor_cpu = cpu_seconds(fproc) - before
+            # 2. Throughput and CPU per request: zero-latency upstream, gateway saturated on its core.
+            throughput: dict[str, object] = {}
+            for name in bodies:
+                path = work / f"{name}.json"
+                for conns in (16, 64):
+                    d = wrk(direct_url, path, base_headers, conns, secs)
+                    fproc = fresh_floor()
+                    before = cpu_seconds(fproc)
+                    f = wrk(floor_url, path, base_headers, conns, secs)
+                    floor_cpu = cpu_seconds(fproc) - before
+                    before = cpu_seconds(gproc)
+                    g = wrk(gw_url, path, base_headers, conns, secs)
+                    cpu = cpu_seconds(gproc) - before
+                    behind, drain = ledger_backlog(f"http://127.0.0.1:{GW_PORT}")
+                    throughput[f"{name}/c{conns}"] = {
+                        "ledger_rows_behind_at_end": behind,
+                        "ledger_drain_seconds": drain,
+                        "ledger_rows_per_second_written": round((g["requests"] - behind) / secs),
+                        "direct": d,
+                        "aiohttp_floor": f,
+                        "tokenctl": g,
+                        "cpu_us_per_request": round(cpu / g["requests"] * 1e6, 1),
+                        "floor_cpu_us_per_request": round(floor_cpu / f["requests"] * 1e6, 1)
+                        if f["requests"]
+                        else None,
+                        "rps_per_core": g["rps"],
+                        "floor_rps_per_core": f["rps"],
+                    }
+                    print(name, "throughput", conns, throughput[f"{name}/c{conns}"], flush=True)
+            results["throughput_zero_latency_upstream"] = throughput
+
+            # 3. CPU per SSE event: marginal cost between 10-delta and 400-delta streams.
+            stream_body = work / "stream.json"
+            stream_body.write_bytes(orjson.dumps({**orjson.loads(SMALL_BODY), "stream": True}))
+            per_stream = {}
+            for chunks in (10, 400):
+                headers = {**base_headers, "x-fake-chunks": str(chunks)}
                 before = cpu_seconds(gproc)
-                g = wrk(gw_url, path, base_headers, conns, secs)
-                cpu = cpu_seconds(gproc) - before
-                behind, drain = ledger_backlog(f"http://127.0.0.1:{GW_PORT}")
-                throughput[f"{name}/c{conns}"] = {
-                    "ledger_rows_behind_at_end": behind,
-                    "ledger_drain_seconds": drain,
-                    "ledger_rows_per_second_written": round((g["requests"] - behind) / secs),
-                    "direct": d,
-                    "aiohttp_floor": f,
-                    "tokenctl": g,
-                    "cpu_us_per_request": round(cpu / g["requests"] * 1e6, 1),
-                    "floor_cpu_us_per_request": round(floor_cpu / f["requests"] * 1e6, 1) if f["requests"] else None,
-                    "rps_per_core": g["rps"],
-                    "floor_rps_per_core": f["rps"],
-                }
-                print(name, "throughput", conns, throughput[f"{name}/c{conns}"], flush=True)
-        results["throughput_zero_latency_upstream"] = throughput
+                g = wrk(gw_url, stream_body, headers, 16, secs)
+                per_stream[chunks] = (cpu_seconds(gproc) - before) / g["requests"]
+            events_10, events_400 = (
+                10 + 6,
+                400 + 6,
+            )  # deltas + message_start, block start/stop, ping, message_delta/stop
+            results["sse"] = {
+                "cpu_us_per_stream_10_deltas": round(per_stream[10] * 1e6, 1),
+                "cpu_us_per_stream_400_deltas": round(per_stream[400] * 1e6, 1),
+                "cpu_us_per_event_marginal": round(
+                    (per_stream[400] - per_stream[10]) / (events_400 - events_10) * 1e6, 2
+                ),
+            }
+            print("sse", results["sse"], flush=True)
 
-        # 3. CPU per SSE event: marginal cost between 10-delta and 400-delta streams.
-        stream_body = work / "stream.json"
-        stream_body.write_bytes(orjson.dumps({**orjson.loads(SMALL_BODY), "stream": True}))
-        per_stream = {}
-        for chunks in (10, 400):
-            headers = {**base_headers, "x-fake-chunks": str(chunks)}
-            before = cpu_seconds(gproc)
-            g = wrk(gw_url, stream_body, headers, 16, secs)
-            per_stream[chunks] = (cpu_seconds(gproc) - before) / g["requests"]
-        events_10, events_400 = 10 + 6, 400 + 6  # deltas + message_start, block start/stop, ping, message_delta/stop
-        results["sse"] = {
-            "cpu_us_per_stream_10_deltas": round(per_stream[10] * 1e6, 1),
-            "cpu_us_per_stream_400_deltas": round(per_stream[400] * 1e6, 1),
-            "cpu_us_per_event_marginal": round((per_stream[400] - per_stream[10]) / (events_400 - events_10) * 1e6, 2),
-        }
-        print("sse", results["sse"], flush=True)
-
-        # 4. Memory over 100k requests.
-        rss = [round(gproc.memory_info().rss / 2**20, 1)]
-        done = 0
-        small = work / "small.json"
-        while done < 100_000:
-            done += wrk(gw_url, small, base_headers, 32, 5)["requests"]
-            rss.append(round(gproc.memory_info().rss / 2**20, 1))
-        results["memory"] = {"requests": done, "rss_mib_samples": rss, "rss_after_mib": rss[-1]}
-        print("memory", results["memory"], flush=True)
+        # 4. Memory: over 100k requests, or the --memory-only count.
+        count = args.memory_only or 100_000
+        results["memory"] = memory_run(gw_url, work, base_headers, gproc, count)
     finally:
         gw.send_signal(signal.SIGTERM)
         gw.wait(30)
@@ -300,7 +324,9 @@ def main() -> None:
 
     rows = sqlite3.connect(work / "ledger.db").execute("SELECT COUNT(*) FROM requests").fetchone()[0]
     results["ledger_rows_after_shutdown"] = rows
-    name = ("quick" if args.quick else "latest") + ("-governed" if args.governed else "")
+    name = ("quick" if args.quick else "memory" if args.memory_only else "latest") + (
+        "-governed" if args.governed else ""
+    )
     results["governed"] = args.governed
     out = ROOT / "results" / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
