@@ -107,7 +107,7 @@ def main() -> None:
     }
     totals = {name: [0.0, 0] for name in targets}
     try:
-        for name, (url, headers) in targets.items():
+        for url, headers in targets.values():
             wait_for(url, headers)
             wrk(url, body, headers, 16, 2)  # warm-up
         for _ in range(args.rounds):
