@@ -251,3 +251,25 @@ def test_without_an_otlp_endpoint_no_exporter_is_built_or_loaded(gateway: Any) -
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_requests_noted_in_bulk_are_all_counted_and_never_held_without_bound() -> None:
+    """Requests are applied to Prometheus in batches: every one counts at the scrape, with exact token and cost
+    sums, and what waits between scrapes stays under the batch size however many requests go by."""
+    from prometheus_client import generate_latest
+
+    from tokenctl.observe.metrics import Metrics
+    from tokenctl.testing.synthetic import synthetic_entries
+
+    metrics = Metrics()
+    entries = list(synthetic_entries(4_500, start=time.time() - 3_600, days=1))
+    for entry in entries:
+        metrics.request_done(entry)
+        assert len(metrics._done) < 2_000
+    metrics.apply()
+    samples = _samples(generate_latest(metrics.registry).decode())
+    assert _sum(samples, "tokenctl_requests_total") == 4_500
+    assert _sum(samples, "tokenctl_tokens_total", kind="output") == sum(e.usage.output_tokens for e in entries)
+    total = sum((e.cost.total for e in entries if e.cost is not None), Decimal(0))
+    assert _sum(samples, "tokenctl_cost_usd_total") == pytest.approx(float(total), rel=1e-9)
+    assert _sum(samples, "tokenctl_request_duration_seconds_count") == 4_500
