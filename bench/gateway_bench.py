@@ -160,6 +160,21 @@ routing:
 """
 
 
+def interleaved_cpu(
+    turns: dict[str, tuple[psutil.Process, str]], body: Path, headers: dict[str, str], conns: int, rounds: int
+) -> dict[str, float]:
+    """CPU µs per request of each target, measured in turns of 3 s for ``rounds`` rounds and summed: a VM whose
+    speed drifts from one minute to the next slows all of them alike, so their ratio holds."""
+    cpu = dict.fromkeys(turns, 0.0)
+    done = dict.fromkeys(turns, 0)
+    for _ in range(rounds):
+        for name, (proc, url) in turns.items():
+            before = cpu_seconds(proc)
+            done[name] += wrk(url, body, headers, conns, 3)["requests"]
+            cpu[name] += cpu_seconds(proc) - before
+    return {name: round(cpu[name] / max(1, done[name]) * 1e6, 1) for name in turns}
+
+
 def memory_run(
     gw_url: str, work: Path, headers: dict[str, str], gproc: psutil.Process, total: int
 ) -> dict[str, object]:
@@ -271,7 +286,16 @@ def main() -> None:
                     g = wrk(gw_url, path, base_headers, conns, secs)
                     cpu = cpu_seconds(gproc) - before
                     behind, drain = ledger_backlog(f"http://127.0.0.1:{GW_PORT}")
+                    ratio: dict[str, object] = {}
+                    if conns == 16:  # the floor wedges after repeated c=64 runs (see fresh_floor)
+                        turns = {"floor": (fproc, floor_url), "tokenctl": (gproc, gw_url)}
+                        cpus = interleaved_cpu(turns, path, base_headers, conns, 2 if args.quick else 4)
+                        ratio = {
+                            "interleaved_cpu_us_per_request": cpus,
+                            "interleaved_ratio": round(cpus["tokenctl"] / cpus["floor"], 2),
+                        }
                     throughput[f"{name}/c{conns}"] = {
+                        **ratio,
                         "ledger_rows_behind_at_end": behind,
                         "ledger_drain_seconds": drain,
                         "ledger_rows_per_second_written": round((g["requests"] - behind) / secs),
