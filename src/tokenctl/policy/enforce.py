@@ -480,13 +480,12 @@ class Enforcer:
     async def keep_up(self, admission: Admission, entry: LedgerEntry, meter: StreamMeter) -> GatewayError | None:
         """Called as a followed stream's events pass: grow its reservation to what the output needs (and to the
         real input, once Anthropic's message_start says it). Answers why the stream must stop, or None."""
+        if not self.keep_up_due(admission, meter):
+            return None  # the common case: nothing to do
         followed, budget = admission.stream, admission.budget
-        if followed is None or budget is None:
-            return None
+        assert followed is not None and budget is not None
         seen = meter.output_tokens_upper()
         start = meter.start_usage() if not followed.input_checked else None
-        if start is None and not followed.wants_more(seen):
-            return None  # the common case: nothing to do
         try:
             if start is not None:
                 followed.input_checked = True
