@@ -111,3 +111,21 @@ def test_database_outage_keeps_memory_bounded_and_loses_nothing(tmp_path) -> Non
     writer.close()
     assert count(path) == 2000
     assert list(tmp_path.glob("l.db.journal.*")) == []
+
+
+def test_none_columns_are_stored_as_null_without_the_adapter_lookup(tmp_path) -> None:
+    """The ledger's None adapter (db.py) must keep None a NULL: ``IS NULL`` filters and counts depend on it."""
+    path = str(tmp_path / "l.db")
+    writer = LedgerWriter(path)
+    writer.start()
+    writer.record(entry("req_nulls"))
+    assert writer.flush(10)
+    writer.close()
+    db = connect(path)
+    error, session, kinds = db.execute(
+        "SELECT error, session_id, typeof(approval_id) FROM requests WHERE request_id = 'req_nulls'"
+    ).fetchone()
+    assert (error, session, kinds) == (None, None, "null")
+    assert db.execute("SELECT COUNT(*) FROM requests WHERE approval_id IS NULL").fetchone()[0] == 1
+    adapter = sqlite3.adapters.get((type(None), sqlite3.PrepareProtocol))
+    assert adapter is not None and adapter(None) is None
