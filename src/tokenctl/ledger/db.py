@@ -27,7 +27,8 @@ __all__ = [
 # adapter registry, formatting and discarding an AttributeError on the way: a ledger row has about 45 None
 # columns, and that lookup was 40 % of the cost of inserting it. An adapter for None that returns None (a
 # C-level ``dict.get`` on an empty dict, so no Python frame either) skips the lookup; NULL is stored as before.
-sqlite3.register_adapter(type(None), {}.get)
+_NOTHING: dict[None, None] = {}
+sqlite3.register_adapter(type(None), _NOTHING.get)
 
 
 def connect(target: str, *, migrate_schema: bool = True) -> Database:
