@@ -104,6 +104,7 @@ async def _gateway_lifecycle(
         batch_max=config.ledger_batch_max,
         tz=ZoneInfo(config.enforcement.timezone),
         fsync=config.ledger_fsync,
+        interval_seconds=config.ledger_write_interval_seconds,
         max_lag_seconds=config.ledger_max_lag_seconds,
         max_lag_rows=config.ledger_max_lag_rows,
         journal_path=config.ledger_journal_path,

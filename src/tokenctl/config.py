@@ -115,6 +115,7 @@ class Config:
     ledger_queue_max: int = 100_000
     ledger_batch_max: int = 2_000
     ledger_fsync: bool = False
+    ledger_write_interval_seconds: float = 0.02  # how often the writer thread writes what was recorded
     ledger_max_lag_seconds: float = 15.0
     ledger_max_lag_rows: int = 200_000
     shutdown_grace_seconds: float = 30.0
@@ -194,6 +195,7 @@ SECTIONS: dict[str, set[str]] = {
         "queue_max",
         "batch_max",
         "fsync",
+        "write_interval_seconds",
         "max_lag_seconds",
         "max_lag_rows",
     },
@@ -263,6 +265,19 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"{p}: the top level must be a mapping")
     base = p.parent
     return parse_config(raw, source=str(p), base_dir=base)
+
+
+def _write_interval(ledger: dict[str, Any]) -> float:
+    """Longer cycles mean larger batches (less CPU per row) but rows reach the database, and with ``fsync``
+    the disk, later; the writer must still cycle well within ``max_lag_seconds``."""
+    interval = number(ledger, "write_interval_seconds", 0.02, "ledger")
+    lag = number(ledger, "max_lag_seconds", 15.0, "ledger")
+    if not 0 < interval <= 5 or interval * 2 > lag:
+        raise ConfigError(
+            f"ledger.write_interval_seconds: must be above 0 and at most 5 s, and at most half of "
+            f"ledger.max_lag_seconds ({lag:g} s); got {interval:g}"
+        )
+    return interval
 
 
 def _ledger_location(ledger: dict[str, Any], base_dir: Path | None) -> tuple[str, str | None]:
@@ -337,6 +352,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
         ledger_queue_max=integer(ledger, "queue_max", 100_000, "ledger"),
         ledger_batch_max=integer(ledger, "batch_max", 2_000, "ledger"),
         ledger_fsync=boolean(ledger, "fsync", False, "ledger"),
+        ledger_write_interval_seconds=_write_interval(ledger),
         ledger_max_lag_seconds=number(ledger, "max_lag_seconds", 15.0, "ledger"),
         ledger_max_lag_rows=integer(ledger, "max_lag_rows", 200_000, "ledger"),
         price_overrides_path=overrides,
