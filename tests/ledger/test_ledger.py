@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from decimal import Decimal
 
 import pytest
 
@@ -129,3 +130,43 @@ def test_none_columns_are_stored_as_null_without_the_adapter_lookup(tmp_path) ->
     assert db.execute("SELECT COUNT(*) FROM requests WHERE approval_id IS NULL").fetchone()[0] == 1
     adapter = sqlite3.adapters.get((type(None), sqlite3.PrepareProtocol))
     assert adapter is not None and adapter(None) is None
+
+
+def test_funding_and_session_indexes_leave_out_empty_rows_and_still_serve_every_query(tmp_path) -> None:
+    """m015: the two partial indexes must hold only rows with a value, and the queries that read those columns
+    (budget seeding by session and by pool, a session's turns, the explorer's search, feedback) must still use
+    them, or a 10M-row ledger would scan the table."""
+    from tokenctl.ledger.spend import spend_by_member
+    from tokenctl.types import Attribution, Cost, Principal
+
+    path = str(tmp_path / "l.db")
+    writer = LedgerWriter(path)
+    writer.start()
+    for i in range(30):
+        e = entry(f"req_{i}")
+        e.principal = Principal(key_id="k1", user="u", team="t", project=None)
+        e.attribution = Attribution("other", None, "s1" if i % 3 == 0 else None, None)
+        e.funding = "pool-a" if i % 5 == 0 else None
+        e.cost = Cost(total=Decimal("0.001"), list_total=Decimal("0.001"), priced=True, source="test")
+        writer.record(e)
+    assert writer.flush(10)
+    writer.close()
+    db = connect(path)
+    assert spend_by_member(db, "session", 0) == {("s1", None, 0): 10 * 1_000_000}
+    assert spend_by_member(db, "team", 0, funding="pool-a") == {("t", None, 0): 6 * 1_000_000}
+    for column, held in (("session_id", 10), ("funding", 6)):
+        sql = db.execute("SELECT sql FROM sqlite_master WHERE name = ?", (f"requests_{column}",)).fetchone()[0]
+        assert sql.endswith(f"WHERE {column} IS NOT NULL")
+        assert (
+            db.execute(f"SELECT COUNT(*) FROM requests INDEXED BY requests_{column} WHERE {column} > ''").fetchone()[0]
+            == held
+        )
+    plans = {
+        "SELECT * FROM requests WHERE session_id = ? ORDER BY ts LIMIT 5000": "requests_session_id",
+        "SELECT * FROM requests WHERE ts >= ? AND (request_id = ? OR session_id = ? OR user = ?)": "requests_session_id",
+        "SELECT team, SUM(cost_nanousd) FROM requests WHERE ts >= ? AND team IS NOT NULL AND funding = ? GROUP BY team": "requests_funding",
+        "SELECT session_id, SUM(cost_nanousd) FROM requests WHERE ts >= ? AND session_id IS NOT NULL GROUP BY 1": "requests_session_id",
+    }
+    for sql, index in plans.items():
+        plan = " ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, [""] * sql.count("?")))
+        assert index in plan, (sql, plan)

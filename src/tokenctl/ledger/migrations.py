@@ -548,6 +548,16 @@ def m014_savings_index(db: Database) -> None:
     db.execute("CREATE INDEX requests_savings ON requests (ts) WHERE saving_source IS NOT NULL")
 
 
+def m015_partial_null_indexes(db: Database) -> None:
+    """``funding`` is empty on nearly every row (only a pool draw sets it) and ``session_id`` on every request
+    without a session: their indexes now leave those rows out, one B-tree insert fewer per such row (a row
+    with neither cost the writer 32 -> 24 us). Every query on them names a value (``= ?``, ``IS NOT NULL``),
+    which a partial index serves; neither is a dashboard filter that can ask for "(none)"."""
+    for column in ("funding", "session_id"):
+        db.execute(f"DROP INDEX requests_{column}")
+        db.execute(f"CREATE INDEX requests_{column} ON requests ({column}, ts) WHERE {column} IS NOT NULL")
+
+
 @contextmanager
 def transaction(db: Database) -> Iterator[Database]:
     """BEGIN IMMEDIATE … COMMIT on an autocommit connection, rolled back on error."""
@@ -575,6 +585,7 @@ MIGRATIONS: list[Migration] = [
     m012_cache_miss_index,
     m013_session_approvals,
     m014_savings_index,
+    m015_partial_null_indexes,
 ]
 
 
