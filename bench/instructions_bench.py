@@ -32,13 +32,9 @@ from gateway_bench import FAKE_PORT, GOVERNED, GW_PORT, ROOT, SMALL_BODY, claude
 FLOOR_PORT = GW_PORT + 1
 
 
-THREADS = {"by_thread": False}  # --by-thread: each thread's count apart (request thread, ledger writer)
-
-
 def callgrind(cmd: list[str], out: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    counted = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-    if THREADS["by_thread"]:
-        counted.append("--separate-threads=yes")
+    counted = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes"]
+    counted.append(f"--callgrind-out-file={out}")
     return start([*counted, *cmd], 1, env)
 
 
@@ -69,12 +65,12 @@ def wait_ledger_written(base: str | None) -> None:
 
 def counted_instructions(out: Path, dump: int) -> dict[str, int]:
     """The instructions of one dump (callgrind's ``totals:`` lines: what was counted since counting was switched
-    on or since the dump before), by thread number when counted by thread (01 is the request thread)."""
+    on or since the dump before), by thread number (01 is the request thread, 02 the ledger writer)."""
     counts: dict[str, int] = {}
     for part in sorted(out.parent.glob(f"{out.name}.{dump}*")):
         for line in part.read_text(errors="replace").splitlines():
             if line.startswith("totals:") and int(line.split()[1]):
-                thread = part.name.rsplit("-", 1)[1] if THREADS["by_thread"] and "-" in part.name else "all"
+                thread = part.name.rsplit("-", 1)[1]
                 counts[thread] = counts.get(thread, 0) + int(line.split()[1])
     return counts
 
@@ -117,8 +113,7 @@ def measure(
         "k_instructions_per_request": round(sum(per_request.values()), 1),
         "k_instructions_per_second_idle": round(sum(on_its_own.values()) / idle / 1000, 1),
     }
-    if THREADS["by_thread"]:
-        result |= {f"thread_{t}": round(n, 1) for t, n in per_request.items()}
+    result |= {f"thread_{t}": round(n, 1) for t, n in per_request.items() if abs(n) >= 0.05}
     print(name, result, flush=True)
     return result
 
@@ -126,10 +121,8 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=15, help="measured load per target (default 15)")
-    parser.add_argument("--by-thread", action="store_true", help="also each thread's instructions per request")
     parser.add_argument("--small-only", action="store_true", help="only the small body")
     args = parser.parse_args()
-    THREADS["by_thread"] = args.by_thread
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     work = Path(tempfile.mkdtemp(prefix="tokenctl-ir-bench-"))
     fake = start([sys.executable, "-m", "tokenctl", "fake-provider", "--port", str(FAKE_PORT)], 0, env)
@@ -171,7 +164,7 @@ def main() -> None:
             print(body_name, results[f"{body_name}/c16"], flush=True)
     finally:
         fake.kill()
-    out = ROOT / "results" / ("instructions-by-thread.json" if args.by_thread else "instructions.json")
+    out = ROOT / "results" / "instructions.json"
     out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")
 
