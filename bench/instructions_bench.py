@@ -54,13 +54,16 @@ def wait_answering(url: str, seconds: float = 180) -> None:
             time.sleep(0.5)
 
 
-def wait_ledger_written(base: str | None) -> None:
-    """Until the gateway's writer has written every row recorded so far (nothing for the floor)."""
+def settled(base: str | None) -> None:
+    """Until the gateway has done all the work of the requests so far: its writer has written every row, and a
+    scrape has applied the requests its metrics noted in bulk (else each window would hold 0 or 1 of those
+    applications, every 2,000 requests). Nothing for the floor."""
     if base is None:
         return
     deadline = time.monotonic() + 60
     while httpx.get(base + "/ready", timeout=30).json()["ledger_pending"] and time.monotonic() < deadline:
         time.sleep(0.2)
+    httpx.get(base + "/metrics", timeout=30).raise_for_status()
 
 
 def counted_instructions(out: Path, dump: int) -> dict[str, int]:
@@ -90,7 +93,7 @@ def measure(
         wait_answering(base + "/")
         url = base + "/v1/messages"
         wrk(url, body, headers, 16, 5)  # warm-up: imports, caches, the first writer batches
-        wait_ledger_written(gateway)
+        settled(gateway)
         time.sleep(2)  # the warm-up's connections closed
         control(proc.pid, "-i", "on")
         time.sleep(seconds / 2)
@@ -98,7 +101,7 @@ def measure(
         idle = seconds / 2
         started = time.monotonic()
         requests = wrk(url, body, headers, 16, seconds)["requests"]
-        wait_ledger_written(gateway)
+        settled(gateway)
         control(proc.pid, "-d")  # dump 2: the measured requests
         loaded = time.monotonic() - started
         control(proc.pid, "-i", "off")
@@ -148,6 +151,7 @@ def main() -> None:
                 config.write_text(
                     f"server: {{port: {GW_PORT}}}\n"
                     f"ledger: {{path: {work / f'{body_name}-{name}.db'}, write_interval_seconds: 1}}\n"
+                    "observability: {metrics_public: true}\n"
                     "providers:\n"
                     f"  - {{name: a, kind: anthropic, base_url: 'http://127.0.0.1:{FAKE_PORT}', models: ['claude-*']}}\n"
                     + (GOVERNED if governed else "")

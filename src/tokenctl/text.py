@@ -19,6 +19,9 @@ def header_text(value: str | None, limit: int = 256) -> str | None:
     """
     if value is None:
         return None
+    if value.isascii() and value.isprintable():  # the usual header: no bytes to decode, no control characters
+        value = value.strip()
+        return value[:limit] if value else None
     if not value.isascii():
         raw = value.encode("utf-8", "surrogateescape")
         try:

@@ -13,6 +13,7 @@ Signals (see docs/attribution.md):
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -34,6 +35,7 @@ _MAX_TAGS = 20
 _MAX_TAG_LEN = 100
 
 
+@lru_cache(maxsize=1024)  # a fleet sends a handful of User-Agents: matched once each, not per request
 def detect_tool(user_agent: str, originator: str | None = None) -> tuple[str, str | None]:
     """(tool, version) from the User-Agent; 'other' when nothing matches."""
     if originator and originator.startswith("codex"):
