@@ -5,7 +5,7 @@ in turns so both see the same machine. tokenctl runs with a team budget, a model
 request reserved and settled); LiteLLM runs with a master key and no database (no budgets), which is the
 cheapest way it serves. LiteLLM is installed in its own virtualenv so its pins do not touch tokenctl's:
 
-    python -m venv /tmp/llvenv && /tmp/llvenv/bin/pip install 'litellm[proxy]==1.110.2'
+    python -m venv /tmp/llvenv && /tmp/llvenv/bin/pip install 'litellm[proxy]==1.80.17'  # newer [proxy] needs litellm-proxy, not on PyPI here
     python bench/litellm_bench.py --litellm /tmp/llvenv/bin/litellm     # writes bench/results/litellm.json
 """
 
