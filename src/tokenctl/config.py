@@ -267,11 +267,10 @@ def load_config(path: str | Path | None = None) -> Config:
     return parse_config(raw, source=str(p), base_dir=base)
 
 
-def _write_interval(ledger: dict[str, Any]) -> float:
+def _write_interval(ledger: dict[str, Any], lag: float) -> float:
     """Longer cycles mean larger batches (less CPU per row) but rows reach the database, and with ``fsync``
-    the disk, later; the writer must still cycle well within ``max_lag_seconds``."""
+    the disk, later; the writer must still cycle well within ``max_lag_seconds`` (``lag``)."""
     interval = number(ledger, "write_interval_seconds", 0.02, "ledger")
-    lag = number(ledger, "max_lag_seconds", 15.0, "ledger")
     if not 0 < interval <= 5 or interval * 2 > lag:
         raise ConfigError(
             f"ledger.write_interval_seconds: must be above 0 and at most 5 s, and at most half of "
@@ -334,6 +333,7 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
     if overrides is not None:
         overrides = str(resolve_path(base_dir, str(overrides)))
     ledger_path, journal_path = _ledger_location(ledger, base_dir)
+    max_lag = number(ledger, "max_lag_seconds", 15.0, "ledger")
 
     budgets = parse_rule_list(raw.get("budgets"), "budgets", parse_budget)
     check_budget_links(budgets)
@@ -352,8 +352,8 @@ def parse_config(raw: dict[str, Any], *, source: str = "<dict>", base_dir: Path 
         ledger_queue_max=integer(ledger, "queue_max", 100_000, "ledger"),
         ledger_batch_max=integer(ledger, "batch_max", 2_000, "ledger"),
         ledger_fsync=boolean(ledger, "fsync", False, "ledger"),
-        ledger_write_interval_seconds=_write_interval(ledger),
-        ledger_max_lag_seconds=number(ledger, "max_lag_seconds", 15.0, "ledger"),
+        ledger_write_interval_seconds=_write_interval(ledger, max_lag),
+        ledger_max_lag_seconds=max_lag,
         ledger_max_lag_rows=integer(ledger, "max_lag_rows", 200_000, "ledger"),
         price_overrides_path=overrides,
         key_refresh_seconds=number(identity, "key_refresh_seconds", 2.0, "identity"),

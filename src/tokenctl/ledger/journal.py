@@ -6,8 +6,9 @@ process killed at any moment (SIGKILL, OOM) loses no answered request: the next 
 {n}.jsonl``: the writer thread seals the current one, writes its rows to the database and deletes it.
 
 What the operating system has not yet put on disk can still be lost in a machine crash (power, kernel
-panic); ``fsync: true`` syncs each segment when it is sealed (every writer cycle, ``ledger.write_interval_seconds``: 20 ms by default), bounding
-that loss to one cycle at a measured cost (README, Ledger).
+panic); ``fsync: true`` syncs each segment when it is sealed (every writer cycle,
+``ledger.write_interval_seconds``: 20 ms by default), bounding that loss to one cycle at a measured cost
+(README, Ledger).
 """
 
 from __future__ import annotations
