@@ -326,7 +326,7 @@ def rebuild_small_rollups(db: Database) -> None:
         )
 
 
-_SESSION_COLUMNS = (
+SESSION_COLUMNS = (
     "session_id",
     "team",
     "user",
@@ -359,7 +359,7 @@ def _session_trigger_sql() -> str:
     """Add one new requests row (NEW) to its session's rollup_sessions row."""
     row = "NEW"
     m = _measure_values(row)
-    cols = _SESSION_COLUMNS
+    cols = SESSION_COLUMNS
     values = [
         f"{row}.session_id",
         f"{row}.team",
@@ -406,20 +406,27 @@ def _sessions_sql(where: str, *, upsert: bool) -> str:
         f" WHERE r.session_id IS NOT NULL AND r.day IS NOT NULL GROUP BY r.session_id"
     )
     sql = (
-        f"{rows}INSERT INTO rollup_sessions ({', '.join(_SESSION_COLUMNS)})"
+        f"{rows}INSERT INTO rollup_sessions ({', '.join(SESSION_COLUMNS)})"
         f" SELECT g.session_id, l.team, l.user, l.project, l.tool, l.model, g.first_ts, g.last_ts, g.first_day,"
         f" g.last_day, {', '.join('g.' + k for k in SESSION_MEASURES)} FROM ({grouped}) g"
         " JOIN requests l ON l.rowid = g.latest WHERE true"
     )
-    if not upsert:
-        return sql
+    return f"{sql} {SESSION_CONFLICT}" if upsert else sql
+
+
+def _session_conflict_sql() -> str:
+    """What a session already in rollup_sessions keeps when a batch adds to it: sums added, the span widened,
+    team, user, project, tool and model taken from whichever request is later."""
     t = "rollup_sessions"
     added = ", ".join(f"{k} = {t}.{k} + excluded.{k}" for k in SESSION_MEASURES)
     newer = ", ".join(
         f"{c} = CASE WHEN excluded.last_ts >= {t}.last_ts THEN excluded.{c} ELSE {t}.{c} END"
         for c in ("team", "user", "project", "tool", "model")
     )
-    return f"{sql} ON CONFLICT (session_id) DO UPDATE SET {added}, {newer}, {_SESSION_SPAN}"
+    return f"ON CONFLICT (session_id) DO UPDATE SET {added}, {newer}, {_SESSION_SPAN}"
+
+
+SESSION_CONFLICT = _session_conflict_sql()
 
 
 def _cells_sql(table: str, columns: tuple[str, ...], where: str) -> str:
@@ -427,12 +434,17 @@ def _cells_sql(table: str, columns: tuple[str, ...], where: str) -> str:
     dims = _dimension_values("r")
     values = [dims[c] for c in columns]
     sums = [f"SUM({v})" for v in _measure_values("r").values()]
-    added = ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in ROLLUP_MEASURES)
     return (
         f"INSERT INTO {table} ({', '.join((*columns, *ROLLUP_MEASURES))})"
         f" SELECT {', '.join(values + sums)} FROM requests r WHERE r.day IS NOT NULL {where}"
-        f" GROUP BY {', '.join(values)} ON CONFLICT ({', '.join(columns)}) DO UPDATE SET {added}"
+        f" GROUP BY {', '.join(values)} {cell_conflict_sql(table, columns)}"
     )
+
+
+def cell_conflict_sql(table: str, columns: tuple[str, ...]) -> str:
+    """A rollup cell already there gets the new measures added."""
+    added = ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in ROLLUP_MEASURES)
+    return f"ON CONFLICT ({', '.join(columns)}) DO UPDATE SET {added}"
 
 
 _NEW_ROWS = "AND r.rowid > ?1"

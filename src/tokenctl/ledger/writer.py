@@ -17,6 +17,7 @@ Guarantees (README, "Ledger"):
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -29,11 +30,13 @@ from typing import Any
 import orjson
 
 from tokenctl.ledger.audit import AUDIT_INSERT_SQL, AuditEvent
+from tokenctl.ledger.batch_rollups import rollup_upserts
 from tokenctl.ledger.db import connect, is_postgres, serialize_writers, transaction
 from tokenctl.ledger.engine import refuses_the_row
 from tokenctl.ledger.journal import Journal, LedgerLock
 from tokenctl.ledger.migrations import add_to_rollups
 from tokenctl.ledger.record import COLUMNS, INSERT_SQL, LedgerEntry, repair_row, to_row
+from tokenctl.ledger.sqlite_rows import BatchInserts
 
 Item = LedgerEntry | AuditEvent
 Row = tuple[Any, ...]
@@ -266,6 +269,7 @@ class LedgerWriter:
         if self._lock_file is not None:
             self._lock_file.acquire(wait_for_lock_seconds)
         self._db = connect(self.path)
+        self._batch_inserts = BatchInserts(self._db) if isinstance(self._db, sqlite3.Connection) else None
         self._replay()
         self._current = self._new_segment()
         self._start_thread()
@@ -464,11 +468,28 @@ class LedgerWriter:
         with transaction(self._db):
             if requests:
                 serialize_writers(self._db)
-                last = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM requests").fetchone()[0]
-                self._db.executemany(INSERT_SQL, requests)
-                add_to_rollups(self._db, last)
+                self._insert_requests(requests)
             if audit:
                 self._db.executemany(AUDIT_INSERT_SQL, audit)
+
+    def _insert_requests(self, rows: list[Row]) -> None:
+        """Insert request rows and add them to the rollups: summed here when every row was new (the common
+        case), else by the SQL form, which reads back only the rows this batch inserted."""
+        db = self._db
+        last = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM requests").fetchone()[0]
+        if self._batch_inserts is None or not isinstance(db, sqlite3.Connection):  # PostgreSQL
+            db.executemany(INSERT_SQL, rows)
+            add_to_rollups(db, last)
+            return
+        upserts = rollup_upserts(rows)
+        before = db.total_changes
+        for sql, params in self._batch_inserts.statements(rows):
+            db.execute(sql, params)
+        if upserts is None or db.total_changes - before != len(rows):
+            add_to_rollups(db, last)
+            return
+        for sql, params in upserts:
+            db.executemany(sql, params)
 
     # -- rows left by an earlier run -------------------------------------------------------------------
 
