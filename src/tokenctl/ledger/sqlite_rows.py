@@ -25,6 +25,7 @@ from tokenctl.ledger.record import COLUMNS
 Row = Sequence[Any]
 CHUNK = 16
 _SIZES = (CHUNK, 4, 1)
+_SLICE = 4 * CHUNK
 
 
 class BatchInserts:
@@ -37,7 +38,12 @@ class BatchInserts:
         self._statements: dict[tuple[tuple[int, ...], int], str] = {}
 
     def statements(self, rows: Sequence[Row]) -> Iterator[tuple[str, list[Any]]]:
-        """(statement, parameters) pairs that insert ``rows`` in their order, each for one ``execute``."""
+        """(statement, parameters) pairs that insert ``rows`` in their order, each for one ``execute``. A large
+        batch (a backlog) is taken ``_SLICE`` rows at a time, so turning it into columns stays in the cache."""
+        for start in range(0, len(rows), _SLICE):
+            yield from self._slice(rows[start : start + _SLICE])
+
+    def _slice(self, rows: Sequence[Row]) -> Iterator[tuple[str, list[Any]]]:
         columns = list(zip(*rows, strict=True))
         count = len(rows)
         empty = {i for i in self._nullable if columns[i].count(None) == count}

@@ -86,17 +86,21 @@ class TokenPrices:
         audio_out = (
             min(usage.audio_output_tokens, usage.output_tokens - reasoning) if self.output_audio is not None else 0
         )
-        per_m = (
-            _at(self.input, total_in) * (uncached - audio_in)
-            + _at(self.input_audio, total_in) * audio_in
-            + _at(self.cache_read, total_in) * read
-            + _at(self.cache_write, total_in) * write
-            + _at(self.cache_write_1h, total_in) * write_1h
-            + _at(self.output, total_in) * (usage.output_tokens - reasoning - audio_out)
-            + _at(self.output_reasoning, total_in) * reasoning
-            + _at(self.output_audio, total_in) * audio_out
-        )
-        per_k = _at(self.web_searches_k, total_in) * usage.web_search_requests + _at(self.requests_k, total_in)
+        output = usage.output_tokens - reasoning - audio_out
+        per_m = _at(self.input, total_in) * (uncached - audio_in) + _at(self.output, total_in) * output
+        for price, tokens in (
+            (self.input_audio, audio_in),
+            (self.cache_read, read),
+            (self.cache_write, write),
+            (self.cache_write_1h, write_1h),
+            (self.output_reasoning, reasoning),
+            (self.output_audio, audio_out),
+        ):
+            if tokens:  # most requests have none of most kinds: nothing to look up or multiply
+                per_m += _at(price, total_in) * tokens
+        per_k = _at(self.requests_k, total_in)
+        if usage.web_search_requests:
+            per_k += _at(self.web_searches_k, total_in) * usage.web_search_requests
         return per_m / _MILLION + per_k / _THOUSAND
 
     def worst_rates(self, total_in: int, audio_io: tuple[bool, bool]) -> WorstRates:
