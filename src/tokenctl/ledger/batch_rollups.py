@@ -58,27 +58,10 @@ def sql_round(value: float) -> float:
     return float(int(value + (-0.5 if value < 0 else 0.5)))
 
 
-_MEASURE_INPUTS = itemgetter(
-    *(
-        _AT[c]
-        for c in (
-            "status",
-            "outcome",
-            "cost_nanousd",
-            "saving_source",
-            "uncached_nanousd",
-            "counterfactual_nanousd",
-            "input_tokens",
-            "cache_read_tokens",
-            "cache_write_5m_tokens",
-            "cache_write_1h_tokens",
-            "output_tokens",
-            "reasoning_tokens",
-            "priced",
-            "duration_ms",
-        )
-    )
-)
+# What the measures are computed from, in the order ``measures`` unpacks them.
+_MEASURE_COLUMNS = """status outcome cost_nanousd saving_source uncached_nanousd counterfactual_nanousd input_tokens
+    cache_read_tokens cache_write_5m_tokens cache_write_1h_tokens output_tokens reasoning_tokens priced duration_ms"""
+_MEASURE_INPUTS = itemgetter(*(_AT[c] for c in _MEASURE_COLUMNS.split()))
 
 
 def measures(row: Row) -> tuple[Any, ...]:
