@@ -115,7 +115,7 @@ class Config:
     ledger_queue_max: int = 100_000
     ledger_batch_max: int = 2_000
     ledger_fsync: bool = False
-    ledger_write_interval_seconds: float = 0.02  # how often the writer thread writes what was recorded
+    ledger_write_interval_seconds: float = 0.1  # how often the writer thread writes what was recorded
     ledger_max_lag_seconds: float = 15.0
     ledger_max_lag_rows: int = 200_000
     shutdown_grace_seconds: float = 30.0
@@ -270,7 +270,7 @@ def load_config(path: str | Path | None = None) -> Config:
 def _write_interval(ledger: dict[str, Any], lag: float) -> float:
     """Longer cycles mean larger batches (less CPU per row) but rows reach the database, and with ``fsync``
     the disk, later; the writer must still cycle well within ``max_lag_seconds`` (``lag``)."""
-    interval = number(ledger, "write_interval_seconds", 0.02, "ledger")
+    interval = number(ledger, "write_interval_seconds", 0.1, "ledger")
     if not 0 < interval <= 5 or interval * 2 > lag:
         raise ConfigError(
             f"ledger.write_interval_seconds: must be above 0 and at most 5 s, and at most half of "

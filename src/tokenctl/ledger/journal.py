@@ -7,7 +7,7 @@ process killed at any moment (SIGKILL, OOM) loses no answered request: the next 
 
 What the operating system has not yet put on disk can still be lost in a machine crash (power, kernel
 panic); ``fsync: true`` syncs each segment when it is sealed (every writer cycle,
-``ledger.write_interval_seconds``: 20 ms by default), bounding that loss to one cycle at a measured cost
+``ledger.write_interval_seconds``: 100 ms by default), bounding that loss to one cycle at a measured cost
 (README, Ledger).
 """
 

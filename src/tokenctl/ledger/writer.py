@@ -76,7 +76,7 @@ class LedgerWriter:
         *,
         queue_max: int = 100_000,
         batch_max: int = 2_000,
-        interval_seconds: float = 0.02,
+        interval_seconds: float = 0.1,
         tz: tzinfo = UTC,
         fsync: bool = False,
         max_lag_seconds: float = 15.0,
