@@ -106,6 +106,7 @@ def test_a_key_whose_prompt_cache_went_cold_is_named_with_the_cause(
     extra = {"ledger": {"path": path}, "alerts": alerts, "enforcement": {"webhook_url": f"{fake.url}/hooks/alerts"}}
     fake.hooks.clear()
     live = make_gateway(extra, clock=lambda: EVENING)
+    _check(live)  # returns once the watcher's own check at start (which holds the same lock) has recorded its alerts
     found = {(a["action"], a["subject"]): a["detail"] for a in _alerts(live)}
     assert set(found) == {
         ("cache_share", "key k-cold"),
