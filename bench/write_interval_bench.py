@@ -1,9 +1,9 @@
 """The ledger writer's cycle (``ledger.write_interval_seconds``): CPU per request and per written row.
 
 One gateway per interval, all started at once on core 1 (the fake provider and wrk on core 0) and loaded in
-turns of 3 s at c=16 with the small body, so a VM whose speed drifts slows them all alike. For each one it
-reads the main thread's and the other threads' CPU time from ``/proc`` (the other threads are the ledger
-writer's: the rest are idle), per request served and per row written.
+turns of 3 s at c=16 with the small body (the order reversed every other round), so a VM whose speed drifts
+slows them all alike. For each one it reads the main thread's and the other threads' CPU time from ``/proc``
+(the other threads are the ledger writer's: the rest are idle), per request served and per row written.
 
     python bench/write_interval_bench.py [--rounds N]   # ~2 minutes; writes bench/results/write_interval.json
 """
@@ -69,8 +69,9 @@ def main() -> None:
             wait_up(url + "/")
             wrk(url + "/v1/messages", body, headers, 16, 2)  # warm-up
         spent = {interval: [0.0, 0.0, 0] for interval in INTERVALS}
-        for _ in range(args.rounds):
-            for interval, (proc, url, headers) in gateways.items():
+        for round_number in range(args.rounds):
+            order = list(gateways.items())
+            for interval, (proc, url, headers) in order if round_number % 2 == 0 else reversed(order):
                 main_before, others_before = thread_cpu(proc.pid)
                 served = wrk(url + "/v1/messages", body, headers, 16, 3)["requests"]
                 ledger_backlog(url)  # the writer's share for these rows is counted before the next turn

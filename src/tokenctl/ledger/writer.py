@@ -269,6 +269,11 @@ class LedgerWriter:
         if self._lock_file is not None:
             self._lock_file.acquire(wait_for_lock_seconds)
         self._db = connect(self.path)
+        if isinstance(self._db, sqlite3.Connection):
+            # A multi-row INSERT or upsert inside the batch's transaction keeps a statement journal (the pages it
+            # changed, to undo just that statement); past 64 KiB SQLite spills it to a temporary file, two
+            # pwrite() calls per page. In memory it costs a statement's pages at most.
+            self._db.execute("PRAGMA temp_store=MEMORY")
         self._batch_inserts = BatchInserts(self._db) if isinstance(self._db, sqlite3.Connection) else None
         self._replay()
         self._current = self._new_segment()
