@@ -70,15 +70,20 @@ def start(cmd: list[str], core: int, env: dict[str, str]) -> subprocess.Popen[by
     )
 
 
+def bench_folder(name: str) -> tuple[Path, dict[str, str]]:
+    """A work folder holding the small body (``small.json``), and the environment to start processes with."""
+    work = Path(tempfile.mkdtemp(prefix=f"tokenctl-{name}-bench-"))
+    (work / "small.json").write_bytes(SMALL_BODY)
+    return work, {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
 def store_bench_setup(name: str) -> tuple[int, Path, dict[str, str], subprocess.Popen[bytes]]:
     """What the fleet and workers benchmarks start with: the run length (``--quick``), a work folder holding
     the small body, the environment, and the fake provider on core 0."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix=f"tokenctl-{name}-bench-"))
-    (work / "small.json").write_bytes(SMALL_BODY)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    work, env = bench_folder(name)
     fake = start([sys.executable, "-m", "tokenctl", "fake-provider", "--port", str(FAKE_PORT)], 0, env)
     return (3 if args.quick else 8), work, env, fake
 

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +22,18 @@ import httpx2 as httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_bench import FAKE_PORT, GOVERNED, GW_PORT, ROOT, SMALL_BODY, cpu_seconds, create_key, start, wrk
+from gateway_bench import (
+    FAKE_PORT,
+    GOVERNED,
+    GW_PORT,
+    ROOT,
+    SMALL_BODY,
+    bench_folder,
+    cpu_seconds,
+    create_key,
+    start,
+    wrk,
+)
 
 LITELLM_PORT = 19160
 MASTER_KEY = "sk-bench-master"
@@ -77,10 +86,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=5)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="tokenctl-litellm-bench-"))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    work, env = bench_folder("litellm")
     body = work / "small.json"
-    body.write_bytes(SMALL_BODY)
     config = work / "tokenctl.yaml"
     config.write_text(
         f"server: {{port: {GW_PORT}}}\nledger: {{path: {work / 'ledger.db'}}}\n"

@@ -15,11 +15,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from gateway_bench import FAKE_PORT, GW_PORT, ROOT, SMALL_BODY, create_key, ledger_backlog, start, wait_up, wrk
+from gateway_bench import FAKE_PORT, GW_PORT, ROOT, bench_folder, create_key, ledger_backlog, start, wait_up, wrk
 
 INTERVALS = (0.02, 0.05, 0.1, 0.25)
 
@@ -45,10 +44,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="tokenctl-interval-bench-"))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    work, env = bench_folder("interval")
     body = work / "small.json"
-    body.write_bytes(SMALL_BODY)
     fake = start([sys.executable, "-m", "tokenctl", "fake-provider", "--port", str(FAKE_PORT)], 0, env)
     gateways: dict[float, tuple[subprocess.Popen[bytes], str, dict[str, str]]] = {}
     try:
