@@ -69,7 +69,12 @@ def test_demo_serves_a_full_dashboard_on_synthetic_data(tmp_path: Path) -> None:
             json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
         )
         assert reply.status_code == 200
-        latest = api(f"requests/{reply.headers['request-id']}")
+        detail = f"{base}/ui/api/requests/{reply.headers['request-id']}"
+        deadline = time.monotonic() + 5  # the row reaches the database at the writer's next cycle (100 ms)
+        while (found := httpx.get(detail, headers=auth)).status_code == 404 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert found.status_code == 200, found.text
+        latest = found.json()
         assert datetime.fromisoformat(latest["ts"].replace("Z", "+00:00")).date() == datetime.now(UTC).date()
     finally:
         proc.send_signal(signal.SIGTERM)

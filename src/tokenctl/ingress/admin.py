@@ -127,6 +127,9 @@ async def _route(gw: Gateway, request: web.Request, parts: list[str]) -> web.Str
 
 
 async def _status(gw: Gateway) -> dict[str, Any]:
+    # Members are listed from the ledger: first write what was recorded (a member's first request, settled but
+    # not yet written, would otherwise be missing until the writer's next cycle).
+    await asyncio.get_running_loop().run_in_executor(None, gw.ledger.flush, 5.0)
     db = connect(gw.config.ledger_path)
     try:
         return {"data": await budget_status(gw.enforcer.budgets, db, gw.enforcer.clock())}
