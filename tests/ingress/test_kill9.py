@@ -27,6 +27,19 @@ BODY = {"model": "claude-haiku-4-5", "max_tokens": 20, "messages": [{"role": "us
 def _serve(
     fake_url: str, tmp: Path, engine: str, *extra_args: str, extra_config: str = ""
 ) -> tuple[subprocess.Popen[bytes], str, str, str]:
+    proc, url, key, ledger = _launch(fake_url, tmp, engine, *extra_args, extra_config=extra_config)
+    for _ in range(200):
+        try:
+            httpx.get(url + "/health")
+            break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    return proc, url, key, ledger
+
+
+def _launch(
+    fake_url: str, tmp: Path, engine: str, *extra_args: str, extra_config: str = ""
+) -> tuple[subprocess.Popen[bytes], str, str, str]:
     port = free_port()
     section = ledger_section(tmp, engine)
     ledger = str(section.get("url") or section["path"])
@@ -38,19 +51,13 @@ def _serve(
     db = connect(ledger)
     _, key = create_key(db, user="u", team="t")
     db.close()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenctl", "--config", str(config), "serve", *extra_args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            httpx.get(url + "/health")
-            break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    return proc, url, key, ledger
+    with (tmp / "gateway.log").open("wb") as log:  # read by a failing assertion
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tokenctl", "--config", str(config), "serve", *extra_args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return proc, f"http://127.0.0.1:{port}", key, ledger
 
 
 class Load:
@@ -143,7 +150,30 @@ def test_a_sigkilled_worker_is_restarted_and_replays_its_journal(fake: FakeProvi
     recorded = _recorded(ledger)
     missing = set(answered) - recorded
     assert missing == set(), f"{len(missing)} of {len(answered)} answered requests missing after a worker's SIGKILL"
-    assert not list((tmp_path / "journal").rglob("*.jsonl")), "journal segments left after a clean stop"
+    left = list((tmp_path / "journal").rglob("*.jsonl"))
+    log = (tmp_path / "gateway.log").read_text(errors="replace")[-4000:]
+    assert not left, f"journal segments left after a clean stop: {left}\n{log}"
+
+
+def test_a_sigterm_while_starting_stops_cleanly(fake: FakeProvider, tmp_path: Path) -> None:
+    """SIGTERM the moment the ledger's journal exists (the writer has started, the server is not yet
+    listening): the gateway still stops as on any SIGTERM, exit code 0 and no journal segment left behind.
+    (A supervisor stopping a worker it has just restarted does this; the default action killed the process.)"""
+    proc, _url, _key, ledger = _launch(fake.url, tmp_path, "sqlite")
+    try:
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob("*.journal.*.jsonl")) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert list(tmp_path.glob("*.journal.*.jsonl")), "the gateway never opened its journal"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "gateway.log").read_text(errors="replace")
+    assert "stopped; ledger flushed" in log, log[-3000:]
+    assert not list(tmp_path.glob("*.journal.*.jsonl")), log[-3000:]
+    assert Path(ledger).exists()
 
 
 def _worker_pids(parent: int) -> list[int]:

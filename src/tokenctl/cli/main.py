@@ -262,8 +262,17 @@ def _install_uvloop() -> None:
 async def _run_server(config: Config, sock: socket.socket | None = None) -> None:
     if sock is None:  # bound before anything is created: a taken port changes nothing
         sock = bind_listener(config.host, config.port)
+    # Handled from the first moment, so a SIGTERM while starting (a supervisor stopping a worker it has just
+    # restarted) still closes the ledger and its journal cleanly instead of killing the process mid-start.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     runner = GatewayRunner(create_app(config), handle_signals=False, **runner_settings(config))
     await runner.setup()
+    if stop.is_set():
+        await _stop_server(runner, config)
+        return
     tune_for_many_streams()
     await web.SockSite(runner, sock, backlog=2048).start()
     log = logging.getLogger("tokenctl")
@@ -284,11 +293,12 @@ async def _run_server(config: Config, sock: socket.socket | None = None) -> None
             provider.base_url,
             ", ".join(provider.models),
         )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    await _stop_server(runner, config)
+
+
+async def _stop_server(runner: web.AppRunner, config: Config) -> None:
+    log = logging.getLogger("tokenctl")
     log.info(
         "shutting down: finishing in-flight requests (up to %gs) and flushing the ledger", config.shutdown_grace_seconds
     )
