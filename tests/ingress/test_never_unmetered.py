@@ -251,8 +251,10 @@ def test_a_stuck_ledger_fails_budgeted_requests_closed_and_recovers(make_gateway
     headers = {"x-api-key": live.key}
     assert httpx.post(live.url + "/v1/messages", json=MESSAGES, headers=headers).status_code == 200
     assert httpx.get(live.url + "/ready").status_code == 200
-    locker = sqlite3.connect(live.db_path, timeout=0, isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")  # the writer cannot write: it falls behind
+    live.wait_rows(1)
+    # Waits out a write the writer may have under way; from then on the writer cannot write: it falls behind.
+    locker = sqlite3.connect(live.db_path, timeout=5, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
     try:
         httpx.post(live.url + "/v1/messages", json=MESSAGES, headers=headers)  # recorded, not written
         time.sleep(0.8)

@@ -79,7 +79,9 @@ def settle(
         entry.cost = ZERO_COST
         return
     cost = _price(prices, entry, usage)
-    entry.cost = Cost(cost.total, cost.list_total, cost.priced, cost.source, cost.is_estimate or estimated)
+    if estimated and not cost.is_estimate:
+        cost = Cost(cost.total, cost.list_total, cost.priced, cost.source, True)
+    entry.cost = cost
     if cost.priced:
         _price_alternatives(prices, entry, usage)
 

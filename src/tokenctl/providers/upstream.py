@@ -99,6 +99,10 @@ class Upstream:
         self._drop = _DROP_REQUEST_HEADERS | drop_headers
         self._key = config.api_key()
         self._static_headers = dict(config.headers)
+        # client_headers are the request's (case-insensitive) headers: only a request without the header needs it
+        self._add_version = config.kind == "anthropic" and not any(
+            k.lower() == "anthropic-version" for k in self._static_headers
+        )
         self.timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=config.connect_timeout_seconds, sock_read=config.timeout_seconds
         )
@@ -117,7 +121,7 @@ class Upstream:
         headers = {k: v for k, v in client_headers.items() if k.lower() not in self._drop}
         headers.update(self._static_headers)
         headers["accept-encoding"] = "identity"
-        if self.config.kind == "anthropic" and not any(k.lower() == "anthropic-version" for k in headers):
+        if self._add_version and ("anthropic-version" not in client_headers or "anthropic-version" in self._drop):
             headers["anthropic-version"] = "2023-06-01"  # a translated OpenAI request has none
         self._authorize(headers)
         changed = body_changed
