@@ -70,6 +70,11 @@ def start(cmd: list[str], core: int, env: dict[str, str]) -> subprocess.Popen[by
     )
 
 
+def start_fake(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The fake provider on core 0, with wrk (the gateway under test has core 1 to itself)."""
+    return start([sys.executable, "-m", "tokenctl", "fake-provider", "--port", str(FAKE_PORT)], 0, env)
+
+
 def bench_folder(name: str) -> tuple[Path, dict[str, str]]:
     """A work folder holding the small body (``small.json``), and the environment to start processes with."""
     work = Path(tempfile.mkdtemp(prefix=f"tokenctl-{name}-bench-"))
@@ -84,7 +89,7 @@ def store_bench_setup(name: str) -> tuple[int, Path, dict[str, str], subprocess.
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     work, env = bench_folder(name)
-    fake = start([sys.executable, "-m", "tokenctl", "fake-provider", "--port", str(FAKE_PORT)], 0, env)
+    fake = start_fake(env)
     return (3 if args.quick else 8), work, env, fake
 
 
@@ -223,7 +228,7 @@ def main() -> None:
         + (GOVERNED if args.governed else "")
     )
     key = create_key(config)
-    fake = start([sys.executable, "-m", "tokenctl", "fake-provider", "--port", str(FAKE_PORT)], 0, env)
+    fake = start_fake(env)
     gw = start([sys.executable, "-m", "tokenctl", "--config", str(config), "serve", "--log-level", "WARNING"], 1, env)
     floor_cmd = [sys.executable, str(ROOT / "baseline_proxy.py"), str(FLOOR_PORT), f"http://127.0.0.1:{FAKE_PORT}"]
     floor = start(floor_cmd, 1, env)

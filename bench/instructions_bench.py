@@ -27,7 +27,18 @@ import time
 from pathlib import Path
 
 import httpx2 as httpx
-from gateway_bench import FAKE_PORT, GOVERNED, GW_PORT, ROOT, SMALL_BODY, claude_code_body, create_key, start, wrk
+from gateway_bench import (
+    FAKE_PORT,
+    GOVERNED,
+    GW_PORT,
+    ROOT,
+    SMALL_BODY,
+    claude_code_body,
+    create_key,
+    start,
+    start_fake,
+    wrk,
+)
 
 FLOOR_PORT = GW_PORT + 1
 
@@ -128,7 +139,7 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     work = Path(tempfile.mkdtemp(prefix="tokenctl-ir-bench-"))
-    fake = start([sys.executable, "-m", "tokenctl", "fake-provider", "--port", str(FAKE_PORT)], 0, env)
+    fake = start_fake(env)
     results: dict[str, object] = {"python": sys.version.split()[0], "valgrind": _valgrind_version()}
     try:
         wait_answering(f"http://127.0.0.1:{FAKE_PORT}/v1/models")

@@ -32,6 +32,7 @@ from gateway_bench import (
     cpu_seconds,
     create_key,
     start,
+    start_fake,
     wrk,
 )
 
@@ -102,7 +103,7 @@ def main() -> None:
     }
     litellm_env = {**env, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
     procs = {
-        "fake": start([sys.executable, "-m", "tokenctl", "fake-provider", "--port", str(FAKE_PORT)], 0, env),
+        "fake": start_fake(env),
         "tokenctl_governed": start(
             [sys.executable, "-m", "tokenctl", "--config", str(config), "serve", "--log-level", "WARNING"], 1, env
         ),

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway_bench import FAKE_PORT, GOVERNED, GW_PORT, ROOT, bench_folder, create_key, start, wait_up, wrk
+from gateway_bench import FAKE_PORT, GOVERNED, GW_PORT, ROOT, bench_folder, create_key, start, start_fake, wait_up, wrk
 from write_interval_bench import thread_cpu
 
 
@@ -69,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     work, env = bench_folder("stages")
     body = work / "small.json"
-    fake = start([sys.executable, "-m", "tokenctl", "fake-provider", "--port", str(FAKE_PORT)], 0, env)
+    fake = start_fake(env)
     procs: list[subprocess.Popen[bytes]] = []
     results: dict[str, object] = {"python": sys.version.split()[0], "seconds": args.seconds}
     try:

@@ -18,7 +18,18 @@ import sys
 import time
 from pathlib import Path
 
-from gateway_bench import FAKE_PORT, GW_PORT, ROOT, bench_folder, create_key, ledger_backlog, start, wait_up, wrk
+from gateway_bench import (
+    FAKE_PORT,
+    GW_PORT,
+    ROOT,
+    bench_folder,
+    create_key,
+    ledger_backlog,
+    start,
+    start_fake,
+    wait_up,
+    wrk,
+)
 
 INTERVALS = (0.02, 0.05, 0.1, 0.25)
 
@@ -46,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     work, env = bench_folder("interval")
     body = work / "small.json"
-    fake = start([sys.executable, "-m", "tokenctl", "fake-provider", "--port", str(FAKE_PORT)], 0, env)
+    fake = start_fake(env)
     gateways: dict[float, tuple[subprocess.Popen[bytes], str, dict[str, str]]] = {}
     try:
         for n, interval in enumerate(INTERVALS):
